@@ -1,0 +1,1 @@
+"""Models that learn to combine: adapters, alignment objectives, recommenders and baselines."""
