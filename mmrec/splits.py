@@ -33,3 +33,105 @@ def from_labels(interactions: Interactions, labels: np.ndarray) -> Split:
         row = int(np.flatnonzero(bad)[0])
         raise ValueError(f"x_label must be 0, 1 or 2; row {row} has {labels[row]!r}")
     return Split(*(interactions.select(labels == k) for k in (0, 1, 2)))
+
+
+def k_core(interactions: Interactions, k: int = 5) -> Interactions:
+    """Rows kept after iteratively dropping users and items with fewer than ``k`` interactions."""
+    keep = np.ones(len(interactions), dtype=bool)
+    while True:
+        users, items = interactions.users[keep], interactions.items[keep]
+        user_ok = np.bincount(users, minlength=interactions.n_users) >= k
+        item_ok = np.bincount(items, minlength=interactions.n_items) >= k
+        row_ok = user_ok[interactions.users] & item_ok[interactions.items] & keep
+        if row_ok.sum() == keep.sum():
+            return interactions.select(keep)
+        keep = row_ok
+
+
+def _per_user_rank(users: np.ndarray, order_key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows grouped by user and ordered by ``order_key`` (ties keep row order): each row's 0-based rank
+    within its user, and the user's row count, both aligned with the original rows."""
+    order = np.lexsort((np.arange(len(users)), order_key, users))
+    sorted_users = users[order]
+    starts = np.flatnonzero(np.r_[True, sorted_users[1:] != sorted_users[:-1]])
+    counts = np.diff(np.r_[starts, len(order)])
+    rank_sorted = np.arange(len(order)) - np.repeat(starts, counts)
+    rank, size = np.empty(len(order), np.int64), np.empty(len(order), np.int64)
+    rank[order] = rank_sorted
+    size[order] = np.repeat(counts, counts)
+    return rank, size
+
+
+def mmrec_protocol(interactions: Interactions, *, seed: int = 0, core: int = 5,
+                   ratios: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> tuple[Split, np.ndarray]:
+    """MMRec's warm protocol: unique pairs, iterative ``core``-core, per-user random 8:1:1.
+
+    A user with fewer than 10 interactions keeps n-2 for training and gives one each to valid and test;
+    otherwise valid and test get ``round(ratio * n)`` (at least one each). Returns the split and the
+    ``x_label`` column (0/1/2) of the kept rows, so it can be written in MMRec's format.
+    """
+    if abs(sum(ratios) - 1.0) > 1e-6 or min(ratios) <= 0:
+        raise ValueError(f"ratios must be three positive numbers summing to 1, got {ratios}")
+    pairs = k_core(interactions.unique_pairs(), core)
+    if not len(pairs):
+        raise ValueError(f"no interactions survive the {core}-core filter")
+    rng = np.random.default_rng(seed)
+    rank, size = _per_user_rank(pairs.users, rng.random(len(pairs)))
+    n_valid = np.where(size < 10, 1, np.maximum(1, np.rint(size * ratios[1]).astype(np.int64)))
+    n_test = np.where(size < 10, 1, np.maximum(1, np.rint(size * ratios[2]).astype(np.int64)))
+    labels = np.zeros(len(pairs), dtype=np.int8)
+    labels[rank >= size - n_valid - n_test] = 1
+    labels[rank >= size - n_test] = 2
+    return from_labels(pairs, labels), labels
+
+
+def temporal(interactions: Interactions, *, test_start: int, test_days: int = 7, valid_days: int = 7) -> Split:
+    """Train before ``test_start - valid_days``, valid in the ``valid_days`` after it, test in the
+    ``test_days`` from ``test_start`` (Unix seconds; H&M style: next week's purchases)."""
+    day = 86_400
+    ts = interactions.timestamps
+    if not (ts > 0).any():
+        raise ValueError("a temporal split needs timestamps; these interactions have none")
+    valid_start = test_start - valid_days * day
+    train = interactions.select(ts < valid_start)
+    if not len(train):
+        raise ValueError("no interactions before the valid period; choose a later test_start")
+    return Split(train, interactions.select((ts >= valid_start) & (ts < test_start)),
+                 interactions.select((ts >= test_start) & (ts < test_start + test_days * day)))
+
+
+def leave_last_out(interactions: Interactions, *, min_length: int = 3) -> Split:
+    """Per user in time order: the last event is test, the one before is valid, the rest is training.
+
+    Users with fewer than ``min_length`` events stay entirely in training. Ties in time keep file order.
+    """
+    rank, size = _per_user_rank(interactions.users, interactions.timestamps)
+    eligible = size >= min_length
+    test = eligible & (rank == size - 1)
+    valid = eligible & (rank == size - 2)
+    return Split(interactions.select(~(test | valid)), interactions.select(valid), interactions.select(test))
+
+
+def cold_items(interactions: Interactions, *, fraction: float = 0.2, seed: int = 0) -> Split:
+    """Withhold ``fraction`` of the items that have interactions, with all their interactions.
+
+    Cold items are halved into valid and test item sets; valid/test hold the withheld interactions of
+    users who keep training history, so a model sees only the cold items' content. Evaluate with
+    ``candidates="cold"`` (rank cold items only) or ``"all"`` (hybrid: cold among all items).
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    rng = np.random.default_rng(seed)
+    active = np.flatnonzero(interactions.item_counts() > 0)
+    n_cold = max(2, int(round(fraction * len(active))))
+    if n_cold >= len(active):
+        raise ValueError(f"only {len(active)} items have interactions; cannot withhold {n_cold}")
+    cold = rng.permutation(active)[:n_cold]
+    cold_valid, cold_test = np.sort(cold[: n_cold // 2]), np.sort(cold[n_cold // 2:])
+    is_cold = np.zeros(interactions.n_items, dtype=bool)
+    is_cold[cold] = True
+    train = interactions.select(~is_cold[interactions.items])
+    has_history = train.user_counts() > 0
+    withheld = interactions.select(is_cold[interactions.items] & has_history[interactions.users])
+    return Split(train, withheld.select(np.isin(withheld.items, cold_valid)),
+                 withheld.select(np.isin(withheld.items, cold_test)), cold_valid, cold_test)

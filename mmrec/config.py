@@ -1,0 +1,96 @@
+"""Typed configs: every component's settings are a dataclass; dicts and YAML files are checked against it.
+
+Unknown keys are errors (with the known keys listed), values are converted to the field's type where that
+is unambiguous (``"1e-3"`` → float, list → tuple), and nested dataclasses are built recursively.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _convert(value: Any, annotation: Any, where: str) -> Any:
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, where)
+            except (TypeError, ValueError) as err:
+                errors.append(str(err))
+        raise ValueError(f"{where}: {value!r} fits none of {annotation}: {'; '.join(errors)}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, where)
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if annotation in (int, float, str):
+        if annotation is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        if isinstance(value, bool) and annotation is not str:
+            raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        try:
+            return annotation(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+    return value
+
+
+def from_dict(cls: type[T], data: dict | None, where: str | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and ill-typed values raise `ValueError`."""
+    where = where or cls.__name__
+    if data is None:
+        data = {}
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
+    kwargs = {name: _convert(value, hints[name], f"{where}.{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Read a YAML file into dataclass ``cls`` (see `from_dict`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    with path.open() as f:
+        data = yaml.safe_load(f)
+    return from_dict(cls, data, where=str(path))
+
+
+def to_dict(config: Any) -> dict:
+    """The plain-dict form of a config dataclass (JSON/YAML serialisable)."""
+    return dataclasses.asdict(config)

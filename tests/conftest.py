@@ -1,0 +1,44 @@
+"""Shared fixtures: where the real data lives, and small deterministic interaction tables."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+HM_ROOT = SHARED_DATA / "hm"
+HM5CORE = HM_ROOT / "mmrec" / "hm5core"
+
+
+@pytest.fixture
+def hm_root() -> Path:
+    """The real H&M data folder (tests that need it skip when it is absent)."""
+    if not (HM_ROOT / "articles.csv").is_file():
+        pytest.skip(f"real H&M data not found at {HM_ROOT}")
+    return HM_ROOT
+
+
+@pytest.fixture
+def hm5core() -> Path:
+    """The shared MMRec-format warm split."""
+    if not (HM5CORE / "hm5core.inter").is_file():
+        pytest.skip(f"hm5core split not found at {HM5CORE}")
+    return HM5CORE
+
+
+def random_interactions(n_users: int = 60, n_items: int = 40, per_user: int = 8, seed: int = 0):
+    """Interactions with a little structure: users prefer one of four item blocks."""
+    from mmrec import Interactions
+
+    rng = np.random.default_rng(seed)
+    users, items = [], []
+    for u in range(n_users):
+        block = u % 4
+        pool = np.arange(n_items)[np.arange(n_items) % 4 == block]
+        chosen = rng.choice(pool, size=min(per_user, len(pool)), replace=False)
+        users += [u] * len(chosen)
+        items += list(chosen)
+    return Interactions(np.array(users), np.array(items), [f"u{u}" for u in range(n_users)],
+                        [f"i{i}" for i in range(n_items)], timestamps=np.arange(len(users)) + 1_600_000_000)
