@@ -67,7 +67,7 @@ class ItemKNN(Recommender):
         self.remember(train)
         pairs = train.unique_pairs()
         x = torch.sparse_coo_tensor(np.stack([pairs.users, pairs.items]), torch.ones(len(pairs)),
-                                    (self.n_users, self.n_items)).coalesce()
+                                    (self.n_users, self.n_items), check_invariants=False).coalesce()
         norms = torch.as_tensor(pairs.item_counts(), dtype=torch.float32).sqrt()
         xt = x.t().coalesce()
         k = min(self.config.k, self.n_items - 1)
@@ -87,7 +87,8 @@ class ItemKNN(Recommender):
         self.sim_values = torch.cat(vals)
 
     def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        sim = torch.sparse_coo_tensor(self.sim_indices, self.sim_values, (self.n_items, self.n_items))
+        sim = torch.sparse_coo_tensor(self.sim_indices, self.sim_values, (self.n_items, self.n_items),
+                                      check_invariants=False)
         history = torch.zeros(len(users), self.n_items, device=users.device)
         ptr, idx = self.seen_indptr, self.seen_indices
         lengths = ptr[users + 1] - ptr[users]
@@ -211,4 +212,4 @@ def normalized_adjacency(train: Interactions, n_users: int, n_items: int) -> tor
     inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0)
     values = inv_sqrt[rows] * inv_sqrt[cols]
     return torch.sparse_coo_tensor(np.stack([rows, cols]), values.astype(np.float32),
-                                   (n_users + n_items, n_users + n_items)).coalesce()
+                                   (n_users + n_items, n_users + n_items), check_invariants=False).coalesce()

@@ -112,12 +112,13 @@ class Catalog:
         )
 
     def summary(self) -> dict:
-        """Counts of items, missing images and empty texts, and the attribute names."""
+        """Counts of items, missing images, empty descriptions (and items with no text at all), attribute names."""
         return {
             "items": len(self),
             "with_image": sum(p is not None for p in self.image_paths),
             "without_image": sum(p is None for p in self.image_paths),
-            "empty_text": sum(not self.full_text(i).strip() for i in range(len(self))),
+            "empty_description": sum(not t.strip() for t in self.texts),
+            "no_text_at_all": sum(not self.full_text(i).strip() for i in range(len(self))),
             "attributes": sorted(self.attributes),
         }
 

@@ -286,7 +286,9 @@ class _Loop:
             if self.evaluate_fn is not None and (self.epoch + 1) % config.eval_every == 0:
                 stop = self.validate(record)
             self.result.history.append(record)
-            log.info("epoch %d: %s", self.epoch, {k: v for k, v in record.items() if k != "epoch"})
+            log.info("epoch %d: loss %.4f, %s %s, %.0f samples/s", self.epoch, record.get("loss", math.nan),
+                     config.early_stop_metric, record.get("valid", {}).get(config.early_stop_metric, "-"),
+                     record["samples_per_s"])
             self.epoch += 1
             self.batch_in_epoch = 0
             self.result.epochs_run = self.epoch

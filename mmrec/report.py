@@ -1,0 +1,74 @@
+"""Self-contained HTML reports: tables and item galleries with pictures embedded as base64 thumbnails."""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from PIL import Image
+
+from mmrec.data import Catalog
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
+.row{display:flex;flex-wrap:wrap;gap:8px;margin:6px 0 18px}
+.card{width:110px;font-size:11px;text-align:center}.card img{width:100px;height:125px;object-fit:contain;
+background:#fafafa;border:1px solid #ddd}.noimg{width:100px;height:125px;display:flex;align-items:center;
+justify-content:center;background:#eee;color:#888;border:1px solid #ddd;margin:auto}
+.hit img{outline:3px solid #2a2}.muted{color:#777}
+"""
+
+
+def thumbnail_data_uri(path: str | os.PathLike | None, size: tuple[int, int] = (100, 125)) -> str | None:
+    """A small JPEG of the image at ``path`` as a ``data:`` URI, or None when it is missing or unreadable."""
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail(size)
+            buf = io.BytesIO()
+            im.save(buf, "JPEG", quality=80)
+    except (OSError, Image.DecompressionBombError):
+        return None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def item_cards(catalog: Catalog, codes: Iterable[int], *, captions: Sequence[str] | None = None,
+               highlight: set[int] | None = None) -> str:
+    """A row of item cards (picture + title) for item codes of ``catalog``."""
+    cards = []
+    for j, code in enumerate(codes):
+        uri = thumbnail_data_uri(catalog.image_paths[code])
+        pic = f'<img src="{uri}" alt="">' if uri else '<div class="noimg">no image</div>'
+        caption = html.escape(captions[j] if captions else catalog.titles[code])
+        cls = "card hit" if highlight and code in highlight else "card"
+        cards.append(f'<div class="{cls}">{pic}<div>{caption}</div></div>')
+    return '<div class="row">' + "".join(cards) + "</div>"
+
+
+def table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    """An HTML table; floats are shown with four decimals."""
+    def cell(v: object) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def write_page(path: str | os.PathLike, title: str, sections: Sequence[str]) -> Path:
+    """Write a complete HTML page atomically and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,37 @@
+"""Typed configs: unknown keys and ill-typed values are errors that name them."""
+from dataclasses import dataclass, field
+
+import pytest
+
+from mmrec.config import from_dict, load_yaml
+from mmrec.train import TrainConfig
+
+
+@dataclass
+class Inner:
+    size: int = 3
+    names: tuple[str, ...] = ("a",)
+
+
+@dataclass
+class Outer:
+    rate: float = 0.1
+    inner: Inner = field(default_factory=Inner)
+    label: str | None = None
+
+
+def test_nested_conversion_and_unknown_keys(tmp_path):
+    cfg = from_dict(Outer, {"rate": "1e-3", "inner": {"size": 5, "names": ["x", "y"]}})
+    assert cfg.rate == 1e-3 and cfg.inner == Inner(5, ("x", "y"))
+    with pytest.raises(ValueError, match=r"Outer.inner: unknown key\(s\) \['sise'\]"):
+        from_dict(Outer, {"inner": {"sise": 5}})
+    with pytest.raises(ValueError, match="expected an integer"):
+        from_dict(Inner, {"size": 2.5})
+    with pytest.raises(ValueError, match="not one of"):
+        from_dict(TrainConfig, {"mixed_precision": "fp8"})
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 3\nlr: 0.01\nbatchsize: 4\n")
+    with pytest.raises(ValueError, match=r"run.yaml: unknown key\(s\) \['batchsize'\]"):
+        load_yaml(TrainConfig, path)
+    with pytest.raises(FileNotFoundError):
+        load_yaml(TrainConfig, tmp_path / "missing.yaml")

@@ -1,0 +1,71 @@
+"""Split protocols: MMRec 8:1:1 with the n-2/1/1 rule, k-core, temporal, leave-last-out, cold items."""
+import numpy as np
+import pytest
+
+from conftest import random_interactions
+from mmrec import Interactions
+from mmrec.splits import cold_items, from_labels, k_core, leave_last_out, mmrec_protocol, temporal
+
+
+def test_k_core_is_iterative():
+    # item 'x' has 2 users; removing it drops user 'c' below 2, which drops item 'y' below 2.
+    inter = Interactions.from_ids(["a", "a", "b", "b", "c", "c", "d", "d"],
+                                  ["p", "q", "p", "q", "x", "y", "x", "p"])
+    kept = k_core(inter, 2)
+    # y (1) goes, so c (x only) goes, so x (d only) goes, so d (p only) goes: a and b remain with p, q.
+    assert set(kept.user_ids[kept.users]) == {"a", "b"}
+    assert set(kept.item_ids[kept.items]) == {"p", "q"}
+
+
+def test_mmrec_protocol_ratios_small_user_rule_and_seed():
+    inter = random_interactions(n_users=50, n_items=80, per_user=20, seed=0)
+    inter = inter.concat(inter)  # duplicates collapse to unique pairs
+    split, labels = mmrec_protocol(inter, seed=1, core=1)
+    assert len(split.train) + len(split.valid) + len(split.test) == 50 * 20
+    per_user = np.bincount(split.test.users, minlength=50)
+    assert (per_user == 2).all()  # 20 interactions -> 16/2/2
+    small = random_interactions(n_users=10, n_items=80, per_user=7, seed=0)
+    s2, _ = mmrec_protocol(small, seed=0, core=1)
+    assert (np.bincount(s2.valid.users) == 1).all() and (np.bincount(s2.test.users) == 1).all()
+    assert (np.bincount(s2.train.users) == 5).all()  # n-2
+    again, labels2 = mmrec_protocol(inter, seed=1, core=1)
+    assert np.array_equal(labels, labels2)
+    other, labels3 = mmrec_protocol(inter, seed=2, core=1)
+    assert not np.array_equal(labels, labels3)
+    assert from_labels(split.train.concat(split.valid).concat(split.test), np.r_[
+        np.zeros(len(split.train)), np.ones(len(split.valid)), np.full(len(split.test), 2)]).valid.users.size
+
+
+def test_from_labels_rejects_bad_labels():
+    inter = random_interactions(n_users=2, n_items=8, per_user=2)
+    with pytest.raises(ValueError, match="row 1"):
+        from_labels(inter, np.array([0, 3, 1, 2]))
+    with pytest.raises(ValueError, match="rows"):
+        from_labels(inter, np.array([0, 1]))
+
+
+def test_temporal_and_leave_last_out():
+    day = 86_400
+    inter = Interactions.from_ids(["a"] * 5 + ["b"] * 2, ["1", "2", "3", "4", "5", "1", "2"],
+                                  timestamps=np.array([1, 2, 3, 4, 5, 1, 9]) * day)
+    split = temporal(inter, test_start=4 * day, test_days=7, valid_days=1)
+    assert list(split.train.timestamps // day) == [1, 2, 1]
+    assert list(split.valid.timestamps // day) == [3]
+    assert sorted(split.test.timestamps // day) == [4, 5, 9]
+    llo = leave_last_out(inter)
+    assert list(llo.test.item_ids[llo.test.items]) == ["5"]  # user b has 2 events: stays in train
+    assert list(llo.valid.item_ids[llo.valid.items]) == ["4"]
+    with pytest.raises(ValueError, match="timestamps"):
+        temporal(Interactions.from_ids(["a"], ["1"]), test_start=10)
+
+
+def test_cold_items_withholds_all_interactions_of_cold_items():
+    inter = random_interactions(n_users=60, n_items=40, per_user=8, seed=4)
+    split = cold_items(inter, fraction=0.2, seed=0)
+    cold = np.r_[split.cold_valid_items, split.cold_test_items]
+    assert len(cold) == 8 and len(np.intersect1d(split.cold_valid_items, split.cold_test_items)) == 0
+    assert not np.isin(split.train.items, cold).any()
+    assert np.isin(split.valid.items, split.cold_valid_items).all()
+    assert np.isin(split.test.items, split.cold_test_items).all()
+    assert len(split.valid) + len(split.test) == np.isin(inter.items, cold).sum()
+    assert (split.train.user_counts()[split.test.users] > 0).all()
