@@ -4,7 +4,7 @@ A model is an ``nn.Module`` with ``training_step(batch) -> dict`` whose ``"loss"
 (the other entries are logged). The loop owns everything else: device placement and processes, mixed
 precision, gradient accumulation, a deterministic epoch order, checkpoints every N optimiser steps with
 exact resume, early stopping on a validation metric (the best weights are restored at the end), a
-progress bar and samples/s.
+progress bar, samples/s and model FLOP/s (counted once by torch's FLOP counter; MFU given `peak_flops`).
 
 Exact resume rests on two things: the batch order is a pure function of ``(seed, epoch)`` (see
 `EpochSampler`, and ``dataset.set_epoch`` for per-epoch sampling such as negatives), and accelerate's
@@ -59,6 +59,7 @@ class TrainConfig:
     resume: bool = True
     progress: bool = True
     cpu: bool = False
+    peak_flops: float | None = None  # per process; with it, model-FLOPs utilisation is logged
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum_steps", "eval_every"):
@@ -174,6 +175,7 @@ class _Loop:
         self.epoch, self.batch_in_epoch, self.bad_evals = 0, 0, 0
         self.best_value = -math.inf
         self.is_main = self.accelerator.is_main_process
+        self.flops_per_sample: float | None = None
 
     # -- checkpoints -------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
@@ -241,6 +243,16 @@ class _Loop:
             self.bad_evals += 1
         return self.bad_evals > self.config.patience
 
+    def count_flops(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Run one step under torch's FLOP counter; training FLOPs ≈ 3 × forward (forward + backward)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            losses = self.step_module(batch)
+        self.flops_per_sample = 3.0 * counter.get_total_flops() / max(_batch_len(batch), 1)
+        return losses
+
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> TrainResult:
         config, accelerator = self.config, self.accelerator
@@ -263,7 +275,10 @@ class _Loop:
             for batch in bar:
                 batch = send_to_device(batch, accelerator.device)
                 with accelerator.accumulate(self.step_module):
-                    losses = self.step_module(batch)
+                    if self.flops_per_sample is None:
+                        losses = self.count_flops(batch)
+                    else:
+                        losses = self.step_module(batch)
                     accelerator.backward(losses["loss"])
                     if accelerator.sync_gradients and config.max_grad_norm:
                         accelerator.clip_grad_norm_(self.step_module.parameters(), config.max_grad_norm)
@@ -280,15 +295,20 @@ class _Loop:
                             self.result.global_step % config.checkpoint_every == 0:
                         self.save_checkpoint()
             seconds = time.perf_counter() - started
+            per_process = samples / max(seconds, 1e-9)
             record = {"epoch": self.epoch, "seconds": seconds,
-                      "samples_per_s": samples * accelerator.num_processes / max(seconds, 1e-9),
+                      "samples_per_s": per_process * accelerator.num_processes,
+                      "model_tflops_per_s": per_process * (self.flops_per_sample or 0.0) / 1e12,
                       **{k: v / max(n_batches, 1) for k, v in sums.items()}}
+            if config.peak_flops:
+                record["mfu"] = per_process * (self.flops_per_sample or 0.0) / config.peak_flops
             if self.evaluate_fn is not None and (self.epoch + 1) % config.eval_every == 0:
                 stop = self.validate(record)
             self.result.history.append(record)
-            log.info("epoch %d: loss %.4f, %s %s, %.0f samples/s", self.epoch, record.get("loss", math.nan),
-                     config.early_stop_metric, record.get("valid", {}).get(config.early_stop_metric, "-"),
-                     record["samples_per_s"])
+            log.info("epoch %d: loss %.4f, %s %s, %.0f samples/s, %.3f model TFLOP/s%s", self.epoch,
+                     record.get("loss", math.nan), config.early_stop_metric,
+                     record.get("valid", {}).get(config.early_stop_metric, "-"), record["samples_per_s"],
+                     record["model_tflops_per_s"], f", MFU {record['mfu']:.1%}" if "mfu" in record else "")
             self.epoch += 1
             self.batch_in_epoch = 0
             self.result.epochs_run = self.epoch

@@ -1,0 +1,259 @@
+"""`UnifiedSpace`: towers + cross-modal adapters → one L2-normalised space of size ``D``.
+
+Every modality (``image``, ``text``, ``screen``, and tower-less ones such as ``behaviour`` whose inputs
+are vectors, e.g. a warm model's item ID embeddings) has a tower (or none) and an adapter into the same
+space. Training aligns pairs of modalities with open_clip's `ClipLoss` (symmetric InfoNCE, learnable
+temperature, features gathered across processes) through the one loop, `mmrec.train.fit`.
+
+A training batch is a dict whose keys name a modality and its input form:
+``"<modality>:pixels"`` (``[B, 3, H, W]`` from the tower's `Preprocess`; the tower runs, with gradients
+when it is trainable), ``"<modality>:features"`` (``[B, tower.dim]`` precomputed outputs of a frozen
+tower, e.g. locked MiniLM text features), or ``"<modality>:vectors"`` (inputs of a tower-less modality).
+Optional ``"<modality>:mask"`` marks rows that have that modality; a pair's loss uses rows with both.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmrec.config import from_dict
+from mmrec.data import Catalog
+from mmrec.fusion.adapters import AdapterConfig, create_adapter
+
+CONFIG_FILE, WEIGHTS_FILE = "space.json", "space.safetensors"
+
+
+@dataclass
+class TowerConfig:
+    """A tower by spec (see `mmrec.encoders.create_encoder`), its build options, and whether it trains."""
+
+    spec: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    trainable: bool = False
+    input_dim: int = 0  # tower-less modalities (spec ""): size of the input vectors
+
+
+@dataclass
+class SpaceConfig:
+    """Towers and adapters per modality, the space size, and the modality pairs aligned in training."""
+
+    towers: dict[str, TowerConfig] = field(default_factory=dict)
+    dim: int = 256
+    adapter: str = "mlp"
+    adapter_options: dict[str, Any] = field(default_factory=dict)
+    pairs: tuple[str, ...] = ("image-text",)
+    pair_weights: tuple[float, ...] = ()
+    init_temperature: float = 0.07
+
+    def __post_init__(self) -> None:
+        self.towers = {m: from_dict(TowerConfig, t) if isinstance(t, dict) else t for m, t in self.towers.items()}
+        for pair in self.pairs:
+            a, _, b = pair.partition("-")
+            if not b or a not in self.towers or b not in self.towers:
+                raise ValueError(f"SpaceConfig.pairs: {pair!r} must be 'a-b' with both in towers {sorted(self.towers)}")
+        if self.pair_weights and len(self.pair_weights) != len(self.pairs):
+            raise ValueError("SpaceConfig.pair_weights needs one weight per pair")
+
+
+class UnifiedSpace(nn.Module):
+    """Towers and adapters mapping every modality into one space; `fit` aligns them, `embed_*` use them."""
+
+    def __init__(self, config: SpaceConfig, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        from mmrec.encoders import create_encoder
+
+        self.config = config
+        self.encoders: dict[str, Any] = {}
+        self.towers = nn.ModuleDict()
+        self.adapters = nn.ModuleDict()
+        for modality, tower in config.towers.items():
+            if tower.spec:
+                encoder = create_encoder(tower.spec, modality, device=device, precision="fp32", **tower.options)
+                self.encoders[modality] = encoder
+                if tower.trainable:
+                    module = encoder.module
+                    module.requires_grad_(True)
+                    self.towers[modality] = module
+                in_dim = encoder.dim
+            elif tower.input_dim > 0:
+                in_dim = tower.input_dim
+            else:
+                raise ValueError(f"tower {modality!r} needs a spec or an input_dim")
+            adapter_cfg = from_dict(AdapterConfig, {"kind": config.adapter, **config.adapter_options,
+                                                    "in_dim": in_dim, "out_dim": config.dim})
+            self.adapters[modality] = create_adapter(adapter_cfg)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        self._loss = None
+
+    # -- embedding -----------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        """Where the adapters live."""
+        return self.logit_scale.device
+
+    def project(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+        """Tower outputs (or tower-less input vectors) of ``modality`` → ``[N, D]`` in the space."""
+        return self.adapters[modality](features.to(self.device, torch.float32))
+
+    def _tower_features(self, modality: str, pixels: torch.Tensor) -> torch.Tensor:
+        encoder = self.encoders[modality]
+        pixels = pixels.to(self.device, torch.float32)
+        if modality in self.towers and self.training:
+            return encoder.forward_features(pixels).float()
+        return encoder.encode(pixels)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+        """Texts → ``[N, D]``."""
+        return self._embed_batches("text", list(texts), batch_size, lambda enc, b: enc.encode(b))
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[Any], batch_size: int = 128, modality: str = "image") -> torch.Tensor:
+        """PIL images, uint8 tensors or image paths → ``[N, D]``."""
+        from PIL import Image
+
+        def encode(enc: Any, batch: list) -> torch.Tensor:
+            loaded = []
+            for img in batch:
+                if isinstance(img, (str, os.PathLike)):
+                    with Image.open(img) as im:
+                        img = im.convert("RGB")
+                loaded.append(img)
+            return enc.encode_images(loaded)
+
+        return self._embed_batches(modality, list(images), batch_size, encode)
+
+    @torch.no_grad()
+    def embed_screens(self, screens: Sequence[Any], batch_size: int = 8) -> torch.Tensor:
+        """App screenshots (any size; tiled by the screen tower) → ``[N, D]``."""
+        return self.embed_images(screens, batch_size, modality="screen")
+
+    def _embed_batches(self, modality: str, inputs: list, batch_size: int, encode) -> torch.Tensor:
+        if modality not in self.encoders:
+            raise ValueError(f"this space has no {modality!r} tower; it has {sorted(self.encoders)}")
+        was_training = self.training
+        self.eval()
+        try:
+            out = [self.project(modality, encode(self.encoders[modality], inputs[s:s + batch_size]))
+                   for s in range(0, len(inputs), batch_size)]
+        finally:
+            self.train(was_training)
+        return torch.cat(out) if out else torch.zeros(0, self.config.dim, device=self.device)
+
+    @torch.no_grad()
+    def embed_items(self, catalog: Catalog, *, texts: Sequence[str] | None = None,
+                    modalities: Sequence[str] = ("image", "text"), batch_size: int = 128,
+                    cache: str | os.PathLike | None = None) -> tuple[torch.Tensor, np.ndarray]:
+        """Item vectors ``[N, D]`` fusing the modalities each item has (mean, renormalised), and a mask of
+        items that got any vector. Tower outputs go through `mmrec.encoders.embed` (parallel decoding,
+        counted skips of broken images, optional on-disk cache)."""
+        from mmrec.encoders import embed
+
+        total = torch.zeros(len(catalog), self.config.dim, device=self.device)
+        count = torch.zeros(len(catalog), device=self.device)
+        for modality in modalities:
+            if modality not in self.encoders:
+                continue
+            if modality in self.towers:
+                was_training = self.training
+                self.eval()
+            result = embed(catalog, self.encoders[modality], texts=texts if modality == "text" else None,
+                           batch_size=batch_size, cache=None if modality in self.towers else cache, progress=False)
+            if modality in self.towers:
+                self.train(was_training)
+            valid = torch.as_tensor(result.valid, device=self.device)
+            vectors = self.project(modality, torch.as_tensor(result.vectors, device=self.device))
+            total[valid] += vectors[valid]
+            count[valid] += 1
+        has = count > 0
+        total[has] = F.normalize(total[has], dim=-1)
+        return total, has.cpu().numpy()
+
+    # -- training ------------------------------------------------------------------------------------
+    def encode_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """Space vectors (and row masks) of every modality present in a training batch."""
+        out = {}
+        for key, value in batch.items():
+            modality, _, form = key.partition(":")
+            if form == "mask":
+                continue
+            if form == "pixels":
+                features = self._tower_features(modality, value)
+            elif form in ("features", "vectors"):
+                features = value
+            else:
+                raise KeyError(f"batch key {key!r}: expected '<modality>:pixels|features|vectors|mask'")
+            out[modality] = (self.project(modality, features), batch.get(f"{modality}:mask"))
+        return out
+
+    def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weighted sum of `ClipLoss` over the configured modality pairs present in the batch."""
+        vectors = self.encode_batch(batch)
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        weights = self.config.pair_weights or (1.0,) * len(self.config.pairs)
+        losses: dict[str, torch.Tensor] = {}
+        total = torch.zeros((), device=self.device)
+        for pair, weight in zip(self.config.pairs, weights):
+            a, _, b = pair.partition("-")
+            if a not in vectors or b not in vectors:
+                continue
+            (va, ma), (vb, mb) = vectors[a], vectors[b]
+            keep = torch.ones(len(va), dtype=torch.bool, device=va.device)
+            for mask in (ma, mb):
+                if mask is not None:
+                    keep &= mask.to(va.device).bool()
+            loss = self.clip_loss(va[keep], vb[keep], scale)
+            losses[pair] = loss.detach()
+            total = total + weight * loss
+        return {"loss": total, "temperature": (1.0 / scale).detach(), **losses}
+
+    def clip_loss(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """open_clip's `ClipLoss`, gathering features from every process when training is distributed."""
+        from open_clip.loss import ClipLoss
+
+        if self._loss is None:
+            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
+            self._loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
+        return self._loss(a, b, scale)
+
+    # -- persistence ---------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Config JSON + safetensors of the adapters, temperature and trained towers (frozen towers are
+        rebuilt from their spec when loading)."""
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        config = asdict(self.config)
+        tmp = out / (CONFIG_FILE + ".tmp")
+        tmp.write_text(json.dumps(config, indent=2))
+        os.replace(tmp, out / CONFIG_FILE)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tmp = out / (WEIGHTS_FILE + ".tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, out / WEIGHTS_FILE)
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "UnifiedSpace":
+        """Load a space written by `save_pretrained`; needs no training state."""
+        from safetensors.torch import load_file
+
+        root = Path(directory)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (root / name).is_file():
+                raise FileNotFoundError(f"{root / name} is missing: {root} is not a saved UnifiedSpace")
+        config = from_dict(SpaceConfig, json.loads((root / CONFIG_FILE).read_text()))
+        space = cls(config, device=device)
+        space.load_state_dict(load_file(str(root / WEIGHTS_FILE), device=str(device)))
+        return space.eval()
