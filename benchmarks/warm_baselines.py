@@ -23,7 +23,7 @@ from mmrec.train import TrainConfig
 GRIDS = {
     "most_popular": {},
     "itemknn": {"k": [50, 200], "shrink": [0.0, 10.0]},
-    "bpr": {"reg_weight": [1e-2, 3e-2]},
+    "bpr": {"reg_weight": [1e-3, 1e-2]},
     "lightgcn": {"n_layers": [2, 3], "reg_weight": [1e-2]},
 }
 REPORTED = ("recall@20", "ndcg@20", "recall@10", "ndcg@10")
@@ -40,8 +40,9 @@ def main() -> None:
     parser.add_argument("--data", required=True, help="MMRec-format folder with x_label")
     parser.add_argument("--models", nargs="+", default=list(GRIDS), choices=list(GRIDS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, default=1000)
-    parser.add_argument("--patience", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=500)
+    parser.add_argument("--eval-every", type=int, default=5, help="epochs between validations")
+    parser.add_argument("--patience", type=int, default=4, help="validations without improvement before stopping")
     parser.add_argument("--lr", type=float, default=0.005)
     parser.add_argument("--out", default="out/warm_baselines.json")
     args = parser.parse_args()
@@ -51,7 +52,8 @@ def main() -> None:
     results = {}
     for name in args.models:
         def train(config: dict, seed: int) -> dict:
-            tc = TrainConfig(epochs=args.epochs, patience=args.patience, lr=args.lr, seed=seed, progress=False)
+            tc = TrainConfig(epochs=args.epochs, patience=args.patience, eval_every=args.eval_every, lr=args.lr,
+                             seed=seed, progress=False)
             return run(split, name, model_config=config, train_config=tc)[1]
 
         grid = []
