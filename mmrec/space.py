@@ -207,23 +207,38 @@ class UnifiedSpace(nn.Module):
             if a not in vectors or b not in vectors:
                 continue
             (va, ma), (vb, mb) = vectors[a], vectors[b]
-            keep = torch.ones(len(va), dtype=torch.bool, device=va.device)
+            keep = None
             for mask in (ma, mb):
                 if mask is not None:
-                    keep &= mask.to(va.device).bool()
-            loss = self.clip_loss(va[keep], vb[keep], scale)
+                    mask = mask.to(va.device).bool()
+                    keep = mask if keep is None else keep & mask
+            loss = self.clip_loss(va, vb, scale, keep)
             losses[pair] = loss.detach()
             total = total + weight * loss
         return {"loss": total, "temperature": (1.0 / scale).detach(), **losses}
 
-    def clip_loss(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """open_clip's `ClipLoss`, gathering features from every process when training is distributed."""
-        from open_clip.loss import ClipLoss
+    def clip_loss(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
+                  keep: torch.Tensor | None = None) -> torch.Tensor:
+        """open_clip's `ClipLoss` over the rows of ``a`` and ``b`` that ``keep`` marks (all rows without it).
+
+        When training is distributed, features (with gradients) and row masks of every process are gathered
+        first and the loss is taken over the global batch, so processes may keep different numbers of rows.
+        """
+        from open_clip.loss import ClipLoss, gather_features
 
         if self._loss is None:
             dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-            rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if dist else (0, 1)
-            self._loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world)
+            self._rank = torch.distributed.get_rank() if dist else 0
+            self._world = torch.distributed.get_world_size() if dist else 1
+            self._loss = ClipLoss()  # it sees features already gathered from every process
+        if self._world > 1:
+            a, b = gather_features(a, b, gather_with_grad=True, rank=self._rank, world_size=self._world)
+            if keep is not None:
+                parts = [torch.empty_like(keep, dtype=torch.uint8) for _ in range(self._world)]
+                torch.distributed.all_gather(parts, keep.to(torch.uint8))
+                keep = torch.cat(parts).bool()
+        if keep is not None:
+            a, b = a[keep], b[keep]
         return self._loss(a, b, scale)
 
     # -- persistence ---------------------------------------------------------------------------------

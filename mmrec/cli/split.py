@@ -30,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     split, _ = make_split(data, args)
     out = Path(args.out)
     name = args.name or out.name
-    mmrec_format.save(out, name, split)
+    raw_columns = {"raw_item_column": "article_id", "raw_user_column": "customer_id"} if data.kind == "hm" else {}
+    mmrec_format.save(out, name, split, **raw_columns)
     payload = {"out": str(out), "train": len(split.train), "valid": len(split.valid), "test": len(split.test)}
     if split.cold_test_items is not None:
         ids = split.train.item_ids
