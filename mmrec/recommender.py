@@ -18,6 +18,7 @@ from torch import nn
 
 from mmrec.config import from_dict, to_dict
 from mmrec.data import Interactions
+from mmrec.io import atomic_save_tensors, atomic_write_text
 from mmrec.topk import csr_rows, mask_, topk
 
 MODELS: dict[str, type["Recommender"]] = {}
@@ -123,19 +124,15 @@ class Recommender(nn.Module):
     # -- persistence ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write config JSON, vocabularies and safetensors weights to ``directory`` (atomically per file)."""
-        from safetensors.torch import save_file
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         meta = {"model": self.name, "n_users": self.n_users, "n_items": self.n_items,
                 "config": to_dict(self.config) if dataclasses.is_dataclass(self.config) else {}}
-        _atomic_text(out / CONFIG_FILE, json.dumps(meta, indent=2))
+        atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2))
         vocab = {"user_ids": None if self.user_ids is None else list(self.user_ids),
                  "item_ids": None if self.item_ids is None else list(self.item_ids)}
-        _atomic_text(out / VOCAB_FILE, json.dumps(vocab))
-        tmp = out / (WEIGHTS_FILE + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, out / WEIGHTS_FILE)
+        atomic_write_text(out / VOCAB_FILE, json.dumps(vocab))
+        atomic_save_tensors(self.state_dict(), out / WEIGHTS_FILE)
         return out
 
     @classmethod
@@ -177,9 +174,3 @@ def setattr_path(module: nn.Module, dotted: str, value: torch.Tensor) -> None:
         setattr(module, leaf, nn.Parameter(value))
     else:
         module._buffers[leaf] = value
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -27,6 +27,7 @@ from torch import nn
 
 from mmrec.config import from_dict
 from mmrec.data import Catalog
+from mmrec.io import atomic_save_tensors, atomic_write_text
 from mmrec.fusion.adapters import AdapterConfig, create_adapter
 
 CONFIG_FILE, WEIGHTS_FILE = "space.json", "space.safetensors"
@@ -245,18 +246,10 @@ class UnifiedSpace(nn.Module):
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Config JSON + safetensors of the adapters, temperature and trained towers (frozen towers are
         rebuilt from their spec when loading)."""
-        from safetensors.torch import save_file
-
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
-        config = asdict(self.config)
-        tmp = out / (CONFIG_FILE + ".tmp")
-        tmp.write_text(json.dumps(config, indent=2))
-        os.replace(tmp, out / CONFIG_FILE)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = out / (WEIGHTS_FILE + ".tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, out / WEIGHTS_FILE)
+        atomic_write_text(out / CONFIG_FILE, json.dumps(asdict(self.config), indent=2))
+        atomic_save_tensors(self.state_dict(), out / WEIGHTS_FILE)
         return out
 
     @classmethod

@@ -30,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from accelerate.utils import send_to_device
 from tqdm.auto import tqdm
 
+from mmrec.io import atomic_save_tensors
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "step_"
@@ -238,7 +240,7 @@ class _Loop:
             self.result.best_epoch, self.result.best_metrics = self.epoch, dict(metrics)
             self._best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
             if self.is_main and self.config.checkpoint_dir:
-                _save_state(self._best_state, Path(self.config.checkpoint_dir) / "best.safetensors")
+                atomic_save_tensors(self._best_state, Path(self.config.checkpoint_dir) / "best.safetensors")
         else:
             self.bad_evals += 1
         return self.bad_evals > self.config.patience
@@ -305,10 +307,10 @@ class _Loop:
             if self.evaluate_fn is not None and (self.epoch + 1) % config.eval_every == 0:
                 stop = self.validate(record)
             self.result.history.append(record)
-            log.info("epoch %d: loss %.4f, %s %s, %.0f samples/s, %.3f model TFLOP/s%s", self.epoch,
+            log.info("epoch %d: loss %.4f, %s %s, %.0f samples/s, %.3g model GFLOP/s%s", self.epoch,
                      record.get("loss", math.nan), config.early_stop_metric,
                      record.get("valid", {}).get(config.early_stop_metric, "-"), record["samples_per_s"],
-                     record["model_tflops_per_s"], f", MFU {record['mfu']:.1%}" if "mfu" in record else "")
+                     record["model_tflops_per_s"] * 1e3, f", MFU {record['mfu']:.1%}" if "mfu" in record else "")
             self.epoch += 1
             self.batch_in_epoch = 0
             self.result.epochs_run = self.epoch
@@ -329,14 +331,6 @@ def _batch_len(batch: Any) -> int:
     if isinstance(batch, (list, tuple)):
         return _batch_len(batch[0])
     return 1
-
-
-def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    os.replace(tmp, path)
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:

@@ -1,5 +1,4 @@
 """Warm baselines: behaviour on structured toy data, save/load round trip, recommend()."""
-import numpy as np
 import pytest
 import torch
 

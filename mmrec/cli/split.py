@@ -5,7 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 
 from mmrec.cli.common import add_data_argument, add_split_arguments, emit, load_data, make_split
 
