@@ -65,3 +65,17 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     cfg.write_text("model: {n_layer: 2}\ntrain: {epochs: 1}\n")
     code = main(["evaluate", "--data", "synthetic", "--model", "lightgcn", "--config", str(cfg), "--json"])
     assert code == 2 and "unknown key" in capsys.readouterr().err
+
+
+def test_train_align_saves_a_space_that_loads(tmp_path):
+    from mmrec.space import UnifiedSpace
+
+    cfg = tmp_path / "align.yaml"
+    cfg.write_text("space:\n  dim: 32\n  towers:\n    image: {spec: 'timm:vit_tiny_patch16_224@random', trainable: true,\n"
+                   "            options: {model_kwargs: {img_size: 32, patch_size: 8, embed_dim: 64, depth: 1, num_heads: 2}}}\n"
+                   "    text: {spec: minilm}\ntrain: {epochs: 1, batch_size: 64, early_stop_metric: t2i_recall@10}\n")
+    out = json.loads(_mmrec("train", "align", "--data", "synthetic", "--config", str(cfg), "--out",
+                            str(tmp_path / "space"), "--no-progress", "--json").stdout)
+    assert out["train_items"] > out["valid_items"] > 0 and "t2i_recall@10" in out["valid"]
+    space = UnifiedSpace.from_pretrained(tmp_path / "space")
+    assert space.embed_texts(["red dress"]).shape == (1, 32)

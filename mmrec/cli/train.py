@@ -22,11 +22,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
     """Options shared by ``train`` and ``evaluate``."""
     add_data_argument(parser)
     add_split_arguments(parser)
-    parser.add_argument("--model", required=True, choices=WARM_MODELS, help="which recommender")
+    parser.add_argument("--model", required=model_required, choices=WARM_MODELS, help="which recommender")
     parser.add_argument("--config", help="YAML with 'model:' and 'train:' sections (unknown keys are errors)")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
     parser.add_argument("--checkpoint-dir", help="checkpoint here and resume from the newest checkpoint")
@@ -49,7 +49,9 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register this command's options."""
-    add_model_arguments(parser)
+    parser.add_argument("task", nargs="?", default="recommender", choices=("recommender", "align"),
+                        help="'recommender' (default) or 'align': train a UnifiedSpace (--config with 'space:')")
+    add_model_arguments(parser, model_required=False)
     parser.add_argument("--out", required=True, help="folder for the trained model (safetensors + JSON)")
 
 
@@ -57,6 +59,12 @@ def run(args: argparse.Namespace) -> int:
     """Train, report valid/test metrics at the chosen point, save the model."""
     from mmrec.experiment import run as run_experiment
 
+    if args.task == "align":
+        from mmrec.cli.align import run_align
+
+        return run_align(args)
+    if not args.model:
+        raise ValueError("mmrec train recommender needs --model")
     config = run_config(args)
     split, _ = make_split(load_data(args.data), args)
     model, report = run_experiment(split, args.model, model_config=config.model, train_config=config.train)
