@@ -69,6 +69,10 @@ def run_align(args: argparse.Namespace) -> int:
         return {f"t2i_{k}": v for k, v in found.items()}
 
     result = align(space, pairs, config.train, evaluate_fn=validate)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # every process holds the same weights; one writes them
+        return 0
     space.save_pretrained(args.out)
     emit({"out": args.out, "train_items": len(pairs.rows), "valid_items": len(valid),
           "best_epoch": result.best_epoch, "valid": result.best_metrics,
