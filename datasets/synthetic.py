@@ -114,14 +114,13 @@ class WorldConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "WorldConfig":
-        """Build from a mapping (e.g. parsed YAML); unknown keys raise `ValueError` naming them."""
+        """Build from a mapping (e.g. parsed YAML) with `mmrec.config.from_dict`: unknown keys raise
+        `ValueError` naming them, lists become the tuple ranges."""
+        from mmrec.config import from_dict
+
         if not isinstance(values, Mapping):
             raise TypeError(f"WorldConfig.from_dict needs a mapping, got {type(values).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown WorldConfig key(s) {unknown}; known keys are {sorted(known)}")
-        return cls(**dict(values))
+        return from_dict(cls, dict(values))
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready values (ranges as lists)."""

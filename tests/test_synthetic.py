@@ -228,7 +228,7 @@ def test_affinity_and_popularity_drive_training_purchases() -> None:
 # ------------------------------------------------------------------------------------------ bad config
 
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown WorldConfig key.*n_user"):
+    with pytest.raises(ValueError, match="WorldConfig: unknown key.*n_user"):
         WorldConfig.from_dict({"n_user": 10})
     with pytest.raises(ValueError, match="colour_count"):
         make_world({"seed": 1, "colour_count": 3}, tmp_path)
