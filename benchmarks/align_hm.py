@@ -89,9 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hm", default="../shared/data/hm")
     parser.add_argument("--out", default="out/align_hm")
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", default="out/embed-cache", help="embedding cache for the locked text tower")
     args = parser.parse_args()
@@ -130,7 +130,7 @@ def main() -> None:
 
     started = time.perf_counter()
     result = align(space, data, TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                            weight_decay=0.05, optimizer="adamw", seed=args.seed, patience=3,
+                                            seed=args.seed, patience=3,
                                             early_stop_metric="t2i_recall@10", progress=False),
                    evaluate_fn=validate)
     train_seconds = time.perf_counter() - started
