@@ -165,10 +165,6 @@ class LightGCN(BPRMF):
         """Build D^-1/2 A D^-1/2 of the bipartite graph from the training pairs."""
         self.adjacency = normalized_adjacency(train, self.n_users, self.n_items).to(self.user_emb.device)
 
-    def remember(self, train: Interactions) -> None:
-        super().remember(train)
-        self.prepare(train)
-
     def load_pretrained_state(self, state: dict[str, torch.Tensor]) -> None:
         super().load_pretrained_state(state)
         ptr, idx = self.seen_indptr.numpy(), self.seen_indices.numpy()

@@ -7,7 +7,6 @@ is no Python loop over users, only over batches.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Protocol, Sequence, Union
 
@@ -17,6 +16,7 @@ import torch
 from mmrec.data import Interactions
 from mmrec.metrics import METRICS, per_user_metrics
 from mmrec.splits import Split
+from mmrec.topk import mask_
 
 Candidates = Union[Literal["all", "cold", "warm"], Sequence[int], np.ndarray]
 
@@ -130,8 +130,7 @@ def evaluate(model: Scorer | Callable[[torch.Tensor], torch.Tensor], split: Spli
             # A fresh dense copy: masking must not write into the model's tensors (or an expanded view).
             scores = scores.to(dev, torch.float32).index_select(1, cand_t)
             s0, s1 = seen_ptr[start], seen_ptr[stop]
-            scores[torch.as_tensor(seen_rows[s0:s1] - start, device=dev),
-                   torch.as_tensor(seen_cols[s0:s1], device=dev)] = -math.inf
+            mask_(scores, seen_rows[s0:s1] - start, seen_cols[s0:s1])
             top_idx = torch.topk(scores, top, dim=1).indices
             relevant = torch.zeros_like(scores, dtype=torch.bool)
             r0, r1 = rel_ptr[start], rel_ptr[stop]
