@@ -9,7 +9,7 @@ towers (e.g. locked MiniLM text features, computed once and cached). A batch is 
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -22,11 +22,14 @@ from mmrec.train import TrainConfig, TrainResult, fit
 log = logging.getLogger(__name__)
 
 
-def decode_resized(paths: Sequence[str | None], preprocess, *, progress: bool = False) -> tuple[torch.Tensor, np.ndarray]:
-    """uint8 ``[N, 3, H, W]`` images resized to ``preprocess.size`` and a mask of rows that decoded.
+def decode_resized(paths: Sequence[Any], preprocess, *, progress: bool = False) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 ``[N, 3, H, W]`` images (paths, or PIL images already in memory) resized to ``preprocess.size``
+    and a mask of rows that decoded.
 
-    Missing and broken images are counted and logged, and their rows stay zero with mask False.
+    Missing (None) and broken images are counted and logged, and their rows stay zero with mask False.
     """
+    from PIL import Image
+
     from mmrec.encoders import ImageDecodeError, load_image
     from mmrec.encoders.base import pil_to_tensor
 
@@ -38,7 +41,7 @@ def decode_resized(paths: Sequence[str | None], preprocess, *, progress: bool = 
         if path is None:
             continue
         try:
-            image = load_image(path, draft_size=(w, h))
+            image = path.convert("RGB") if isinstance(path, Image.Image) else load_image(path, draft_size=(w, h))
         except ImageDecodeError as err:
             failures += 1
             if failures <= 5:
@@ -53,38 +56,69 @@ def decode_resized(paths: Sequence[str | None], preprocess, *, progress: bool = 
 
 
 class CatalogPairs(Dataset):
-    """Per-item training inputs for a `UnifiedSpace`: pixels for trainable towers, features for frozen ones."""
+    """Per-item training inputs for a `UnifiedSpace`: pixels for trainable towers, features for frozen ones,
+    vectors for tower-less modalities (e.g. a warm model's item ID embeddings as ``behaviour``).
+
+    Each input is ``(values, mask)`` over the same items; the mask marks items that have the modality. An
+    item is a training row when at least one of ``pairs`` (``"a-b"``) has both of its modalities; a batch
+    carries ``"<modality>:mask"`` wherever some rows lack the modality, and each pair's loss uses only
+    the rows that have both sides.
+    """
 
     def __init__(self, pixels: dict[str, tuple[torch.Tensor, np.ndarray]],
-                 features: dict[str, tuple[torch.Tensor, np.ndarray]], normalize: dict[str, Callable]) -> None:
-        sizes = {len(v[0]) for v in list(pixels.values()) + list(features.values())}
+                 features: dict[str, tuple[torch.Tensor, np.ndarray]], normalize: dict[str, Callable],
+                 vectors: dict[str, tuple[torch.Tensor, np.ndarray]] | None = None,
+                 pairs: Sequence[str] | None = None) -> None:
+        self.pixels, self.features, self.vectors = pixels, features, dict(vectors or {})
+        self.normalize = normalize
+        inputs = {**pixels, **features, **self.vectors}
+        sizes = {len(values) for values, _ in inputs.values()}
         if len(sizes) != 1:
             raise ValueError(f"all modalities need the same number of items, got sizes {sorted(sizes)}")
         self.n = sizes.pop()
-        self.pixels, self.features, self.normalize = pixels, features, normalize
-        usable = np.ones(self.n, dtype=bool)
-        for _, mask in list(pixels.values()) + list(features.values()):
-            usable &= mask
+        self.masks = {m: np.asarray(mask, dtype=bool) for m, (_, mask) in inputs.items()}
+        pairs = list(pairs) if pairs is not None else ["-".join(inputs)]
+        usable = np.zeros(self.n, dtype=bool)
+        for pair in pairs:
+            a, _, b = pair.partition("-")
+            if a in inputs and b in inputs:
+                usable |= self.masks[a] & self.masks[b]
         self.rows = np.flatnonzero(usable)
         if not len(self.rows):
-            raise ValueError("no item has every modality needed for training")
+            raise ValueError(f"no item has both modalities of any pair in {pairs}")
 
     @classmethod
     def from_catalog(cls, space: UnifiedSpace, catalog: Catalog, *, texts: Sequence[str] | None = None,
-                     cache: str | None = None) -> "CatalogPairs":
-        """Decode photos for trainable image towers, embed the rest with their frozen towers."""
+                     cache: str | None = None,
+                     vectors: dict[str, tuple[torch.Tensor, np.ndarray]] | None = None,
+                     renderers: dict[str, Callable[[int], Any]] | None = None) -> "CatalogPairs":
+        """Decode photos for trainable image towers, embed the rest with their frozen towers.
+
+        ``vectors`` gives the inputs of tower-less modalities (``[len(catalog), input_dim]`` and a mask);
+        ``renderers[modality](code)`` makes that modality's image of an item instead of its photo (e.g.
+        a product page for the ``screen`` tower; None when the item has none).
+        """
         from mmrec.encoders import embed
 
         pixels, features, normalize = {}, {}, {}
+        renderers = renderers or {}
         for modality, encoder in space.encoders.items():
             if modality in space.towers:
-                pixels[modality] = decode_resized(catalog.image_paths, encoder.preprocess)
+                sources = catalog.image_paths
+                if modality in renderers:
+                    sources = _Rendered(renderers[modality], len(catalog))
+                pixels[modality] = decode_resized(sources, encoder.preprocess)
                 normalize[modality] = encoder.preprocess.normalize
             else:
                 result = embed(catalog, encoder, texts=texts if modality == "text" else None, cache=cache,
                                progress=False)
                 features[modality] = (torch.as_tensor(result.vectors), result.valid)
-        return cls(pixels, features, normalize)
+        for modality, (values, mask) in (vectors or {}).items():
+            if modality not in space.adapters or modality in space.encoders:
+                raise ValueError(f"vectors for {modality!r}: the space has no tower-less modality of that name")
+            if len(values) != len(catalog):
+                raise ValueError(f"vectors for {modality!r} have {len(values)} rows, the catalog {len(catalog)}")
+        return cls(pixels, features, normalize, vectors, pairs=space.config.pairs)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -93,14 +127,34 @@ class CatalogPairs(Dataset):
         return int(self.rows[index])
 
     def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
-        """One batch dict: normalised float pixels and feature rows, gathered by index."""
+        """One batch dict: normalised float pixels, feature and vector rows, and masks, gathered by index."""
         idx = torch.as_tensor(rows)
         batch = {}
         for modality, (images, _) in self.pixels.items():
             batch[f"{modality}:pixels"] = self.normalize[modality](images[idx].float().div_(255))
-        for modality, (vectors, _) in self.features.items():
-            batch[f"{modality}:features"] = vectors[idx]
+        for modality, (values, _) in self.features.items():
+            batch[f"{modality}:features"] = values[idx]
+        for modality, (values, _) in self.vectors.items():
+            batch[f"{modality}:vectors"] = torch.as_tensor(values)[idx].float()
+        for modality, mask in self.masks.items():
+            if not mask[self.rows].all():
+                batch[f"{modality}:mask"] = torch.as_tensor(mask[idx.numpy()])
         return batch
+
+
+class _Rendered(Sequence):
+    """Images made on demand, one at a time, so a catalog's rendered pages never sit in memory at once."""
+
+    def __init__(self, render: Callable[[int], Any], n: int) -> None:
+        self.render, self.n = render, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, code: int) -> Any:
+        if not 0 <= code < self.n:
+            raise IndexError(code)
+        return self.render(code)
 
 
 def align(space: UnifiedSpace, data: Dataset, config: TrainConfig | None = None, *,

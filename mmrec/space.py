@@ -239,6 +239,8 @@ class UnifiedSpace(nn.Module):
                 torch.distributed.all_gather(parts, keep.to(torch.uint8))
                 keep = torch.cat(parts).bool()
         if keep is not None:
+            if not bool(keep.any()):  # no row has both sides: no signal, but keep the graph connected
+                return (a.sum() + b.sum()) * 0.0
             a, b = a[keep], b[keep]
         return self._loss(a, b, scale)
 

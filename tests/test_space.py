@@ -77,3 +77,65 @@ def test_lit_alignment_on_the_synthetic_world(world, tmp_path):
     items, has = loaded.embed_items(catalog.subset(np.arange(20)))
     assert items.shape == (20, 32) and has.all()
     torch.testing.assert_close(items.norm(dim=-1), torch.ones(20))
+
+
+def test_content_behaviour_alignment_places_unseen_items_by_their_text():
+    """Text of items held out of alignment lands near those items' collaborative (BPR) embeddings."""
+    from mmrec.datasets.synthetic import WorldConfig, make_world
+    from mmrec.recommender import create_model
+
+    world = make_world(WorldConfig(seed=5, n_users=400, n_items=300, n_new_items=0, new_interactions_per_user=(0, 0),
+                                   missing_text_fraction=0.0, missing_image_fraction=0.0), None)
+    torch.manual_seed(0)
+    bpr = create_model("bpr", world.interactions.n_users, world.interactions.n_items, {"dim": 32, "reg_weight": 1e-3})
+    bpr.fit(world.interactions, train_config=TrainConfig(epochs=15, batch_size=512, lr=1e-2, seed=0, progress=False))
+    behaviour = bpr.item_emb.detach()[: len(world.catalog)]
+
+    torch.manual_seed(0)
+    space = UnifiedSpace(SpaceConfig(towers={"text": TowerConfig("minilm"), "behaviour": TowerConfig(input_dim=32)},
+                                     dim=32, adapter="mlp", adapter_options={"hidden": 64}, pairs=("text-behaviour",)))
+    held_out = np.random.default_rng(0).permutation(len(world.catalog))[:60]
+    mask = np.ones(len(world.catalog), dtype=bool)
+    mask[held_out] = False
+    data = CatalogPairs.from_catalog(space, world.catalog, vectors={"behaviour": (behaviour, mask)})
+    assert len(data) == len(world.catalog) - 60
+    batch = data.collate([int(r) for r in data.rows[:8]])
+    assert set(batch) == {"text:features", "behaviour:vectors"}
+
+    def held_out_recall(s: UnifiedSpace) -> dict[str, float]:
+        with torch.no_grad():
+            text = s.project("text", data.features["text"][0][held_out])
+            found = retrieval_metrics(text, s.project("behaviour", behaviour[held_out]))
+        return {f"t2b_{k}": v for k, v in found.items()}
+
+    before = held_out_recall(space)
+    align(space, data, TrainConfig(epochs=30, batch_size=64, lr=2e-3, seed=0, progress=False,
+                                   early_stop_metric="t2b_recall@10", patience=30))
+    after = held_out_recall(space)
+    chance = 10 / 60
+    assert after["t2b_recall@10"] > 2 * chance and after["t2b_recall@10"] > before["t2b_recall@10"] + 0.1, (before, after)
+
+
+def test_pairs_with_partial_coverage_use_masks():
+    """Rows lacking one modality still train the pairs they have; a batch marks them with masks."""
+    text = torch.randn(6, 4)
+    behaviour = torch.randn(6, 3)
+    data = CatalogPairs({}, {"text": (text, np.array([1, 1, 1, 1, 0, 0], bool))}, {},
+                        vectors={"behaviour": (behaviour, np.array([1, 1, 0, 0, 0, 0], bool))},
+                        pairs=["text-behaviour"])
+    assert data.rows.tolist() == [0, 1]
+    data = CatalogPairs({}, {"text": (text, np.ones(6, bool)), "image": (torch.randn(6, 4), np.ones(6, bool))}, {},
+                        vectors={"behaviour": (behaviour, np.array([1, 1, 0, 0, 0, 0], bool))},
+                        pairs=["image-text", "text-behaviour"])
+    batch = data.collate([0, 2, 3])
+    assert data.rows.tolist() == list(range(6)) and batch["behaviour:mask"].tolist() == [True, False, False]
+    torch.manual_seed(0)
+    space = UnifiedSpace(SpaceConfig(towers={"text": TowerConfig(input_dim=4), "behaviour": TowerConfig(input_dim=3)},
+                                     dim=8, pairs=("text-behaviour",)))
+    only_missing = {"text:vectors": text[2:4], "behaviour:vectors": behaviour[2:4],
+                    "behaviour:mask": torch.tensor([False, False])}
+    loss = space.training_step(only_missing)["loss"]
+    assert float(loss.detach()) == 0.0 and loss.requires_grad
+    with pytest.raises(ValueError, match="no item has both"):
+        CatalogPairs({}, {"text": (text, np.array([1, 1, 0, 0, 0, 0], bool))}, {},
+                     vectors={"behaviour": (behaviour, np.array([0, 0, 1, 1, 0, 0], bool))}, pairs=["text-behaviour"])
