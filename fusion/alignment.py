@@ -109,6 +109,8 @@ class CatalogPairs(Dataset):
                     sources = _Rendered(renderers[modality], len(catalog))
                 pixels[modality] = decode_resized(sources, encoder.preprocess)
                 normalize[modality] = encoder.preprocess.normalize
+            elif modality in renderers:
+                features[modality] = _encode_rendered(encoder, renderers[modality], len(catalog))
             else:
                 result = embed(catalog, encoder, texts=texts if modality == "text" else None, cache=cache,
                                progress=False)
@@ -140,6 +142,43 @@ class CatalogPairs(Dataset):
             if not mask[self.rows].all():
                 batch[f"{modality}:mask"] = torch.as_tensor(mask[idx.numpy()])
         return batch
+
+
+def product_pages(catalog: Catalog, *, size: tuple[int, int] = (180, 320), seed: int = 0) -> Callable[[int], Any]:
+    """A renderer for `CatalogPairs.from_catalog`: item code → that item's app product page (photo, title,
+    price when the catalog has a ``price`` attribute, description), drawn by
+    `mmrec.datasets.screens.render_product_page` with a per-item layout seed (``seed + code``).
+    An item whose photo is missing or broken gets a page with the placeholder."""
+    from mmrec.datasets.screens import render_product_page
+    from mmrec.encoders import ImageDecodeError, load_image
+
+    prices = catalog.attributes.get("price")
+
+    def render(code: int) -> Any:
+        photo = None
+        if catalog.image_paths[code] is not None:
+            try:
+                photo = load_image(catalog.image_paths[code])
+            except ImageDecodeError:
+                photo = None
+        price = None if prices is None else float(prices[code])
+        return render_product_page(photo, catalog.titles[code], price, catalog.texts[code], size=size,
+                                   seed=seed + code)
+
+    return render
+
+
+def _encode_rendered(encoder: Any, render: Callable[[int], Any], n: int, batch_size: int = 32) -> tuple[torch.Tensor, np.ndarray]:
+    """A locked tower's features of rendered images (e.g. product pages for a tiling screen tower)."""
+    out = torch.zeros(n, encoder.dim)
+    ok = np.zeros(n, dtype=bool)
+    for start in range(0, n, batch_size):
+        images = [(code, render(code)) for code in range(start, min(n, start + batch_size))]
+        images = [(code, image) for code, image in images if image is not None]
+        if images:
+            out[[c for c, _ in images]] = encoder.encode([image for _, image in images]).float().cpu()
+            ok[[c for c, _ in images]] = True
+    return out, ok
 
 
 class _Rendered(Sequence):

@@ -78,7 +78,10 @@ class UnifiedSpace(nn.Module):
         self.adapters = nn.ModuleDict()
         for modality, tower in config.towers.items():
             if tower.spec:
-                encoder = create_encoder(tower.spec, modality, device=device, precision="fp32", **tower.options)
+                # A trainable screen tower sees the whole screen resized to its input (give it a screen's
+                # aspect ratio); a locked one tiles the screen (`ScreenshotEncoder`).
+                build_as = "image" if modality == "screen" and tower.trainable else modality
+                encoder = create_encoder(tower.spec, build_as, device=device, precision="fp32", **tower.options)
                 self.encoders[modality] = encoder
                 if tower.trainable:
                     module = encoder.module
@@ -135,7 +138,7 @@ class UnifiedSpace(nn.Module):
 
     @torch.no_grad()
     def embed_screens(self, screens: Sequence[Any], batch_size: int = 8) -> torch.Tensor:
-        """App screenshots (any size; tiled by the screen tower) → ``[N, D]``."""
+        """App screenshots (any size: tiled by a locked screen tower, resized by a trained one) → ``[N, D]``."""
         return self.embed_images(screens, batch_size, modality="screen")
 
     def _embed_batches(self, modality: str, inputs: list, batch_size: int, encode) -> torch.Tensor:

@@ -79,3 +79,20 @@ def test_train_align_saves_a_space_that_loads(tmp_path):
     assert out["train_items"] > out["valid_items"] > 0 and "t2i_recall@10" in out["valid"]
     space = UnifiedSpace.from_pretrained(tmp_path / "space")
     assert space.embed_texts(["red dress"]).shape == (1, 32)
+
+
+def test_shards_then_train_align_streams_them(tmp_path):
+    written = json.loads(_mmrec("shards", "--data", "synthetic", "--out", str(tmp_path / "shards"),
+                                "--items-per-shard", "90", "--json").stdout)
+    assert written["shards"] == 4 and written["items"] == 360
+    cfg = tmp_path / "align.yaml"
+    cfg.write_text("space:\n  dim: 32\n  towers:\n    image: {spec: 'timm:vit_tiny_patch16_224@random', trainable: true,\n"
+                   "            options: {model_kwargs: {img_size: 32, patch_size: 8, embed_dim: 64, depth: 1, num_heads: 2}}}\n"
+                   "    text: {spec: minilm}\ntrain: {epochs: 1, batch_size: 64, early_stop_metric: t2i_recall@10}\n"
+                   "shuffle_buffer: 50\n")
+    out = json.loads(_mmrec("train", "align", "--shards", written["urls"], "--config", str(cfg), "--out",
+                            str(tmp_path / "space"), "--no-progress", "--json").stdout)
+    assert out["valid_items"] > 0 and "t2i_recall@10" in out["valid"] and out["best_epoch"] == 0
+    assert sum(out["skipped_samples"].values()) == 0
+    missing = _mmrec("train", "align", "--out", str(tmp_path / "x"), check=False)
+    assert missing.returncode == 2 and "--data" in missing.stderr and "--shards" in missing.stderr

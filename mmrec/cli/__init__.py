@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("data_info", "split", "train", "evaluate", "recommend", "embed")
+COMMANDS = ("data_info", "split", "train", "evaluate", "recommend", "embed", "shards")
 
 
 def build_parser() -> argparse.ArgumentParser:

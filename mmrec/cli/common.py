@@ -26,9 +26,9 @@ class Data:
     kind: str
 
 
-def add_data_argument(parser: argparse.ArgumentParser) -> None:
+def add_data_argument(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """``--data``: an MMRec folder (``*.inter``), an H&M folder (``articles.csv``) or ``synthetic``."""
-    parser.add_argument("--data", required=True,
+    parser.add_argument("--data", required=required,
                         help="MMRec-format folder (<name>.inter), H&M Kaggle-layout folder, or 'synthetic'")
 
 

@@ -22,9 +22,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = True) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = True,
+                        data_required: bool = True) -> None:
     """Options shared by ``train`` and ``evaluate``."""
-    add_data_argument(parser)
+    add_data_argument(parser, required=data_required)
     add_split_arguments(parser)
     parser.add_argument("--model", required=model_required, choices=WARM_MODELS, help="which recommender")
     parser.add_argument("--config", help="YAML with 'model:' and 'train:' sections (unknown keys are errors)")
@@ -51,7 +52,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register this command's options."""
     parser.add_argument("task", nargs="?", default="recommender", choices=("recommender", "align"),
                         help="'recommender' (default) or 'align': train a UnifiedSpace (--config with 'space:')")
-    add_model_arguments(parser, model_required=False)
+    add_model_arguments(parser, model_required=False, data_required=False)
+    parser.add_argument("--shards", help="align: stream items from catalog shards (webdataset brace notation, "
+                                         "e.g. 'out/shards/catalog-{000000..000021}.tar'); the last shard is "
+                                         "held out for validation. Without it, --data is read into memory")
     parser.add_argument("--out", required=True, help="folder for the trained model (safetensors + JSON)")
 
 
@@ -63,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         from mmrec.cli.align import run_align
 
         return run_align(args)
-    if not args.model:
-        raise ValueError("mmrec train recommender needs --model")
+    if not args.model or not args.data:
+        raise ValueError("mmrec train recommender needs --data and --model")
     config = run_config(args)
     split, _ = make_split(load_data(args.data), args)
     model, report = run_experiment(split, args.model, model_config=config.model, train_config=config.train)

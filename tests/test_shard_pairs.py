@@ -1,0 +1,77 @@
+"""Alignment training that reads catalog shards end to end, damaged samples included."""
+import logging
+import shutil
+
+import numpy as np
+import torch
+
+from mmrec.datasets.shards import write_catalog_shards
+from mmrec.fusion.alignment import align, retrieval_metrics
+from mmrec.fusion.shard_pairs import ShardPairs
+from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+from mmrec.train import TrainConfig
+
+TINY_VIT = {"model_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
+
+
+def test_alignment_trains_from_shards_and_skips_a_damaged_photo(tmp_path, caplog):
+    from mmrec.datasets.synthetic import WorldConfig, make_world
+
+    world = make_world(WorldConfig(seed=3, n_users=50, n_items=240, n_new_items=0, new_interactions_per_user=(0, 0),
+                                   missing_image_fraction=0.0, missing_text_fraction=0.0), tmp_path / "world")
+    catalog = world.catalog
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 10)
+    paths = list(catalog.image_paths)
+    original_first = paths[7]
+    paths[7] = str(broken)
+    catalog.image_paths = paths
+    texts = [catalog.full_text(i) for i in range(len(catalog))]
+    shards = write_catalog_shards(catalog, tmp_path / "shards", items_per_shard=60, texts=texts)
+    assert len(shards) == 4
+
+    torch.manual_seed(0)
+    space = UnifiedSpace(SpaceConfig(towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", TINY_VIT, True),
+                                             "text": TowerConfig("minilm")}, dim=32, adapter="mlp",
+                                     adapter_options={"hidden": 64}))
+    data = ShardPairs(space, shards, shuffle_buffer=100, seed=0)
+    batch = data.collate([next(iter(data)) for _ in range(1)])
+    assert batch["image:pixels"].shape == (1, 3, 32, 32) and batch["text:features"].shape == (1, 384)
+
+    photos = [p for i, p in enumerate(paths) if i != 7]
+    kept_texts = [t for i, t in enumerate(texts) if i != 7]
+
+    def t2i(s: UnifiedSpace) -> dict[str, float]:
+        return {f"t2i_{k}": v for k, v in retrieval_metrics(s.embed_texts(kept_texts), s.embed_images(photos)).items()}
+
+    before = t2i(space)
+    with caplog.at_level(logging.WARNING):
+        align(space, data, TrainConfig(epochs=20, batch_size=32, lr=2e-3, seed=0, progress=False, patience=20,
+                                       early_stop_metric="t2i_recall@10"), evaluate_fn=t2i)
+    after = t2i(space)
+    chance = 10 / len(photos)
+    assert after["t2i_recall@10"] > 4 * chance and after["t2i_recall@10"] > before["t2i_recall@10"] + 0.1, (before, after)
+    # The damaged photo is skipped (counted and logged) every epoch; the other 239 items arrive each time.
+    assert data.stats.counts["bad_image"] >= 1 and "bad_image" in caplog.text
+    assert data.stats.delivered >= 20 * 239
+    assert original_first != str(broken)
+
+
+def test_samples_per_epoch_resamples_a_fixed_number(tmp_path):
+    from mmrec.datasets.synthetic import WorldConfig, make_world
+
+    world = make_world(WorldConfig(seed=4, n_users=20, n_items=40, n_new_items=0, new_interactions_per_user=(0, 0)),
+                       tmp_path / "world")
+    shards = write_catalog_shards(world.catalog, tmp_path / "shards", items_per_shard=10)
+    torch.manual_seed(0)
+    space = UnifiedSpace(SpaceConfig(towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", TINY_VIT, True),
+                                             "text": TowerConfig("minilm")}, dim=16))
+    data = ShardPairs(space, shards, shuffle_buffer=0, seed=1, samples_per_epoch=25)
+    first = [item["id"] for item in data]
+    assert len(first) == 25 and first == [item["id"] for item in data]
+    data.set_epoch(1)
+    assert [item["id"] for item in data] != first
+    images_missing = [item for item in data if item["image"] is None]
+    batch = data.collate(list(data)[:8])
+    assert batch["image:mask"].sum() == 8 - sum(item["image"] is None for item in list(data)[:8])
+    assert len(images_missing) == sum(1 for item in data if item["image"] is None)
