@@ -2,7 +2,6 @@
 a contiguous timeline driven by real purchases, and an mp4 that decord reads back frame for frame."""
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 

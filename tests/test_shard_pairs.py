@@ -1,8 +1,6 @@
 """Alignment training that reads catalog shards end to end, damaged samples included."""
 import logging
-import shutil
 
-import numpy as np
 import torch
 
 from mmrec.datasets.shards import write_catalog_shards
