@@ -185,8 +185,24 @@ def article_texts(catalog: Catalog) -> list[str]:
 
 # ----------------------------------------------------------------------------------------- articles
 
+def read_articles(path: str | os.PathLike, images_dir: str | os.PathLike | None = None) -> Catalog:
+    """A `Catalog` from a file in the layout of H&M's ``articles.csv`` (e.g. new articles to add to a
+    trained model), with photos from ``images_dir`` (``<id[:3]>/<id>.jpg``; none when None).
+
+    A missing column, an empty or mangled article id, or an id listed twice is an `HMDataError` naming
+    the file, line and id; an article without a photo is fine (it keeps its text).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (expected a CSV in the layout of H&M's {ARTICLES_FILE})")
+    return _read_articles(path, Path(images_dir) if images_dir is not None else None, LoadReport())
+
+
 def _read_catalog(root: Path, images: bool, rep: LoadReport) -> Catalog:
-    path = _required_file(root, ARTICLES_FILE)
+    return _read_articles(_required_file(root, ARTICLES_FILE), root / IMAGES_DIR if images else None, rep)
+
+
+def _read_articles(path: Path, images_dir: Path | None, rep: LoadReport) -> Catalog:
     _require_columns(path, ARTICLE_COLUMNS)
     df = pd.read_csv(path, dtype=str, usecols=list(ARTICLE_COLUMNS), keep_default_na=False, na_filter=False)
     if not len(df):
@@ -194,8 +210,8 @@ def _read_catalog(root: Path, images: bool, rep: LoadReport) -> Catalog:
     ids = df["article_id"].to_numpy(dtype=object)
     _check_article_ids(path, ids)
     image_paths: list[str | None] = [None] * len(ids)
-    if images:
-        found = _scan_images(root / IMAGES_DIR)
+    if images_dir is not None:
+        found = _scan_images(images_dir)
         image_paths = [found.get(i) for i in ids]
         rep.items_without_image = sum(p is None for p in image_paths)
     texts = df["detail_desc"].tolist()

@@ -271,3 +271,15 @@ def test_real_customers_are_keyed_by_id() -> None:
     customers = hm.load_customers(HM_ROOT)
     raw = pd.read_csv(HM_ROOT / "customers.csv", usecols=["customer_id"], dtype=str)
     assert customers.index.is_unique and list(customers.index) == raw["customer_id"].tolist()
+
+
+def test_read_articles_takes_any_csv_and_image_folder(tiny: Path, tmp_path: Path) -> None:
+    catalog = hm.read_articles(tiny / "articles.csv", tiny / "images")
+    assert list(catalog.ids) == ["0108775015", "0110065001", "1234567001"] and catalog.image_paths[1] is None
+    assert hm.read_articles(tiny / "articles.csv").image_paths == [None, None, None]
+    dupes = tmp_path / "new.csv"
+    dupes.write_text("\n".join([",".join(ARTICLE_HEADER), article_line("0999999001"), article_line("0999999001")]) + "\n")
+    with pytest.raises(hm.HMDataError, match="'0999999001' appears twice"):
+        hm.read_articles(dupes)
+    with pytest.raises(FileNotFoundError, match="layout of H&M"):
+        hm.read_articles(tmp_path / "nope.csv")
