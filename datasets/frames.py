@@ -1,0 +1,597 @@
+"""Frame sources of a screen stream: a video, an image folder, webdataset shards or a live iterator.
+
+Every source yields the same records, `Frame` (index, timestamp in seconds, HxWx3 uint8 image, source)::
+
+    video file ── keyframe segments, decord get_batch in order, bounded queue ─┐
+    image folder (timestamp in the file name or in timestamps.json) ──────────┤
+    frame shards (<key>.jpg + <key>.json {"timestamp", "index"}) ─────────────┼─► checks ─► Frame
+    any iterator of (timestamp, PIL image or ndarray) (live capture) ─────────┘
+
+Each source function returns a `FrameStream`: an iterator of `Frame` that carries a `FrameStats` (frames
+read, frames skipped by reason). The checks every source shares: the first frame fixes the size, and a
+later frame of another size is skipped (``on_wrong_size="skip"``) or resized to it (``"resize"``); a
+timestamp that is not a finite number, or earlier than the last delivered frame's, skips its frame. One
+bad frame never stops a stream: it is counted, and logged with ``logging.warning`` (the first few of each
+reason; a summary when the stream ends). Equal timestamps are allowed (coarse capture clocks).
+
+`write_frame_shards` writes any frame stream as shards that `shard_frames` reads back.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import queue
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import webdataset as wds
+from PIL import Image
+
+from mmrec.datasets.shards import _expand_urls, _tar_samples, _write_atomically, decode_rgb, shard_name
+
+logger = logging.getLogger(__name__)
+
+SKIP_REASONS = {
+    "wrong_size": "frame size differs from the stream's first frame",
+    "backwards_timestamp": "timestamp earlier than the previous frame's",
+    "bad_timestamp": "timestamp missing, not a number or not finite",
+    "bad_image": "image does not decode, or is not an RGB, RGBA or grey uint8 picture",
+    "bad_item": "iterator item is not a (timestamp, image) pair",
+    "undecodable_video": "video frames that did not decode (decoding goes on at the next keyframe segment)",
+    "unreadable_shard": "shard file could not be opened",
+    "damaged_shard": "shard is truncated or corrupt; its frames after the damage are lost",
+    "bad_json": "frame json does not parse or is not an object",
+    "incomplete_sample": "shard sample without json or without image",
+}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+_NAME_TIMESTAMP = re.compile(r"(?:\d+_)?(\d+(?:\.\d+)?)")  # "1700000000.123" or "000123_1700000000.123"
+
+
+@dataclass(eq=False)
+class Frame:
+    """One frame: its position in the source, its time in seconds, its pixels (HxWx3 uint8), where it came from.
+
+    ``index`` counts every frame of the source, skipped ones included, so a gap shows a skip.
+    """
+
+    index: int
+    timestamp: float
+    image: np.ndarray
+    source: str
+
+
+class FrameStats:
+    """Frames read and skipped (by reason, a key of `SKIP_REASONS`) by one stream; safe across threads.
+
+    The first ``max_logged`` skips of each reason are logged with their detail; later ones only counted.
+    """
+
+    def __init__(self, name: str = "frames", max_logged: int = 5) -> None:
+        self.name, self.max_logged = name, max_logged
+        self.read = 0
+        self.skips: dict[str, int] = {}
+        self.examples: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def record_read(self) -> None:
+        """Count one delivered frame."""
+        with self._lock:
+            self.read += 1
+
+    def record_skip(self, reason: str, *, key: str | None = None, url: str | None = None, detail: str = "",
+                    count: int = 1) -> None:
+        """Count ``count`` frames (or one shard) skipped for ``reason`` and log the first few of each reason."""
+        if reason not in SKIP_REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; known: {sorted(SKIP_REASONS)}")
+        with self._lock:
+            seen = self.skips.get(reason, 0)
+            self.skips[reason] = seen + count
+            if len(self.examples) < self.max_logged:
+                self.examples.append((reason, detail))
+        where = " ".join(f"{k}={v}" for k, v in (("key", key), ("url", url)) if v is not None)
+        if seen < self.max_logged:
+            logger.warning("%s: skipped %d (%s: %s) %s %s", self.name, count, reason, SKIP_REASONS[reason], where,
+                           detail)
+            if seen + 1 == self.max_logged:
+                logger.warning("%s: further %r skips are counted, not logged", self.name, reason)
+
+    @property
+    def skipped(self) -> int:
+        """All skipped frames (a damaged or unreadable shard counts one)."""
+        return sum(self.skips.values())
+
+    def log_summary(self) -> None:
+        """Log frames read and skips by reason (at warning level when anything was skipped)."""
+        level = logging.WARNING if self.skips else logging.INFO
+        logger.log(level, "%s: %d frames read, %d skipped %s", self.name, self.read, self.skipped, self.skips or "")
+
+    def __repr__(self) -> str:
+        return f"FrameStats({self.name!r}, read={self.read}, skips={self.skips})"
+
+
+class FrameStream:
+    """An iterator of `Frame` with its `FrameStats`; ``close()`` (or leaving a ``with`` block) stops it early.
+
+    Closing a video stream stops its decoding thread and frees its queue.
+    """
+
+    def __init__(self, frames: Iterator[Frame], stats: FrameStats) -> None:
+        self._frames = frames
+        self.stats = stats
+
+    def __iter__(self) -> FrameStream:
+        return self
+
+    def __next__(self) -> Frame:
+        return next(self._frames)
+
+    def close(self) -> None:
+        """Stop the stream and release its resources (a video's decoding thread)."""
+        self._frames.close()
+
+    def __enter__(self) -> FrameStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------- shared checks
+
+def as_rgb_array(image: Any) -> np.ndarray:
+    """A PIL image, or a uint8 array HxW / HxWx1 / HxWx3 / HxWx4, as an HxWx3 uint8 array (alpha dropped).
+
+    Raises `ValueError` for anything else (another dtype has no agreed pixel scale).
+    """
+    if isinstance(image, Image.Image):
+        return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f"image is a {type(image).__name__}, not a PIL image or numpy array")
+    if image.dtype != np.uint8:
+        raise ValueError(f"image array has dtype {image.dtype}, expected uint8")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
+        raise ValueError(f"image array has shape {image.shape}, expected HxW, HxWx1, HxWx3 or HxWx4")
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return image[:, :, :3] if image.shape[2] == 4 else image
+
+
+class _Checks:
+    """The checks every source shares: one frame size, finite timestamps that never go backwards."""
+
+    def __init__(self, stats: FrameStats, on_wrong_size: str) -> None:
+        if on_wrong_size not in ("skip", "resize"):
+            raise ValueError(f"on_wrong_size must be 'skip' or 'resize', got {on_wrong_size!r}")
+        self.stats, self.resize = stats, on_wrong_size == "resize"
+        self.shape: tuple[int, ...] | None = None
+        self.last_time = -math.inf
+
+    def __call__(self, index: int, timestamp: Any, image: Any, source: str) -> Frame | None:
+        is_number = isinstance(timestamp, (int, float, np.integer, np.floating)) and not isinstance(timestamp, bool)
+        time = float(timestamp) if is_number else math.nan
+        if not math.isfinite(time):
+            self.stats.record_skip("bad_timestamp", key=source, detail=f"frame {index}: timestamp {timestamp!r:.40}")
+            return None
+        if time < self.last_time:
+            self.stats.record_skip("backwards_timestamp", key=source,
+                                   detail=f"frame {index}: {time:.6f} s after a frame at {self.last_time:.6f} s")
+            return None
+        try:
+            pixels = as_rgb_array(image)
+        except ValueError as exn:
+            self.stats.record_skip("bad_image", key=source, detail=f"frame {index}: {exn}")
+            return None
+        if self.shape is None:
+            self.shape = pixels.shape
+        elif pixels.shape != self.shape:
+            if not self.resize:
+                self.stats.record_skip("wrong_size", key=source, detail=f"frame {index}: {pixels.shape[1]}x"
+                                       f"{pixels.shape[0]}, stream is {self.shape[1]}x{self.shape[0]}")
+                return None
+            size = (self.shape[1], self.shape[0])
+            pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+        self.last_time = time
+        self.stats.record_read()
+        return Frame(index, time, pixels, source)
+
+
+def _checked(raw: Iterator[tuple[int, Any, Any, str]], checks: _Checks) -> Iterator[Frame]:
+    try:
+        for index, timestamp, image, source in raw:
+            frame = checks(index, timestamp, image, source)
+            if frame is not None:
+                yield frame
+    finally:
+        checks.stats.log_summary()
+
+
+# ---------------------------------------------------------------------------------------------- video
+
+def video_frames(path: str | os.PathLike, *, batch_size: int = 32, prefetch: int = 2, segment_frames: int = 64,
+                 num_threads: int = 1, start_time: float = 0.0, on_wrong_size: str = "skip",
+                 stats: FrameStats | None = None) -> FrameStream:
+    """Frames of a video file, decoded by decord in order, in memory bounded whatever the video's length.
+
+    decord's reader decodes ahead without limit: its first ``get_batch`` hands the decoder thread every
+    packet it can read before the first frame comes out (for a screen recording's tiny packets, often
+    the whole file), and the thread then decodes them all into memory, however slowly frames are taken
+    (measured: 1000 frames of 640x360 held after one ``get_batch`` of 16). So a worker thread cuts the
+    file, with PyAV and without re-encoding, into segments of ``segment_frames`` frames or more (each
+    starts at a keyframe, so it decodes on its own; no seeks anywhere) and opens one decord reader per
+    segment, reading it with ``get_batch`` on consecutive indices in batches of ``batch_size``. Batches
+    go through a queue of at most ``prefetch``. Memory: about one segment (``segment_frames`` up to the
+    next keyframe; a long keyframe interval makes segments longer) plus ``prefetch + 1`` batches.
+
+    A frame's ``timestamp`` is ``start_time`` plus its start time as decord reports it for the whole
+    file (``get_frame_timestamp``): seconds from the stream's first frame (a file whose first frame sits
+    at 2 s reports 0 for it); variable frame rates keep their real times. ``image`` is a view into its
+    batch: copy it to keep one frame for long without keeping the batch. ``num_threads``: decoder
+    threads per reader (decord's 0: one per core). The file is indexed once at the start (decord reads
+    every packet header, decoding nothing; the index is a few bytes per frame).
+
+    A missing file, or one decord cannot open, raises at once (`FileNotFoundError`, `ValueError`, naming
+    the path). A segment that fails to decode loses its frames from the failing batch on (counted as
+    ``undecodable_video``, logged); decoding goes on with the next segment. If demuxing fails, the stream
+    ends after the last frame that decoded and the rest are counted. A container cut short (e.g. a
+    truncated mkv) simply holds fewer frames: decord's index holds only what is there.
+    """
+    if batch_size < 1 or prefetch < 1 or segment_frames < 1:
+        raise ValueError(f"batch_size, prefetch and segment_frames must be at least 1, got {batch_size}, "
+                         f"{prefetch} and {segment_frames}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video file {path} does not exist" if not os.path.exists(path)
+                                else f"video path {path} is not a file")
+    index = _open_video(path, num_threads)  # the whole file's frame index; it decodes nothing
+    count = len(index)
+    if count == 0:
+        raise ValueError(f"cannot read video {path}: decord finds no video frames in it")
+    times = index.get_frame_timestamp(list(range(count)))[:, 0].astype(np.float64) + float(start_time)
+    del index
+    stats = FrameStats(f"video {path}") if stats is None else stats
+    decoder = _VideoDecoder(path, times, batch_size, prefetch, segment_frames, num_threads, stats)
+    return FrameStream(_checked(decoder.frames(), _Checks(stats, on_wrong_size)), stats)
+
+
+def _open_video(path: str | io.BytesIO, num_threads: int, name: str | None = None) -> Any:
+    import decord
+
+    try:
+        return decord.VideoReader(path, num_threads=num_threads)
+    except Exception as exn:  # decord raises RuntimeError or its DECORDError with C++ log text
+        detail = str(exn).strip().splitlines()[-1][:300] if str(exn).strip() else type(exn).__name__
+        raise ValueError(f"cannot read video {name or path}: decord could not open it ({detail}); it is not a "
+                         f"video decord/FFmpeg can read, or it is damaged (e.g. an mp4 cut short)") from exn
+
+
+def _keyframe_segments(path: str, segment_frames: int) -> Iterator[tuple[int, bytes]]:
+    """The video stream of ``path`` as small matroska files of whole GOPs: (frame count, file bytes).
+
+    Packets are copied, not re-encoded. Each segment holds ``segment_frames`` frames or more: it is
+    closed at the first keyframe after that. The stream is FFmpeg's best video stream, the one decord
+    reads. A keyframe is taken to start a closed GOP (as x264, NVENC and screen recorders write by
+    default); a segment whose frames do not decode on their own is counted as lost by the caller.
+    """
+    import av
+
+    with av.open(path) as source:
+        stream = source.streams.best("video")
+        packets: list[Any] = []
+        for packet in source.demux(stream):
+            if packet.size == 0 and packet.pts is None:  # the demuxer's end-of-stream marker
+                continue
+            if packet.is_keyframe and len(packets) >= segment_frames:
+                yield len(packets), _mux_segment(stream, packets)
+                packets = []
+            packets.append(packet)
+        if packets:
+            yield len(packets), _mux_segment(stream, packets)
+
+
+def _mux_segment(template: Any, packets: list[Any]) -> bytes:
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="matroska") as out:
+        stream = out.add_stream_from_template(template)
+        for packet in packets:
+            packet.stream = stream
+            out.mux(packet)
+    return buffer.getvalue()
+
+
+class _VideoDecoder:
+    """Segments decoded by decord in a worker thread, handed over in batches through a bounded queue."""
+
+    _END = object()
+
+    def __init__(self, path: str, times: np.ndarray, batch_size: int, prefetch: int, segment_frames: int,
+                 num_threads: int, stats: FrameStats) -> None:
+        self.path, self.times, self.batch_size = path, times, batch_size
+        self.segment_frames, self.num_threads, self.stats = segment_frames, num_threads, stats
+        self.queue: queue.Queue = queue.Queue(maxsize=prefetch)
+        self.stop = threading.Event()
+
+    def frames(self) -> Iterator[tuple[int, float, np.ndarray, str]]:
+        worker = threading.Thread(target=self._decode, name=f"decord {self.path}", daemon=True)
+        worker.start()
+        try:
+            while (item := self.queue.get()) is not self._END:
+                if isinstance(item, BaseException):
+                    raise item
+                start, batch = item
+                for k in range(len(batch)):
+                    yield start + k, self.times[start + k], batch[k], self.path
+        finally:
+            self.stop.set()
+            while worker.is_alive():  # free a worker blocked on a full queue
+                try:
+                    self.queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            worker.join()
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _decode(self) -> None:
+        try:
+            done = self._decode_segments()
+        except BaseException as exn:  # a bug here must reach the consumer, not die with the thread
+            self._put(exn)
+            return
+        if done < len(self.times) and not self.stop.is_set():
+            self.stats.record_skip("undecodable_video", key=self.path, count=len(self.times) - done,
+                                   detail=f"frames {done}..{len(self.times) - 1} lost: {self.failure}")
+        self._put(self._END)
+
+    def _decode_segments(self) -> int:
+        """Decode segment after segment; return the index after the last frame handled (sent or counted lost)."""
+        import av
+
+        done, self.failure = 0, "the file ends before them"
+        segments = _keyframe_segments(self.path, self.segment_frames)
+        try:
+            while not self.stop.is_set():
+                try:
+                    segment = next(segments, None)
+                except (av.error.FFmpegError, OSError) as exn:
+                    self.failure = f"demuxing failed: {type(exn).__name__}: {exn}"
+                    return done
+                if segment is None:
+                    return done
+                size, data = segment
+                if done + size > len(self.times):
+                    self.failure = f"the demuxer finds more frames than decord's index of the file ({len(self.times)})"
+                    return done
+                sent = self._decode_segment(data, done, size)
+                if sent is None:
+                    return done
+                if sent < size:  # a damaged stretch: the next segment starts at a keyframe, decodes on its own
+                    self.stats.record_skip("undecodable_video", key=self.path, count=size - sent,
+                                           detail=f"frames {done + sent}..{done + size - 1} lost: {self.failure}")
+                done += size
+            return done
+        finally:
+            segments.close()  # closes the demuxer's file
+
+    def _decode_segment(self, data: bytes, first: int, size: int) -> int | None:
+        """Put the segment's frames into the queue; return how many went (None: the stream was closed)."""
+        sent = 0
+        try:
+            reader = _open_video(io.BytesIO(data), self.num_threads, name=f"{self.path} (frames {first}..)")
+            if len(reader) != size:
+                raise ValueError(f"decord finds {len(reader)} frames in the segment, the demuxer {size}")
+            for start in range(0, size, self.batch_size):
+                batch = reader.get_batch(list(range(start, min(size, start + self.batch_size)))).asnumpy()
+                if not self._put((first + start, batch)):
+                    return None
+                sent += len(batch)
+        except Exception as exn:
+            self.failure = f"{type(exn).__name__}: {str(exn).strip()[-300:]}"
+        return sent
+
+
+# ---------------------------------------------------------------------------------------- image folder
+
+def image_folder_frames(folder: str | os.PathLike, *, sidecar: str = "timestamps.json",
+                        on_wrong_size: str = "skip", stats: FrameStats | None = None) -> FrameStream:
+    """Frames of the image files in ``folder`` (not its subfolders), in timestamp order (name breaks ties).
+
+    Timestamps come from ``folder/<sidecar>`` when it exists (a JSON object: file name → seconds), else
+    from the file name: ``<seconds>.<ext>`` (``1700000000.123.jpg``) or ``<number>_<seconds>.<ext>``
+    (``000123_1700000000.123.jpg``). A file without a usable timestamp, or one that does not decode, is a
+    counted skip. ``index`` is the file's position in timestamp order. Raises `ValueError` when the
+    folder holds no image file, or when the sidecar is not a JSON object.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+    names = sorted(p.name for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not names:
+        raise ValueError(f"image folder {root} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+    stats = FrameStats(f"image folder {root}") if stats is None else stats
+    known = _sidecar_times(root / sidecar) if (root / sidecar).is_file() else None
+    timed: list[tuple[float, str]] = []
+    for name in names:
+        if known is not None:
+            time, why = (known[name], "") if name in known else (None, f"no entry in {sidecar}")
+        else:
+            match = _NAME_TIMESTAMP.fullmatch(Path(name).stem)
+            time, why = (float(match.group(1)), "") if match else (None, "name holds no timestamp")
+        if time is None or isinstance(time, bool) or not isinstance(time, (int, float)) or not math.isfinite(time):
+            stats.record_skip("bad_timestamp", key=str(root / name), detail=why or f"timestamp {time!r:.40}")
+        else:
+            timed.append((float(time), name))
+    timed.sort()
+    raw = ((i, time, root / name) for i, (time, name) in enumerate(timed))
+    return FrameStream(_checked(_load_images(raw, stats), _Checks(stats, on_wrong_size)), stats)
+
+
+def _sidecar_times(path: Path) -> dict[str, Any]:
+    try:
+        times = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exn:
+        raise ValueError(f"timestamp sidecar {path} is not readable JSON: {exn}") from exn
+    if not isinstance(times, dict):
+        raise ValueError(f"timestamp sidecar {path} holds a {type(times).__name__}; expected an object "
+                         f"mapping file name to seconds")
+    return times
+
+
+def _load_images(raw: Iterator[tuple[int, float, Path]], stats: FrameStats) -> Iterator[tuple[int, float, Any, str]]:
+    for index, time, path in raw:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                pixels = image if image.mode == "RGB" else image.convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError) as exn:
+            stats.record_skip("bad_image", key=str(path), detail=f"{type(exn).__name__}: {exn}")
+            continue
+        yield index, time, pixels, str(path)
+
+
+# ---------------------------------------------------------------------------------------------- shards
+
+def write_frame_shards(frames: Iterable[Frame], out_dir: str | os.PathLike, *, frames_per_shard: int = 1000,
+                       prefix: str = "frames", image_format: str = "jpg", jpeg_quality: int = 95) -> list[Path]:
+    """Write frames as tar shards ``<prefix>-000000.tar, ...`` in ``out_dir``; return their paths in order.
+
+    Each frame is a sample ``<n>.jpg`` (or ``.png``, lossless) + ``<n>.json`` ``{"index", "timestamp",
+    "source"}``, ``n`` counting the frames written. Frames are consumed as they come (memory holds one
+    frame). Each shard is written to a hidden temp file and renamed into place, so a shard file is either
+    complete or absent. Raises `ValueError` when ``frames`` is empty.
+    """
+    if frames_per_shard < 1:
+        raise ValueError(f"frames_per_shard must be at least 1, got {frames_per_shard}")
+    if image_format not in ("jpg", "png"):
+        raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames = iter(frames)
+    paths: list[Path] = []
+    written = 0
+    while (first := next(frames, None)) is not None:
+        chunk = itertools.chain([first], itertools.islice(frames, frames_per_shard - 1))
+        samples = (_frame_sample(frame, written + k, image_format, jpeg_quality) for k, frame in enumerate(chunk))
+        path = out / shard_name(prefix, len(paths))
+        counter = _Counting(samples)
+        _write_atomically(path, lambda f: _write_samples(f, counter))
+        written += counter.n
+        paths.append(path)
+    if not paths:
+        raise ValueError("no frames to write")
+    logger.info("wrote %d frames into %d shards in %s", written, len(paths), out)
+    return paths
+
+
+class _Counting:
+    def __init__(self, items: Iterator[Any]) -> None:
+        self.items, self.n = items, 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.items:
+            self.n += 1
+            yield item
+
+
+def _frame_sample(frame: Frame, n: int, image_format: str, jpeg_quality: int) -> dict[str, Any]:
+    buffer = io.BytesIO()
+    image = Image.fromarray(as_rgb_array(frame.image))
+    if image_format == "jpg":
+        image.save(buffer, format="JPEG", quality=jpeg_quality)
+    else:
+        image.save(buffer, format="PNG")
+    meta = {"index": int(frame.index), "timestamp": float(frame.timestamp), "source": str(frame.source)}
+    return {"__key__": f"{n:09d}", image_format: buffer.getvalue(),
+            "json": json.dumps(meta, allow_nan=False).encode("utf-8")}
+
+
+def _write_samples(f: Any, samples: Iterable[dict[str, Any]]) -> None:
+    with wds.TarWriter(f, encoder=False, mtime=0) as tar:
+        for sample in samples:
+            tar.write(sample)
+
+
+def shard_frames(urls: str | os.PathLike | Sequence[str | os.PathLike], *, on_wrong_size: str = "skip",
+                 stats: FrameStats | None = None) -> FrameStream:
+    """Frames stored in webdataset shards (``<key>.jpg|png|webp`` + ``<key>.json`` with ``"timestamp"``).
+
+    ``urls``: shard paths in stream order, or one string in brace notation (``"out/frames-{000000..000003}.tar"``).
+    Read by webdataset's pipeline (shard list → url opener → tar expander → grouping by key), in order,
+    in one reader: a stream is a time series, so it is not split across DataLoader workers. ``index`` is
+    the json's ``"index"`` when it has one, else the sample's position; ``source`` is ``<url>#<key>``.
+    An unreadable shard, a truncated or corrupt shard (frames before the damage still arrive), a sample
+    without json or image, bad json or an image that does not decode: each a counted, logged skip.
+    """
+    shard_urls = _expand_urls(urls)
+    more = f" (+{len(shard_urls) - 1} more)" if len(shard_urls) > 1 else ""
+    stats = FrameStats(f"frame shards {shard_urls[0]}{more}") if stats is None else stats
+    samples = wds.DataPipeline(wds.SimpleShardList(shard_urls), _tar_samples(stats))
+    return FrameStream(_checked(_shard_records(iter(samples), stats), _Checks(stats, on_wrong_size)), stats)
+
+
+def _shard_records(samples: Iterator[dict], stats: FrameStats) -> Iterator[tuple[int, Any, Any, str]]:
+    for position, sample in enumerate(samples):
+        key, url = sample.get("__key__"), sample.get("__url__")
+        source = f"{url}#{key}"
+        image_bytes = next((sample[ext] for ext in ("jpg", "png", "webp") if ext in sample), None)
+        if "json" not in sample or image_bytes is None:
+            parts = sorted(k for k in sample if not k.startswith("__"))
+            stats.record_skip("incomplete_sample", key=key, url=url, detail=f"members: {parts}")
+            continue
+        try:
+            meta = json.loads(sample["json"])
+        except (UnicodeDecodeError, json.JSONDecodeError) as exn:
+            stats.record_skip("bad_json", key=key, url=url, detail=str(exn))
+            continue
+        if not isinstance(meta, dict):
+            stats.record_skip("bad_json", key=key, url=url, detail=f"json is a {type(meta).__name__}")
+            continue
+        try:
+            image = decode_rgb(image_bytes)
+        except (OSError, ValueError, Image.DecompressionBombError) as exn:
+            stats.record_skip("bad_image", key=key, url=url, detail=f"{type(exn).__name__}: {exn}")
+            continue
+        index = meta.get("index")
+        index = index if isinstance(index, int) and not isinstance(index, bool) else position
+        yield index, meta.get("timestamp"), image, source
+
+
+# -------------------------------------------------------------------------------------------- iterator
+
+def iterator_frames(items: Iterable[Any], *, source: str = "iterator", on_wrong_size: str = "skip",
+                    stats: FrameStats | None = None) -> FrameStream:
+    """Frames from any iterable of ``(timestamp, image)`` pairs (live capture); image a PIL image or ndarray.
+
+    ``index`` is the item's position in ``items``; ``source`` names the stream in every frame. The
+    iterable is consumed lazily, one item per frame. An item that is not a pair is a counted skip
+    (``bad_item``); timestamps are seconds (int or float).
+    """
+    stats = FrameStats(source) if stats is None else stats
+
+    def raw() -> Iterator[tuple[int, Any, Any, str]]:
+        for index, item in enumerate(items):
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                stats.record_skip("bad_item", key=source, detail=f"item {index} is a {type(item).__name__}")
+                continue
+            timestamp, image = item
+            yield index, timestamp, image, source
+
+    return FrameStream(_checked(raw(), _Checks(stats, on_wrong_size)), stats)
