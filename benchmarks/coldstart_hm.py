@@ -1,0 +1,379 @@
+"""Cold-start benchmark on H&M: the fusion recommender against content baselines, cold, hybrid, warm, warm-up.
+
+Protocol (issue 5, part 5):
+
+* **Cold items** (`mmrec.splits.cold_items`): 20% of the items with at least one purchase are withheld with
+  all their purchases and halved into valid and test items; only users with training history are
+  evaluated. Split seed = model seed. Metrics from the one evaluator (`mmrec.evaluate.evaluate`): *cold*
+  ranks the cold items only (``candidates="cold"``), *hybrid* ranks all items (``"all"``); Recall/NDCG@20.
+* **Warm** on ``hm5core`` (MMRec protocol, its fixed ``x_label`` split; the seed changes the model only):
+  full ranking of all items, test Recall/NDCG@20 at the epoch chosen on valid Recall@20.
+* **Warm-up curve**: the cold *test* items with at least 11 buyers (unique pairs, users with history).
+  Per item, buyers are ordered by time (ties by user code); the first 10 are the *reveal pool*, the rest the
+  *targets* (fixed for every step). For n in 0, 1, 2, 5, 10, the first n buyers of every curve item are
+  revealed — given to ``model.update(interactions)`` on a copy of the fitted model (no retraining) and
+  masked as seen — and Recall@20 of the targets is measured ranking the curve items only.
+* Content: all-MiniLM-L6-v2 vectors of `mmrec.datasets.hm.article_texts` (cached under ``out/cache/minilm``),
+  or ``--content FILE.safetensors`` holding ``{"vectors": [n, D]}`` with a sibling ``FILE.json`` list of
+  article ids (or ``{"ids": [...]}``).
+* Hyperparameters: each model's small grid is searched with seed 0 on **cold valid** Recall@20 only;
+  training stops early on the same metric. Test numbers are computed once, at the chosen point.
+
+Models are run when registered: the baselines of `mmrec.fusion.cold_baselines`, and ``vae_fusion`` with
+its ablations when `mmrec.fusion.coldstart` provides it. Timing (part 7): seconds per training epoch and
+evaluation users/s, beside LightGCN trained on the same cold split.
+
+    python benchmarks/coldstart_hm.py --hm ../shared/data/hm --seeds 0 1 2 3 4 --out out/coldstart_hm.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import set_seed
+
+from mmrec.datasets import hm, mmrec_format
+from mmrec.evaluate import evaluate
+from mmrec.io import atomic_write_text
+from mmrec.recommender import MODELS, create_model
+from mmrec.splits import Split, cold_items
+from mmrec.train import TrainConfig
+
+# name -> (registered model, fixed settings, grid searched on cold valid with seed 0)
+VARIANTS: dict[str, tuple[str, dict, dict]] = {
+    "random": ("random", {}, {}),
+    "content_knn": ("content_knn", {}, {}),
+    "dropoutnet": ("dropoutnet", {}, {"dropout": [0.5, 0.8]}),
+    "vbpr": ("vbpr", {}, {"reg_weight": [1e-4, 1e-2]}),
+    "clcrec": ("clcrec", {}, {"temperature": [0.1, 0.3]}),
+    "vae_fusion": ("vae_fusion", {}, {}),
+    "vae_fusion-no_rank": ("vae_fusion", {"ranking_loss": False}, {}),
+    "vae_fusion-no_gate": ("vae_fusion", {"gate": False}, {}),
+    "vae_fusion-no_vae": ("vae_fusion", {"vae": False}, {}),
+}
+MAIN = "vae_fusion"
+WARMUP_STEPS = (0, 1, 2, 5, 10)
+KS = (20,)
+log = logging.getLogger("coldstart_hm")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+def load_content(path: str | None, catalog, cache: str) -> np.ndarray:
+    """Item content vectors ``[len(catalog), D]`` in catalog order (see the module docstring)."""
+    if path is None:
+        from mmrec.encoders import create_encoder, embed
+
+        result = embed(catalog, create_encoder("minilm"), texts=hm.article_texts(catalog), cache=cache,
+                       progress=False)
+        if not result.valid.all():
+            log.warning("%d articles have no text vector (zeros)", int((~result.valid).sum()))
+        return result.vectors.astype(np.float32)
+    from safetensors.numpy import load_file
+
+    file = Path(path)
+    vectors = load_file(str(file)).get("vectors")
+    if vectors is None or vectors.ndim != 2:
+        raise ValueError(f"{file}: expected a tensor 'vectors' of shape [n, D]")
+    ids_file = file.with_suffix(".json")
+    if not ids_file.is_file():
+        raise FileNotFoundError(f"{ids_file} (the item ids of {file}) is missing")
+    ids = json.loads(ids_file.read_text())
+    ids = ids.get("ids", ids.get("item_ids")) if isinstance(ids, dict) else ids
+    if not isinstance(ids, list) or len(ids) != len(vectors):
+        raise ValueError(f"{ids_file}: expected a list of {len(vectors)} item ids")
+    row = {}
+    for i, item in enumerate(map(str, ids)):
+        if item in row:
+            raise ValueError(f"{ids_file}: item id {item!r} appears twice")
+        row[item] = i
+    missing = [i for i in catalog.ids if i not in row]
+    if missing:
+        raise ValueError(f"{file}: {len(missing)} catalog articles have no vector, e.g. {missing[:3]}")
+    return np.asarray(vectors, dtype=np.float32)[[row[i] for i in catalog.ids]]
+
+
+def grid_points(grid: dict) -> list[dict]:
+    """Every combination of a grid's values."""
+    keys = sorted(grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+# ------------------------------------------------------------------------------------------- one model
+
+def build(name: str, config: dict, split: Split, content: np.ndarray, seed: int):
+    """A fresh model of variant ``name`` with ``config``, its content set, initial weights from ``seed``."""
+    model_name, fixed, _ = VARIANTS[name]
+    settings = {**fixed, **config}
+    if "content_dim" in getattr(MODELS[model_name].config_class, "__dataclass_fields__", {}):
+        settings["content_dim"] = content.shape[1]
+    set_seed(seed)
+    model = create_model(model_name, split.train.n_users, split.train.n_items, settings)
+    model.set_content(torch.from_numpy(content))
+    return model
+
+
+def train(name: str, config: dict, split: Split, content: np.ndarray, seed: int, args,
+          valid_candidates: str) -> tuple[object, dict]:
+    """Fit with early stopping on valid Recall@20 over ``valid_candidates``; timing of epochs and fit."""
+    model = build(name, config, split, content, seed)
+
+    def validate(m) -> dict:
+        return evaluate(m, split, on="valid", ks=KS, candidates=valid_candidates).metrics
+
+    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
+                     patience=args.patience, seed=seed, progress=False)
+    started = time.perf_counter()
+    result = model.fit(split.train, train_config=tc, evaluate_fn=validate)
+    info = {"fit_seconds": time.perf_counter() - started}
+    if result is not None and getattr(result, "history", None):
+        info |= {"best_epoch": result.best_epoch, "epochs": result.epochs_run,
+                 "seconds_per_epoch": float(np.mean([h["seconds"] for h in result.history]))}
+    model.eval()
+    return model, info
+
+
+def timed_eval(model, split: Split, on: str, candidates) -> dict:
+    """Evaluator metrics plus evaluated users per second."""
+    started = time.perf_counter()
+    metrics = evaluate(model, split, on=on, ks=KS, candidates=candidates).metrics
+    metrics["users_per_s"] = metrics["users"] / max(time.perf_counter() - started, 1e-9)
+    return metrics
+
+
+def warmup_curve(model, split: Split) -> dict:
+    """Recall@20 of the curve items' target buyers after n revealed buyers (see the module docstring)."""
+    test = split.test.unique_pairs()
+    test = test.select(np.isin(test.items, split.cold_test_items))
+    order = np.lexsort((test.users, test.timestamps, test.items))
+    test = test.select(order)
+    starts = np.searchsorted(test.items, test.items, side="left")
+    rank = np.arange(len(test)) - starts
+    buyers = np.bincount(test.items, minlength=test.n_items)
+    pool = max(WARMUP_STEPS)
+    curve_items = np.flatnonzero(buyers > pool)
+    if not len(curve_items):
+        return {"items": 0}
+    in_curve = np.isin(test.items, curve_items)
+    targets = test.select(in_curve & (rank >= pool))
+    out = {"items": int(len(curve_items)), "target_pairs": int(len(targets)), "recall@20": {}}
+    for n in WARMUP_STEPS:
+        revealed = test.select(in_curve & (rank < n))
+        m = copy.deepcopy(model)
+        if n:
+            if not hasattr(m, "update"):
+                out["note"] = "no update(): revealed buyers are only masked"
+            else:
+                m.update(revealed)
+        view = Split(split.train.concat(revealed), targets.select(np.zeros(len(targets), bool)), targets,
+                     None, curve_items)
+        out["recall@20"][n] = evaluate(m, view, on="test", ks=KS, candidates=curve_items)["recall@20"]
+    return out
+
+
+def run_seed(name: str, config: dict, split: Split, content: np.ndarray, seed: int, args) -> dict:
+    """Train on the cold split, evaluate cold/hybrid valid and test, and the warm-up curve."""
+    model, info = train(name, config, split, content, seed, args, "cold")
+    report = {"seed": seed, "config": config, **info,
+              "valid_cold": evaluate(model, split, on="valid", ks=KS, candidates="cold").metrics,
+              "test_cold": timed_eval(model, split, "test", "cold"),
+              "test_hybrid": timed_eval(model, split, "test", "all")}
+    if not args.no_curve:
+        report["warmup"] = warmup_curve(model, split)
+    return report
+
+
+def run_warm(name: str, config: dict, split: Split, content: np.ndarray, seed: int, args) -> dict:
+    """hm5core: early stopping on valid Recall@20 over all items; test at that point."""
+    model, info = train(name, config, split, content, seed, args, "all")
+    return {"seed": seed, **info, "test": evaluate(model, split, on="test", ks=KS).metrics}
+
+
+# ------------------------------------------------------------------------------------------- reporting
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and population standard deviation (NaN when empty)."""
+    return (float(np.mean(values)), float(np.std(values))) if values else (math.nan, math.nan)
+
+
+def fmt(values: list[float]) -> str:
+    mu, sd = mean_std(values)
+    return "–" if math.isnan(mu) else f"{mu:.4f} ± {sd:.4f}"
+
+
+def write_curve_svg(curves: dict[str, list[float]], path: Path) -> None:
+    """A line chart of Recall@20 against revealed purchases, one line per model (hand-written SVG)."""
+    w, h, left, right, top, bottom = 640, 400, 60, 170, 30, 50
+    top_value = max([v for vals in curves.values() for v in vals if not math.isnan(v)] + [1e-6]) * 1.1
+    x = {n: left + i * (w - left - right) / (len(WARMUP_STEPS) - 1) for i, n in enumerate(WARMUP_STEPS)}
+
+    def y(v: float) -> float:
+        return top + (1 - v / top_value) * (h - top - bottom)
+
+    colours = ["#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#17becf"]
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" '
+             f'font-size="12"><rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="{left}" y="18">Recall@20 of cold test items after n revealed purchases (mean over seeds)</text>',
+             f'<line x1="{left}" y1="{h - bottom}" x2="{w - right}" y2="{h - bottom}" stroke="black"/>',
+             f'<line x1="{left}" y1="{top}" x2="{left}" y2="{h - bottom}" stroke="black"/>',
+             f'<text x="{(left + w - right) / 2 - 60}" y="{h - 12}">revealed purchases n</text>']
+    for n, px in x.items():
+        parts.append(f'<text x="{px - 4}" y="{h - bottom + 16}">{n}</text>')
+    for i in range(5):
+        v = top_value * i / 4
+        parts.append(f'<text x="8" y="{y(v) + 4}">{v:.3f}</text>'
+                     f'<line x1="{left}" y1="{y(v)}" x2="{w - right}" y2="{y(v)}" stroke="#ddd"/>')
+    for k, (name, values) in enumerate(curves.items()):
+        colour = colours[k % len(colours)]
+        points = " ".join(f"{x[n]:.1f},{y(v):.1f}" for n, v in zip(WARMUP_STEPS, values) if not math.isnan(v))
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
+        parts.append(f'<text x="{w - right + 10}" y="{top + 16 * k + 10}" fill="{colour}">{name}</text>')
+    parts.append("</svg>")
+    atomic_write_text(path, "\n".join(parts))
+
+
+def summarise(results: dict, seeds: list[int]) -> dict:
+    """Means ± std, the best baseline on mean cold test Recall@20, and the main model's per-seed wins."""
+    def per_seed(name: str, key: str, metric: str = "recall@20") -> list[float]:
+        return [r[key][metric] for r in results[name]["seeds"]]
+
+    baselines = [n for n in results if not n.startswith(MAIN)]
+    best = max(baselines, key=lambda n: np.mean(per_seed(n, "test_cold"))) if baselines else None
+    summary = {"best_baseline": best}
+    if best and MAIN in results:
+        main, base = per_seed(MAIN, "test_cold"), per_seed(best, "test_cold")
+        summary |= {"main_per_seed": main, "best_baseline_per_seed": base,
+                    "wins": int(sum(a > b for a, b in zip(main, base))), "of": len(main),
+                    "ratio_of_means": float(np.mean(main) / max(np.mean(base), 1e-12))}
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hm", default="../shared/data/hm", help="H&M folder (Kaggle layout)")
+    parser.add_argument("--hm5core", default=None, help="MMRec-format warm split (default: HM/mmrec/hm5core)")
+    parser.add_argument("--content", default=None, help=".safetensors of {'vectors': [n, D]} + sibling .json ids")
+    parser.add_argument("--cache", default="out/cache/minilm", help="embedding cache for the MiniLM vectors")
+    parser.add_argument("--models", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--eval-every", type=int, default=2)
+    parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping")
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--batch-size", type=int, default=2048)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared box)")
+    parser.add_argument("--no-warm", action="store_true", help="skip hm5core")
+    parser.add_argument("--no-curve", action="store_true", help="skip the warm-up curve")
+    parser.add_argument("--lightgcn-epochs", type=int, default=3, help="epochs timed for the LightGCN reference")
+    parser.add_argument("--chosen", default=None, help="a previous run's JSON: reuse its chosen configs, no grid")
+    parser.add_argument("--out", default="out/coldstart_hm.json")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+
+    create_model("random", 1, 1)  # imports every model module, so MODELS is complete
+    names = [n for n in args.models if VARIANTS[n][0] in MODELS]
+    skipped = [n for n in args.models if n not in names]
+    if skipped:
+        print(f"not registered, skipped: {skipped}", flush=True)
+
+    catalog, interactions = hm.load(args.hm, images=False)
+    pairs = interactions.unique_pairs()
+    content = load_content(args.content, catalog, args.cache)
+    print(f"H&M: {pairs.n_users} users, {pairs.n_items} items, {len(pairs)} pairs; content {content.shape}", flush=True)
+    splits = {seed: cold_items(pairs, fraction=0.2, seed=seed) for seed in args.seeds}
+
+    previous = json.loads(Path(args.chosen).read_text())["results"] if args.chosen else {}
+    results: dict[str, dict] = {}
+    for name in names:
+        grid = [previous[name]["chosen"]] if name in previous else grid_points(VARIANTS[name][2])
+        searched = []
+        for point in grid if len(grid) > 1 else []:
+            model, _ = train(name, point, splits[args.seeds[0]], content, args.seeds[0], args, "cold")
+            value = evaluate(model, splits[args.seeds[0]], on="valid", ks=KS, candidates="cold")["recall@20"]
+            searched.append({"config": point, "valid_cold_recall@20": value})
+            print(f"{name} {point}: cold valid recall@20 {value:.4f}", flush=True)
+        chosen = max(searched, key=lambda g: g["valid_cold_recall@20"])["config"] if searched else (grid or [{}])[0]
+        runs = []
+        for seed in args.seeds:
+            runs.append(run_seed(name, chosen, splits[seed], content, seed, args))
+            r = runs[-1]
+            print(f"{name} seed {seed}: cold test R@20 {r['test_cold']['recall@20']:.4f} N@20 "
+                  f"{r['test_cold']['ndcg@20']:.4f}, hybrid R@20 {r['test_hybrid']['recall@20']:.4f}, "
+                  f"warm-up {r.get('warmup', {}).get('recall@20')}", flush=True)
+        results[name] = {"chosen": chosen, "grid": searched, "seeds": runs}
+
+    warm = {}
+    if not args.no_warm:
+        data = mmrec_format.load(args.hm5core or Path(args.hm) / "mmrec" / "hm5core")
+        split5 = mmrec_format.to_split(data)
+        content5 = content[catalog.index_of(split5.train.item_ids)]
+        for name in names:
+            warm[name] = [run_warm(name, results[name]["chosen"], split5, content5, seed, args) for seed in args.seeds]
+            print(f"{name} hm5core test R@20 {fmt([w['test']['recall@20'] for w in warm[name]])}", flush=True)
+
+    # LightGCN on the same cold split, for time per epoch and evaluation users/s (part 7).
+    split0 = splits[args.seeds[0]]
+    set_seed(args.seeds[0])
+    lightgcn = create_model("lightgcn", split0.train.n_users, split0.train.n_items, {"reg_weight": 1e-2})
+    history = lightgcn.fit(split0.train, train_config=TrainConfig(
+        epochs=args.lightgcn_epochs, batch_size=args.batch_size, lr=args.lr, progress=False)).history
+    lightgcn.eval()
+    reference = {"seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
+                 "hybrid_users_per_s": timed_eval(lightgcn, split0, "test", "all")["users_per_s"]}
+
+    summary = summarise(results, args.seeds)
+    report = {"protocol": __doc__, "args": vars(args), "content_shape": list(content.shape), "results": results,
+              "warm_hm5core": warm, "lightgcn_reference": reference, "summary": summary}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(report, indent=2, default=float))
+
+    print(f"\nseeds {args.seeds}; cold = rank cold items only; hybrid = all items; warm = hm5core test\n")
+    print("| model | cold R@20 | cold N@20 | hybrid R@20 | hybrid N@20 | warm R@20 | warm N@20 | s/epoch (× LightGCN) "
+          "| eval users/s (× LightGCN) | chosen on valid |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in results.items():
+        cells = [fmt([s[key][m] for s in r["seeds"]]) for key in ("test_cold", "test_hybrid") for m in ("recall@20", "ndcg@20")]
+        cells += [fmt([w["test"][m] for w in warm.get(name, [])]) for m in ("recall@20", "ndcg@20")]
+        spe = [s["seconds_per_epoch"] for s in r["seeds"] if s.get("seconds_per_epoch")]
+        ups = np.mean([s["test_hybrid"]["users_per_s"] for s in r["seeds"]])
+        cells.append(f"{np.mean(spe):.2f} ({np.mean(spe) / reference['seconds_per_epoch']:.2f}×)" if spe else "–")
+        cells.append(f"{ups:.0f} ({ups / reference['hybrid_users_per_s']:.2f}×)")
+        print(f"| {name} | " + " | ".join(cells) + f" | {r['chosen'] or '–'} |")
+    print(f"| lightgcn (reference) | | | | | | | {reference['seconds_per_epoch']:.2f} | "
+          f"{reference['hybrid_users_per_s']:.0f} | reg 1e-2, {args.lightgcn_epochs} epochs |")
+
+    curves = {}
+    for name, r in results.items():
+        ups = [s["warmup"]["recall@20"] for s in r["seeds"] if s.get("warmup", {}).get("recall@20")]
+        if ups:
+            curves[name] = [float(np.mean([u[n] for u in ups])) for n in WARMUP_STEPS]
+    if curves:
+        print("\nwarm-up: Recall@20 of cold test items after n revealed purchases "
+              f"({results[next(iter(curves))]['seeds'][0]['warmup']['items']} items with > 10 buyers, seed {args.seeds[0]})")
+        print("| model | " + " | ".join(f"n={n}" for n in WARMUP_STEPS) + " |")
+        print("|---|" + "---|" * len(WARMUP_STEPS))
+        for name, values in curves.items():
+            print(f"| {name} | " + " | ".join(f"{v:.4f}" for v in values) + " |")
+        svg = out.with_suffix(".warmup.svg")
+        write_curve_svg(curves, svg)
+        print(f"curve: {svg} (matplotlib is not installed; hand-written SVG)")
+    if summary.get("wins") is not None:
+        print(f"\n{MAIN} vs best baseline {summary['best_baseline']}: cold R@20 ratio of means "
+              f"{summary['ratio_of_means']:.3f}, better on {summary['wins']}/{summary['of']} seeds")
+    elif summary.get("best_baseline"):
+        print(f"\nbest baseline on cold test R@20: {summary['best_baseline']} ({MAIN} not run)")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
