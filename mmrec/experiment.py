@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from accelerate.utils import set_seed
 
@@ -13,8 +13,11 @@ from mmrec.train import TrainConfig
 
 
 def run(split: Split, model_name: str, *, model_config: Any = None, train_config: TrainConfig | None = None,
-        ks: Sequence[int] = (10, 20, 50), select_on: str = "recall@20") -> tuple[Recommender, dict]:
+        ks: Sequence[int] = (10, 20, 50), select_on: str = "recall@20",
+        setup: Callable[[Recommender], None] | None = None) -> tuple[Recommender, dict]:
     """Fit ``model_name`` on ``split.train``; early stopping and the reported point use valid ``select_on``.
+
+    ``setup(model)`` runs between building and fitting (e.g. ``model.set_content(vectors)``).
 
     Returns the fitted model and ``{"valid": {...}, "test": {...}, "best_epoch", "epochs",
     "seconds_per_epoch", "fit_seconds"}``. Test metrics are computed once, at the chosen point.
@@ -22,6 +25,8 @@ def run(split: Split, model_name: str, *, model_config: Any = None, train_config
     train_config = train_config or TrainConfig()
     set_seed(train_config.seed)  # initial weights depend on the seed too, not only the batch order
     model = create_model(model_name, split.train.n_users, split.train.n_items, model_config)
+    if setup is not None:
+        setup(model)
 
     def validate(m: Recommender) -> dict[str, float]:
         return evaluate(m, split, on="valid", ks=ks).metrics

@@ -7,6 +7,7 @@ vocabularies it was trained with (to answer in external ids).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 from pathlib import Path
@@ -22,6 +23,9 @@ from mmrec.io import atomic_save_tensors, atomic_write_text
 from mmrec.topk import csr_rows, mask_, topk
 
 MODELS: dict[str, type["Recommender"]] = {}
+# Modules whose import registers models (the factory imports them on first use).
+MODEL_MODULES = ("mmrec.fusion.baselines", "mmrec.fusion.cold_baselines", "mmrec.fusion.sequence",
+                 "mmrec.fusion.coldstart")
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
 
 
@@ -38,7 +42,8 @@ def register_model(name: str) -> Callable[[type["Recommender"]], type["Recommend
 
 def create_model(name: str, n_users: int, n_items: int, config: Any = None) -> "Recommender":
     """Build the registered model ``name``; ``config`` is its config dataclass or a dict checked against it."""
-    import mmrec.fusion.baselines  # noqa: F401  (registers the baselines)
+    for module in MODEL_MODULES:  # importing a model module registers its models
+        importlib.import_module(module)
 
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
@@ -103,11 +108,26 @@ class Recommender(nn.Module):
         """Scores ``[len(users), n_items]`` (or ``[len(users), len(items)]``); higher is better."""
         raise NotImplementedError
 
+    def candidate_codes(self, candidates: str | Sequence[int] | np.ndarray | None) -> np.ndarray | None:
+        """Item codes ``recommend`` ranks: ``None`` / ``"all"`` → None (every item); ``"cold"`` → items with
+        no interaction known to the model (none among the seen pairs); ``"warm"`` → the others; else codes."""
+        if candidates is None or (isinstance(candidates, str) and candidates == "all"):
+            return None
+        if isinstance(candidates, str):
+            if candidates not in ("cold", "warm"):
+                raise ValueError(f"candidates must be 'all', 'cold', 'warm' or item codes, got {candidates!r}")
+            counts = np.bincount(self.seen_indices.cpu().numpy(), minlength=self.n_items)
+            return np.flatnonzero(counts == 0 if candidates == "cold" else counts > 0)
+        codes = np.asarray(candidates, dtype=np.int64)
+        if len(codes) and (codes.min() < 0 or codes.max() >= self.n_items):
+            raise ValueError(f"candidate item codes must be in 0..{self.n_items - 1}")
+        return codes
+
     @torch.no_grad()
     def recommend(self, users: Sequence[int] | torch.Tensor, k: int = 10, *,
-                  candidates: Sequence[int] | np.ndarray | None = None,
+                  candidates: str | Sequence[int] | np.ndarray | None = None,
                   exclude_seen: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` item codes and scores per user, among ``candidates`` (default: all items)."""
+        """Top-``k`` item codes and scores per user, among ``candidates`` (see `candidate_codes`; default all)."""
         users_np = np.asarray(users.cpu() if isinstance(users, torch.Tensor) else users, dtype=np.int64)
         if len(users_np) and (users_np.min() < 0 or users_np.max() >= self.n_users):
             raise ValueError(f"user codes must be in 0..{self.n_users - 1}")
@@ -115,8 +135,9 @@ class Recommender(nn.Module):
         if exclude_seen:
             rows, cols = csr_rows(self.seen_indptr.cpu().numpy(), self.seen_indices.cpu().numpy(), users_np)
             mask_(scores, rows, cols)
+        candidates = self.candidate_codes(candidates)
         if candidates is not None:
-            cand = torch.as_tensor(np.asarray(candidates, dtype=np.int64), device=scores.device)
+            cand = torch.as_tensor(candidates, device=scores.device)
             idx, values = topk(scores.index_select(1, cand), k)
             return cand[idx], values
         return topk(scores, k)

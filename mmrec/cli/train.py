@@ -10,7 +10,8 @@ from mmrec.config import from_dict, load_yaml
 from mmrec.train import TrainConfig
 
 NAME = "train"
-HELP = "train a recommender (most_popular, itemknn, bpr, lightgcn) and save it"
+HELP = ("train a recommender (most_popular, itemknn, bpr, lightgcn), the cold-start model (coldstart) "
+        "or a unified space (align) and save it")
 WARM_MODELS = ("most_popular", "itemknn", "bpr", "lightgcn")
 
 
@@ -50,8 +51,11 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register this command's options."""
-    parser.add_argument("task", nargs="?", default="recommender", choices=("recommender", "align"),
-                        help="'recommender' (default) or 'align': train a UnifiedSpace (--config with 'space:')")
+    parser.add_argument("task", nargs="?", default="recommender", choices=("recommender", "coldstart", "align"),
+                        help="'recommender' (default); 'coldstart': the VAE fusion model with its item content "
+                             "(--space or MiniLM text); 'align': train a UnifiedSpace (--config with 'space:')")
+    parser.add_argument("--space", help="coldstart: a saved UnifiedSpace making the item content vectors "
+                                        "(default: all-MiniLM-L6-v2 on the item texts)")
     add_model_arguments(parser, model_required=False, data_required=False)
     parser.add_argument("--shards", help="align: stream items from catalog shards (webdataset brace notation, "
                                          "e.g. 'out/shards/catalog-{000000..000021}.tar'); the last shard is "
@@ -67,9 +71,15 @@ def run(args: argparse.Namespace) -> int:
         from mmrec.cli.align import run_align
 
         return run_align(args)
+    config = run_config(args)
+    if args.task == "coldstart":
+        from mmrec.cli.coldstart import run_coldstart
+
+        if not args.data:
+            raise ValueError("mmrec train coldstart needs --data")
+        return run_coldstart(args, config.model, config.train)
     if not args.model or not args.data:
         raise ValueError("mmrec train recommender needs --data and --model")
-    config = run_config(args)
     split, _ = make_split(load_data(args.data), args)
     model, report = run_experiment(split, args.model, model_config=config.model, train_config=config.train)
     model.save_pretrained(args.out)

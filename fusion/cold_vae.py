@@ -1,0 +1,175 @@
+"""Parts of the cold-start fusion recommender: item content vectors, the frozen content kNN graph, the
+conditional VAE (or plain regression) from content into the collaborative space, and the count gate.
+
+`mmrec.fusion.coldstart.VAEFusion` puts them together; they are plain functions and modules here so each
+can be read and tested on its own.
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmrec.data import Catalog
+
+
+# ----------------------------------------------------------------------------------- content vectors
+
+def catalog_texts(catalog: Catalog) -> list[str]:
+    """The text a text tower reads per item: H&M's reference text where the catalog has H&M attributes
+    (`mmrec.datasets.hm.article_texts`), else title and description (`Catalog.full_text`)."""
+    from mmrec.datasets import hm
+
+    if any(name in catalog.attributes for name in hm.TEXT_ATTRIBUTES):
+        return hm.article_texts(catalog)
+    return [catalog.full_text(i) for i in range(len(catalog))]
+
+
+def content_vectors(catalog: Catalog, encoder="minilm", *, texts: Sequence[str] | None = None,
+                    cache: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
+    """``[len(catalog), C]`` float32 content vectors, L2-normalised; an item with nothing to encode gets zeros.
+
+    ``encoder`` is an encoder spec (``"minilm"``), a text `mmrec.encoders.Encoder`, or a
+    `mmrec.space.UnifiedSpace` (then every modality the item has is fused by ``embed_items``).
+    ``texts`` defaults to `catalog_texts`.
+    """
+    from mmrec.space import UnifiedSpace
+
+    texts = catalog_texts(catalog) if texts is None else list(texts)
+    if isinstance(encoder, UnifiedSpace):
+        vectors, _ = encoder.embed_items(catalog, texts=texts, cache=cache)
+        return normalize_rows(vectors.detach().cpu().float().numpy())
+    from mmrec.encoders import create_encoder, embed
+
+    if isinstance(encoder, str):
+        encoder = create_encoder(encoder)
+    return normalize_rows(embed(catalog, encoder, texts=texts, cache=cache, progress=progress).vectors)
+
+
+def mmrec_content_vectors(folder: str | os.PathLike, catalog: Catalog, encoder="minilm", *,
+                          cache: str | os.PathLike | None = None) -> np.ndarray:
+    """Content vectors in the itemID order of an MMRec folder (``i_id_mapping.csv``) whose raw ids are
+    ``catalog`` ids (e.g. hm5core's article ids in the H&M catalog); an unmapped id is an error naming it."""
+    from mmrec.datasets.mmrec_format import read_item_mapping
+
+    raw = read_item_mapping(folder)
+    missing = [i for i in raw if i not in catalog]
+    if missing:
+        raise KeyError(f"{len(missing)} item id(s) of {folder} are not in the catalog, e.g. {missing[:3]}")
+    return content_vectors(catalog.subset(catalog.index_of(raw)), encoder, cache=cache)
+
+
+def normalize_rows(vectors: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Rows scaled to unit L2 norm as float32; all-zero (or non-finite) rows become zeros."""
+    array = np.asarray(vectors.detach().cpu() if isinstance(vectors, torch.Tensor) else vectors, dtype=np.float32)
+    if array.ndim != 2:
+        raise ValueError(f"content vectors must be a [n_items, C] matrix, got shape {array.shape}")
+    array = np.where(np.isfinite(array), array, 0.0).astype(np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return np.where(norms > 1e-12, array / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------- content kNN graph
+
+def knn_rows(content: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, k: int,
+             block: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Edges of a frozen content graph: each item of ``rows`` to its ``k`` nearest ``targets`` (cosine,
+    itself excluded), weight 1/k (FREEDOM's symmetric normalisation of a k-regular kNN graph).
+
+    Returns ``(indices [2, E], values [E])``. Rows whose content is all zeros get no edges (no evidence
+    of similarity); so does everything when ``targets`` is empty.
+    """
+    if not len(rows) or not len(targets) or k < 1:
+        return torch.zeros(2, 0, dtype=torch.long), torch.zeros(0)
+    k = min(k, len(targets))
+    tgt = content[targets]
+    usable = content[rows].norm(dim=1) > 0
+    out_rows, out_cols = [], []
+    for start in range(0, len(rows), block):
+        r = rows[start:start + block]
+        sim = content[r] @ tgt.t()
+        sim[r[:, None] == targets[None, :]] = -math.inf          # no self loops
+        sim[:, tgt.norm(dim=1) == 0] = -math.inf                  # zero content is nobody's neighbour
+        top = torch.topk(sim, k, dim=1)
+        keep = torch.isfinite(top.values) & usable[start:start + block, None]
+        out_rows.append(r[:, None].expand(-1, k)[keep])
+        out_cols.append(targets[top.indices][keep])
+    indices = torch.stack([torch.cat(out_rows), torch.cat(out_cols)])
+    return indices, torch.full((indices.shape[1],), 1.0 / k)
+
+
+# -------------------------------------------------------------------------------- content generators
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """Linear layers with LeakyReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.LeakyReLU(0.1))
+    return nn.Sequential(*layers)
+
+
+class ContentVAE(nn.Module):
+    """Conditional VAE from content ``c`` into the collaborative space.
+
+    Encoder q(z | x, c) with x the warm item embedding, prior p(z | c), decoder (z, c) → x̂. `generate`
+    is the deterministic content-only path used for items: prior mean → decoder.
+    """
+
+    def __init__(self, content_dim: int, dim: int, latent_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.encoder = mlp([dim + content_dim, hidden_dim, 2 * latent_dim])
+        self.prior = mlp([content_dim, hidden_dim, 2 * latent_dim])
+        self.decoder = mlp([latent_dim + content_dim, hidden_dim, dim])
+
+    def generate(self, content: torch.Tensor) -> torch.Tensor:
+        """Content → collaborative vector through the prior mean."""
+        mu, _ = self.prior(content).chunk(2, dim=-1)
+        return self.decoder(torch.cat([mu, content], -1))
+
+    def losses(self, target: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Reconstruction (squared error per item, summed over dims) of ``target`` through a posterior
+        sample, and KL(q(z | target, c) || p(z | c)), both averaged over the batch."""
+        mu_q, logvar_q = self.encoder(torch.cat([target, content], -1)).chunk(2, dim=-1)
+        mu_p, logvar_p = self.prior(content).chunk(2, dim=-1)
+        logvar_q, logvar_p = logvar_q.clamp(-10, 10), logvar_p.clamp(-10, 10)
+        z = mu_q + torch.randn_like(mu_q) * (0.5 * logvar_q).exp()
+        recon = (self.decoder(torch.cat([z, content], -1)) - target).pow(2).sum(-1).mean()
+        kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1).sum(-1).mean()
+        return {"recon": recon, "kl": kl}
+
+
+class ContentRegressor(nn.Module):
+    """The no-VAE ablation: a deterministic MLP from content into the collaborative space."""
+
+    def __init__(self, content_dim: int, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.net = mlp([content_dim, hidden_dim, dim])
+
+    def generate(self, content: torch.Tensor) -> torch.Tensor:
+        """Content → collaborative vector."""
+        return self.net(content)
+
+    def losses(self, target: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Squared error to ``target``; no KL term."""
+        return {"recon": (self.generate(content) - target).pow(2).sum(-1).mean(), "kl": target.new_zeros(())}
+
+
+class CountGate(nn.Module):
+    """g(n) = sigmoid(a · log(1 + n) + b): the weight of the learned embedding of an item with n
+    interactions (1 − g goes to the generated one). ``a`` is kept positive (softplus), so more
+    interactions never mean less trust in behaviour."""
+
+    def __init__(self, a_init: float = 1.0, b_init: float = 0.0) -> None:
+        super().__init__()
+        self.raw_a = nn.Parameter(torch.tensor(math.log(math.expm1(a_init))))
+        self.b = nn.Parameter(torch.tensor(float(b_init)))
+
+    def forward(self, counts: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(F.softplus(self.raw_a) * torch.log1p(counts.float()) + self.b)

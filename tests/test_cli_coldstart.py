@@ -1,0 +1,96 @@
+"""``mmrec train coldstart`` then ``mmrec recommend --add-items … --candidates new``: articles the model
+never saw (one without a photo) become recommendable with no retraining; bad input gets clear answers."""
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ARTICLE_HEADER = [
+    "article_id", "product_code", "prod_name", "product_type_no", "product_type_name", "product_group_name",
+    "graphical_appearance_no", "graphical_appearance_name", "colour_group_code", "colour_group_name",
+    "perceived_colour_value_id", "perceived_colour_value_name", "perceived_colour_master_id",
+    "perceived_colour_master_name", "department_no", "department_name", "index_code", "index_name",
+    "index_group_no", "index_group_name", "section_no", "section_name", "garment_group_no", "garment_group_name",
+    "detail_desc",
+]
+
+
+def _mmrec(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "mmrec", *args], capture_output=True, text=True, timeout=900)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def _write_articles(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=ARTICLE_HEADER)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({c: row.get(c, "") for c in ARTICLE_HEADER})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("coldstart") / "model"
+    cfg = out.parent / "run.yaml"
+    cfg.write_text("model: {dim: 16, hidden_dim: 32, latent_dim: 8}\n"
+                   "train: {epochs: 3, batch_size: 1024, lr: 0.005}\n")
+    report = json.loads(_mmrec("train", "coldstart", "--data", "synthetic", "--config", str(cfg), "--out", str(out),
+                               "--no-progress", "--json").stdout)
+    return out, report
+
+
+def test_added_articles_are_recommended_without_retraining(trained, tmp_path):
+    model_dir, report = trained
+    assert report["model"] == "vae_fusion" and (model_dir / "content.json").is_file()
+    from mmrec.datasets.synthetic import WorldConfig, make_world
+
+    world = make_world(WorldConfig(n_users=5, n_items=8, n_new_items=0, interactions_per_user=(1, 3), new_interactions_per_user=(0, 0),
+                                   missing_image_fraction=0.0), tmp_path / "photos")
+    images = tmp_path / "images"
+    rows = []
+    for n, (name, colour, kind) in enumerate([("Floral summer dress", "Red", "Dress"), ("Slim jeans", "Blue", "Trousers"),
+                                              ("Wool jumper", "Grey", "Sweater"), ("Linen shirt", "White", "Shirt")]):
+        article_id = f"09{n:08d}"
+        rows.append({"article_id": article_id, "product_code": article_id[:7], "prod_name": name,
+                     "product_type_name": kind, "colour_group_name": colour, "detail_desc": f"A {colour.lower()} {name.lower()}."})
+        if n < 3:  # the last article has no photo
+            (images / article_id[:3]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(world.catalog.image_paths[n], images / article_id[:3] / f"{article_id}.jpg")
+    articles = tmp_path / "new_articles.csv"
+    _write_articles(articles, rows)
+    users = tmp_path / "users.txt"
+    vocab = json.loads((model_dir / "vocab.json").read_text())
+    users.write_text("\n".join(vocab["user_ids"][:3] + ["someone-new"]) + "\n")
+
+    recs = json.loads(_mmrec("recommend", "--model", str(model_dir), "--add-items", str(articles), "--images",
+                             str(images), "--users", str(users), "--candidates", "new", "--k", "4", "--json").stdout)
+    new_ids = {r["article_id"] for r in rows}
+    for user in vocab["user_ids"][:3]:
+        assert len(recs[user]) == 4 and set(recs[user]) == new_ids
+    assert recs["_fallback"] == {"kind": "popular_by_content", "users": ["someone-new"]}
+    assert set(recs["someone-new"]) == new_ids
+    # Different users get different orders: the ranking is personal, not one list for all.
+    assert len({tuple(recs[u]) for u in vocab["user_ids"][:3]}) > 1
+    # The saved model is unchanged on disk: adding items never retrains or rewrites it.
+    assert json.loads((model_dir / "vocab.json").read_text()) == vocab
+
+
+def test_duplicate_or_known_article_ids_are_errors_naming_them(trained, tmp_path):
+    model_dir, _ = trained
+    articles = tmp_path / "dupes.csv"
+    _write_articles(articles, [{"article_id": "0912345678", "prod_name": "A"}, {"article_id": "0912345678", "prod_name": "B"}])
+    bad = _mmrec("recommend", "--model", str(model_dir), "--add-items", str(articles), "--user", "x",
+                 "--candidates", "new", "--json", check=False)
+    assert bad.returncode == 2 and "0912345678" in bad.stderr and "twice" in bad.stderr
+    vocab = json.loads((model_dir / "vocab.json").read_text())
+    known = tmp_path / "known.csv"
+    _write_articles(known, [{"article_id": vocab["item_ids"][0], "prod_name": "A"}])
+    bad = _mmrec("recommend", "--model", str(model_dir), "--add-items", str(known), "--user", "x", "--json", check=False)
+    assert bad.returncode == 2 and vocab["item_ids"][0] in bad.stderr
+    no_items = _mmrec("recommend", "--model", str(model_dir), "--user", "x", "--candidates", "new", check=False)
+    assert no_items.returncode == 2 and "--add-items" in no_items.stderr

@@ -1,0 +1,222 @@
+"""The cold-start fusion recommender (vae_fusion) on the synthetic fashion world, whose new items and user
+tastes are known: taste-matching new items rank above mismatching ones, items can be added and warmed up
+without retraining, save/load round-trips, items without content still get vectors, ablations work."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from accelerate.utils import set_seed
+
+from mmrec.data import Interactions
+from mmrec.datasets.synthetic import WorldConfig, make_world
+from mmrec.fusion.coldstart import VAEFusion
+from mmrec.recommender import Recommender, create_model
+from mmrec.train import TrainConfig
+
+ATTRIBUTES = ("category", "colour", "pattern", "season")
+N_USERS, N_WARM, N_NEW = 240, 160, 50
+
+
+def one_hot_content(catalog) -> np.ndarray:
+    """Attribute one-hots: the item's content as a text tower would summarise it."""
+    cols = []
+    for name in ATTRIBUTES:
+        values = np.asarray(sorted(set(catalog.attributes[name])), dtype=object)
+        cols.append((catalog.attributes[name][:, None] == values[None, :]).astype(np.float32))
+    return np.concatenate(cols, 1)
+
+
+def taste_agreement(world, model: Recommender, items: np.ndarray, margin: float = 1.0) -> float:
+    """Share of (user, item pair) where the model orders two items as the user's latent taste does
+    (popularity removed), over pairs whose taste differs by more than ``margin``. Chance is 0.5."""
+    users = np.arange(world.config.n_users)
+    with torch.no_grad():
+        scores = model.score(torch.as_tensor(users))[:, torch.as_tensor(items)].numpy()
+    taste = world.affinity(users, items) - world.item_popularity[items]
+    a, b = np.triu_indices(len(items), 1)
+    d_model, d_taste = scores[:, a] - scores[:, b], taste[:, a] - taste[:, b]
+    clear = np.abs(d_taste) > margin
+    return float(((d_model > 0) == (d_taste > 0))[clear].mean())
+
+
+def train(interactions: Interactions, content: np.ndarray, epochs: int = 20, **config) -> VAEFusion:
+    """Fit vae_fusion on ``interactions`` (whose item vocabulary may include cold items)."""
+    set_seed(0)
+    model = create_model("vae_fusion", interactions.n_users, interactions.n_items,
+                         {"content_dim": content.shape[1], **config})
+    model.set_content(content)
+    model.fit(interactions, train_config=TrainConfig(epochs=epochs, batch_size=512, lr=5e-3, progress=False))
+    return model.eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: one intra-op thread avoids oversubscribing a shared machine's cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world():
+    return make_world(WorldConfig(seed=0, n_users=N_USERS, n_items=N_WARM, n_new_items=N_NEW), None)
+
+
+@pytest.fixture(scope="module")
+def content(world) -> np.ndarray:
+    return one_hot_content(world.catalog)
+
+
+@pytest.fixture(scope="module")
+def warm_only(world):
+    """Training purchases re-coded to the warm items alone, so the new items arrive later by add_items."""
+    inter = world.interactions
+    return Interactions(inter.users, inter.items, inter.user_ids, inter.item_ids[:N_WARM], inter.timestamps)
+
+
+@pytest.fixture(scope="module")
+def fitted(world, warm_only, content) -> VAEFusion:
+    return train(warm_only, content[:N_WARM])
+
+
+def test_new_items_added_without_retraining_rank_by_taste(world, fitted, content):
+    model = copy.deepcopy(fitted)
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    with torch.no_grad():
+        old_scores = model.score(torch.arange(N_USERS)).clone()
+    new_ids = world.catalog.ids[N_WARM:]
+    codes = model.add_items(new_ids, content[N_WARM:])
+    assert list(codes) == list(range(N_WARM, N_WARM + N_NEW))
+    assert model.n_items == N_WARM + N_NEW and list(model.item_ids[N_WARM:]) == list(new_ids)
+    after = dict(model.named_parameters())
+    assert set(after) == set(before)
+    for name, value in before.items():  # nothing trained; the ID table only gains zero rows
+        np.testing.assert_array_equal(after[name].detach()[tuple(slice(0, n) for n in value.shape)], value.detach())
+    assert (after["item_emb"][N_WARM:] == 0).all()
+    with torch.no_grad():
+        scores = model.score(torch.arange(N_USERS))
+    torch.testing.assert_close(scores[:, :N_WARM], old_scores)
+    assert torch.isfinite(scores).all() and scores[:, N_WARM:].std() > 0
+    top, _ = model.recommend(np.arange(10), k=5, candidates="cold")
+    assert set(top.flatten().tolist()) <= set(codes.tolist())
+    # The ground truth: taste-matching new items above mismatching ones, clearly more often than chance.
+    assert taste_agreement(world, model, codes) > 0.65
+
+
+def test_cold_items_in_the_training_vocabulary(world, content):
+    model = train(world.interactions, content, epochs=10)
+    cold = world.new_item_codes
+    assert not model.has_id[cold].any() and (model.item_emb[cold] == 0).all()  # never trained
+    assert taste_agreement(world, model, cold) > 0.65
+    warm_codes, _ = model.recommend(np.arange(5), k=20, candidates="warm")
+    assert not np.isin(warm_codes.numpy(), cold).any()
+
+
+def test_update_warms_items_up_without_training(world, fitted, content):
+    model = copy.deepcopy(fitted)
+    model.add_items(world.catalog.ids[N_WARM:], content[N_WARM:])
+    params = {k: v.clone() for k, v in model.named_parameters()}
+    future = world.new_item_interactions
+    item = int(np.bincount(future.items).argmax())
+    with torch.no_grad():
+        g_before = float(model.item_vectors()["g"][item])
+        learned_before = model.item_vectors()["learned"][item].clone()
+    added = model.update(future)
+    assert added == len(future.unique_pairs())
+    assert model.counts[item] == np.bincount(future.items)[item]
+    with torch.no_grad():
+        vectors = model.item_vectors()
+    assert float(vectors["g"][item]) > g_before  # moves toward behaviour
+    assert not torch.allclose(vectors["learned"][item], learned_before)  # its buyers reach it in the graph
+    for name, value in params.items():
+        assert torch.equal(dict(model.named_parameters())[name], value)
+    buyer = int(future.users[future.items == item][0])
+    top, values = model.recommend([buyer], k=model.n_items, exclude_seen=True)
+    assert values[top == item].item() == float("-inf")  # now seen: excluded
+    with pytest.raises(KeyError, match="unknown to the model"):
+        model.update(Interactions.from_ids(["U00000"], ["NOPE"], user_ids=model.user_ids))
+
+
+def test_save_load_round_trip_with_added_items(tmp_path, world, fitted, content):
+    model = copy.deepcopy(fitted)
+    model.add_items(world.catalog.ids[N_WARM:], content[N_WARM:])
+    model.update(world.new_item_interactions.select(np.arange(20)))
+    model.save_pretrained(tmp_path / "m")
+    loaded = Recommender.from_pretrained(tmp_path / "m")
+    assert isinstance(loaded, VAEFusion) and loaded.n_items == N_WARM + N_NEW
+    assert list(loaded.item_ids) == list(model.item_ids)
+    users = torch.arange(N_USERS)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
+    for candidates in ("all", "cold", "warm"):
+        ours = loaded.recommend(np.arange(30), k=10, candidates=candidates)[0]
+        assert torch.equal(ours, model.recommend(np.arange(30), k=10, candidates=candidates)[0])
+    more = loaded.add_items(["EXTRA"], content[:1])  # a loaded model keeps growing
+    assert more.tolist() == [N_WARM + N_NEW]
+
+
+def test_item_without_content_still_gets_a_vector(fitted, content):
+    model = copy.deepcopy(fitted)
+    codes = model.add_items(["BLANK", "NAN"], np.stack([np.zeros(content.shape[1]), np.full(content.shape[1], np.nan)]))
+    vectors = model.item_vectors()["fused"][torch.as_tensor(codes)]
+    assert torch.isfinite(vectors).all() and (vectors.norm(dim=1) > 0).all()
+    with torch.no_grad():
+        assert torch.isfinite(model.score(torch.arange(5))).all()
+    assert model.explain(0, int(codes[0])) and all(e["similarity"] == 0 for e in model.explain(0, int(codes[0])))
+
+
+def test_explain_and_unknown_user_fallback(world, fitted):
+    model = fitted
+    codes, _ = model.recommend([3], k=1)
+    item = int(codes[0, 0])
+    reasons = model.explain(3, item, n=3, catalog=world.catalog)
+    history = set(model.seen_indices[model.seen_indptr[3]:model.seen_indptr[4]].tolist())
+    assert 1 <= len(reasons) <= 3 and {r["item"] for r in reasons} <= history
+    sims = [r["similarity"] for r in reasons]
+    assert sims == sorted(sims, reverse=True)
+    for r in reasons:
+        for name, value in r["shared"].items():
+            assert world.catalog.attributes[name][item] == value == world.catalog.attributes[name][r["item"]]
+    fallback = model.recommend_for_unknown(k=5)
+    assert fallback["fallback"] == "popular_by_content" and len(fallback["items"]) == 5
+    assert np.all(np.diff(fallback["scores"]) <= 0)
+
+
+@pytest.mark.parametrize("flags", [{"vae": False}, {"gate": False}, {"ranking_loss": False}])
+def test_ablation_flags(world, warm_only, content, flags):
+    model = create_model("vae_fusion", N_USERS, N_WARM, flags)  # content_dim taken from set_content
+    model.set_content(content[:N_WARM])
+    assert model.config.content_dim == content.shape[1]
+    result = model.fit(warm_only, train_config=TrainConfig(epochs=2, batch_size=1024, progress=False))
+    last = result.history[-1]
+    assert ("rank_generated" in last) == flags.get("ranking_loss", True)
+    if flags.get("vae", True) is False:
+        assert last["kl"] == 0.0 and "prior" not in dict(model.generator.named_children())
+    model.eval()
+    codes = model.add_items(["X1"], content[N_WARM:N_WARM + 1])
+    vectors = model.item_vectors()
+    if flags.get("gate", True) is False:
+        torch.testing.assert_close(vectors["fused"][:N_WARM], vectors["learned"][:N_WARM])
+        torch.testing.assert_close(vectors["fused"][codes], vectors["generated"][codes])
+    assert torch.isfinite(vectors["fused"]).all()
+
+
+def test_bad_input_is_refused(fitted, content, warm_only):
+    model = create_model("vae_fusion", N_USERS, N_WARM, {"content_dim": content.shape[1]})
+    with pytest.raises(RuntimeError, match="set_content"):
+        model.fit(warm_only, train_config=TrainConfig(epochs=1, progress=False))
+    with pytest.raises(ValueError, match="content vectors have shape"):
+        model.set_content(content[:N_WARM, :5])
+    with pytest.raises(ValueError, match="unknown key"):
+        create_model("vae_fusion", 2, 2, {"latent": 3})
+    clone = copy.deepcopy(fitted)
+    with pytest.raises(ValueError, match="'S000001' is already in the model"):
+        clone.add_items(["S000001"], content[:1])
+    with pytest.raises(ValueError, match="'Z' is given twice"):
+        clone.add_items(["Z", "Z"], content[:2])
+    with pytest.raises(ValueError, match="candidates must be"):
+        clone.recommend([0], k=3, candidates="new")
