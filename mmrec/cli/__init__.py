@@ -10,7 +10,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("data_info", "split", "train", "evaluate", "recommend", "embed", "shards")
+COMMANDS = ("data_info", "split", "train", "evaluate", "recommend", "embed", "shards", "stream")
 
 
 def build_parser() -> argparse.ArgumentParser:

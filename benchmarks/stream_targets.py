@@ -1,0 +1,270 @@
+"""Targets of the screen-stream processor (issue 6, part 6) on simulated recordings of the synthetic world.
+
+    nice -n 10 .venv/bin/python benchmarks/stream_targets.py --out out/stream_targets [--items 300]
+
+1. A grounding space is trained for the catalog (`mmrec.grounding.train_screen_space`: product pages
+   rendered offline, never the recordings).
+2. Calibration: the similarity threshold is fitted (`calibrate_threshold`, best F1 per frame) on recordings
+   of sessions drawn with seed ``--seed``, rendered with noise setting ``calib``.
+3. Measurement on recordings of *other* sessions rendered with the noise settings ``arrow`` and ``clean``
+   (never used for calibration), each decoded by `video_frames` and processed by `mmrec.stream.segments`:
+
+   - per-frame item-on-screen precision: of the frames whose segment names an item, the share where the
+     truth shows that item's product page; recall: of the truth's product-page frames, the share whose
+     segment names the right item. Per segment: a truth product page is found when a view of the same
+     item overlaps half of it; a view is right when the truth shows its item at the view's midpoint.
+   - dwell error: |detected dwell − true dwell| (ms) of each truth product page and the view of the same
+     item that overlaps it most; median over pages found.
+4. Throughput: on the recording with the most unchanged frames (its share reported; the target needs
+   ≥ 90 %), and on the same session rendered at 360x640, bare sequential decord decoding
+   (`VideoReader.get_batch` on consecutive indices) against the whole processor on the same file, in the
+   same run, best of two each (the frame source alone is reported too).
+5. Memory: peak RSS while streaming (sampled every 20 ms) of a child process that processes the recording
+   once, against one that processes it 10 times in a row (one stream, timestamps continuing).
+
+Prints one JSON report and writes it to ``OUT/report.json``; the space goes to ``OUT/space`` with the
+calibrated threshold in ``OUT/space/grounding.json`` (what ``mmrec stream`` reads).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_session, write_recording
+from mmrec.datasets.frames import video_frames
+from mmrec.grounding import NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_threshold, train_screen_space
+from mmrec.stream import StreamConfig, StreamStats, segments
+
+NOISE = {  # calibration uses "calib" only; the targets are measured on the others
+    "calib": dict(cursor="touch", notification_prob=0.1, jpeg_quality=(50, 90), codec="libx264", crf=23),
+    "arrow": dict(cursor="arrow", notification_prob=0.3, jpeg_quality=(30, 70), codec="libx264", crf=28),
+    "clean": dict(cursor="none", notification_prob=0.0, jpeg_quality=None, codec="mpeg4"),
+}
+
+
+def frame_truth(session) -> np.ndarray:
+    """True item per frame (`NO_ITEM` off product pages)."""
+    out = np.full(session.n_frames, NO_ITEM, np.int64)
+    for state in session.states:
+        if state.kind == "product":
+            out[session.frame_range(state)] = state.item
+    return out
+
+
+def record(world, sequence, seed: int, noise: str, out: Path, size: tuple[int, int] = (180, 320)):
+    config = SimConfig(seed=seed, width=size[0], height=size[1], fps=30, **NOISE[noise])
+    session = simulate_session(world.catalog, sequence.items, config, timestamps=sequence.timestamps)
+    write_recording(session, world.catalog, config, out)
+    return session, out / "recording.mp4"
+
+
+def calibrate(grounder: Grounder, recordings: list) -> tuple[float, dict]:
+    codes, sims, truth = [], [], []
+    for session, video in recordings:
+        labels = frame_truth(session)
+        frames = [f for f in video_frames(video) if f.index % 3 == 0]
+        c, s = grounder.similarities([f.image.copy() for f in frames])
+        codes.append(c), sims.append(s), truth.append(labels[[f.index for f in frames]])
+    return calibrate_threshold(np.concatenate(codes), np.concatenate(sims), np.concatenate(truth))
+
+
+def measure(grounder: Grounder, session, video: Path, config: StreamConfig) -> dict:
+    stats = StreamStats()
+    segs = list(segments(video_frames(video), grounder, config, stats))
+    truth = frame_truth(session)
+    times = np.arange(session.n_frames) / session.fps
+    predicted = np.full(session.n_frames, NO_ITEM, np.int64)
+    for s in segs:
+        predicted[(times >= s.start - 1e-9) & (times < s.end - 1e-9)] = s.item
+    said, shown = predicted != NO_ITEM, truth != NO_ITEM
+    right = said & (predicted == truth)
+    views = [s for s in segs if s.item != NO_ITEM]
+    pages = [st for st in session.states if st.kind == "product"]
+    errors, found = [], 0
+    for page in pages:
+        overlap = [(min(v.end, page.end) - max(v.start, page.start), v) for v in views if v.item == page.item]
+        overlap = [(o, v) for o, v in overlap if o > 0]
+        if not overlap:
+            continue
+        best_overlap, best = max(overlap, key=lambda x: x[0])
+        found += best_overlap >= 0.5 * (page.end - page.start)
+        errors.append(abs(best.dwell - (page.end - page.start)) * 1000)
+    view_right = sum(truth[min(session.n_frames - 1, int((v.start + v.end) / 2 * session.fps))] == v.item
+                     for v in views)
+    return {"frames": stats.frames, "encoded": stats.encoded, "said": int(said.sum()), "shown": int(shown.sum()),
+            "right": int(right.sum()), "pages": len(pages), "pages_found": int(found), "views": len(views),
+            "views_right": int(view_right), "dwell_errors_ms": errors}
+
+
+def bare_decode_seconds(video: Path, batch_size: int = 32) -> float:
+    import decord
+
+    start = time.perf_counter()
+    reader = decord.VideoReader(str(video), num_threads=1)
+    for s in range(0, len(reader), batch_size):
+        reader.get_batch(list(range(s, min(len(reader), s + batch_size)))).asnumpy()
+    return time.perf_counter() - start
+
+
+def processor_seconds(grounder: Grounder, video: Path, config: StreamConfig) -> tuple[float, StreamStats]:
+    stats = StreamStats()
+    start = time.perf_counter()
+    for _ in segments(video_frames(video), grounder, config, stats):
+        pass
+    return time.perf_counter() - start, stats
+
+
+def throughput(grounder: Grounder, video: Path, config: StreamConfig) -> dict:
+    """Frames/s of bare decord decoding, of the frame source alone and of the processor, best of two each."""
+    bare = min(bare_decode_seconds(video) for _ in range(2))
+    source = min(_source_seconds(video) for _ in range(2))
+    proc, stats = min((processor_seconds(grounder, video, config) for _ in range(2)), key=lambda x: x[0])
+    return {"video": str(video), "frames": stats.frames, "encoded": stats.encoded,
+            "unchanged_share": 1 - stats.encoded / stats.frames, "bare_decord_fps": stats.frames / bare,
+            "video_frames_source_fps": stats.frames / source, "processor_fps": stats.frames / proc,
+            "ratio": bare / proc}
+
+
+def _source_seconds(video: Path) -> float:
+    start = time.perf_counter()
+    for _ in video_frames(video):
+        pass
+    return time.perf_counter() - start
+
+
+def memory_child(args: argparse.Namespace) -> None:
+    """Process the video ``--repeat`` times as one stream; print frames and peak RSS (KiB)."""
+    from mmrec.datasets.synthetic import WorldConfig, make_world
+    from mmrec.space import UnifiedSpace
+
+    world = make_world(WorldConfig(**json.loads(args.world)), Path(args.out) / "world")
+    space = UnifiedSpace.from_pretrained(Path(args.out) / "space")
+    threshold = json.loads((Path(args.out) / "space" / "grounding.json").read_text())["threshold"]
+    grounder = Grounder.for_catalog(space, world.catalog, threshold=threshold)
+    video, duration = Path(args.memory_child), float(args.duration)
+    frames = itertools.chain.from_iterable(video_frames(video, start_time=k * duration) for k in range(args.repeat))
+    stats = StreamStats()
+    before = _rss_kib()
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], _rss_kib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    n_segments = sum(1 for _ in segments(frames, grounder, StreamConfig(), stats))
+    done.set()
+    sampler.join()
+    print(json.dumps({"frames": stats.frames, "segments": n_segments, "rss_before_stream_kib": before,
+                      "peak_rss_while_streaming_kib": max(peak[0], _rss_kib()),
+                      "process_max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="out/stream_targets")
+    parser.add_argument("--items", type=int, default=300, help="items of the synthetic world's catalog")
+    parser.add_argument("--sessions", type=int, default=3, help="test sessions (and calibration sessions)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse-space", action="store_true", help="load OUT/space instead of training it")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    parser.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--duration", default="0", help=argparse.SUPPRESS)
+    parser.add_argument("--world", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        return memory_child(args)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from mmrec.datasets.synthetic import WorldConfig, make_world
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    world_cfg = dict(seed=args.seed, n_users=300, n_items=args.items, n_new_items=0,
+                     new_interactions_per_user=[0, 0], missing_image_fraction=0.0, missing_text_fraction=0.0)
+    world = make_world(WorldConfig.from_dict(world_cfg), out / "world")
+    report: dict = {"items": len(world.catalog), "seed": args.seed, "torch_threads": torch.get_num_threads()}
+    t = time.perf_counter()
+    if args.reuse_space and (out / "space" / "space.json").is_file():
+        from mmrec.space import UnifiedSpace
+
+        space = UnifiedSpace.from_pretrained(out / "space")  # trained by an earlier run for this world
+        report["space"] = "reused"
+    else:
+        space = train_screen_space(world.catalog, ScreenSpaceConfig(seed=args.seed))
+        space.save_pretrained(out / "space")
+        report["train_seconds"] = round(time.perf_counter() - t, 1)
+    grounder = Grounder.for_catalog(space, world.catalog)
+
+    sequences = sessions_from_purchases(world.interactions, 2 * args.sessions, min_len=2, seed=args.seed, max_len=4)
+    calib_seqs, test_seqs = sequences[:args.sessions], sequences[args.sessions:]
+    calib = [record(world, s, 1000 + k, "calib", out / f"calib{k}") for k, s in enumerate(calib_seqs)]
+    threshold, fit = calibrate(grounder, calib)
+    grounder.threshold = threshold
+    (out / "space" / "grounding.json").write_text(json.dumps({"threshold": threshold, "calibration": fit,
+                                                              "noise": NOISE["calib"]}, default=list))
+    report["calibration"] = {"threshold": threshold, "noise": "calib", **fit}
+
+    config = StreamConfig()
+    results = {}
+    for noise in ("arrow", "clean"):
+        for k, s in enumerate(test_seqs):
+            session, video = record(world, s, 2000 + k, noise, out / f"test_{noise}{k}")
+            results[(noise, k)] = (measure(grounder, session, video, config), video, session.duration)
+    per_noise = {}
+    for noise in ("arrow", "clean", "all"):
+        rows = [r for (n, _), (r, _, _) in results.items() if noise in (n, "all")]
+        total = {key: sum(r[key] for r in rows) for key in ("frames", "encoded", "said", "shown", "right", "pages",
+                                                            "pages_found", "views", "views_right")}
+        errors = [e for r in rows for e in r["dwell_errors_ms"]]
+        per_noise[noise] = {
+            "frame_precision": total["right"] / max(1, total["said"]), "frame_recall": total["right"] / max(1, total["shown"]),
+            "segment_precision": total["views_right"] / max(1, total["views"]),
+            "segment_recall": total["pages_found"] / max(1, total["pages"]),
+            "median_dwell_error_ms": float(np.median(errors)) if errors else None,
+            "unchanged_share": 1 - total["encoded"] / max(1, total["frames"]), **total}
+    report["targets"] = per_noise
+
+    (noise, k), (r, video, duration) = max(results.items(), key=lambda x: 1 - x[1][0]["encoded"] / x[1][0]["frames"])
+    report["throughput"] = {"180x320": throughput(grounder, video, config)}
+    _, big = record(world, test_seqs[k], 2000 + k, noise, out / "test_360x640", size=(360, 640))
+    report["throughput"]["360x640"] = throughput(grounder, big, config)
+    peaks = {}
+    for repeat in (1, 10):
+        child = subprocess.run([sys.executable, __file__, "--out", str(out), "--memory-child", str(video),
+                                "--repeat", str(repeat), "--duration", repr(duration),
+                                "--world", json.dumps(world_cfg)], capture_output=True, text=True, check=True)
+        peaks[repeat] = json.loads(child.stdout.strip().splitlines()[-1])
+    key = "peak_rss_while_streaming_kib"
+    report["memory"] = {"1x": peaks[1], "10x": peaks[10], "ratio": peaks[10][key] / peaks[1][key]}
+    report["met"] = {"precision>=0.95": per_noise["all"]["frame_precision"] >= 0.95,
+                     "recall>=0.90": per_noise["all"]["frame_recall"] >= 0.90,
+                     "median_dwell_error<=100ms": (per_noise["all"]["median_dwell_error_ms"] or 1e9) <= 100,
+                     "throughput>=0.8x (180x320)": report["throughput"]["180x320"]["ratio"] >= 0.8,
+                     "throughput>=0.8x (360x640)": report["throughput"]["360x640"]["ratio"] >= 0.8,
+                     "memory10x<=1.10x": report["memory"]["ratio"] <= 1.10}
+    text = json.dumps(report, indent=1, default=float)
+    (out / "report.json").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,431 @@
+"""Screen stream → grounded behaviour events: what the user looked at, for how long, joined with the logs.
+
+::
+
+    frames (mmrec.datasets.frames) ─► change detection ─► changed frames, in batches ─► Grounder
+        (bounded queue, worker)       (sampled pixels vs     (unchanged frames reuse the   (screen tower +
+                                       the last encoded one)  last encoded frame's label)   adapter → item)
+    ─► per-frame labels ─► Segmenter (screen states; flickers shorter than ``min_frames`` merged away)
+    ─► events: ``view`` (item, start, dwell) per product segment, + ``click``/``cart``/``purchase`` log
+       rows joined with the screen by a time window ─► `write_events` (parquet, atomic)
+
+Everything is a generator: events come out as segments close, so a stream that ends early (a truncated
+file, a stopped capture) still gives every finished event, and memory holds at most one batch of changed
+frames, ``max_pending`` frame labels and the segments inside the log window, whatever the stream's
+length. Broken frames are skipped and counted by the frame sources (`FrameStats`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from mmrec.datasets.frames import Frame, FrameStats, FrameStream
+from mmrec.grounding import NO_ITEM, Grounder
+
+logger = logging.getLogger(__name__)
+
+LOG_KINDS = ("click", "cart", "purchase")
+EVENT_COLUMNS = ("kind", "timestamp", "end", "dwell", "item", "item_id", "score", "frames", "on_screen",
+                 "seen_ago")
+
+
+@dataclass
+class StreamConfig:
+    """Settings of the stream processor; `mmrec.config.from_dict` rejects unknown keys.
+
+    Change detection: each frame becomes a ``thumb_size`` (width, height) grid of sampled pixels; a frame
+    whose mean absolute difference (0–1) to the last *encoded* frame's grid is at most ``change_threshold``
+    is unchanged and reuses that frame's grounding. Encoding: ``batch_size`` changed
+    frames per encoder call; at most ``max_pending`` frames wait for their batch's labels (bounds memory
+    and the delay of events). Grounding: ``threshold`` overrides the grounder's similarity threshold.
+    Segmentation: a new label must hold ``min_frames`` frames in a row to start a screen state (shorter
+    runs are flickers, merged into the state around them). Logs: a log row is ``on_screen`` when its item
+    is grounded within ``log_window`` seconds of it.
+    """
+
+    thumb_size: tuple[int, int] = (36, 64)
+    change_threshold: float = 0.01
+    batch_size: int = 32
+    max_pending: int = 512
+    threshold: float | None = None
+    min_frames: int = 3
+    log_window: float = 2.0
+
+    def __post_init__(self) -> None:
+        if len(self.thumb_size) != 2 or min(self.thumb_size) < 2:
+            raise ValueError(f"StreamConfig.thumb_size must be (width, height) >= 2, got {self.thumb_size!r}")
+        if not 0 <= self.change_threshold <= 1:
+            raise ValueError(f"StreamConfig.change_threshold must be in [0, 1], got {self.change_threshold!r}")
+        if self.batch_size < 1 or self.max_pending < self.batch_size or self.min_frames < 1:
+            raise ValueError(f"StreamConfig needs batch_size >= 1, max_pending >= batch_size and min_frames >= 1, "
+                             f"got {self.batch_size}, {self.max_pending}, {self.min_frames}")
+        if self.log_window < 0:
+            raise ValueError(f"StreamConfig.log_window must be >= 0 seconds, got {self.log_window!r}")
+
+
+@dataclass
+class StreamStats:
+    """What a run did: frames seen, encoded and skipped (by the source, by reason), segments, events, time."""
+
+    frames: int = 0
+    encoded: int = 0
+    batches: int = 0
+    segments: int = 0
+    events: int = 0
+    seconds: float = 0.0
+    source: FrameStats | None = None
+
+    @property
+    def skipped(self) -> int:
+        """Frames the source skipped (wrong size, backwards timestamps, undecodable...)."""
+        return 0 if self.source is None else self.source.skipped
+
+    @property
+    def frames_per_second(self) -> float:
+        """Frames processed per wall-clock second."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready counts."""
+        return {"frames": self.frames, "encoded": self.encoded, "unchanged": self.frames - self.encoded,
+                "batches": self.batches, "segments": self.segments, "events": self.events,
+                "skipped": self.skipped, "skips": dict(self.source.skips) if self.source else {},
+                "seconds": round(self.seconds, 3), "frames_per_second": round(self.frames_per_second, 1)}
+
+
+@dataclass
+class Segment:
+    """A screen state: ``item`` (catalog code, `NO_ITEM` for screens without one) on screen from ``start``
+    to ``end`` seconds; ``frames`` counted and the mean grounding similarity ``score``."""
+
+    item: int
+    start: float
+    end: float
+    frames: int = 0
+    score_sum: float = 0.0
+    last: float = field(default=0.0, repr=False)
+
+    @property
+    def dwell(self) -> float:
+        """Seconds on screen."""
+        return self.end - self.start
+
+    @property
+    def score(self) -> float:
+        """Mean similarity of the frames' nearest item."""
+        return self.score_sum / self.frames if self.frames else math.nan
+
+
+@dataclass
+class Event:
+    """A behaviour event: ``view`` (from the screen: ``item`` on screen from ``timestamp`` for ``dwell``
+    seconds) or a log row (``click``/``cart``/``purchase`` at ``timestamp``) with ``on_screen`` (its item
+    grounded within the log window) and ``seen_ago`` (seconds since the item was last on screen, NaN if
+    never)."""
+
+    kind: str
+    timestamp: float
+    item: int
+    item_id: str | None
+    end: float = math.nan
+    dwell: float = math.nan
+    score: float = math.nan
+    frames: int = 0
+    on_screen: bool | None = None
+    seen_ago: float = math.nan
+
+    def to_row(self) -> dict[str, Any]:
+        """The event as a table row (`EVENT_COLUMNS`)."""
+        return {c: getattr(self, c) for c in EVENT_COLUMNS}
+
+
+# ------------------------------------------------------------------------------- change detection
+
+def thumbnail(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A ``size`` (width, height) grid of pixels sampled evenly from an HxWx3 uint8 frame, as int16.
+
+    Sampling (not averaging) costs microseconds whatever the frame size, so change detection stays far
+    cheaper than decoding; a change smaller than the grid's spacing can go unseen.
+    """
+    h, w = image.shape[:2]
+    sy, sx = max(1, h // size[1]), max(1, w // size[0])
+    return image[sy // 2::sy, sx // 2::sx].astype(np.int16)
+
+
+def changed(thumb: np.ndarray, reference: np.ndarray | None, threshold: float) -> bool:
+    """Whether two thumbnails differ by more than ``threshold`` (mean absolute difference, 0–1)."""
+    if reference is None or reference.shape != thumb.shape:
+        return True
+    return float(np.abs(thumb - reference).mean()) > threshold * 255.0
+
+
+class Segmenter:
+    """Per-frame labels → screen states, closing a state when another label has held ``min_frames`` frames.
+
+    A run of another label shorter than that is a flicker and counts to the state it interrupts. The new
+    state starts at its first frame, so smoothing delays events but not their times.
+    """
+
+    def __init__(self, min_frames: int) -> None:
+        self.min_frames = min_frames
+        self.current: Segment | None = None
+        self.candidate: Segment | None = None
+        self.last_time: float | None = None
+        self.step = math.nan  # the last positive frame interval: how long the last frame stays on screen
+
+    def push(self, t: float, item: int, score: float) -> Segment | None:
+        """Add a frame; returns the state it closes, if any."""
+        if self.last_time is not None and t > self.last_time:
+            self.step = t - self.last_time
+        self.last_time = t
+        if self.current is None:
+            self.current = Segment(item, t, t, 1, score, t)
+            return None
+        if item == self.current.item:
+            self._absorb_candidate()
+            self._extend(self.current, t, score)
+            return None
+        if self.candidate is not None and item == self.candidate.item:
+            self._extend(self.candidate, t, score)
+        else:
+            self._absorb_candidate()
+            self.candidate = Segment(item, t, t, 1, score, t)
+        if self.candidate.frames < self.min_frames:
+            return None
+        closed, self.current, self.candidate = self.current, self.candidate, None
+        closed.end = self.current.start
+        return closed
+
+    def finish(self) -> Segment | None:
+        """Close the open state at the end of the stream (its last frame lasts one frame interval)."""
+        self._absorb_candidate()
+        closed, self.current = self.current, None
+        if closed is not None:
+            closed.end = closed.last + (self.step if math.isfinite(self.step) else 0.0)
+        return closed
+
+    def _absorb_candidate(self) -> None:
+        if self.candidate is not None:
+            self.current.frames += self.candidate.frames
+            self.current.score_sum += self.candidate.score_sum
+            self.current.last = self.candidate.last
+            self.candidate = None
+
+    @staticmethod
+    def _extend(segment: Segment, t: float, score: float) -> None:
+        segment.frames += 1
+        segment.score_sum += score
+        segment.last = t
+
+
+# ------------------------------------------------------------------------------------------ processor
+
+def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | None = None,
+             stats: StreamStats | None = None) -> Iterator[Segment]:
+    """Screen states of a frame stream, yielded as they close (the last one when the stream ends).
+
+    Only changed frames are encoded, ``config.batch_size`` at a time; ``stats`` (if given) is updated
+    as frames go by. Frames must come in time order (the sources guarantee it).
+    """
+    config = config or StreamConfig()
+    stats = stats if stats is not None else StreamStats()
+    if isinstance(frames, FrameStream):
+        stats.source = frames.stats
+    threshold = grounder.threshold if config.threshold is None else config.threshold
+    segmenter = Segmenter(config.min_frames)
+    batch: list[Image.Image] = []  # changed frames waiting for the encoder
+    pending: list[tuple[float, int]] = []  # (time, slot in batch, or -1: reuse `resolved`)
+    reference: np.ndarray | None = None  # thumbnail of the last changed frame
+    resolved = (NO_ITEM, math.nan)  # label of the last changed frame once encoded
+    started = time.perf_counter()
+
+    def flush() -> Iterator[Segment]:
+        nonlocal resolved
+        codes, sims = grounder.similarities(batch) if batch else (np.zeros(0, np.int64), np.zeros(0))
+        labels = np.where(sims >= threshold, codes, NO_ITEM)
+        stats.encoded += len(batch)
+        stats.batches += bool(batch)
+        for t, slot in pending:
+            if slot >= 0:
+                resolved = (int(labels[slot]), float(sims[slot]))
+            closed = segmenter.push(t, *resolved)
+            if closed is not None:
+                stats.segments += 1
+                yield closed
+        batch.clear()
+        pending.clear()
+
+    try:
+        for frame in frames:
+            stats.frames += 1
+            thumb = thumbnail(frame.image, config.thumb_size)
+            if changed(thumb, reference, config.change_threshold):
+                reference = thumb
+                pending.append((frame.timestamp, len(batch)))
+                batch.append(Image.fromarray(np.array(frame.image)))  # a copy: the frame is a view of its batch
+            else:
+                pending.append((frame.timestamp, -1))
+            if len(batch) >= config.batch_size or len(pending) >= config.max_pending:
+                yield from flush()
+            stats.seconds = time.perf_counter() - started
+        yield from flush()
+        last = segmenter.finish()
+        if last is not None:
+            stats.segments += 1
+            yield last
+    finally:
+        stats.seconds = time.perf_counter() - started
+
+
+def events(screen_segments: Iterable[Segment], *, logs: Any = None, item_ids: Any = None,
+           config: StreamConfig | None = None, stats: StreamStats | None = None) -> Iterator[Event]:
+    """Behaviour events from screen states, joined with log rows, in the order they become final.
+
+    ``logs``: a table (pandas DataFrame or mapping of columns) with ``timestamp`` (seconds, the stream's
+    clock), ``kind`` and ``item`` (catalog code) or ``item_id``; rows of kinds other than `LOG_KINDS` are
+    ignored. A log row is emitted once the screen is known up to ``log_window`` seconds after it (or when
+    the stream ends). ``item_ids``: catalog ids by code, to name items (``catalog.ids``).
+    """
+    config = config or StreamConfig()
+    stats = stats if stats is not None else StreamStats()
+    window = config.log_window
+    queue = deque(_log_rows(logs, item_ids))
+    recent: deque[Segment] = deque()  # item segments that may still meet a log row's window
+    last_seen: dict[int, float] = {}  # item → end of its last segment
+
+    def ident(code: int) -> str | None:
+        return None if item_ids is None or code == NO_ITEM else str(item_ids[code])
+
+    def log_event(t: float, kind: str, code: int) -> Event:
+        near = any(s.item == code and s.start <= t + window and s.end >= t - window for s in recent)
+        seen = [s.end for s in recent if s.item == code and s.start <= t]
+        ago = t - max(seen) if seen else (t - last_seen[code] if code in last_seen and last_seen[code] <= t
+                                          else math.nan)
+        stats.events += 1
+        return Event(kind, t, code, ident(code), on_screen=near, seen_ago=max(0.0, ago) if math.isfinite(ago) else ago)
+
+    for segment in screen_segments:
+        while queue and queue[0][0] + window <= segment.start:
+            yield log_event(*queue.popleft())
+        if segment.item != NO_ITEM:
+            recent.append(segment)
+            stats.events += 1
+            yield Event("view", segment.start, segment.item, ident(segment.item), end=segment.end,
+                        dwell=segment.dwell, score=segment.score, frames=segment.frames)
+        horizon = min(segment.start, queue[0][0]) if queue else segment.start  # no pending row looks earlier
+        while recent and recent[0].end < horizon - window - 1e-9:
+            old = recent.popleft()
+            last_seen[old.item] = max(last_seen.get(old.item, -math.inf), old.end)
+    while queue:
+        yield log_event(*queue.popleft())
+
+
+def _log_rows(logs: Any, item_ids: Any) -> list[tuple[float, str, int]]:
+    """(time, kind, item code) of the log rows of `LOG_KINDS`, in time order."""
+    if logs is None:
+        return []
+    import pandas as pd
+
+    table = logs if isinstance(logs, pd.DataFrame) else pd.DataFrame(dict(logs))
+    missing = {"timestamp", "kind"} - set(table.columns)
+    if missing or not ({"item", "item_id"} & set(table.columns)):
+        raise ValueError(f"logs need columns timestamp, kind and item or item_id; missing "
+                         f"{sorted(missing) or ['item or item_id']} (have {list(table.columns)})")
+    if "item" in table.columns:
+        codes = table["item"].to_numpy()
+    else:
+        if item_ids is None:
+            raise ValueError("logs name items by item_id; pass the catalog's ids to map them to codes")
+        index = {str(i): k for k, i in enumerate(item_ids)}
+        unknown = sorted({str(i) for i in table["item_id"] if str(i) not in index})
+        if unknown:
+            raise ValueError(f"logs name {len(unknown)} item id(s) not in the catalog, e.g. {unknown[:3]}")
+        codes = np.array([index[str(i)] for i in table["item_id"]])
+    times = pd.to_numeric(table["timestamp"], errors="coerce").to_numpy(float)
+    if not np.isfinite(times).all():
+        raise ValueError(f"logs: {int((~np.isfinite(times)).sum())} row(s) have no numeric timestamp")
+    rows = [(float(t), str(k), int(c)) for t, k, c in zip(times, table["kind"], codes) if str(k) in LOG_KINDS]
+    return sorted(rows, key=lambda r: r[0])
+
+
+def process(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | None = None, *,
+            logs: Any = None, item_ids: Any = None, stats: StreamStats | None = None) -> Iterator[Event]:
+    """`segments` then `events`: a frame stream → behaviour events, yielded as they become final."""
+    config = config or StreamConfig()
+    stats = stats if stats is not None else StreamStats()
+    return events(segments(frames, grounder, config, stats), logs=logs, item_ids=item_ids, config=config,
+                  stats=stats)
+
+
+# -------------------------------------------------------------------------------------------- output
+
+def write_events(stream_events: Iterable[Event], path: str | os.PathLike, *, row_group: int = 4096) -> int:
+    """Write events as a parquet table (`EVENT_COLUMNS`) at ``path``; returns the number of rows.
+
+    Rows go out in row groups of ``row_group`` (memory holds one group), into a temporary file renamed into
+    place at the end. If the events stop with an error, the events finished before it are still written,
+    then the error propagates.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("kind", pa.string()), ("timestamp", pa.float64()), ("end", pa.float64()),
+                        ("dwell", pa.float64()), ("item", pa.int64()), ("item_id", pa.string()),
+                        ("score", pa.float64()), ("frames", pa.int64()), ("on_screen", pa.bool_()),
+                        ("seen_ago", pa.float64())])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    rows: list[dict[str, Any]] = []
+    count = 0
+    writer = pq.ParquetWriter(str(tmp), schema)
+
+    def drain() -> None:
+        nonlocal count
+        if rows:
+            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+            count += len(rows)
+            rows.clear()
+
+    try:
+        try:
+            for event in stream_events:
+                rows.append(event.to_row())
+                if len(rows) >= row_group:
+                    drain()
+        except BaseException:
+            logger.warning("the event stream stopped with an error; writing the %d events finished before it to %s",
+                           count + len(rows), path)
+            raise
+        finally:
+            drain()
+            writer.close()
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
+
+
+def open_frames(source: str | os.PathLike, **options: Any) -> FrameStream:
+    """The frame source for a path: a folder of ``*.tar`` shards or one shard/brace pattern → `shard_frames`,
+    another folder → `image_folder_frames`, a file → `video_frames` (``options`` go to the source)."""
+    from mmrec.datasets import frames as sources
+
+    text = os.fspath(source)
+    path = Path(text)
+    if path.is_dir():
+        shards = sorted(path.glob("*.tar"))
+        return sources.shard_frames([str(p) for p in shards], **options) if shards else \
+            sources.image_folder_frames(path, **options)
+    if text.endswith(".tar") or ("{" in text and ".." in text):
+        return sources.shard_frames(text, **options)
+    return sources.video_frames(path, **options)
