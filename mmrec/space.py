@@ -132,7 +132,8 @@ class UnifiedSpace(nn.Module):
                     with Image.open(img) as im:
                         img = im.convert("RGB")
                 loaded.append(img)
-            return enc.encode_images(loaded)
+            # An image tower takes PIL images through encode_images; a screenshot tower tiles them in encode.
+            return enc.encode_images(loaded) if hasattr(enc, "encode_images") else enc.encode(loaded)
 
         return self._embed_batches(modality, list(images), batch_size, encode)
 

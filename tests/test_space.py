@@ -170,3 +170,16 @@ def test_screen_image_alignment_finds_the_item_on_a_new_rendering_of_its_page(wo
     after = s2i(space, test_pages)
     chance = 10 / len(catalog)
     assert after["s2i_recall@10"] > 4 * chance and after["s2i_recall@10"] > before["s2i_recall@10"] + 0.1, (before, after)
+
+
+def test_locked_screen_tower_tiles_screens_of_any_size_into_the_space():
+    from PIL import Image
+
+    torch.manual_seed(0)
+    space = UnifiedSpace(SpaceConfig(towers={"screen": TowerConfig("timm:vit_tiny_patch16_224@random", TINY_VIT),
+                                             "text": TowerConfig(input_dim=4)}, dim=16, pairs=("screen-text",)))
+    screens = [Image.new("RGB", (90, 200), (200, 30, 30)), Image.new("RGB", (120, 260), (20, 20, 220))]
+    out = space.embed_screens(screens)
+    assert out.shape == (2, 16)
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+    assert not torch.allclose(out[0], out[1])
