@@ -173,3 +173,56 @@ class CountGate(nn.Module):
 
     def forward(self, counts: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(F.softplus(self.raw_a) * torch.log1p(counts.float()) + self.b)
+
+
+# ------------------------------------------------------------------------------ history content affinity
+
+def history_rows(indptr: torch.Tensor, indices: torch.Tensor,
+                 users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The users' items in the CSR ``(indptr, indices)``, flattened: ``(row, item, lengths)`` where
+    ``row[j]`` is the position in ``users`` of the user who has ``item[j]``."""
+    lengths = indptr[users + 1] - indptr[users]
+    rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
+    offsets = torch.arange(int(lengths.sum()), device=users.device) - \
+        torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    return rows, indices[torch.repeat_interleave(indptr[users], lengths) + offsets], lengths
+
+
+def history_affinity(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, content: torch.Tensor,
+                     power: float, items: torch.Tensor | None = None, chunk: int = 2048) -> torch.Tensor:
+    """``[len(users), n]`` mean over each user's history items ``j`` of max(0, c_j · c_i)^power, for every
+    item (or the item codes ``items``). A high power keeps only near-duplicates in content (an H&M
+    article's colour variants share their text), so the score asks "did the user buy something that
+    looks like this?" rather than "is this like the average of what she bought?"."""
+    rows, hist, lengths = history_rows(indptr, indices, users)
+    target = content if items is None else content[items]
+    out = content.new_zeros(len(users), len(target))
+    for start in range(0, len(hist), chunk):
+        sims = (content[hist[start:start + chunk]] @ target.t()).clamp_(min=0).pow_(power)
+        out.index_add_(0, rows[start:start + chunk], sims)
+    return out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
+
+
+def history_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
+                           content: torch.Tensor, power: float) -> torch.Tensor:
+    """`history_affinity` for the pairs ``(users[r], items[r])``, leaving the item itself out of the
+    user's history (a training positive must not explain itself)."""
+    rows, hist, _ = history_rows(indptr, indices, users)
+    other = hist != items[rows]
+    sims = (content[hist] * content[items[rows]]).sum(1).clamp(min=0).pow(power) * other
+    n = content.new_zeros(len(users)).index_add_(0, rows, other.to(content.dtype))
+    return content.new_zeros(len(users)).index_add_(0, rows, sims) / n.clamp(min=1)
+
+
+class AffinityWeight(nn.Module):
+    """The weight of the history content affinity in an item's score: g·w_warm + (1 − g)·w_cold, with g the
+    count gate's value, so cold items can lean on content more than warm ones. Both weights are kept in
+    log space (positive, and an optimiser step changes them by a factor, whatever their size)."""
+
+    def __init__(self, init: float = 1.0) -> None:
+        super().__init__()
+        self.log_warm = nn.Parameter(torch.tensor(math.log(init)))
+        self.log_cold = nn.Parameter(torch.tensor(math.log(init)))
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        return g * self.log_warm.exp() + (1 - g) * self.log_cold.exp()

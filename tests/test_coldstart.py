@@ -130,10 +130,15 @@ def test_update_warms_items_up_without_training(world, fitted, content):
     assert model.counts[item] == np.bincount(future.items)[item]
     with torch.no_grad():
         vectors = model.item_vectors()
-    assert float(vectors["g"][item]) > g_before  # moves toward behaviour
-    assert not torch.allclose(vectors["learned"][item], learned_before)  # its buyers reach it in the graph
+    # A folded-in embedding does not move the gate (only training does); it changes the learned vector.
+    assert float(vectors["g"][item]) == pytest.approx(g_before)
+    assert not torch.allclose(vectors["learned"][item], learned_before)  # its buyers reach it
+    folded = torch.zeros(model.n_items, dtype=torch.bool)
+    folded[np.unique(future.items)] = True
+    assert torch.all(model.item_emb[folded].norm(dim=1) > 0)  # new items with buyers got an embedding
     for name, value in params.items():
-        assert torch.equal(dict(model.named_parameters())[name], value)
+        now = dict(model.named_parameters())[name]
+        assert torch.equal(now[~folded], value[~folded]) if name == "item_emb" else torch.equal(now, value)
     buyer = int(future.users[future.items == item][0])
     top, values = model.recommend([buyer], k=model.n_items, exclude_seen=True)
     assert values[top == item].item() == float("-inf")  # now seen: excluded
@@ -220,3 +225,20 @@ def test_bad_input_is_refused(fitted, content, warm_only):
         clone.add_items(["Z", "Z"], content[:2])
     with pytest.raises(ValueError, match="candidates must be"):
         clone.recommend([0], k=3, candidates="new")
+
+
+def test_history_affinity_matrix_and_pairs_agree_and_a_positive_never_explains_itself():
+    from mmrec.fusion.cold_vae import history_affinity, history_affinity_pairs
+
+    content = torch.nn.functional.normalize(torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    indptr, indices = torch.tensor([0, 2, 2, 5]), torch.tensor([0, 1, 3, 4, 5])  # user 1 has no history
+    users = torch.tensor([0, 1, 2])
+    full = history_affinity(indptr, indices, users, content, 3.0, chunk=2)
+    expected = torch.stack([(content[indices[indptr[u]:indptr[u + 1]]] @ content.t()).clamp(min=0).pow(3).mean(0)
+                            if indptr[u + 1] > indptr[u] else torch.zeros(6) for u in users.tolist()])
+    torch.testing.assert_close(full, expected)
+    items = torch.tensor([2, 2, 2])  # not in any history: the pairs equal the matrix
+    torch.testing.assert_close(history_affinity_pairs(indptr, indices, users, items, content, 3.0), full[:, 2])
+    # Item 3 is in user 2's history: it is left out, so the mean runs over items 4 and 5 only.
+    own = history_affinity_pairs(indptr, indices, torch.tensor([2]), torch.tensor([3]), content, 3.0)
+    torch.testing.assert_close(own, (content[[4, 5]] @ content[3]).clamp(min=0).pow(3).mean().reshape(1))
