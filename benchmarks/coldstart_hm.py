@@ -58,6 +58,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "vae_fusion-no_rank": ("vae_fusion", {"ranking_loss": False}, {}),
     "vae_fusion-no_gate": ("vae_fusion", {"gate": False}, {}),
     "vae_fusion-no_vae": ("vae_fusion", {"vae": False}, {}),
+    "vae_fusion-no_affinity": ("vae_fusion", {"affinity": False}, {}),
 }
 MAIN = "vae_fusion"
 WARMUP_STEPS = (0, 1, 2, 5, 10)
@@ -122,15 +123,17 @@ def build(name: str, config: dict, split: Split, content: np.ndarray, seed: int)
 
 
 def train(name: str, config: dict, split: Split, content: np.ndarray, seed: int, args,
-          valid_candidates: str) -> tuple[object, dict]:
-    """Fit with early stopping on valid Recall@20 over ``valid_candidates``; timing of epochs and fit."""
+          valid_candidates: str, schedule: tuple[int, int, int] | None = None) -> tuple[object, dict]:
+    """Fit with early stopping on valid Recall@20 over ``valid_candidates``; timing of epochs and fit.
+    ``schedule`` is (epochs, eval_every, patience), by default the cold split's from ``args``."""
     model = build(name, config, split, content, seed)
 
     def validate(m) -> dict:
         return evaluate(m, split, on="valid", ks=KS, candidates=valid_candidates).metrics
 
-    tc = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_every=args.eval_every,
-                     patience=args.patience, seed=seed, progress=False)
+    epochs, eval_every, patience = schedule or (args.epochs, args.eval_every, args.patience)
+    tc = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, eval_every=eval_every,
+                     patience=patience, seed=seed, progress=False)
     started = time.perf_counter()
     result = model.fit(split.train, train_config=tc, evaluate_fn=validate)
     info = {"fit_seconds": time.perf_counter() - started}
@@ -193,7 +196,8 @@ def run_seed(name: str, config: dict, split: Split, content: np.ndarray, seed: i
 
 def run_warm(name: str, config: dict, split: Split, content: np.ndarray, seed: int, args) -> dict:
     """hm5core: early stopping on valid Recall@20 over all items; test at that point."""
-    model, info = train(name, config, split, content, seed, args, "all")
+    model, info = train(name, config, split, content, seed, args, "all",
+                        (args.warm_epochs, args.warm_eval_every, args.warm_patience))
     return {"seed": seed, **info, "test": evaluate(model, split, on="test", ks=KS).metrics}
 
 
@@ -245,7 +249,7 @@ def summarise(results: dict, seeds: list[int]) -> dict:
     def per_seed(name: str, key: str, metric: str = "recall@20") -> list[float]:
         return [r[key][metric] for r in results[name]["seeds"]]
 
-    baselines = [n for n in results if not n.startswith(MAIN)]
+    baselines = [n for n in results if not n.startswith(MAIN) and results[n]["seeds"]]
     best = max(baselines, key=lambda n: np.mean(per_seed(n, "test_cold"))) if baselines else None
     summary = {"best_baseline": best}
     if best and MAIN in results:
@@ -271,6 +275,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared box)")
     parser.add_argument("--no-warm", action="store_true", help="skip hm5core")
+    parser.add_argument("--no-cold", action="store_true", help="skip the cold split (hm5core only)")
+    parser.add_argument("--warm-epochs", type=int, default=100, help="hm5core: at most this many epochs")
+    parser.add_argument("--warm-eval-every", type=int, default=5)
+    parser.add_argument("--warm-patience", type=int, default=4)
     parser.add_argument("--no-curve", action="store_true", help="skip the warm-up curve")
     parser.add_argument("--lightgcn-epochs", type=int, default=3, help="epochs timed for the LightGCN reference")
     parser.add_argument("--chosen", default=None, help="a previous run's JSON: reuse its chosen configs, no grid")
@@ -296,14 +304,14 @@ def main() -> None:
     for name in names:
         grid = [previous[name]["chosen"]] if name in previous else grid_points(VARIANTS[name][2])
         searched = []
-        for point in grid if len(grid) > 1 else []:
+        for point in grid if len(grid) > 1 and not args.no_cold else []:
             model, _ = train(name, point, splits[args.seeds[0]], content, args.seeds[0], args, "cold")
             value = evaluate(model, splits[args.seeds[0]], on="valid", ks=KS, candidates="cold")["recall@20"]
             searched.append({"config": point, "valid_cold_recall@20": value})
             print(f"{name} {point}: cold valid recall@20 {value:.4f}", flush=True)
         chosen = max(searched, key=lambda g: g["valid_cold_recall@20"])["config"] if searched else (grid or [{}])[0]
         runs = []
-        for seed in args.seeds:
+        for seed in [] if args.no_cold else args.seeds:
             runs.append(run_seed(name, chosen, splits[seed], content, seed, args))
             r = runs[-1]
             print(f"{name} seed {seed}: cold test R@20 {r['test_cold']['recall@20']:.4f} N@20 "
@@ -345,7 +353,7 @@ def main() -> None:
         cells = [fmt([s[key][m] for s in r["seeds"]]) for key in ("test_cold", "test_hybrid") for m in ("recall@20", "ndcg@20")]
         cells += [fmt([w["test"][m] for w in warm.get(name, [])]) for m in ("recall@20", "ndcg@20")]
         spe = [s["seconds_per_epoch"] for s in r["seeds"] if s.get("seconds_per_epoch")]
-        ups = np.mean([s["test_hybrid"]["users_per_s"] for s in r["seeds"]])
+        ups = np.mean([s["test_hybrid"]["users_per_s"] for s in r["seeds"]]) if r["seeds"] else math.nan
         cells.append(f"{np.mean(spe):.2f} ({np.mean(spe) / reference['seconds_per_epoch']:.2f}×)" if spe else "–")
         cells.append(f"{ups:.0f} ({ups / reference['hybrid_users_per_s']:.2f}×)")
         print(f"| {name} | " + " | ".join(cells) + f" | {r['chosen'] or '–'} |")
