@@ -2,9 +2,9 @@
 
 Cold and hybrid numbers, warm hm5core numbers and warm-up curves are pooled per model over every file
 given; a (model, seed) pair found twice is an error. Prints the README table, the main model's per-seed
-comparison with the best baseline (by mean cold test Recall@20) and writes the warm-up curve SVG.
+comparison with the best baseline (by mean cold test Recall@20) and draws the warm-up curves (PNG).
 
-    python benchmarks/coldstart_report.py out/coldstart/*.json --svg out/coldstart_warmup.svg
+    python benchmarks/coldstart_report.py out/coldstart/*.json --png out/coldstart_warmup.png
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coldstart_hm import MAIN, WARMUP_STEPS, fmt, summarise, write_curve_svg
+from coldstart_hm import MAIN, WARMUP_STEPS, fmt, summarise
 
 
 def merge(files: list[Path]) -> tuple[dict, dict, list]:
@@ -44,10 +44,47 @@ def merge(files: list[Path]) -> tuple[dict, dict, list]:
     return cold, warm, references
 
 
+def write_curve_png(curves: dict[str, list[float]], path: Path) -> None:
+    """The warm-up curves as a PNG line chart drawn with Pillow (matplotlib is not a dependency)."""
+    from PIL import Image, ImageDraw
+
+    w, h, left, right, top, bottom = 760, 420, 70, 200, 40, 60
+    image = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(image)
+    values = [v for vals in curves.values() for v in vals if not math.isnan(v)]
+    high = max(values + [1e-6]) * 1.1
+    x = {n: left + i * (w - left - right) / (len(WARMUP_STEPS) - 1) for i, n in enumerate(WARMUP_STEPS)}
+
+    def y(v: float) -> float:
+        return top + (1 - v / high) * (h - top - bottom)
+
+    draw.text((left, 12), "Recall@20 of cold test items after n revealed purchases (mean over seeds)", fill="black")
+    for i in range(6):
+        v = high * i / 5
+        draw.line([(left, y(v)), (w - right, y(v))], fill=(225, 225, 225))
+        draw.text((12, y(v) - 6), f"{v:.3f}", fill="black")
+    draw.line([(left, h - bottom), (w - right, h - bottom)], fill="black")
+    draw.line([(left, top), (left, h - bottom)], fill="black")
+    for n, px in x.items():
+        draw.text((px - 4, h - bottom + 8), str(n), fill="black")
+    draw.text(((left + w - right) / 2 - 60, h - 24), "revealed purchases n", fill="black")
+    colours = [(214, 39, 40), (31, 119, 180), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75),
+               (227, 119, 194), (127, 127, 127), (23, 190, 207), (188, 189, 34)]
+    for k, (name, vals) in enumerate(curves.items()):
+        colour = colours[k % len(colours)]
+        points = [(x[n], y(v)) for n, v in zip(WARMUP_STEPS, vals) if not math.isnan(v)]
+        draw.line(points, fill=colour, width=3 if name == MAIN else 2)
+        for px, py in points:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+        draw.text((w - right + 12, top + 18 * k), name, fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", type=Path)
-    parser.add_argument("--svg", type=Path, default=Path("out/coldstart_warmup.svg"))
+    parser.add_argument("--png", type=Path, default=Path("out/coldstart_warmup.png"))
     args = parser.parse_args()
     cold, warm, references = merge(args.files)
     order = sorted(set(cold) | set(warm), key=lambda n: (n.startswith(MAIN), n))
@@ -86,8 +123,8 @@ def main() -> None:
         print("|---|" + "---|" * len(WARMUP_STEPS))
         for name, values in curves.items():
             print(f"| {name} | " + " | ".join("–" if math.isnan(v) else f"{v:.4f}" for v in values) + " |")
-        write_curve_svg(curves, args.svg)
-        print(f"curve: {args.svg}")
+        write_curve_png(curves, args.png)
+        print(f"curve: {args.png}")
 
 
 if __name__ == "__main__":
