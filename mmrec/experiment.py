@@ -17,7 +17,9 @@ def run(split: Split, model_name: str, *, model_config: Any = None, train_config
         setup: Callable[[Recommender], None] | None = None) -> tuple[Recommender, dict]:
     """Fit ``model_name`` on ``split.train``; early stopping and the reported point use valid ``select_on``.
 
-    ``setup(model)`` runs between building and fitting (e.g. ``model.set_content(vectors)``).
+    ``setup(model)`` runs between building and fitting (e.g. ``model.set_content(vectors)``). A model with
+    ``set_history`` (a sequence model) is given the train + valid events before the test evaluation, and
+    keeps them (the history it recommends from).
 
     Returns the fitted model and ``{"valid": {...}, "test": {...}, "best_epoch", "epochs",
     "seconds_per_epoch", "fit_seconds"}``. Test metrics are computed once, at the chosen point.
@@ -35,8 +37,10 @@ def run(split: Split, model_name: str, *, model_config: Any = None, train_config
     result = model.fit(split.train, train_config=train_config, evaluate_fn=validate)
     fit_seconds = time.perf_counter() - started
     model.eval()
-    report: dict[str, Any] = {"valid": validate(model), "test": evaluate(model, split, on="test", ks=ks).metrics,
-                              "fit_seconds": fit_seconds}
+    report: dict[str, Any] = {"valid": validate(model)}
+    if hasattr(model, "set_history"):  # a sequence model predicts test from train + valid events
+        model.set_history(split.train.concat(split.valid))
+    report |= {"test": evaluate(model, split, on="test", ks=ks).metrics, "fit_seconds": fit_seconds}
     if result is not None:
         epochs = [h["seconds"] for h in result.history]
         report |= {"best_epoch": result.best_epoch, "epochs": result.epochs_run,

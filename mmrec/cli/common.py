@@ -34,8 +34,9 @@ def add_data_argument(parser: argparse.ArgumentParser, required: bool = True) ->
 
 def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     """Options choosing the split protocol (ignored when the data carries MMRec ``x_label``s)."""
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="mmrec",
-                        help="split protocol when the data has no x_label column (default: mmrec 8:1:1)")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                        help="split protocol when the data has no x_label column (default: mmrec 8:1:1; "
+                             "leave-last-out for 'train sequence', which ignores x_label)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
     parser.add_argument("--test-start", help="temporal protocol: first day of the test period (YYYY-MM-DD)")
     parser.add_argument("--cold-fraction", type=float, default=0.2, help="cold protocol: fraction of items withheld")
@@ -67,18 +68,22 @@ def load_data(spec: str) -> Data:
                      f"articles.csv, or 'synthetic'")
 
 
-def make_split(data: Data, args: argparse.Namespace) -> tuple[Split, np.ndarray | None]:
-    """The split the command works on, and MMRec ``x_label``s for warm protocols (None otherwise)."""
-    if data.labels is not None:
+def make_split(data: Data, args: argparse.Namespace, *, default_protocol: str = "mmrec",
+               use_labels: bool = True) -> tuple[Split, np.ndarray | None]:
+    """The split the command works on, and MMRec ``x_label``s for warm protocols (None otherwise).
+    ``--protocol`` wins over ``default_protocol``; the data's own ``x_label`` split wins over both unless
+    ``use_labels`` is false (sequence models need a split in time, which ``x_label`` is not)."""
+    protocol = getattr(args, "protocol", None) or default_protocol
+    if use_labels and data.labels is not None:
         return from_labels(data.interactions, data.labels), data.labels
-    if args.protocol == "mmrec":
+    if protocol == "mmrec":
         return mmrec_protocol(data.interactions, seed=args.seed)
-    if args.protocol == "temporal":
+    if protocol == "temporal":
         if not args.test_start:
             raise ValueError("--protocol temporal needs --test-start YYYY-MM-DD")
         start = int(np.datetime64(args.test_start, "s").astype(np.int64))
         return temporal(data.interactions, test_start=start), None
-    if args.protocol == "leave-last-out":
+    if protocol == "leave-last-out":
         return leave_last_out(data.interactions), None
     return cold_items(data.interactions, fraction=args.cold_fraction, seed=args.seed), None
 

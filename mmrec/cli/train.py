@@ -10,8 +10,8 @@ from mmrec.config import from_dict, load_yaml
 from mmrec.train import TrainConfig
 
 NAME = "train"
-HELP = ("train a recommender (most_popular, itemknn, bpr, lightgcn), the cold-start model (coldstart) "
-        "or a unified space (align) and save it")
+HELP = ("train a recommender (most_popular, itemknn, bpr, lightgcn), the cold-start model (coldstart), "
+        "the sequence model (sequence) or a unified space (align) and save it")
 WARM_MODELS = ("most_popular", "itemknn", "bpr", "lightgcn")
 
 
@@ -51,11 +51,14 @@ def run_config(args: argparse.Namespace) -> RunConfig:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register this command's options."""
-    parser.add_argument("task", nargs="?", default="recommender", choices=("recommender", "coldstart", "align"),
+    parser.add_argument("task", nargs="?", default="recommender",
+                        choices=("recommender", "coldstart", "sequence", "align"),
                         help="'recommender' (default); 'coldstart': the VAE fusion model with its item content "
-                             "(--space or MiniLM text); 'align': train a UnifiedSpace (--config with 'space:')")
-    parser.add_argument("--space", help="coldstart: a saved UnifiedSpace making the item content vectors "
-                                        "(default: all-MiniLM-L6-v2 on the item texts)")
+                             "(--space or MiniLM text); 'sequence': SASRec on a leave-last-out split "
+                             "(content with 'model: {use_content: true}'); 'align': train a UnifiedSpace "
+                             "(--config with 'space:')")
+    parser.add_argument("--space", help="coldstart, sequence: a saved UnifiedSpace making the item content "
+                                        "vectors (default: all-MiniLM-L6-v2 on the item texts)")
     add_model_arguments(parser, model_required=False, data_required=False)
     parser.add_argument("--shards", help="align: stream items from catalog shards (webdataset brace notation, "
                                          "e.g. 'out/shards/catalog-{000000..000021}.tar'); the last shard is "
@@ -78,6 +81,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.data:
             raise ValueError("mmrec train coldstart needs --data")
         return run_coldstart(args, config.model, config.train)
+    if args.task == "sequence":
+        from mmrec.cli.sequence import run_sequence
+
+        if not args.data:
+            raise ValueError("mmrec train sequence needs --data")
+        return run_sequence(args, config.model, config.train)
     if not args.model or not args.data:
         raise ValueError("mmrec train recommender needs --data and --model")
     split, _ = make_split(load_data(args.data), args)
