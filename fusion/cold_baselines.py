@@ -37,6 +37,7 @@ from torch import nn
 
 from mmrec.data import Interactions
 from mmrec.fusion.baselines import BPRConfig, BPRMF
+from mmrec.fusion.cold_vae import history_mean
 from mmrec.recommender import Recommender, register_model
 from mmrec.sampling import TripletDataset
 from mmrec.train import TrainConfig, TrainResult
@@ -46,20 +47,6 @@ from mmrec.train import fit as loop_fit
 def warm_triplets(train: Interactions, seed: int) -> TripletDataset:
     """BPR triplets whose negatives come only from items with training interactions."""
     return TripletDataset(train, seed, item_pool=np.flatnonzero(train.unique_pairs().item_counts() > 0))
-
-
-def history_mean(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor,
-                 table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per user the mean of ``table`` rows over the user's items in the CSR ``(indptr, indices)``, and
-    the item counts; users without items get a zero row."""
-    lengths = indptr[users + 1] - indptr[users]
-    rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
-    offsets = torch.arange(int(lengths.sum()), device=users.device) - \
-        torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
-    items = indices[torch.repeat_interleave(indptr[users], lengths) + offsets]
-    sums = torch.zeros(len(users), table.shape[1], device=table.device, dtype=table.dtype).index_add_(
-        0, rows, table[items])
-    return sums / lengths.clamp(min=1).unsqueeze(1).to(table.dtype), lengths
 
 
 class ContentRecommender(Recommender):

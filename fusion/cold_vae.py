@@ -188,6 +188,15 @@ def history_rows(indptr: torch.Tensor, indices: torch.Tensor,
     return rows, indices[torch.repeat_interleave(indptr[users], lengths) + offsets], lengths
 
 
+def history_mean(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor,
+                 table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per user the mean of ``table`` rows over the user's items in the CSR ``(indptr, indices)``, and
+    the item counts; users without items get a zero row."""
+    rows, items, lengths = history_rows(indptr, indices, users)
+    sums = table.new_zeros(len(users), table.shape[1]).index_add_(0, rows, table[items])
+    return sums / lengths.clamp(min=1).unsqueeze(1).to(table.dtype), lengths
+
+
 def history_affinity(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, content: torch.Tensor,
                      power: float, items: torch.Tensor | None = None, chunk: int = 2048) -> torch.Tensor:
     """``[len(users), n]`` mean over each user's history items ``j`` of max(0, c_j · c_i)^power, for every

@@ -58,8 +58,8 @@ import torch.nn.functional as F
 from mmrec.data import Catalog, Interactions
 from mmrec.fusion.baselines import LightGCN, normalized_adjacency
 from mmrec.fusion.cold_vae import (AffinityWeight, ContentRegressor, ContentVAE, CountGate, catalog_texts,
-                                   content_vectors, history_affinity, history_affinity_pairs, history_rows, knn_rows,
-                                   mmrec_content_vectors, normalize_rows)
+                                   content_vectors, history_affinity, history_affinity_pairs, history_mean,
+                                   knn_rows, mmrec_content_vectors, normalize_rows)
 from mmrec.recommender import register_model
 from mmrec.sampling import TripletDataset
 
@@ -402,8 +402,7 @@ class VAEFusion(LightGCN):
             return
         by_item = Interactions(pairs.items, pairs.users, pairs.item_ids, pairs.user_ids).csr()
         ptr, idx = (torch.as_tensor(a, device=self.device) for a in by_item)
-        rows, buyers, _ = history_rows(ptr, idx, items)
-        mean = self.item_emb.new_zeros(len(items), self.config.dim).index_add_(0, rows, self.user_emb[buyers])
+        mean, _ = history_mean(ptr, idx, items, self.user_emb)
         length = self.item_emb[self.has_id].norm(dim=1).mean()
         self.item_emb[items] = F.normalize(mean, dim=1) * length
 

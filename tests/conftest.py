@@ -1,4 +1,5 @@
-"""Shared fixtures: where the real data lives, and small deterministic interaction tables."""
+"""Shared fixtures: where the real data lives, small deterministic interaction tables, the H&M article
+header, and a one-thread torch setting for modules of tiny models."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,6 +11,27 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 HM_ROOT = SHARED_DATA / "hm"
 HM5CORE = HM_ROOT / "mmrec" / "hm5core"
+# The column order of H&M's articles.csv, for tests that write small catalogs in its layout.
+ARTICLE_HEADER = [
+    "article_id", "product_code", "prod_name", "product_type_no", "product_type_name", "product_group_name",
+    "graphical_appearance_no", "graphical_appearance_name", "colour_group_code", "colour_group_name",
+    "perceived_colour_value_id", "perceived_colour_value_name", "perceived_colour_master_id",
+    "perceived_colour_master_name", "department_no", "department_name", "index_code", "index_name",
+    "index_group_no", "index_group_name", "section_no", "section_name", "garment_group_no", "garment_group_name",
+    "detail_desc",
+]
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: one intra-op thread avoids oversubscribing a shared machine's cores (use it with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -7,15 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
-ARTICLE_HEADER = [
-    "article_id", "product_code", "prod_name", "product_type_no", "product_type_name", "product_group_name",
-    "graphical_appearance_no", "graphical_appearance_name", "colour_group_code", "colour_group_name",
-    "perceived_colour_value_id", "perceived_colour_value_name", "perceived_colour_master_id",
-    "perceived_colour_master_name", "department_no", "department_name", "index_code", "index_name",
-    "index_group_no", "index_group_name", "section_no", "section_name", "garment_group_no", "garment_group_name",
-    "detail_desc",
-]
+from conftest import ARTICLE_HEADER
 
 
 def _mmrec(*args: str, check: bool = True) -> subprocess.CompletedProcess:

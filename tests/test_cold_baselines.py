@@ -18,13 +18,7 @@ SMALL = {"dropoutnet": {"bpr_epochs": 15, "hidden": 64, "out_dim": 32, "dim": 32
          "vbpr": {"dim": 32, "content_factors": 32}, "clcrec": {"dim": 32, "hidden": 64}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one thread avoids thread contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

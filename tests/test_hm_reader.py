@@ -12,20 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import ARTICLE_HEADER
 from mmrec.datasets import hm
 
 HM_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hm"
 needs_real_data = pytest.mark.skipif(not (HM_ROOT / "articles.csv").is_file(),
                                      reason=f"real H&M data not found at {HM_ROOT}")
 
-ARTICLE_HEADER = [
-    "article_id", "product_code", "prod_name", "product_type_no", "product_type_name", "product_group_name",
-    "graphical_appearance_no", "graphical_appearance_name", "colour_group_code", "colour_group_name",
-    "perceived_colour_value_id", "perceived_colour_value_name", "perceived_colour_master_id",
-    "perceived_colour_master_name", "department_no", "department_name", "index_code", "index_name",
-    "index_group_no", "index_group_name", "section_no", "section_name", "garment_group_no", "garment_group_name",
-    "detail_desc",
-]
 TRANSACTION_HEADER = "t_dat,customer_id,article_id,price,sales_channel_id"
 
 

@@ -23,13 +23,7 @@ SMALL = dict(dim=32, n_layers=1, n_heads=2, dropout=0.1, content_dim=16)
 TRAIN = dict(epochs=25, batch_size=64, lr=5e-3, progress=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight other processes for cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def markov_world(n_items=120, n_cold=20, n_users=300, length=12, dim=16, beta=10.0, seed=0):

@@ -42,32 +42,42 @@ def item_content(catalog: Catalog, encoder: Any) -> np.ndarray:
     return content_vectors(catalog, encoder)
 
 
-def run_coldstart(args: argparse.Namespace, model_config: dict, train_config: Any) -> int:
-    """Content vectors for every catalog item, then `vae_fusion` fitted on the split's train part with the
-    epoch chosen on valid; saves the model and its content recipe."""
-    from mmrec.experiment import run
-
-    data = load_data(args.data)
+def split_content(args: argparse.Namespace, data: Any, split: Any) -> tuple[Any, np.ndarray]:
+    """The content encoder (``--space`` or MiniLM) and the vectors of the split's items, in code order."""
     if data.catalog is None:
-        raise ValueError(f"--data {args.data}: the cold-start model needs a catalog (an H&M folder or 'synthetic')")
+        raise ValueError(f"--data {args.data}: item content needs a catalog (an H&M folder or 'synthetic')")
     if args.space:
         from mmrec.space import UnifiedSpace
 
         encoder: Any = UnifiedSpace.from_pretrained(args.space)
     else:
         encoder = "minilm"
+    return encoder, item_content(data.catalog.subset(data.catalog.index_of(split.train.item_ids)), encoder)
+
+
+def save_content_recipe(out: Path, encoder: Any) -> None:
+    """Write ``content.json`` (and the space, when the content came from one) beside a saved model."""
+    if isinstance(encoder, str):
+        recipe = {"encoder": encoder}
+    else:
+        encoder.save_pretrained(out / "space")
+        recipe = {"space": "space"}
+    atomic_write_text(out / CONTENT_FILE, json.dumps(recipe))
+
+
+def run_coldstart(args: argparse.Namespace, model_config: dict, train_config: Any) -> int:
+    """Content vectors for every catalog item, then `vae_fusion` fitted on the split's train part with the
+    epoch chosen on valid; saves the model and its content recipe."""
+    from mmrec.experiment import run
+
+    data = load_data(args.data)
     split, _ = make_split(data, args)
-    vectors = item_content(data.catalog.subset(data.catalog.index_of(split.train.item_ids)), encoder)
+    encoder, vectors = split_content(args, data, split)
     model_config = {"content_dim": vectors.shape[1], **model_config}
     model, report = run(split, "vae_fusion", model_config=model_config, train_config=train_config,
                         setup=lambda m: m.set_content(vectors))
     out = Path(args.out)
     model.save_pretrained(out)
-    if args.space:
-        encoder.save_pretrained(out / "space")
-        recipe = {"space": "space"}
-    else:
-        recipe = {"encoder": encoder}
-    atomic_write_text(out / CONTENT_FILE, json.dumps(recipe))
+    save_content_recipe(out, encoder)
     emit({"model": "vae_fusion", "out": str(out), **report}, args.json)
     return 0
