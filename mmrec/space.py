@@ -95,7 +95,8 @@ class UnifiedSpace(nn.Module):
             adapter_cfg = from_dict(AdapterConfig, {"kind": config.adapter, **config.adapter_options,
                                                     "in_dim": in_dim, "out_dim": config.dim})
             self.adapters[modality] = create_adapter(adapter_cfg)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature)))
+        self.adapters.to(device)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature), device=device))
         self._loss = None
 
     # -- embedding -----------------------------------------------------------------------------------
