@@ -133,8 +133,11 @@ class ScreenSpaceConfig:
     screen tower a screen's aspect ratio: it sees the whole screen resized). Towers use mean pooling of
     their patch tokens. ``renderings``: product pages per item in training (layouts/themes from ``seed``),
     each JPEG-compressed at a quality drawn from ``jpeg_quality``, drawn at ``page_size`` (width, height).
-    Training (adapters only, on tower outputs computed once): ``epochs``, ``batch_size``, ``lr``; the
-    epoch is chosen on other renderings (recall@1 of screen → photo), never on recordings.
+    ``train_towers``: False keeps the towers at their seeded random init and trains the adapters on tower
+    outputs computed once (minutes on a CPU); True trains towers and adapters end to end on the pixels
+    (meant for a GPU). Training: ``epochs``, ``batch_size``, ``lr`` (towers trained from scratch want
+    about 3e-4), ``mixed_precision``; the epoch is chosen, every ``eval_every`` epochs, on other renderings
+    (recall@1 of screen → photo), never on recordings.
     """
 
     dim: int = 64
@@ -151,14 +154,17 @@ class ScreenSpaceConfig:
     epochs: int = 60
     batch_size: int = 256
     lr: float = 1e-3
+    train_towers: bool = False
+    mixed_precision: str = "no"
+    eval_every: int = 1
     seed: int = 0
 
 
 def _vit(size: tuple[int, int], config: ScreenSpaceConfig) -> TowerConfig:
     kwargs = {"img_size": list(size), "patch_size": config.patch, "embed_dim": config.width,
               "depth": config.depth, "num_heads": config.heads, "global_pool": "avg"}
-    # "trainable" makes the screen tower see the whole screen resized (a locked one would tile it); the
-    # tower weights stay at their seeded random init here: only the adapters are trained
+    # "trainable" makes the screen tower see the whole screen resized (a locked one would tile it); without
+    # ``train_towers`` the tower weights stay at their seeded random init and only the adapters train
     return TowerConfig("timm:vit_tiny_patch16_224@random", {"model_kwargs": kwargs}, True)
 
 
@@ -190,11 +196,12 @@ def _features(space: UnifiedSpace, modality: str, images: Sequence[Any], batch_s
 
 
 def train_screen_space(catalog: Catalog, config: ScreenSpaceConfig | None = None) -> UnifiedSpace:
-    """A `UnifiedSpace` with ``image`` and ``screen`` towers whose adapters are aligned on the catalog's
-    product pages (pair ``screen-image``) through `mmrec.fusion.alignment.align`."""
+    """A `UnifiedSpace` with ``image`` and ``screen`` towers whose adapters (and towers, with
+    ``train_towers``) are aligned on the catalog's product pages (pair ``screen-image``) through
+    `mmrec.fusion.alignment.align`."""
     from PIL import Image
 
-    from mmrec.fusion.alignment import CatalogPairs, align, retrieval_metrics
+    from mmrec.fusion.alignment import CatalogPairs, align, decode_resized, retrieval_metrics
     from mmrec.train import TrainConfig
 
     config = config or ScreenSpaceConfig()
@@ -205,7 +212,7 @@ def train_screen_space(catalog: Catalog, config: ScreenSpaceConfig | None = None
     space = UnifiedSpace(SpaceConfig(
         towers={"image": _vit(config.image_size, config), "screen": _vit(config.screen_size, config)},
         dim=config.dim, adapter="mlp", adapter_options={"hidden": config.hidden}, pairs=("screen-image",)))
-    space.towers.requires_grad_(False)
+    space.towers.requires_grad_(config.train_towers)
     photos = []
     for path in catalog.image_paths:
         if path is None:
@@ -213,23 +220,38 @@ def train_screen_space(catalog: Catalog, config: ScreenSpaceConfig | None = None
             continue
         with Image.open(path) as im:
             photos.append(im.convert("RGB"))
-    photo_features = _features(space, "image", photos)
     n = config.renderings
-    page_features = _features(space, "screen", _page_renderings(catalog, config, config.seed, n))
-    held_out = _features(space, "screen", _page_renderings(catalog, config, config.seed + 1_000_000, 1))
-    data = CatalogPairs({}, {"image": (photo_features.repeat(n, 1), np.tile(has_photo, n)),
-                             "screen": (page_features, np.ones(len(page_features), bool))}, {},
-                        pairs=("screen-image",))
+    pages = _page_renderings(catalog, config, config.seed, n)
+    held_out_pages = _page_renderings(catalog, config, config.seed + 1_000_000, 1)
+    masks = {"image": np.tile(has_photo, n), "screen": np.ones(len(pages), bool)}
+    if config.train_towers:
+        encoders = space.encoders
+        photo_pixels, _ = decode_resized(photos, encoders["image"].preprocess)
+        page_pixels, _ = decode_resized(pages, encoders["screen"].preprocess)
+        data = CatalogPairs({"image": (photo_pixels.repeat(n, 1, 1, 1), masks["image"]),
+                             "screen": (page_pixels, masks["screen"])}, {},
+                            {m: encoders[m].preprocess.normalize for m in ("image", "screen")}, pairs=("screen-image",))
+        del pages, page_pixels
+    else:
+        photo_features, page_features = _features(space, "image", photos), _features(space, "screen", pages)
+        data = CatalogPairs({}, {"image": (photo_features.repeat(n, 1), masks["image"]),
+                                 "screen": (page_features, masks["screen"])}, {}, pairs=("screen-image",))
+        del pages
+        held_out = _features(space, "screen", held_out_pages)
 
     def s2i(s: UnifiedSpace) -> dict[str, float]:
         with torch.no_grad():
-            found = retrieval_metrics(s.project("screen", held_out[has_photo]),
-                                      s.project("image", photo_features[has_photo]))
+            if config.train_towers:  # the towers moved: embed the held-out pages and the photos again
+                queries, targets = embed_screens(s, held_out_pages), s.embed_images(photos)
+            else:
+                queries = s.project("screen", held_out.to(s.device))
+                targets = s.project("image", photo_features.to(s.device))
+            found = retrieval_metrics(queries[has_photo], targets[has_photo])
         return {f"s2i_{k}": v for k, v in found.items()}
 
     result = align(space, data, TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                             seed=config.seed, progress=False, patience=config.epochs,
+                                            mixed_precision=config.mixed_precision, eval_every=config.eval_every,
                                             early_stop_metric="s2i_recall@1"), evaluate_fn=s2i)
     logger.info("screen space: best epoch %s %s", result.best_epoch, result.best_metrics)
     return space.eval()
-

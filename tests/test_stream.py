@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_session, write_recording
 from mmrec.datasets.frames import iterator_frames, video_frames
-from mmrec.grounding import NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_threshold, train_screen_space
+from mmrec.grounding import (NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_threshold, embed_screens,
+                             train_screen_space)
 from mmrec.stream import Segmenter, StreamConfig, StreamStats, events, process, segments, write_events
 
 SIM = dict(fps=15, width=120, height=208, notification_prob=0.0, jpeg_quality=(60, 90))
@@ -110,6 +112,37 @@ def test_unchanged_frames_are_never_encoded():
     assert found[-1].end == pytest.approx(6.0)
 
 
+def test_a_motion_is_encoded_once_where_it_settles_and_belongs_to_the_new_screen():
+    """A scroll/slide (every frame changed) between two still screens: ``settled`` encodes only the frame
+    the motion ends in and starts the new screen at the motion's first frame; ``changed`` encodes each."""
+    class MeanGrounder:
+        threshold = 0.5
+
+        def __init__(self) -> None:
+            self.seen = []
+
+        def similarities(self, screens):
+            means = [float(np.asarray(s).mean()) for s in screens]
+            self.seen += means
+            return (np.array(means) > 100).astype(np.int64), np.ones(len(screens), np.float32)
+
+    rng = np.random.default_rng(1)
+    dark, light = rng.integers(0, 60, (40, 30, 3), dtype=np.uint8), rng.integers(180, 255, (40, 30, 3), dtype=np.uint8)
+    motion = [np.roll(light, 6 * (k + 1), axis=0) // (3 - k // 2) for k in range(6)]  # a page sliding in, each frame new
+    pictures = [dark] * 10 + motion + [light] * 10
+    for mode, encoded in (("settled", 2), ("changed", 2 + len(motion))):
+        grounder = MeanGrounder()
+        stats = StreamStats()
+        found = list(segments(iterator_frames((k / 10, p) for k, p in enumerate(pictures)), grounder,
+                              StreamConfig(batch_size=4, encode=mode), stats))
+        assert stats.encoded == len(grounder.seen) == encoded, mode
+        if mode == "settled":
+            assert [(s.item, s.start, s.frames) for s in found] == [(0, 0.0, 10), (1, 1.0, 16)]
+            assert grounder.seen[-1] == pytest.approx(float(light.mean()))  # the still frame, not a moving one
+    with pytest.raises(ValueError, match="encode"):
+        StreamConfig(encode="every")
+
+
 def test_segmenter_merges_flickers_but_not_real_states():
     segmenter = Segmenter(min_frames=3)
     labels = [1, 1, 1, 2, 1, 1, 3, 3, 3, 3, 4, 4, 3, 3]
@@ -182,3 +215,29 @@ def test_cli_stream_writes_events(setup, tmp_path, capsys):
     assert report["frames"] == session.n_frames and 0 < report["encoded"] < report["frames"]
     assert report["rows"] == len(pd.read_parquet(out))
     assert main(["stream", str(video), "--space", str(tmp_path), "--catalog", "synthetic", "--out", str(out)]) == 2
+
+
+def test_trained_towers_move_learn_and_survive_a_save(setup, tmp_path):
+    """``train_towers``: the tower weights change, the item's own page is found among the photos more often
+    than before training, and a saved space embeds the same after loading."""
+    from mmrec.datasets.screens import jpeg_noise
+    from mmrec.fusion.alignment import product_pages, retrieval_metrics
+    from mmrec.space import UnifiedSpace
+
+    catalog = setup[0].catalog
+    config = dict(renderings=4, page_size=(120, 208), batch_size=8, lr=3e-4, seed=1)
+    untrained = train_screen_space(catalog, ScreenSpaceConfig(epochs=1, **{**config, "lr": 1e-12}))
+    trained = train_screen_space(catalog, ScreenSpaceConfig(train_towers=True, epochs=20, **config))
+    before = dict(untrained.towers["screen"].named_parameters())
+    assert any(not torch.equal(p, before[n]) for n, p in trained.towers["screen"].named_parameters())
+
+    render = product_pages(catalog, size=(120, 208), seed=7)  # layouts not trained on
+    pages = [jpeg_noise(render(c), 60) for c in range(len(catalog))]
+
+    def found(space):  # recall@1 of page → photo; a tie counts (this world repeats some photos exactly)
+        return retrieval_metrics(embed_screens(space, pages), space.embed_images(catalog.image_paths))["recall@1"]
+
+    assert found(trained) >= 0.5 and found(trained) > found(untrained)
+    trained.save_pretrained(tmp_path / "space")
+    again = UnifiedSpace.from_pretrained(tmp_path / "space")
+    torch.testing.assert_close(embed_screens(again, pages), embed_screens(trained, pages))
