@@ -2,9 +2,10 @@
 
 ::
 
-    frames (mmrec.datasets.frames) ─► change detection ─► changed frames, in batches ─► Grounder
-        (bounded queue, worker)       (sampled pixels vs     (unchanged frames reuse the   (screen tower +
-                                       the last encoded one)  last encoded frame's label)   adapter → item)
+    frames (mmrec.datasets.frames) ─► change detection ─► settled frames, in batches ─► Grounder
+        (bounded queue, worker)       (sampled pixels vs     (a motion takes the label of  (screen tower +
+                                       the last changed one)  the frame it settles on;      adapter → item)
+                                                              unchanged frames reuse it)
     ─► per-frame labels ─► Segmenter (screen states; flickers shorter than ``min_frames`` merged away)
     ─► events: ``view`` (item, start, dwell) per product segment, + ``click``/``cart``/``purchase`` log
        rows joined with the screen by a time window ─► `write_events` (parquet, atomic)
@@ -43,10 +44,13 @@ class StreamConfig:
     """Settings of the stream processor; `mmrec.config.from_dict` rejects unknown keys.
 
     Change detection: each frame becomes a ``thumb_size`` (width, height) grid of sampled pixels; a frame
-    whose mean absolute difference (0–1) to the last *encoded* frame's grid is at most ``change_threshold``
-    is unchanged and reuses that frame's grounding. Encoding: ``batch_size`` changed
-    frames per encoder call; at most ``max_pending`` frames wait for their batch's labels (bounds memory
-    and the delay of events). Grounding: ``threshold`` overrides the grounder's similarity threshold.
+    whose mean absolute difference (0–1) to the last *changed* frame's grid is at most ``change_threshold``
+    is unchanged and reuses that frame's grounding. Encoding (``encode``): ``"settled"`` encodes a screen
+    once it holds still — the last changed frame, when the frame after it is unchanged — and gives the
+    frames of the motion before it (a scroll, a page sliding in) that frame's label, so a new screen
+    starts at its first moving frame; ``"changed"`` encodes every changed frame. ``batch_size`` frames per
+    encoder call; at most ``max_pending`` frames wait for their batch's labels (bounds memory and the
+    delay of events; a motion that outlasts it is encoded where it has got to). Grounding: ``threshold`` overrides the grounder's similarity threshold.
     Segmentation: a new label must hold ``min_frames`` frames in a row to start a screen state (shorter
     runs are flickers, merged into the state around them). Logs: a log row is ``on_screen`` when its item
     is grounded within ``log_window`` seconds of it.
@@ -54,6 +58,7 @@ class StreamConfig:
 
     thumb_size: tuple[int, int] = (36, 64)
     change_threshold: float = 0.01
+    encode: str = "settled"
     batch_size: int = 32
     max_pending: int = 512
     threshold: float | None = None
@@ -68,6 +73,8 @@ class StreamConfig:
         if self.batch_size < 1 or self.max_pending < self.batch_size or self.min_frames < 1:
             raise ValueError(f"StreamConfig needs batch_size >= 1, max_pending >= batch_size and min_frames >= 1, "
                              f"got {self.batch_size}, {self.max_pending}, {self.min_frames}")
+        if self.encode not in ("settled", "changed"):
+            raise ValueError(f"StreamConfig.encode must be 'settled' or 'changed', got {self.encode!r}")
         if self.log_window < 0:
             raise ValueError(f"StreamConfig.log_window must be >= 0 seconds, got {self.log_window!r}")
 
@@ -233,8 +240,8 @@ def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig |
              stats: StreamStats | None = None) -> Iterator[Segment]:
     """Screen states of a frame stream, yielded as they close (the last one when the stream ends).
 
-    Only changed frames are encoded, ``config.batch_size`` at a time; ``stats`` (if given) is updated
-    as frames go by. Frames must come in time order (the sources guarantee it).
+    Only changed frames are encoded (with ``config.encode="settled"``, only those a motion ends in),
+    ``config.batch_size`` at a time; ``stats`` (if given) is updated as frames go by. Frames must come in time order (the sources guarantee it).
     """
     config = config or StreamConfig()
     stats = stats if stats is not None else StreamStats()
@@ -242,11 +249,18 @@ def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig |
         stats.source = frames.stats
     threshold = grounder.threshold if config.threshold is None else config.threshold
     segmenter = Segmenter(config.min_frames)
-    batch: list[Image.Image] = []  # changed frames waiting for the encoder
+    batch: list[Image.Image] = []  # frames waiting for the encoder
     pending: list[tuple[float, int]] = []  # (time, slot in batch, or -1: reuse `resolved`)
     reference: np.ndarray | None = None  # thumbnail of the last changed frame
-    resolved = (NO_ITEM, math.nan)  # label of the last changed frame once encoded
+    moving: Image.Image | None = None  # the last changed frame, not yet settled ("settled" mode)
+    resolved = (NO_ITEM, math.nan)  # label of the last encoded frame
     started = time.perf_counter()
+
+    def settle() -> None:
+        nonlocal moving
+        if moving is not None:
+            batch.append(moving)
+            moving = None
 
     def flush() -> Iterator[Segment]:
         nonlocal resolved
@@ -270,13 +284,21 @@ def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig |
             thumb = thumbnail(frame.image, config.thumb_size)
             if changed(thumb, reference, config.change_threshold):
                 reference = thumb
+                # the slot this frame's label will come from: its own, or (settled) the one its motion ends in
                 pending.append((frame.timestamp, len(batch)))
-                batch.append(Image.fromarray(np.array(frame.image)))  # a copy: the frame is a view of its batch
+                moving = Image.fromarray(np.array(frame.image))  # a copy: the frame is a view of its batch
+                if config.encode == "changed":
+                    settle()
+            elif moving is not None:
+                settle()
+                pending.append((frame.timestamp, len(batch) - 1))
             else:
                 pending.append((frame.timestamp, -1))
             if len(batch) >= config.batch_size or len(pending) >= config.max_pending:
+                settle()
                 yield from flush()
             stats.seconds = time.perf_counter() - started
+        settle()
         yield from flush()
         last = segmenter.finish()
         if last is not None:
