@@ -217,7 +217,11 @@ def _checked(raw: Iterator[tuple[int, Any, Any, str]], checks: _Checks) -> Itera
 
 # ---------------------------------------------------------------------------------------------- video
 
-def video_frames(path: str | os.PathLike, *, batch_size: int = 32, prefetch: int = 2, segment_frames: int = 64,
+SEGMENT_BYTES = 128 << 20  # decoded frames one segment may hold; larger segments cost less per frame
+
+
+def video_frames(path: str | os.PathLike, *, batch_size: int = 32, prefetch: int = 2,
+                 segment_frames: int | None = None, segment_bytes: int = SEGMENT_BYTES,
                  num_threads: int = 1, start_time: float = 0.0, on_wrong_size: str = "skip",
                  stats: FrameStats | None = None) -> FrameStream:
     """Frames of a video file, decoded by decord in order, in memory bounded whatever the video's length.
@@ -231,6 +235,9 @@ def video_frames(path: str | os.PathLike, *, batch_size: int = 32, prefetch: int
     segment, reading it with ``get_batch`` on consecutive indices in batches of ``batch_size``. Batches
     go through a queue of at most ``prefetch``. Memory: about one segment (``segment_frames`` up to the
     next keyframe; a long keyframe interval makes segments longer) plus ``prefetch + 1`` batches.
+    ``segment_frames=None`` sizes segments to hold ``segment_bytes`` of decoded frames (at least 16):
+    each segment costs a remux and a reader, so small frames want long segments (measured at 320x180,
+    against bare decord: 64 frames 0.73×, 256 frames 0.82×, 1024 frames 0.91×).
 
     A frame's ``timestamp`` is ``start_time`` plus its start time as decord reports it for the whole
     file (``get_frame_timestamp``): seconds from the stream's first frame (a file whose first frame sits
@@ -245,9 +252,9 @@ def video_frames(path: str | os.PathLike, *, batch_size: int = 32, prefetch: int
     ends after the last frame that decoded and the rest are counted. A container cut short (e.g. a
     truncated mkv) simply holds fewer frames: decord's index holds only what is there.
     """
-    if batch_size < 1 or prefetch < 1 or segment_frames < 1:
-        raise ValueError(f"batch_size, prefetch and segment_frames must be at least 1, got {batch_size}, "
-                         f"{prefetch} and {segment_frames}")
+    if batch_size < 1 or prefetch < 1 or (segment_frames is not None and segment_frames < 1) or segment_bytes < 1:
+        raise ValueError(f"batch_size, prefetch, segment_frames and segment_bytes must be at least 1, got "
+                         f"{batch_size}, {prefetch}, {segment_frames} and {segment_bytes}")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"video file {path} does not exist" if not os.path.exists(path)
@@ -259,6 +266,9 @@ def video_frames(path: str | os.PathLike, *, batch_size: int = 32, prefetch: int
     times = index.get_frame_timestamp(list(range(count)))[:, 0].astype(np.float64) + float(start_time)
     del index
     stats = FrameStats(f"video {path}") if stats is None else stats
+    if segment_frames is None:
+        height, width = _frame_size(path)
+        segment_frames = max(16, segment_bytes // max(1, 3 * width * height))
     decoder = _VideoDecoder(path, times, batch_size, prefetch, segment_frames, num_threads, stats)
     return FrameStream(_checked(decoder.frames(), _Checks(stats, on_wrong_size)), stats)
 
@@ -272,6 +282,15 @@ def _open_video(path: str | io.BytesIO, num_threads: int, name: str | None = Non
         detail = str(exn).strip().splitlines()[-1][:300] if str(exn).strip() else type(exn).__name__
         raise ValueError(f"cannot read video {name or path}: decord could not open it ({detail}); it is not a "
                          f"video decord/FFmpeg can read, or it is damaged (e.g. an mp4 cut short)") from exn
+
+
+def _frame_size(path: str) -> tuple[int, int]:
+    """(height, width) of the video stream decord reads, from its header (PyAV; nothing decoded)."""
+    import av
+
+    with av.open(path) as source:
+        context = source.streams.best("video").codec_context
+        return int(context.height), int(context.width)
 
 
 def _keyframe_segments(path: str, segment_frames: int) -> Iterator[tuple[int, bytes]]:
