@@ -159,6 +159,11 @@ class ScreenSpaceConfig:
     eval_every: int = 1
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.eval_every < 1 or self.epochs % self.eval_every:
+            raise ValueError(f"ScreenSpaceConfig.eval_every must divide epochs ({self.epochs}) so that the last "
+                             f"epoch is evaluated, got {self.eval_every}")
+
 
 def _vit(size: tuple[int, int], config: ScreenSpaceConfig) -> TowerConfig:
     kwargs = {"img_size": list(size), "patch_size": config.patch, "embed_dim": config.width,

@@ -81,9 +81,11 @@ class StreamConfig:
 
 @dataclass
 class StreamStats:
-    """What a run did: frames seen, encoded and skipped (by the source, by reason), segments, events, time."""
+    """What a run did: frames seen, changed, encoded and skipped (by the source, by reason), segments, events,
+    time."""
 
     frames: int = 0
+    changed: int = 0
     encoded: int = 0
     batches: int = 0
     segments: int = 0
@@ -103,7 +105,8 @@ class StreamStats:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready counts."""
-        return {"frames": self.frames, "encoded": self.encoded, "unchanged": self.frames - self.encoded,
+        return {"frames": self.frames, "changed": self.changed, "encoded": self.encoded,
+                "unchanged": self.frames - self.changed,
                 "batches": self.batches, "segments": self.segments, "events": self.events,
                 "skipped": self.skipped, "skips": dict(self.source.skips) if self.source else {},
                 "seconds": round(self.seconds, 3), "frames_per_second": round(self.frames_per_second, 1)}
@@ -283,6 +286,7 @@ def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig |
             stats.frames += 1
             thumb = thumbnail(frame.image, config.thumb_size)
             if changed(thumb, reference, config.change_threshold):
+                stats.changed += 1
                 reference = thumb
                 # the slot this frame's label will come from: its own, or (settled) the one its motion ends in
                 pending.append((frame.timestamp, len(batch)))

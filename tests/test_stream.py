@@ -139,6 +139,15 @@ def test_a_motion_is_encoded_once_where_it_settles_and_belongs_to_the_new_screen
         if mode == "settled":
             assert [(s.item, s.start, s.frames) for s in found] == [(0, 0.0, 10), (1, 1.0, 16)]
             assert grounder.seen[-1] == pytest.approx(float(light.mean()))  # the still frame, not a moving one
+    # a flush in mid-motion (max_pending) encodes where the motion has got to; a stream ending in motion
+    # encodes its last frame; either way every frame gets a label and the still screens keep theirs
+    for pictures in ([dark] * 10 + motion + [light] * 10, [dark] * 10 + motion):
+        grounder = MeanGrounder()
+        found = list(segments(iterator_frames((k / 10, p) for k, p in enumerate(pictures)), grounder,
+                              StreamConfig(batch_size=4, max_pending=4, min_frames=1)))
+        assert sum(s.frames for s in found) == len(pictures)
+        assert found[0].item == 0 and found[0].start == 0.0 and found[-1].item == 1
+        assert found[-1].end == pytest.approx(len(pictures) / 10)
     with pytest.raises(ValueError, match="encode"):
         StreamConfig(encode="every")
 
