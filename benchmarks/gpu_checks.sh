@@ -10,7 +10,7 @@
 #  2. benchmarks/stream_targets.py with the towers trained end to end in bf16 on the GPU (the space and the
 #     report come back in OUT_DIR);
 #  3. benchmarks/align_throughput.py on the GPU, fp32 against bf16, a ViT-S/16 image tower at 224 px.
-set -u
+set -u -o pipefail
 out=${1:?usage: gpu_checks.sh OUT_DIR}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1

@@ -5,7 +5,8 @@ known, ``--users`` × ``--items``) or of H&M (``--world hm``: those of `sequence
 distinct articles), first purchase of each item kept, with ≥ 3 purchase days; each one's last
 ``--max-items`` purchases drive one simulated app
 session (`mmrec.datasets.app_sim.simulate_session`, timeline only, nothing rendered): per basket (a purchase
-day) the home feed, grids, 0–2 distractor product pages of other (often similar) articles, dwelt on 1–4 s,
+day, split at 6 items) the home feed, grids, 0–2 distractor product pages of other (often similar) items,
+dwelt on 1–4 s,
 and the bought article's page, 3–8 s, then cart and checkout. A customer's sequence is her product-page
 views in time order, each with its dwell (the `view` events `mmrec.stream` extracts from a recording,
 here taken from the simulator's ground truth), and nothing else: no clicks, carts or purchases, so which
@@ -166,7 +167,7 @@ def main() -> None:
                 "content_dwell": {**base, **with_content, "use_dwell": True}}
     train = {"epochs": args.epochs, "batch_size": 128, "lr": 2e-3, "patience": args.patience, "progress": False}
     results: dict = {}
-    for seed in args.seeds:  # the sessions are simulated anew per seed (other customers, other sessions)
+    for seed in args.seeds:  # sessions simulated anew per seed (customers too, where not all qualify)
         started = time.perf_counter()
         split, history, stats = simulated_split(inter, catalog, args.users, args.max_items, seed)
         log.info("seed %d: simulated %s in %.0f s", seed, stats, time.perf_counter() - started)

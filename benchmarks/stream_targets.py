@@ -20,8 +20,9 @@ The catalog is the synthetic world's (whose photos repeat: one cut and colour un
      item overlaps half of it; a view is right when the truth shows its item at the view's midpoint.
    - dwell error: |detected dwell − true dwell| (ms) of each truth product page and the view of the same
      item that overlaps it most; median over pages found.
-4. Throughput: on the recording with the most unchanged frames (its share reported; the target needs
-   ≥ 90 %), and on the same session rendered at 360x640, bare sequential decord decoding
+4. Throughput: the test session with the most unchanged frames, rendered again at 180x320 and 360x640
+   with every dwell stretched by ``--throughput-dwell-scale`` (the target holds for recordings with
+   ≥ 90 % unchanged frames; the share is reported): bare sequential decord decoding
    (`VideoReader.get_batch` on consecutive indices) against the whole processor on the same file, in the
    same run, best of two each (the frame source alone is reported too).
 5. The same measurement with `OracleGrounder` (right on every frame it is shown): what the processor
@@ -83,6 +84,9 @@ def hm_catalog(args: argparse.Namespace, n_sequences: int):
     interactions = interactions.select(has_photo[interactions.items])
     sequences = sessions_from_purchases(interactions, n_sequences, min_len=2, seed=args.seed, max_len=4)
     bought = list(dict.fromkeys(int(i) for s in sequences for i in s.items))
+    if len(bought) > args.items:
+        logging.warning("the %d purchase sequences hold %d articles, more than --items %d: the catalog has them all",
+                        n_sequences, len(bought), args.items)
     rng = np.random.default_rng([args.seed, 5])
     others = rng.permutation(np.setdiff1d(np.flatnonzero(has_photo), bought))[:max(0, args.items - len(bought))]
     codes = np.array(bought + sorted(others.tolist()), np.int64)
@@ -101,8 +105,12 @@ def frame_truth(session) -> np.ndarray:
     return out
 
 
-def record(catalog, sequence, seed: int, noise: str, out: Path, size: tuple[int, int] = (180, 320)):
-    config = SimConfig(seed=seed, width=size[0], height=size[1], fps=30, **NOISE[noise])
+def record(catalog, sequence, seed: int, noise: str, out: Path, size: tuple[int, int] = (180, 320),
+           dwell_scale: float = 1.0):
+    """Render one session; ``dwell_scale`` stretches every dwell range (a user who reads pages longer)."""
+    dwell = {f.name: tuple(x * dwell_scale for x in f.default) for f in dataclasses.fields(SimConfig)
+             if f.name.startswith("dwell_")}
+    config = SimConfig(seed=seed, width=size[0], height=size[1], fps=30, **dwell, **NOISE[noise])
     session = simulate_session(catalog, sequence.items, config, timestamps=sequence.timestamps)
     write_recording(session, catalog, config, out)
     return session, out / "recording.mp4"
@@ -141,7 +149,8 @@ def measure(grounder: Grounder, session, video: Path, config: StreamConfig) -> d
         errors.append(abs(best.dwell - (page.end - page.start)) * 1000)
     view_right = sum(truth[min(session.n_frames - 1, int((v.start + v.end) / 2 * session.fps))] == v.item
                      for v in views)
-    return {"frames": stats.frames, "encoded": stats.encoded, "said": int(said.sum()), "shown": int(shown.sum()),
+    return {"frames": stats.frames, "changed": stats.changed, "encoded": stats.encoded, "said": int(said.sum()),
+            "shown": int(shown.sum()),
             "right": int(right.sum()), "pages": len(pages), "pages_found": int(found), "views": len(views),
             "views_right": int(view_right), "dwell_errors_ms": errors}
 
@@ -191,8 +200,8 @@ def throughput(grounder: Grounder, video: Path, config: StreamConfig) -> dict:
     bare = min(bare_decode_seconds(video) for _ in range(2))
     source = min(_source_seconds(video) for _ in range(2))
     proc, stats = min((processor_seconds(grounder, video, config) for _ in range(2)), key=lambda x: x[0])
-    return {"video": str(video), "frames": stats.frames, "encoded": stats.encoded,
-            "unchanged_share": 1 - stats.encoded / stats.frames, "bare_decord_fps": stats.frames / bare,
+    return {"video": str(video), "frames": stats.frames, "changed": stats.changed, "encoded": stats.encoded,
+            "unchanged_share": 1 - stats.changed / stats.frames, "bare_decord_fps": stats.frames / bare,
             "video_frames_source_fps": stats.frames / source, "processor_fps": stats.frames / proc,
             "ratio": bare / proc}
 
@@ -264,7 +273,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=ScreenSpaceConfig.lr)
     parser.add_argument("--eval-every", type=int, default=ScreenSpaceConfig.eval_every)
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
-    parser.add_argument("--device", default=None, help="where the space runs (default: cuda when there is one)")
+    parser.add_argument("--device", default=None, help="where grounding runs (default: cuda when there is one; training goes where accelerate puts it)")
+    parser.add_argument("--throughput-dwell-scale", type=float, default=2.0,
+                        help="the throughput recordings stretch every dwell by this (to reach >= 90 %% unchanged frames)")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the 1x/10x memory measurement")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
@@ -316,7 +327,7 @@ def main() -> None:
     per_noise = {}
     for noise in ("arrow", "clean", "all"):
         rows = [r for (n, _), (r, _, _) in results.items() if noise in (n, "all")]
-        total = {key: sum(r[key] for r in rows) for key in ("frames", "encoded", "said", "shown", "right", "pages",
+        total = {key: sum(r[key] for r in rows) for key in ("frames", "changed", "encoded", "said", "shown", "right", "pages",
                                                             "pages_found", "views", "views_right")}
         errors = [e for r in rows for e in r["dwell_errors_ms"]]
         per_noise[noise] = {
@@ -324,7 +335,7 @@ def main() -> None:
             "segment_precision": total["views_right"] / max(1, total["views"]),
             "segment_recall": total["pages_found"] / max(1, total["pages"]),
             "median_dwell_error_ms": float(np.median(errors)) if errors else None,
-            "unchanged_share": 1 - total["encoded"] / max(1, total["frames"]), **total}
+            "unchanged_share": 1 - total["changed"] / max(1, total["frames"]), **total}
     report["targets"] = per_noise
     rows = list(oracle.values())
     errors = [e for r in rows for e in r["dwell_errors_ms"]]
@@ -334,10 +345,12 @@ def main() -> None:
                                  "p90_dwell_error_ms": float(np.percentile(errors, 90)) if errors else None,
                                  "pages": sum(r["pages"] for r in rows), "pages_found": sum(r["pages_found"] for r in rows)}
 
-    (noise, k), (r, video, duration) = max(results.items(), key=lambda x: 1 - x[1][0]["encoded"] / x[1][0]["frames"])
-    report["throughput"] = {"180x320": throughput(grounder, video, config)}
-    _, big = record(catalog, test_seqs[k], 2000 + k, noise, out / "test_360x640", size=(360, 640))
-    report["throughput"]["360x640"] = throughput(grounder, big, config)
+    (noise, k), (r, video, duration) = max(results.items(), key=lambda x: 1 - x[1][0]["changed"] / x[1][0]["frames"])
+    report["throughput"] = {}
+    for size in ((180, 320), (360, 640)):  # the target's condition is >= 90 % unchanged frames
+        _, slow = record(catalog, test_seqs[k], 2000 + k, noise, out / f"throughput_{size[0]}x{size[1]}", size=size,
+                         dwell_scale=args.throughput_dwell_scale)
+        report["throughput"][f"{size[0]}x{size[1]}"] = throughput(grounder, slow, config)
     peaks = {}
     for repeat in (1, 10) if not args.skip_memory else ():
         child = subprocess.run([sys.executable, __file__, "--out", str(out), "--memory-child", str(video),
