@@ -148,6 +148,8 @@ def run_train(checkpoint_dir: str, out: Path) -> None:
 
 
 if __name__ == "__main__":
+    from mmrec.cli import close_process_group
+
     torch.set_num_threads(1)
     if sys.argv[1] == "step":
         run_step(Path(sys.argv[2]), masked=sys.argv[3:] == ["masked"])
@@ -155,3 +157,4 @@ if __name__ == "__main__":
         run_train(sys.argv[2], Path(sys.argv[3]))
     else:
         raise SystemExit(f"unknown mode {sys.argv[1]!r}: expected 'step' or 'train'")
+    close_process_group()
