@@ -249,12 +249,9 @@ class ImageEncoder(Encoder):
         if batch.dim() != 4 or batch.shape[1] != 3 or tuple(batch.shape[-2:]) != self.preprocess.size:
             raise ValueError(f"{self.spec}: expected pixels [N, 3, {self.preprocess.size[0]}, "
                              f"{self.preprocess.size[1]}], got {list(batch.shape)}")
-        # a trainable tower moves with its space (accelerate puts it on the GPU): follow its weights
-        weight = next(self.module.parameters(), None) if hasattr(self, "module") else None
-        device = self.device if weight is None else weight.device
         if batch.shape[0] == 0:
-            return torch.zeros(0, self.dim, device=device)
-        out = self.forward_features(batch.to(device, self.dtype, non_blocking=True)).float()
+            return torch.zeros(0, self.dim, device=self.device)
+        out = self.forward_features(batch.to(self.device, self.dtype, non_blocking=True)).float()
         return F.normalize(out, dim=-1) if self.normalized else out
 
     def encode_images(self, images: Sequence["Image.Image | torch.Tensor"]) -> torch.Tensor:

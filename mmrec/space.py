@@ -99,6 +99,14 @@ class UnifiedSpace(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature), device=device))
         self._loss = None
 
+    def _apply(self, fn, *args, **kwargs):  # what .to() / .cuda() / accelerate's prepare go through
+        super()._apply(fn, *args, **kwargs)
+        for modality, tower in self.towers.items():  # a trained tower moved: its encoder must feed it there
+            weight = next(tower.parameters(), None)
+            if weight is not None:
+                self.encoders[modality].device = weight.device
+        return self
+
     # -- embedding -----------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:

@@ -183,3 +183,15 @@ def test_locked_screen_tower_tiles_screens_of_any_size_into_the_space():
     assert out.shape == (2, 16)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
     assert not torch.allclose(out[0], out[1])
+
+
+def test_moving_the_space_moves_what_its_trained_towers_are_fed():
+    """``.to()`` (what accelerate's prepare calls) keeps each trained tower's encoder pointed at the tower's
+    weights, so embedding after training on a GPU feeds the GPU; adapters and temperature move too."""
+    space = UnifiedSpace(SpaceConfig(towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", TINY_VIT, True),
+                                             "text": TowerConfig(input_dim=4)}, dim=8, pairs=("image-text",)))
+    assert space.encoders["image"].device.type == "cpu"
+    space.to("meta")
+    assert space.encoders["image"].device.type == "meta" and space.device.type == "meta"
+    assert all(p.device.type == "meta" for p in space.adapters.parameters())
+    assert UnifiedSpace(space.config, device="meta").device.type == "meta"
