@@ -72,8 +72,9 @@ def test_report(result: EvalResult, split: Split) -> dict:
 
 
 def run_sasrec(split: Split, config: dict, content: tuple[np.ndarray, np.ndarray] | None, seed: int,
-               train: dict, valid_users: np.ndarray | None) -> dict:
-    """Fit one SASRec, early-stopped on valid NDCG@10 (of ``valid_users``); test after the train + valid history."""
+               train: dict, valid_users: np.ndarray | None, history: Interactions | None = None) -> dict:
+    """Fit one SASRec, early-stopped on valid NDCG@10 (of ``valid_users``); test after ``history`` (default:
+    the train + valid events)."""
     set_seed(seed)
     model = create_model("sasrec", split.train.n_users, split.train.n_items, config)
     if content is not None:
@@ -87,7 +88,7 @@ def run_sasrec(split: Split, config: dict, content: tuple[np.ndarray, np.ndarray
                        evaluate_fn=validate)
     seconds = time.perf_counter() - started
     valid = validate(model)
-    model.set_history(split.train.concat(split.valid))
+    model.set_history(split.train.concat(split.valid) if history is None else history)
     test = evaluate(model, split, on="test", ks=(10,), metrics=("hr", "ndcg"), mask_valid_at_test=True)
     return {"valid": {m: valid[m] for m in REPORTED}, "test": test_report(test, split),
             "best_epoch": result.best_epoch, "epochs": result.epochs_run, "fit_seconds": seconds}

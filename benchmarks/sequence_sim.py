@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import set_seed
 
 from mmrec.data import KINDS, Interactions
 from mmrec.datasets import hm
@@ -42,13 +41,11 @@ from mmrec.encoders import create_encoder, embed
 from mmrec.evaluate import evaluate
 from mmrec.recommender import create_model
 from mmrec.splits import Split
-from mmrec.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from sequence_hm import purchase_sequences  # noqa: E402
+from sequence_hm import REPORTED, mean_std, purchase_sequences, run_sasrec, test_report  # noqa: E402
 
 log = logging.getLogger("sequence_sim")
-REPORTED = ("hr@10", "ndcg@10")
 VIEW, PURCHASE = KINDS.index("view"), KINDS.index("purchase")
 
 
@@ -103,27 +100,6 @@ def simulated_split(inter: Interactions, catalog, n_users: int, max_items: int, 
     return split, history, stats
 
 
-def run(split: Split, history: Interactions, config: dict, content, seed: int, train: dict) -> dict:
-    """Fit one SASRec early-stopped on valid NDCG@10, then rank the test target after ``history``."""
-    set_seed(seed)
-    model = create_model("sasrec", split.train.n_users, split.train.n_items, config)
-    if content is not None:
-        model.set_content(*content)
-
-    def validate(m) -> dict[str, float]:
-        return evaluate(m, split, on="valid", ks=(10,), metrics=("hr", "ndcg")).metrics
-
-    started = time.perf_counter()
-    result = model.fit(split.train, train_config=TrainConfig(seed=seed, early_stop_metric="ndcg@10", **train),
-                       evaluate_fn=validate)
-    seconds = time.perf_counter() - started
-    valid = validate(model)
-    model.set_history(history)
-    test = evaluate(model, split, on="test", ks=(10,), metrics=("hr", "ndcg"), mask_valid_at_test=True).metrics
-    return {"valid": {m: valid[m] for m in REPORTED}, "test": {m: test[m] for m in REPORTED},
-            "best_epoch": result.best_epoch, "fit_seconds": seconds}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", default="synthetic", choices=["synthetic", "hm"],
@@ -173,19 +149,19 @@ def main() -> None:
         log.info("seed %d: simulated %s in %.0f s", seed, stats, time.perf_counter() - started)
         popular = create_model("most_popular", split.train.n_users, split.train.n_items)
         popular.fit(split.train)
-        test = evaluate(popular, split, on="test", ks=(10,), metrics=("hr", "ndcg"), mask_valid_at_test=True).metrics
-        results.setdefault("most_popular", []).append({"test": {m: test[m] for m in REPORTED}})
+        test = evaluate(popular, split, on="test", ks=(10,), metrics=("hr", "ndcg"), mask_valid_at_test=True)
+        results.setdefault("most_popular", []).append({"test": test_report(test, split)})
         for name in args.variants:
             config = variants[name]
-            r = run(split, history, config, content if config.get("use_content") else None, seed, train)
+            r = run_sasrec(split, config, content if config.get("use_content") else None, seed, train, None,
+                           history=history)
             results.setdefault(name, []).append({**r, "data": stats})
             log.info("%s seed %d: %s", name, seed, r)
             (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=1))
     print("| model | test HR@10 | test NDCG@10 | seeds |")
     print("|---|---|---|---|")
     for name, runs in results.items():
-        cells = [f"{np.mean([r['test'][m] for r in runs]):.4f} ± {np.std([r['test'][m] for r in runs]):.4f}"
-                 for m in REPORTED]
+        cells = ["{:.4f} ± {:.4f}".format(*mean_std(runs, "all", m)) for m in REPORTED]
         print(f"| {name} | {cells[0]} | {cells[1]} | {len(runs)} |")
 
 

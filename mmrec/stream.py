@@ -50,7 +50,8 @@ class StreamConfig:
     frames of the motion before it (a scroll, a page sliding in) that frame's label, so a new screen
     starts at its first moving frame; ``"changed"`` encodes every changed frame. ``batch_size`` frames per
     encoder call; at most ``max_pending`` frames wait for their batch's labels (bounds memory and the
-    delay of events; a motion that outlasts it is encoded where it has got to). Grounding: ``threshold`` overrides the grounder's similarity threshold.
+    delay of events; a motion that outlasts it is encoded where it has got to). Grounding: ``threshold``
+    overrides the grounder's similarity threshold.
     Segmentation: a new label must hold ``min_frames`` frames in a row to start a screen state (shorter
     runs are flickers, merged into the state around them). Logs: a log row is ``on_screen`` when its item
     is grounded within ``log_window`` seconds of it.
@@ -244,7 +245,8 @@ def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig |
     """Screen states of a frame stream, yielded as they close (the last one when the stream ends).
 
     Only changed frames are encoded (with ``config.encode="settled"``, only those a motion ends in),
-    ``config.batch_size`` at a time; ``stats`` (if given) is updated as frames go by. Frames must come in time order (the sources guarantee it).
+    ``config.batch_size`` at a time; ``stats`` (if given) is updated as frames go by. Frames must come in
+    time order (the sources guarantee it).
     """
     config = config or StreamConfig()
     stats = stats if stats is not None else StreamStats()
