@@ -62,14 +62,20 @@ class CatalogPairs(Dataset):
     Each input is ``(values, mask)`` over the same items; the mask marks items that have the modality. An
     item is a training row when at least one of ``pairs`` (``"a-b"``) has both of its modalities; a batch
     carries ``"<modality>:mask"`` wherever some rows lack the modality, and each pair's loss uses only
-    the rows that have both sides.
+    the rows that have both sides. ``augment[modality]`` (e.g. `mmrec.fusion.augment.ScreenAugment`) maps
+    a uint8 pixel batch to float ``[0, 1]`` with random changes before it is normalised (training batches).
     """
 
     def __init__(self, pixels: dict[str, tuple[torch.Tensor, np.ndarray]],
                  features: dict[str, tuple[torch.Tensor, np.ndarray]], normalize: dict[str, Callable],
                  vectors: dict[str, tuple[torch.Tensor, np.ndarray]] | None = None,
-                 pairs: Sequence[str] | None = None) -> None:
+                 pairs: Sequence[str] | None = None,
+                 augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> None:
         self.pixels, self.features, self.vectors = pixels, features, dict(vectors or {})
+        self.augment = dict(augment or {})
+        if set(self.augment) - set(pixels):
+            raise ValueError(f"augment names {sorted(set(self.augment) - set(pixels))}, which have no pixels "
+                             f"(pixel modalities: {sorted(pixels)})")
         self.normalize = normalize
         inputs = {**pixels, **features, **self.vectors}
         sizes = {len(values) for values, _ in inputs.values()}
@@ -133,7 +139,9 @@ class CatalogPairs(Dataset):
         idx = torch.as_tensor(rows)
         batch = {}
         for modality, (images, _) in self.pixels.items():
-            batch[f"{modality}:pixels"] = self.normalize[modality](images[idx].float().div_(255))
+            augment = self.augment.get(modality)
+            pixels = augment(images[idx]) if augment is not None else images[idx].float().div_(255)
+            batch[f"{modality}:pixels"] = self.normalize[modality](pixels)
         for modality, (values, _) in self.features.items():
             batch[f"{modality}:features"] = values[idx]
         for modality, (values, _) in self.vectors.items():

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from mmrec.data import Catalog
+from mmrec.fusion.augment import ScreenAugment
 from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
 
 logger = logging.getLogger(__name__)
@@ -137,7 +138,9 @@ class ScreenSpaceConfig:
     outputs computed once (minutes on a CPU); True trains towers and adapters end to end on the pixels
     (meant for a GPU). Training: ``epochs``, ``batch_size``, ``lr`` (towers trained from scratch want
     about 3e-4), ``mixed_precision``; the epoch is chosen, every ``eval_every`` epochs, on other renderings
-    (recall@1 of screen → photo), never on recordings.
+    (recall@1 of screen → photo), never on recordings. ``augment``: per-sample changes of look, layout,
+    resolution and overlays drawn anew for every training page (a `ScreenAugment`; trained towers only;
+    off by default: in a budget of 60 epochs it slowed learning, see benchmarks/stream_targets.py); ``checkpoint_dir``: where the loop checkpoints each epoch, so a long run resumes.
     """
 
     dim: int = 64
@@ -157,6 +160,8 @@ class ScreenSpaceConfig:
     train_towers: bool = False
     mixed_precision: str = "no"
     eval_every: int = 1
+    augment: ScreenAugment | None = None
+    checkpoint_dir: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -235,7 +240,8 @@ def train_screen_space(catalog: Catalog, config: ScreenSpaceConfig | None = None
         page_pixels, _ = decode_resized(pages, encoders["screen"].preprocess)
         data = CatalogPairs({"image": (photo_pixels.repeat(n, 1, 1, 1), masks["image"]),
                              "screen": (page_pixels, masks["screen"])}, {},
-                            {m: encoders[m].preprocess.normalize for m in ("image", "screen")}, pairs=("screen-image",))
+                            {m: encoders[m].preprocess.normalize for m in ("image", "screen")}, pairs=("screen-image",),
+                            augment={"screen": config.augment} if config.augment is not None else None)
         del pages, page_pixels
     else:
         photo_features, page_features = _features(space, "image", photos), _features(space, "screen", pages)
@@ -257,6 +263,7 @@ def train_screen_space(catalog: Catalog, config: ScreenSpaceConfig | None = None
     result = align(space, data, TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                             seed=config.seed, progress=False, patience=config.epochs,
                                             mixed_precision=config.mixed_precision, eval_every=config.eval_every,
-                                            early_stop_metric="s2i_recall@1"), evaluate_fn=s2i)
+                                            early_stop_metric="s2i_recall@1", checkpoint_dir=config.checkpoint_dir),
+                   evaluate_fn=s2i)
     logger.info("screen space: best epoch %s %s", result.best_epoch, result.best_metrics)
     return space.eval()
