@@ -20,12 +20,16 @@ The catalog is the synthetic world's (whose photos repeat: one cut and colour un
      item overlaps half of it; a view is right when the truth shows its item at the view's midpoint.
    - dwell error: |detected dwell − true dwell| (ms) of each truth product page and the view of the same
      item that overlaps it most; median over pages found.
+   - thresholds aside, ``page_nearest_right``: the share of truth product pages whose frame three quarters
+     in has the true item nearest (``page_in_top5``: among the 5 nearest) — what the tower gets right.
 4. Throughput: the test session with the most unchanged frames, rendered again at 180x320 and 360x640
    with every dwell stretched by ``--throughput-dwell-scale`` (the target holds for recordings with
    ≥ 90 % unchanged frames; the share is reported): bare sequential decord decoding
    (`VideoReader.get_batch` on consecutive indices) against the whole processor on the same file, in the
    same run, five times each, interleaved; the ratio of the best times (and of the medians) is reported,
-   with the frame source alone.
+   with the frame source alone. torch runs on ``--throughput-torch-threads`` (1, as `mmrec stream` sets it):
+   with 2 threads on this 2-core machine the pool that waits between encoder calls takes the decoder's
+   core (measured: 0.58x-0.82x against 0.86x-0.94x with 1).
 5. The same measurement with `OracleGrounder` (right on every frame it is shown): what the processor
    itself loses — change detection, which frames are encoded, segmentation — with grounding taken out.
 6. Memory: peak RSS while streaming (sampled every 20 ms) of a child process that processes the recording
@@ -51,12 +55,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from mmrec.datasets.app_sim import (PurchaseSequence, SimConfig, sessions_from_purchases, simulate_session,
                                     write_recording)
 from mmrec.datasets.frames import video_frames
 from mmrec.fusion.augment import ScreenAugment
-from mmrec.grounding import NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_threshold, train_screen_space
+from mmrec.grounding import (NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_threshold, embed_screens,
+                             train_screen_space)
 from mmrec.stream import StreamConfig, StreamStats, segments
 
 NOISE = {  # calibration uses "calib" only; the targets are measured on the others
@@ -158,12 +164,31 @@ def measure(grounder: Grounder, session, video: Path, config: StreamConfig) -> d
             "views_right": int(view_right), "dwell_errors_ms": errors}
 
 
+def page_ranks(grounder: Grounder, session, video: Path) -> list[int]:
+    """Rank of the true item among all items for each product page, on its decoded frame three quarters of
+    the way in (0: nearest), thresholds aside: how far the grounding tower is from naming the page."""
+    wanted = {}
+    for state in session.states:
+        if state.kind == "product":
+            frames = session.frame_range(state)
+            wanted[frames[len(frames) * 3 // 4]] = int(state.item)
+    shown = [(f.image.copy(), wanted[f.index]) for f in video_frames(video) if f.index in wanted]
+    vectors = embed_screens(grounder.space, [Image.fromarray(image) for image, _ in shown])
+    sims = vectors @ grounder.item_vectors.t()
+    items = np.array([item for _, item in shown])
+    true = sims[np.arange(len(items)), items]
+    return (sims > true[:, None]).sum(1).cpu().tolist()
+
+
 def summarize(rows: list[dict]) -> dict:
     """Totals of `measure` rows and the target metrics over them."""
     total = {key: sum(r[key] for r in rows) for key in ("frames", "changed", "encoded", "said", "shown", "right",
                                                         "pages", "pages_found", "views", "views_right")}
     errors = [e for r in rows for e in r["dwell_errors_ms"]]
-    return {"frame_precision": total["right"] / max(1, total["said"]),
+    ranks = np.array([k for r in rows for k in r.get("page_ranks", [])])
+    nearest = {"page_nearest_right": float((ranks == 0).mean()), "page_in_top5": float((ranks < 5).mean())} \
+        if len(ranks) else {}
+    return {**nearest, "frame_precision": total["right"] / max(1, total["said"]),
             "frame_recall": total["right"] / max(1, total["shown"]),
             "segment_precision": total["views_right"] / max(1, total["views"]),
             "segment_recall": total["pages_found"] / max(1, total["pages"]),
@@ -301,6 +326,8 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="where grounding runs (default: cuda when there is one; training goes where accelerate puts it)")
     parser.add_argument("--throughput-dwell-scale", type=float, default=2.0,
                         help="the throughput recordings stretch every dwell by this (to reach >= 90 %% unchanged frames)")
+    parser.add_argument("--throughput-torch-threads", type=int, default=1,
+                        help="torch threads while throughput is measured (`mmrec stream --torch-threads`, default 1)")
     parser.add_argument("--skip-memory", action="store_true", help="leave out the 1x/10x memory measurement")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
@@ -348,14 +375,17 @@ def main() -> None:
     for noise in ("arrow", "clean"):
         for k, s in enumerate(test_seqs):
             session, video = record(catalog, s, 2000 + k, noise, out / f"test_{noise}{k}")
-            results[(noise, k)] = (measure(grounder, session, video, config), video, session.duration)
+            row = measure(grounder, session, video, config)
+            row["page_ranks"] = page_ranks(grounder, session, video)
+            results[(noise, k)] = (row, video, session.duration)
             oracle[(noise, k)] = measure(OracleGrounder(session, video), session, video, config)
     report["targets"] = {noise: summarize([r for (n, _), (r, _, _) in results.items() if noise in (n, "all")])
                          for noise in ("arrow", "clean", "all")}
     report["oracle_grounder"] = summarize(list(oracle.values()))
 
     (noise, k), (r, video, duration) = max(results.items(), key=lambda x: 1 - x[1][0]["changed"] / x[1][0]["frames"])
-    report["throughput"] = {}
+    report["throughput"] = {"torch_threads": args.throughput_torch_threads}
+    torch.set_num_threads(args.throughput_torch_threads)  # as `mmrec stream --torch-threads` sets it
     for size in ((180, 320), (360, 640)):  # the target's condition is >= 90 % unchanged frames
         _, slow = record(catalog, test_seqs[k], 2000 + k, noise, out / f"throughput_{size[0]}x{size[1]}", size=size,
                          dwell_scale=args.throughput_dwell_scale)
@@ -373,8 +403,10 @@ def main() -> None:
     overall = report["targets"]["all"]
     report["met"] = {"precision>=0.95": overall["frame_precision"] >= 0.95,
                      "recall>=0.90": overall["frame_recall"] >= 0.90,
-                     "median_dwell_error<=100ms": (overall["median_dwell_error_ms"] or 1e9) <= 100,
-                     "throughput>=0.8x (180x320)": report["throughput"]["180x320"]["ratio"] >= 0.8,
+                     # over the pages found, so only when nearly all are found (as the recall target asks)
+                     "median_dwell_error<=100ms": (overall["median_dwell_error_ms"] or 1e9) <= 100
+                     and overall["segment_recall"] >= 0.90,
+                     "throughput>=0.8x (180x320)": report["throughput"]["180x320"]["ratio"] >= 0.8,  # best of 5
                      "throughput>=0.8x (360x640)": report["throughput"]["360x640"]["ratio"] >= 0.8,
                      "memory10x<=1.10x": report["memory"]["ratio"] <= 1.10 if peaks else None}
     text = json.dumps(report, indent=1, default=float)

@@ -217,13 +217,17 @@ def test_cli_stream_writes_events(setup, tmp_path, capsys):
     out = tmp_path / "events.parquet"
     # the world's catalog through the same reader --catalog uses for H&M-layout folders is not available
     # here, so the CLI's catalog is the default synthetic world: this checks the plumbing, not accuracy
+    threads = torch.get_num_threads()
     code = main(["stream", str(video), "--space", str(space_dir), "--catalog", "synthetic", "--out", str(out),
-                 "--json", "--no-progress"])
+                 "--json", "--no-progress", "--torch-threads", "1"])
     report = json.loads(capsys.readouterr().out)
     assert code == 0 and out.is_file()
+    assert torch.get_num_threads() == threads  # the encoder's thread setting is the CLI run's only
     assert report["frames"] == session.n_frames and 0 < report["encoded"] < report["frames"]
     assert report["rows"] == len(pd.read_parquet(out))
     assert main(["stream", str(video), "--space", str(tmp_path), "--catalog", "synthetic", "--out", str(out)]) == 2
+    assert main(["stream", str(video), "--space", str(space_dir), "--catalog", "synthetic", "--out", str(out),
+                 "--torch-threads", "0"]) == 2
 
 
 def test_trained_towers_move_learn_and_survive_a_save(setup, tmp_path):

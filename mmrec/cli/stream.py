@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-frames", type=int, default=3, help="frames a new screen must hold (flicker filter)")
     parser.add_argument("--batch-size", type=int, default=32, help="changed frames per encoder batch")
     parser.add_argument("--log-window", type=float, default=2.0, help="seconds around a log row to look for its item")
+    parser.add_argument("--torch-threads", type=int, default=1,
+                        help="CPU threads for the screen encoder (default 1: the video decoder runs in a thread of "
+                             "its own, and a pool of torch threads waiting between the few encoder calls takes its "
+                             "core; measured in benchmarks/stream_targets.py)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar with frames/s on stderr (default: when stderr is a terminal)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the counts on stdout")
@@ -64,6 +68,19 @@ def _with_progress(frames: Any, show: bool) -> Iterator[Any]:
 
 def run(args: argparse.Namespace) -> int:
     """Process the stream, write the events, report counts and frames/s."""
+    import torch
+
+    if args.torch_threads < 1:
+        raise ValueError(f"--torch-threads must be at least 1, got {args.torch_threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.torch_threads)
+    try:
+        return _stream(args)
+    finally:
+        torch.set_num_threads(previous)  # in-process callers (tests, notebooks) keep their setting
+
+
+def _stream(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from mmrec.grounding import Grounder
