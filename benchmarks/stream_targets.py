@@ -185,7 +185,7 @@ def summarize(rows: list[dict]) -> dict:
     total = {key: sum(r[key] for r in rows) for key in ("frames", "changed", "encoded", "said", "shown", "right",
                                                         "pages", "pages_found", "views", "views_right")}
     errors = [e for r in rows for e in r["dwell_errors_ms"]]
-    ranks = np.array([k for r in rows for k in r.get("page_ranks", [])])
+    ranks = np.array([k for r in rows for k in r.get("page_ranks", [])], dtype=np.int64)
     nearest = {"page_nearest_right": float((ranks == 0).mean()), "page_in_top5": float((ranks < 5).mean())} \
         if len(ranks) else {}
     return {**nearest, "frame_precision": total["right"] / max(1, total["said"]),
@@ -333,6 +333,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--duration", default="0", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.throughput_torch_threads < 1:
+        parser.error(f"--throughput-torch-threads must be at least 1, got {args.throughput_torch_threads}")
+    if args.augment and not args.train_towers:
+        parser.error("--augment changes the pages trained towers see; it needs --train-towers")
     if args.memory_child:
         return memory_child(args)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -404,8 +408,8 @@ def main() -> None:
     report["met"] = {"precision>=0.95": overall["frame_precision"] >= 0.95,
                      "recall>=0.90": overall["frame_recall"] >= 0.90,
                      # over the pages found, so only when nearly all are found (as the recall target asks)
-                     "median_dwell_error<=100ms": (overall["median_dwell_error_ms"] or 1e9) <= 100
-                     and overall["segment_recall"] >= 0.90,
+                     "median_dwell_error<=100ms": overall["median_dwell_error_ms"] is not None
+                     and overall["median_dwell_error_ms"] <= 100 and overall["segment_recall"] >= 0.90,
                      "throughput>=0.8x (180x320)": report["throughput"]["180x320"]["ratio"] >= 0.8,  # best of 5
                      "throughput>=0.8x (360x640)": report["throughput"]["360x640"]["ratio"] >= 0.8,
                      "memory10x<=1.10x": report["memory"]["ratio"] <= 1.10 if peaks else None}

@@ -26,8 +26,9 @@ class ScreenAugment:
     ``contrast``, ``saturation``: multiplier ranges (hue is kept: a colour names an article);
     ``blur_prob``: how often a 3x3 box blur is blended in (by a random weight); ``lowres_prob`` and
     ``lowres_factor``: down-then-up sampling to that share of the size; ``noise``: the largest Gaussian noise
-    std; ``occlude_prob``: chance of one filled rectangle (up to ``occlude_size`` of each side; a second one
-    with the same chance again).
+    std; ``occlude_prob``: chance of one filled rectangle, from 10 % of the width and 5 % of the height up
+    to ``occlude_size`` ``(width share, height share)`` (a second one with the same chance again). Runs on
+    the CPU, where the loader's ``collate`` calls it; ``generator`` (a CPU ``torch.Generator``) seeds it.
     """
 
     scale: tuple[float, float] = (0.9, 1.1)
@@ -75,7 +76,7 @@ class ScreenAugment:
         grey = (0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:])
         x = grey + (x - grey) * uniform(*self.saturation, 1, 1, 1)
 
-        # resolution: blend each image with a blurred and a down-up sampled copy by its own weights
+        # resolution: blend in a blurred copy by a random weight; swap in a down-up sampled one now and then
         if self.blur_prob > 0:
             blurred = F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
             weight = uniform(0, 1, 1, 1, 1) * (torch.rand(b, 1, 1, 1, generator=generator) < self.blur_prob)

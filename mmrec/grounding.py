@@ -140,7 +140,7 @@ class ScreenSpaceConfig:
     about 3e-4), ``mixed_precision``; the epoch is chosen, every ``eval_every`` epochs, on other renderings
     (recall@1 of screen → photo), never on recordings. ``augment``: per-sample changes of look, layout,
     resolution and overlays drawn anew for every training page (a `ScreenAugment`; trained towers only;
-    off by default: in a budget of 60 epochs it slowed learning, see benchmarks/stream_targets.py); ``checkpoint_dir``: where the loop checkpoints each epoch, so a long run resumes.
+    off by default: within a fixed budget it slowed learning, see the README's screen-stream section); ``checkpoint_dir``: where the loop checkpoints each epoch, so a long run resumes.
     """
 
     dim: int = 64
@@ -165,6 +165,9 @@ class ScreenSpaceConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.augment is not None and not self.train_towers:
+            raise ValueError("ScreenSpaceConfig.augment changes training pixels, which only trained towers see; "
+                             "set train_towers=True or augment=None")
         if self.eval_every < 1 or self.epochs % self.eval_every:
             raise ValueError(f"ScreenSpaceConfig.eval_every must divide epochs ({self.epochs}) so that the last "
                              f"epoch is evaluated, got {self.eval_every}")

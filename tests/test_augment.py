@@ -21,20 +21,40 @@ def test_augment_without_changes_returns_the_pixels_scaled():
 
 def test_augment_draws_per_sample_and_is_seeded():
     x = _screens(1).expand(8, -1, -1, -1)  # one screen eight times
-    out = ScreenAugment()(x, torch.Generator().manual_seed(3))
+    augment = ScreenAugment(noise=0.0)  # noise alone would make copies differ
+    out = augment(x, torch.Generator().manual_seed(3))
     assert out.shape == x.shape and out.dtype == torch.float32
     assert float(out.min()) >= 0 and float(out.max()) <= 1
     differences = [float((out[0] - out[k]).abs().mean()) for k in range(1, 8)]
     assert min(differences) > 0.01  # every copy got its own change
-    torch.testing.assert_close(ScreenAugment()(x, torch.Generator().manual_seed(3)), out)
+    torch.testing.assert_close(augment(x, torch.Generator().manual_seed(3)), out)
 
 
-@pytest.mark.parametrize("change", [dict(brightness=(1.5, 1.5)), dict(occlude_prob=1.0), dict(shift=0.2),
-                                    dict(blur_prob=1.0), dict(noise=0.2)])
+@pytest.mark.parametrize("change", [dict(brightness=(1.5, 1.5)), dict(contrast=(0.5, 0.5)),
+                                    dict(saturation=(0.0, 0.0)), dict(scale=(1.3, 1.3)), dict(shift=0.2),
+                                    dict(blur_prob=1.0), dict(lowres_prob=1.0), dict(noise=0.2),
+                                    dict(occlude_prob=1.0)])
 def test_each_change_does_something(change):
     x = _screens()
     out = ScreenAugment(**{**IDENTITY, **change})(x, torch.Generator().manual_seed(0))
     assert float((out - x.float() / 255).abs().mean()) > 1e-3
+
+
+def test_shift_moves_content_by_at_most_its_share_of_the_side():
+    x = torch.zeros(64, 3, 40, 100, dtype=torch.uint8)
+    x[:, :, :, 50] = 255  # a white column in the middle
+    out = ScreenAugment(**{**IDENTITY, "shift": 0.1})(x, torch.Generator().manual_seed(0))
+    column = out[:, 0].mean(dim=1).argmax(dim=1).float()  # where the column went, per sample
+    moved = (column - 50).abs()
+    assert float(moved.max()) <= 10 + 1 and float(moved.max()) >= 5  # up to 10 % of 100 px, and it does move
+
+
+def test_augment_needs_trained_towers():
+    from mmrec.grounding import ScreenSpaceConfig
+
+    with pytest.raises(ValueError, match="train_towers=True or augment=None"):
+        ScreenSpaceConfig(augment=ScreenAugment())
+    assert ScreenSpaceConfig(augment=ScreenAugment(), train_towers=True).augment is not None
 
 
 def test_augment_rejects_bad_input_and_unknown_keys():

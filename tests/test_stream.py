@@ -218,11 +218,18 @@ def test_cli_stream_writes_events(setup, tmp_path, capsys):
     # the world's catalog through the same reader --catalog uses for H&M-layout folders is not available
     # here, so the CLI's catalog is the default synthetic world: this checks the plumbing, not accuracy
     threads = torch.get_num_threads()
-    code = main(["stream", str(video), "--space", str(space_dir), "--catalog", "synthetic", "--out", str(out),
-                 "--json", "--no-progress", "--torch-threads", "1"])
-    report = json.loads(capsys.readouterr().out)
+    torch.set_num_threads(2)
+    try:
+        code = main(["stream", str(video), "--space", str(space_dir), "--catalog", "synthetic", "--out", str(out),
+                     "--json", "--no-progress", "--torch-threads", "1"])
+        report = json.loads(capsys.readouterr().out)
+        assert torch.get_num_threads() == 2  # the encoder's thread setting is the CLI run's only
+        assert main(["stream", str(video), "--space", str(tmp_path), "--catalog", "synthetic", "--out", str(out),
+                     "--torch-threads", "1"]) == 2  # a failing run restores it too
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0 and out.is_file()
-    assert torch.get_num_threads() == threads  # the encoder's thread setting is the CLI run's only
     assert report["frames"] == session.n_frames and 0 < report["encoded"] < report["frames"]
     assert report["rows"] == len(pd.read_parquet(out))
     assert main(["stream", str(video), "--space", str(tmp_path), "--catalog", "synthetic", "--out", str(out)]) == 2
