@@ -107,11 +107,7 @@ def hm_catalog(args: argparse.Namespace, n_sequences: int):
 
 def frame_truth(session) -> np.ndarray:
     """True item per frame (`NO_ITEM` off product pages)."""
-    out = np.full(session.n_frames, NO_ITEM, np.int64)
-    for state in session.states:
-        if state.kind == "product":
-            out[session.frame_range(state)] = state.item
-    return out
+    return session.product_per_frame()
 
 
 def record(catalog, sequence, seed: int, noise: str, out: Path, size: tuple[int, int] = (180, 320),

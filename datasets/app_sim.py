@@ -254,6 +254,14 @@ class Session:
         """Indices of the frames that show ``state``."""
         return range(round(state.start * self.fps), round(state.end * self.fps))
 
+    def product_per_frame(self) -> np.ndarray:
+        """The item whose product page each frame shows, -1 off product pages (`mmrec.grounding.NO_ITEM`)."""
+        out = np.full(self.n_frames, -1, np.int64)
+        for state in self.states:
+            if state.kind == "product":
+                out[self.frame_range(state)] = state.item
+        return out
+
     def state_at(self, t: float) -> ScreenState:
         """The state on screen at time ``t`` seconds."""
         frame = math.floor(t * self.fps + 1e-6)

@@ -1,0 +1,170 @@
+"""Screen-stream demo: an app session rendered from the catalog, turned back into behaviour events, drawn as
+a timeline of what was on screen against the truth, and the user's next items from the sequence model.
+
+1. The embedded synthetic fashion world (catalog + purchases).
+2. A grounding space: ``--space DIR`` (a saved space with its ``grounding.json`` threshold, e.g. from
+   ``benchmarks/stream_targets.py``), or a small one trained here (fixed random towers and trained
+   adapters, with the threshold calibrated on one other rendered session). The synthetic world repeats
+   photos exactly and such towers ground poorly, so expect a rough timeline: the measured figures are in
+   the README (screen streams).
+3. One real purchase sequence of the world rendered as a screen recording (mp4 + ground truth), processed
+   by `mmrec.stream.process` into ``view`` events, joined with the session's app logs into ``click`` /
+   ``cart`` / ``purchase`` events (parquet).
+4. ``timeline.png``: per frame, the true product page (top) and the grounded item (bottom), one colour per
+   item, grey where no item is on screen.
+5. SASRec (`mmrec.fusion.sequence`) trained on the world's purchases (leave-last-out), then this user's
+   top-10 next items from their history with the items the stream saw them view appended.
+
+    .venv/bin/python demos/screen_stream.py [--out out/screen_stream] [--space DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from mmrec.data import KINDS, Interactions
+from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_session, write_recording
+from mmrec.datasets.frames import video_frames
+from mmrec.datasets.synthetic import WorldConfig, make_world
+from mmrec.grounding import NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_threshold, train_screen_space
+from mmrec.space import UnifiedSpace
+from mmrec.stream import StreamConfig, StreamStats, process, write_events
+
+log = logging.getLogger("screen_stream")
+
+
+def record(catalog, sequence, seed: int, out: Path):
+    """Render one purchase sequence as an app session (touch marks, notifications, x264)."""
+    config = SimConfig(seed=seed, width=180, height=320, fps=30)
+    session = simulate_session(catalog, sequence.items, config, timestamps=sequence.timestamps)
+    write_recording(session, catalog, config, out)
+    return session, out / "recording.mp4"
+
+
+def grounding_space(args: argparse.Namespace, catalog, calibration) -> Grounder:
+    """The given space and its threshold, or a small one trained here and calibrated on ``calibration``."""
+    if args.space:
+        space = UnifiedSpace.from_pretrained(args.space)
+        threshold = json.loads((Path(args.space) / "grounding.json").read_text())["threshold"]
+        return Grounder.for_catalog(space, catalog, threshold=threshold)
+    space = train_screen_space(catalog, ScreenSpaceConfig(epochs=30))
+    grounder = Grounder.for_catalog(space, catalog)
+    session, video = calibration
+    frames = [f for f in video_frames(video) if f.index % 3 == 0]
+    codes, sims = grounder.similarities([f.image.copy() for f in frames])
+    truth = session.product_per_frame()[[f.index for f in frames]]
+    grounder.threshold, fit = calibrate_threshold(codes, sims, truth)
+    log.info("threshold %.3f calibrated on another session (precision %.2f, recall %.2f there)",
+             grounder.threshold, fit["precision"], fit["recall"])
+    return grounder
+
+
+def item_colour(item: int) -> tuple[int, int, int]:
+    """A stable colour per item code; grey for no item."""
+    if item == NO_ITEM:
+        return (215, 215, 215)
+    digest = hashlib.blake2b(str(item).encode(), digest_size=3).digest()
+    return tuple(60 + b % 170 for b in digest)
+
+
+def draw_timeline(truth: np.ndarray, predicted: np.ndarray, fps: int, path: Path) -> None:
+    """Two bands, truth above and grounding below, one column per frame (squeezed to 1,200 px)."""
+    width, band = 1200, 40
+    img = Image.new("RGB", (width + 90, 2 * band + 50), "white")
+    draw = ImageDraw.Draw(img)
+    n = len(truth)
+    for x in range(width):
+        k = min(n - 1, x * n // width)
+        draw.line([(80 + x, 10), (80 + x, 10 + band)], fill=item_colour(int(truth[k])))
+        draw.line([(80 + x, 20 + band), (80 + x, 20 + 2 * band)], fill=item_colour(int(predicted[k])))
+    draw.text((5, 10 + band // 3), "truth", fill="black")
+    draw.text((5, 20 + band + band // 3), "grounded", fill="black")
+    for second in range(0, int(n / fps) + 1, 10):
+        x = 80 + int(second * fps * width / n)
+        draw.text((x, 25 + 2 * band), f"{second}s", fill="black")
+    img.save(path)
+
+
+def next_items(world, session_user: str, views: list[int], k: int = 10) -> list[int]:
+    """SASRec on the world's purchases (leave-last-out); this user's top-k after their history + views."""
+    from mmrec.experiment import run
+    from mmrec.splits import leave_last_out
+    from mmrec.train import TrainConfig
+
+    inter = world.interactions
+    model, report = run(leave_last_out(inter), "sasrec", train_config=TrainConfig(epochs=10, batch_size=256,
+                                                                                  progress=False, patience=3))
+    log.info("SASRec on the world's purchases: test %s", {m: round(v, 4) for m, v in report["test"].items()
+                                                          if m in ("recall@10", "ndcg@10")})
+    user = int(np.flatnonzero(inter.user_ids == session_user)[0])
+    times = inter.timestamps if inter.timestamps is not None else np.zeros(len(inter.users), np.int64)
+    kinds = inter.kinds if inter.kinds is not None else np.zeros(len(inter.users), np.int8)
+    history = Interactions(np.r_[inter.users, np.full(len(views), user)], np.r_[inter.items, np.asarray(views, np.int64)],
+                           inter.user_ids, inter.item_ids, np.r_[times, times.max() + 1 + np.arange(len(views))],
+                           np.r_[kinds, np.full(len(views), KINDS.index("view"), kinds.dtype)])
+    model.set_history(history)  # the views come after every purchase, in the order the stream saw them
+    with torch.no_grad():
+        scores = model.score(torch.tensor([user])).cpu().numpy()[0]
+    return [int(i) for i in np.argsort(-scores)[:k]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="out/screen_stream")
+    parser.add_argument("--space", help="a saved space with screen and image towers and grounding.json")
+    parser.add_argument("--items", type=int, default=120, help="items in the synthetic world")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    world = make_world(WorldConfig.from_dict({"seed": args.seed, "n_users": 400, "n_items": args.items,
+                                              "n_new_items": 0, "new_interactions_per_user": [0, 0],
+                                              "missing_image_fraction": 0.0, "missing_text_fraction": 0.0}),
+                       out / "world")
+    catalog = world.catalog
+    calib_sequence, sequence = sessions_from_purchases(world.interactions, 2, min_len=3, seed=args.seed, max_len=4)
+    grounder = grounding_space(args, catalog, record(catalog, calib_sequence, 1000, out / "calibration"))
+
+    session, video = record(catalog, sequence, 2000, out / "session")
+    stats = StreamStats()
+    frames = video_frames(video)
+    with frames:
+        rows = [e for e in session.events if e.item is not None]  # the app's click / cart / purchase rows
+        logs = {"timestamp": [e.timestamp for e in rows], "kind": [e.kind for e in rows],
+                "item": [e.item for e in rows]}
+        events = list(process(frames, grounder, StreamConfig(), logs=logs, stats=stats, item_ids=catalog.ids))
+    write_events(iter(events), out / "events.parquet")
+    log.info("%d frames, %d changed, %d encoded, %.0f frames/s → %d events in %s", stats.frames, stats.changed,
+             stats.encoded, stats.frames_per_second, len(events), out / "events.parquet")
+
+    truth = session.product_per_frame()
+    predicted = np.full(len(truth), NO_ITEM, np.int64)
+    times = np.arange(len(truth)) / session.fps
+    views = [e for e in events if e.kind == "view"]
+    for e in views:
+        predicted[(times >= e.timestamp - 1e-9) & (times < e.end - 1e-9)] = e.item
+    draw_timeline(truth, predicted, session.fps, out / "timeline.png")
+    shown = truth != NO_ITEM
+    right = (predicted == truth) & shown
+    log.info("timeline: %s; frames of a product page grounded to it: %d of %d", out / "timeline.png",
+             right.sum(), shown.sum())
+
+    viewed = [int(e.item) for e in views]
+    for e in views:
+        log.info("view %-40s %5.1f s", catalog.titles[e.item][:40], e.dwell)
+    top = next_items(world, session.user_id or sequence.user_id, viewed)
+    print("next items for", sequence.user_id, "after viewing", [catalog.titles[i] for i in viewed])
+    for rank, code in enumerate(top, 1):
+        print(f"{rank:2d}. {catalog.titles[code]}")
+
+
+if __name__ == "__main__":
+    main()
