@@ -57,7 +57,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmrec.datasets.app_sim import (PurchaseSequence, SimConfig, sessions_from_purchases, simulate_session,
+from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_from_purchases, simulate_session,
                                     write_recording)
 from mmrec.datasets.frames import video_frames
 from mmrec.fusion.augment import ScreenAugment
@@ -84,25 +84,13 @@ def synthetic_catalog(args: argparse.Namespace, out: Path):
 
 def hm_catalog(args: argparse.Namespace, n_sequences: int):
     """``args.items`` H&M articles with photos: those bought in ``n_sequences`` purchase sequences drawn from
-    the real transactions (as `sessions_from_purchases` draws them), the rest drawn at random (seeded);
-    returns the sub-catalog and the sequences in its codes."""
+    the real transactions, the rest drawn at random (seeded; `catalog_for_sequences`); returns the
+    sub-catalog and the sequences in its codes."""
     from mmrec.datasets import hm
 
     catalog, interactions = hm.load(args.hm)
-    has_photo = np.array([p is not None for p in catalog.image_paths], bool)
-    interactions = interactions.select(has_photo[interactions.items])
-    sequences = sessions_from_purchases(interactions, n_sequences, min_len=2, seed=args.seed, max_len=4)
-    bought = list(dict.fromkeys(int(i) for s in sequences for i in s.items))
-    if len(bought) > args.items:
-        logging.warning("the %d purchase sequences hold %d articles, more than --items %d: the catalog has them all",
-                        n_sequences, len(bought), args.items)
-    rng = np.random.default_rng([args.seed, 5])
-    others = rng.permutation(np.setdiff1d(np.flatnonzero(has_photo), bought))[:max(0, args.items - len(bought))]
-    codes = np.array(bought + sorted(others.tolist()), np.int64)
-    new = {int(c): k for k, c in enumerate(codes)}
-    sequences = [PurchaseSequence(s.user, s.user_id, np.array([new[int(i)] for i in s.items]), s.timestamps)
-                 for s in sequences]
-    return catalog.subset(codes), sequences
+    sub, sequences, _ = catalog_for_sequences(catalog, interactions, n_sequences, args.items, seed=args.seed)
+    return sub, sequences
 
 
 def frame_truth(session) -> np.ndarray:

@@ -353,6 +353,36 @@ def sessions_from_purchases(interactions: Interactions, n: int, min_len: int = 2
 
 # ------------------------------------------------------------------------------------- prices, photos
 
+def catalog_for_sequences(catalog: Catalog, interactions: Interactions, n_sequences: int, n_items: int, *,
+                          seed: int = 0, min_len: int = 2, max_len: int | None = 4
+                          ) -> tuple[Catalog, list[PurchaseSequence], Interactions]:
+    """A sub-catalog for simulated sessions: ``n_items`` items with photos, those bought in ``n_sequences``
+    purchase sequences drawn from ``interactions`` (as `sessions_from_purchases` draws them) first, the rest
+    drawn at random (seeded). Returns the sub-catalog, the sequences in its codes, and the interactions on
+    its items re-coded into it (users keep their codes). All the sequences' items are kept even when
+    they are more than ``n_items`` (logged)."""
+    has_photo = np.array([p is not None for p in catalog.image_paths], bool)
+    with_photo = interactions.select(has_photo[interactions.items])
+    sequences = sessions_from_purchases(with_photo, n_sequences, min_len=min_len, seed=seed, max_len=max_len)
+    bought = list(dict.fromkeys(int(i) for s in sequences for i in s.items))
+    if len(bought) > n_items:
+        logger.warning("the %d purchase sequences hold %d items, more than the %d asked for: the catalog has "
+                       "them all", n_sequences, len(bought), n_items)
+    rng = np.random.default_rng([seed, 5])
+    others = rng.permutation(np.setdiff1d(np.flatnonzero(has_photo), bought))[:max(0, n_items - len(bought))]
+    codes = np.array(bought + sorted(others.tolist()), np.int64)
+    new = {int(c): k for k, c in enumerate(codes)}
+    sequences = [PurchaseSequence(s.user, s.user_id, np.array([new[int(i)] for i in s.items]), s.timestamps)
+                 for s in sequences]
+    remap = np.full(len(catalog), -1, np.int64)
+    remap[codes] = np.arange(len(codes))
+    rows = interactions.select(remap[interactions.items] >= 0)
+    sub = catalog.subset(codes)
+    on_items = Interactions(rows.users, remap[rows.items], rows.user_ids, np.asarray(sub.ids), rows.timestamps,
+                            rows.kinds, rows.weights)
+    return sub, sequences, on_items
+
+
 def item_price(catalog: Catalog, code: int) -> float:
     """The shop price of an item: the catalog's ``price`` attribute where it has one, else a stable price
     derived from the item id (``$4.99``–``$99.99``; H&M's own prices are normalised and not kept)."""

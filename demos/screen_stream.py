@@ -1,7 +1,8 @@
 """Screen-stream demo: an app session rendered from the catalog, turned back into behaviour events, drawn as
 a timeline of what was on screen against the truth, and the user's next items from the sequence model.
 
-1. The embedded synthetic fashion world (catalog + purchases).
+1. The embedded synthetic fashion world (catalog + purchases), or with ``--hm PATH`` ``--items`` H&M
+   articles (those of real purchase sequences first: `catalog_for_sequences`) and their purchases.
 2. A grounding space: ``--space DIR`` (a saved space with its ``grounding.json`` threshold, e.g. from
    ``benchmarks/stream_targets.py``), or a small one trained here (fixed random towers and trained
    adapters, with the threshold calibrated on one other rendered session). The synthetic world repeats
@@ -16,6 +17,7 @@ a timeline of what was on screen against the truth, and the user's next items fr
    top-10 next items from their history with the items the stream saw them view appended.
 
     .venv/bin/python demos/screen_stream.py [--out out/screen_stream] [--space DIR]
+    .venv/bin/python demos/screen_stream.py --hm ../shared/data/hm --items 1000 --space out/stream_hm3/space
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmrec.data import KINDS, Interactions
-from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_session, write_recording
+from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_from_purchases, simulate_session,
+                                    write_recording)
 from mmrec.datasets.frames import video_frames
 from mmrec.datasets.synthetic import WorldConfig, make_world
 from mmrec.grounding import NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_threshold, train_screen_space
@@ -92,16 +95,15 @@ def draw_timeline(truth: np.ndarray, predicted: np.ndarray, fps: int, path: Path
     img.save(path)
 
 
-def next_items(world, session_user: str, views: list[int], k: int = 10) -> list[int]:
-    """SASRec on the world's purchases (leave-last-out); this user's top-k after their history + views."""
+def next_items(inter: Interactions, session_user: str, views: list[int], k: int = 10) -> list[int]:
+    """SASRec on the purchases (leave-last-out); this user's top-k after their history + the views."""
     from mmrec.experiment import run
     from mmrec.splits import leave_last_out
     from mmrec.train import TrainConfig
 
-    inter = world.interactions
     model, report = run(leave_last_out(inter), "sasrec", train_config=TrainConfig(epochs=10, batch_size=256,
                                                                                   progress=False, patience=3))
-    log.info("SASRec on the world's purchases: test %s", {m: round(v, 4) for m, v in report["test"].items()
+    log.info("SASRec on the purchases: test %s", {m: round(v, 4) for m, v in report["test"].items()
                                                           if m in ("recall@10", "ndcg@10")})
     user = int(np.flatnonzero(inter.user_ids == session_user)[0])
     times = inter.timestamps if inter.timestamps is not None else np.zeros(len(inter.users), np.int64)
@@ -119,18 +121,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/screen_stream")
     parser.add_argument("--space", help="a saved space with screen and image towers and grounding.json")
-    parser.add_argument("--items", type=int, default=120, help="items in the synthetic world")
+    parser.add_argument("--hm", help="an H&M folder (Kaggle layout) instead of the synthetic world")
+    parser.add_argument("--items", type=int, default=120, help="items in the catalog")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    world = make_world(WorldConfig.from_dict({"seed": args.seed, "n_users": 400, "n_items": args.items,
-                                              "n_new_items": 0, "new_interactions_per_user": [0, 0],
-                                              "missing_image_fraction": 0.0, "missing_text_fraction": 0.0}),
-                       out / "world")
-    catalog = world.catalog
-    calib_sequence, sequence = sessions_from_purchases(world.interactions, 2, min_len=3, seed=args.seed, max_len=4)
+    if args.hm:
+        from mmrec.datasets import hm
+
+        catalog, interactions = hm.load(args.hm)
+        catalog, (calib_sequence, sequence), interactions = catalog_for_sequences(
+            catalog, interactions, 2, args.items, seed=args.seed, min_len=3)
+    else:
+        world = make_world(WorldConfig.from_dict({"seed": args.seed, "n_users": 400, "n_items": args.items,
+                                                  "n_new_items": 0, "new_interactions_per_user": [0, 0],
+                                                  "missing_image_fraction": 0.0, "missing_text_fraction": 0.0}),
+                           out / "world")
+        catalog, interactions = world.catalog, world.interactions
+        calib_sequence, sequence = sessions_from_purchases(interactions, 2, min_len=3, seed=args.seed, max_len=4)
     grounder = grounding_space(args, catalog, record(catalog, calib_sequence, 1000, out / "calibration"))
 
     session, video = record(catalog, sequence, 2000, out / "session")
@@ -160,7 +170,7 @@ def main() -> None:
     viewed = [int(e.item) for e in views]
     for e in views:
         log.info("view %-40s %5.1f s", catalog.titles[e.item][:40], e.dwell)
-    top = next_items(world, session.user_id or sequence.user_id, viewed)
+    top = next_items(interactions, sequence.user_id, viewed)
     print("next items for", sequence.user_id, "after viewing", [catalog.titles[i] for i in viewed])
     for rank, code in enumerate(top, 1):
         print(f"{rank:2d}. {catalog.titles[code]}")
