@@ -9,7 +9,7 @@ The catalog is the synthetic world's (whose photos repeat: one cut and colour un
 1. A grounding space is trained for the catalog (`mmrec.grounding.train_screen_space`: product pages
    rendered offline, never the recordings; fixed random towers and trained adapters, or with
    ``--train-towers`` towers trained too, which wants a GPU).
-2. Calibration: the similarity threshold is fitted (`calibrate_threshold`, best F1 per frame) on recordings
+2. Calibration: the similarity threshold is fitted (`calibrate_on_frames`, best F1 per frame) on recordings
    of sessions drawn with seed ``--seed``, rendered with noise setting ``calib``.
 3. Measurement on recordings of *other* sessions rendered with the noise settings ``arrow`` and ``clean``
    (never used for calibration), each decoded by `video_frames` and processed by `mmrec.stream.segments`:
@@ -61,7 +61,7 @@ from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_f
                                     write_recording)
 from mmrec.datasets.frames import video_frames
 from mmrec.fusion.augment import ScreenAugment
-from mmrec.grounding import (NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_threshold, embed_screens,
+from mmrec.grounding import (NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_on_frames, embed_screens,
                              train_screen_space)
 from mmrec.stream import StreamConfig, StreamStats, segments
 
@@ -93,11 +93,6 @@ def hm_catalog(args: argparse.Namespace, n_sequences: int):
     return sub, sequences
 
 
-def frame_truth(session) -> np.ndarray:
-    """True item per frame (`NO_ITEM` off product pages)."""
-    return session.product_per_frame()
-
-
 def record(catalog, sequence, seed: int, noise: str, out: Path, size: tuple[int, int] = (180, 320),
            dwell_scale: float = 1.0):
     """Render one session; ``dwell_scale`` stretches every dwell range (a user who reads pages longer)."""
@@ -109,20 +104,10 @@ def record(catalog, sequence, seed: int, noise: str, out: Path, size: tuple[int,
     return session, out / "recording.mp4"
 
 
-def calibrate(grounder: Grounder, recordings: list) -> tuple[float, dict]:
-    codes, sims, truth = [], [], []
-    for session, video in recordings:
-        labels = frame_truth(session)
-        frames = [f for f in video_frames(video) if f.index % 3 == 0]
-        c, s = grounder.similarities([f.image.copy() for f in frames])
-        codes.append(c), sims.append(s), truth.append(labels[[f.index for f in frames]])
-    return calibrate_threshold(np.concatenate(codes), np.concatenate(sims), np.concatenate(truth))
-
-
 def measure(grounder: Grounder, session, video: Path, config: StreamConfig) -> dict:
     stats = StreamStats()
     segs = list(segments(video_frames(video), grounder, config, stats))
-    truth = frame_truth(session)
+    truth = session.product_per_frame()
     times = np.arange(session.n_frames) / session.fps
     predicted = np.full(session.n_frames, NO_ITEM, np.int64)
     for s in segs:
@@ -189,7 +174,7 @@ class OracleGrounder:
     threshold = 0.5
 
     def __init__(self, session, video: Path) -> None:
-        truth = frame_truth(session)
+        truth = session.product_per_frame()
         self.labels = {_digest(f.image): int(truth[f.index]) for f in video_frames(video)}
 
     def similarities(self, screens) -> tuple[np.ndarray, np.ndarray]:
@@ -352,7 +337,8 @@ def main() -> None:
     grounder = Grounder.for_catalog(space, catalog)
 
     calib = [record(catalog, s, 1000 + k, "calib", out / f"calib{k}") for k, s in enumerate(calib_seqs)]
-    threshold, fit = calibrate(grounder, calib)
+    threshold, fit = calibrate_on_frames(grounder, ((video_frames(v), s.product_per_frame()) for s, v in calib),
+                                         every=3)
     grounder.threshold = threshold
     (out / "space" / "grounding.json").write_text(json.dumps({"threshold": threshold, "calibration": fit,
                                                               "noise": NOISE["calib"]}, default=list))

@@ -36,7 +36,7 @@ from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_f
                                     write_recording)
 from mmrec.datasets.frames import video_frames
 from mmrec.datasets.synthetic import WorldConfig, make_world
-from mmrec.grounding import NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_threshold, train_screen_space
+from mmrec.grounding import NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_on_frames, train_screen_space
 from mmrec.space import UnifiedSpace
 from mmrec.stream import StreamConfig, StreamStats, process, write_events
 
@@ -60,10 +60,8 @@ def grounding_space(args: argparse.Namespace, catalog, calibration) -> Grounder:
     space = train_screen_space(catalog, ScreenSpaceConfig(epochs=30))
     grounder = Grounder.for_catalog(space, catalog)
     session, video = calibration
-    frames = [f for f in video_frames(video) if f.index % 3 == 0]
-    codes, sims = grounder.similarities([f.image.copy() for f in frames])
-    truth = session.product_per_frame()[[f.index for f in frames]]
-    grounder.threshold, fit = calibrate_threshold(codes, sims, truth)
+    grounder.threshold, fit = calibrate_on_frames(grounder, [(video_frames(video), session.product_per_frame())],
+                                                  every=3)
     log.info("threshold %.3f calibrated on another session (precision %.2f, recall %.2f there)",
              grounder.threshold, fit["precision"], fit["recall"])
     return grounder
@@ -106,12 +104,9 @@ def next_items(inter: Interactions, session_user: str, views: list[int], k: int 
     log.info("SASRec on the purchases: test %s", {m: round(v, 4) for m, v in report["test"].items()
                                                           if m in ("recall@10", "ndcg@10")})
     user = int(np.flatnonzero(inter.user_ids == session_user)[0])
-    times = inter.timestamps if inter.timestamps is not None else np.zeros(len(inter.users), np.int64)
-    kinds = inter.kinds if inter.kinds is not None else np.zeros(len(inter.users), np.int8)
-    history = Interactions(np.r_[inter.users, np.full(len(views), user)], np.r_[inter.items, np.asarray(views, np.int64)],
-                           inter.user_ids, inter.item_ids, np.r_[times, times.max() + 1 + np.arange(len(views))],
-                           np.r_[kinds, np.full(len(views), KINDS.index("view"), kinds.dtype)])
-    model.set_history(history)  # the views come after every purchase, in the order the stream saw them
+    seen = Interactions(np.full(len(views), user), np.asarray(views, np.int64), inter.user_ids, inter.item_ids,
+                        inter.timestamps.max() + 1 + np.arange(len(views)), np.full(len(views), KINDS.index("view")))
+    model.set_history(inter.concat(seen))  # the views come after every purchase, in the order the stream saw them
     with torch.no_grad():
         scores = model.score(torch.tensor([user])).cpu().numpy()[0]
     return [int(i) for i in np.argsort(-scores)[:k]]

@@ -11,8 +11,7 @@ small share of a training step on a CPU.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +28,7 @@ class ScreenAugment:
     std; ``occlude_prob``: chance of one filled rectangle, from 10 % of the width and 5 % of the height up
     to ``occlude_size`` ``(width share, height share)`` (a second one with the same chance again). Runs on
     the CPU, where the loader's ``collate`` calls it; ``generator`` (a CPU ``torch.Generator``) seeds it.
+    From a dict with `mmrec.config.from_dict` (unknown keys are errors, lists become tuples).
     """
 
     scale: tuple[float, float] = (0.9, 1.1)
@@ -42,15 +42,6 @@ class ScreenAugment:
     noise: float = 0.02
     occlude_prob: float = 0.3
     occlude_size: tuple[float, float] = (0.5, 0.12)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "ScreenAugment":
-        """From a plain dict; unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ScreenAugment keys {unknown}; known: {sorted(known)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if images.ndim != 4 or images.shape[1] != 3:

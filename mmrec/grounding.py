@@ -3,7 +3,8 @@
 A `Grounder` embeds screenshots with the space's ``screen`` tower + adapter (`UnifiedSpace.embed_screens`)
 and compares them with the catalog's item vectors (`UnifiedSpace.embed_images` of the item photos): the
 nearest item is "on screen" when its cosine similarity reaches ``threshold``, else the screen shows "no
-item" (grids, bag, checkout). `calibrate_threshold` picks that threshold on labelled frames.
+item" (grids, bag, checkout). `calibrate_threshold` picks that threshold on labelled frames
+(`calibrate_on_frames`: on labelled streams).
 
 `train_screen_space` builds such a space for a catalog from scratch (no pretrained weights are reachable
 offline): tiny timm ViTs at a seeded random init, kept fixed, and MLP adapters trained with pair
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -123,6 +124,23 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray) 
     return threshold, {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k])}
 
 
+def calibrate_on_frames(grounder: Grounder, labelled: Iterable[tuple[Iterable[Any], np.ndarray]],
+                        every: int = 1) -> tuple[float, dict[str, float]]:
+    """`calibrate_threshold` on labelled streams: ``(frames, true item per frame index)`` pairs (frames with
+    ``index`` and ``image``, as the `mmrec.datasets.frames` sources give them), every ``every``-th frame
+    grounded. Returns the threshold and the fit; the grounder is not changed."""
+    if every < 1:
+        raise ValueError(f"every must be at least 1, got {every}")
+    codes, sims, truth = [], [], []
+    for frames, labels in labelled:
+        kept = [(f.index, f.image.copy()) for f in frames if f.index % every == 0]  # a copy frees the batch
+        c, s = grounder.similarities([image for _, image in kept])
+        codes.append(c), sims.append(s), truth.append(np.asarray(labels)[[index for index, _ in kept]])
+    if not codes:
+        raise ValueError("calibration needs at least one labelled stream")
+    return calibrate_threshold(np.concatenate(codes), np.concatenate(sims), np.concatenate(truth))
+
+
 # ------------------------------------------------------------------------------------------- training
 
 @dataclass
@@ -140,7 +158,8 @@ class ScreenSpaceConfig:
     about 3e-4), ``mixed_precision``; the epoch is chosen, every ``eval_every`` epochs, on other renderings
     (recall@1 of screen → photo), never on recordings. ``augment``: per-sample changes of look, layout,
     resolution and overlays drawn anew for every training page (a `ScreenAugment`; trained towers only;
-    off by default: within a fixed budget it slowed learning, see the README's screen-stream section); ``checkpoint_dir``: where the loop checkpoints each epoch, so a long run resumes.
+    off by default: within a fixed budget it slowed learning, see the README's screen-stream section).
+    ``checkpoint_dir``: where the loop checkpoints each epoch, so a long run resumes.
     """
 
     dim: int = 64

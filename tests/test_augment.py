@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmrec.config import from_dict
 from mmrec.fusion.alignment import CatalogPairs
 from mmrec.fusion.augment import ScreenAugment
 
@@ -60,9 +61,9 @@ def test_augment_needs_trained_towers():
 def test_augment_rejects_bad_input_and_unknown_keys():
     with pytest.raises(ValueError, match="batch, 3, height, width"):
         ScreenAugment()(torch.zeros(3, 48, 28, dtype=torch.uint8))
-    with pytest.raises(ValueError, match="unknown ScreenAugment keys \\['blur'\\]"):
-        ScreenAugment.from_dict({"blur": 1.0})
-    assert ScreenAugment.from_dict({"scale": [0.8, 1.2]}).scale == (0.8, 1.2)
+    with pytest.raises(ValueError, match="ScreenAugment: unknown key\\(s\\) \\['blur'\\]"):
+        from_dict(ScreenAugment, {"blur": 1.0})
+    assert from_dict(ScreenAugment, {"scale": [0.8, 1.2]}).scale == (0.8, 1.2)
 
 
 def test_catalog_pairs_augment_only_pixel_modalities_and_only_in_batches():

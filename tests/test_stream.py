@@ -11,19 +11,11 @@ import torch
 
 from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_session, write_recording
 from mmrec.datasets.frames import iterator_frames, video_frames
-from mmrec.grounding import (NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_threshold, embed_screens,
-                             train_screen_space)
+from mmrec.grounding import (NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_on_frames, calibrate_threshold,
+                             embed_screens, train_screen_space)
 from mmrec.stream import Segmenter, StreamConfig, StreamStats, events, process, segments, write_events
 
 SIM = dict(fps=15, width=120, height=208, notification_prob=0.0, jpeg_quality=(60, 90))
-
-
-def _frame_truth(session) -> np.ndarray:
-    out = np.full(session.n_frames, NO_ITEM, np.int64)
-    for state in session.states:
-        if state.kind == "product":
-            out[session.frame_range(state)] = state.item
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +34,8 @@ def setup(tmp_path_factory):
     calib_cfg, test_cfg = SimConfig(seed=1, cursor="touch", **SIM), SimConfig(seed=2, cursor="arrow", **SIM)
     calib = simulate_session(world.catalog, calib_seq.items, calib_cfg)
     write_recording(calib, world.catalog, calib_cfg, root / "calib")
-    frames = list(video_frames(root / "calib" / "recording.mp4"))
-    codes, sims = grounder.similarities([f.image.copy() for f in frames])
-    grounder.threshold, _ = calibrate_threshold(codes, sims, _frame_truth(calib)[[f.index for f in frames]])
+    grounder.threshold, _ = calibrate_on_frames(
+        grounder, [(video_frames(root / "calib" / "recording.mp4"), calib.product_per_frame())])
     session = simulate_session(world.catalog, test_seq.items, test_cfg)
     write_recording(session, world.catalog, test_cfg, root / "test")
     return world, space, grounder, session, root / "test" / "recording.mp4", root
