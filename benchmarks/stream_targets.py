@@ -6,7 +6,7 @@
 The catalog is the synthetic world's (whose photos repeat: one cut and colour under several names) or
 ``--items`` H&M articles with photos, those of real purchase sequences first (``--catalog hm``).
 
-1. A grounding space is trained for the catalog (`mmrec.grounding.train_screen_space`: product pages
+1. A grounding space is trained for the catalog (`mmrec.screen_space.train_screen_space`: product pages
    rendered offline, never the recordings; fixed random towers and trained adapters, or with
    ``--train-towers`` towers trained too, which wants a GPU).
 2. Calibration: the similarity threshold is fitted (`calibrate_on_frames`, best F1 per frame) on recordings
@@ -21,7 +21,8 @@ The catalog is the synthetic world's (whose photos repeat: one cut and colour un
    - dwell error: |detected dwell − true dwell| (ms) of each truth product page and the view of the same
      item that overlaps it most; median over pages found.
    - thresholds aside, ``page_nearest_right``: the share of truth product pages whose frame three quarters
-     in has the true item nearest (``page_in_top5``: among the 5 nearest) — what the tower gets right.
+     in has the true item nearest (``page_in_top5``: among the 5 nearest) — what the tower gets right —
+     and ``page_named_right``: the share the grounder names (the same, or after ``--photo-check``).
 4. Throughput: the test session with the most unchanged frames, rendered again at 180x320 and 360x640
    with every dwell stretched by ``--throughput-dwell-scale`` (the target holds for recordings with
    ≥ 90 % unchanged frames; the share is reported): bare sequential decord decoding
@@ -61,8 +62,10 @@ from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_f
                                     write_recording)
 from mmrec.datasets.frames import video_frames
 from mmrec.fusion.augment import ScreenAugment
-from mmrec.grounding import (NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_on_frames, embed_screens,
-                             train_screen_space)
+from mmrec.grounding import (NO_ITEM, Grounder, GroundingSettings, calibrate_on_frames, embed_screens, embed_windows,
+                             load_grounding, save_grounding)
+from mmrec.screen_space import ScreenSpaceConfig, train_screen_space, training_photo_boxes
+from mmrec.screen_windows import PhotoCheck, ScreenWindows
 from mmrec.stream import StreamConfig, StreamStats, segments
 
 NOISE = {  # calibration uses "calib" only; the targets are measured on the others
@@ -133,20 +136,26 @@ def measure(grounder: Grounder, session, video: Path, config: StreamConfig) -> d
             "views_right": int(view_right), "dwell_errors_ms": errors}
 
 
-def page_ranks(grounder: Grounder, session, video: Path) -> list[int]:
-    """Rank of the true item among all items for each product page, on its decoded frame three quarters of
-    the way in (0: nearest), thresholds aside: how far the grounding tower is from naming the page."""
+def page_ranks(grounder: Grounder, session, video: Path) -> tuple[list[int], list[bool]]:
+    """For each product page, on its decoded frame three quarters of the way in, thresholds aside: the rank of
+    the true item among all items by the tower (0: nearest; each item's best window when the grounder has
+    windows) — how far the tower is from naming the page — and whether the grounder names it (with a
+    `PhotoCheck`, after re-ranking by photo)."""
     wanted = {}
     for state in session.states:
         if state.kind == "product":
             frames = session.frame_range(state)
             wanted[frames[len(frames) * 3 // 4]] = int(state.item)
     shown = [(f.image.copy(), wanted[f.index]) for f in video_frames(video) if f.index in wanted]
-    vectors = embed_screens(grounder.space, [Image.fromarray(image) for image, _ in shown])
-    sims = vectors @ grounder.item_vectors.t()
+    images = [Image.fromarray(image) for image, _ in shown]
+    if grounder.windows is None:
+        sims = embed_screens(grounder.space, images) @ grounder.item_vectors.t()
+    else:
+        sims = (embed_windows(grounder.space, images, grounder.windows) @ grounder.item_vectors.t()).amax(dim=1)
     items = np.array([item for _, item in shown])
     true = sims[np.arange(len(items)), items]
-    return (sims > true[:, None]).sum(1).cpu().tolist()
+    named = grounder.similarities(images)[0] == items
+    return (sims > true[:, None]).sum(1).cpu().tolist(), named.tolist()
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -155,8 +164,9 @@ def summarize(rows: list[dict]) -> dict:
                                                         "pages", "pages_found", "views", "views_right")}
     errors = [e for r in rows for e in r["dwell_errors_ms"]]
     ranks = np.array([k for r in rows for k in r.get("page_ranks", [])], dtype=np.int64)
-    nearest = {"page_nearest_right": float((ranks == 0).mean()), "page_in_top5": float((ranks < 5).mean())} \
-        if len(ranks) else {}
+    named = np.array([k for r in rows for k in r.get("page_named", [])], dtype=bool)
+    nearest = {"page_nearest_right": float((ranks == 0).mean()), "page_in_top5": float((ranks < 5).mean()),
+               "page_named_right": float(named.mean())} if len(ranks) else {}
     return {**nearest, "frame_precision": total["right"] / max(1, total["said"]),
             "frame_recall": total["right"] / max(1, total["shown"]),
             "segment_precision": total["views_right"] / max(1, total["views"]),
@@ -235,8 +245,9 @@ def memory_child(args: argparse.Namespace) -> None:
 
     catalog = _catalog(args, Path(args.out))[0]
     space = UnifiedSpace.from_pretrained(Path(args.out) / "space")
-    threshold = json.loads((Path(args.out) / "space" / "grounding.json").read_text())["threshold"]
-    grounder = Grounder.for_catalog(space, catalog, threshold=threshold)
+    settings = load_grounding(Path(args.out) / "space")
+    grounder = Grounder.for_catalog(space, catalog, threshold=settings.threshold, windows=settings.windows,
+                                    check=settings.check)
     video, duration = Path(args.memory_child), float(args.duration)
     frames = itertools.chain.from_iterable(video_frames(video, start_time=k * duration) for k in range(args.repeat))
     stats = StreamStats()
@@ -290,6 +301,24 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=ScreenSpaceConfig.eval_every)
     parser.add_argument("--augment", action="store_true",
                         help="train towers on pages with ScreenAugment's random changes (look, layout, blur, overlays)")
+    parser.add_argument("--windows", choices=["fit", "screen"],
+                        help="search each screen for the photo with towers trained on such windows (48x32 inputs), "
+                             "instead of embedding the whole screen: 'fit': windows fitted to where the training "
+                             "pages put photos (ScreenWindows.fit); 'screen': ScreenWindows' defaults, all over")
+    parser.add_argument("--photo-check", action="store_true",
+                        help="re-rank the windowed search's 10 best candidates by their photo (PhotoCheck; --windows)")
+    parser.add_argument("--window-crops", type=int, default=ScreenSpaceConfig.window_crops,
+                        help="windows per rendered page in training (--windows)")
+    parser.add_argument("--negative-crops", type=int, default=ScreenSpaceConfig.negative_crops,
+                        help="windows per rendered page that miss the photo, trained as 'no item' (--windows)")
+    parser.add_argument("--negative-screens", type=int, default=ScreenSpaceConfig.negative_screens,
+                        help="screens without an item (simulated with training seeds) whose windows are negatives")
+    parser.add_argument("--window-input", default="48x32", help="tower input HEIGHTxWIDTH with --windows")
+    parser.add_argument("--patch", type=int, default=ScreenSpaceConfig.patch, help="the towers' ViT patch size")
+    parser.add_argument("--jpeg-share", type=float, default=ScreenSpaceConfig.jpeg_share,
+                        help="share of training pages JPEG-compressed (the rest stay lossless)")
+    parser.add_argument("--overlays", type=float, default=ScreenSpaceConfig.overlays,
+                        help="share of training pages with a notification banner and a pointer drawn over them")
     parser.add_argument("--checkpoint-dir", help="checkpoint tower training here each epoch (a rerun resumes)")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--device", default=None, help="where grounding runs (default: cuda when there is one; training goes where accelerate puts it)")
@@ -304,6 +333,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.throughput_torch_threads < 1:
         parser.error(f"--throughput-torch-threads must be at least 1, got {args.throughput_torch_threads}")
+    if args.photo_check and not args.windows:
+        parser.error("--photo-check re-ranks a windowed search; it needs --windows")
     if args.augment and not args.train_towers:
         parser.error("--augment changes the pages trained towers see; it needs --train-towers")
     if args.memory_child:
@@ -321,28 +352,43 @@ def main() -> None:
     from mmrec.space import UnifiedSpace
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    windows, window_input = None, tuple(int(v) for v in args.window_input.split("x"))
+    if args.windows == "screen":
+        windows = ScreenWindows()
+    elif args.windows == "fit":  # where the pages trained on put the photo, never the recordings
+        layouts = ScreenSpaceConfig(seed=args.seed, renderings=args.renderings)
+        windows = ScreenWindows.fit(training_photo_boxes(catalog, layouts), layouts.page_size)
     if args.reuse_space and (out / "space" / "space.json").is_file():
         report["space"] = "reused"  # trained by an earlier run for this world
     else:
         space_config = ScreenSpaceConfig(seed=args.seed, train_towers=args.train_towers, renderings=args.renderings,
                                          epochs=args.epochs, lr=args.lr, eval_every=args.eval_every,
                                          mixed_precision=args.mixed_precision, checkpoint_dir=args.checkpoint_dir,
-                                         augment=ScreenAugment() if args.augment else None)
+                                         augment=ScreenAugment() if args.augment else None,
+                                         overlays=args.overlays, windows=windows, window_crops=args.window_crops,
+                                         negative_crops=args.negative_crops if windows else 0,
+                                         negative_screens=args.negative_screens if windows else 0,
+                                         patch=args.patch, jpeg_share=args.jpeg_share,
+                                         **(dict(screen_size=window_input, image_size=window_input) if windows else {}))
         space = train_screen_space(catalog, space_config)
         space.save_pretrained(out / "space")
         report["train_seconds"] = round(time.perf_counter() - t, 1)
         report["space_config"] = dataclasses.asdict(space_config)
     space = UnifiedSpace.from_pretrained(out / "space", device=device)
     report["device"] = str(space.device) + (f" ({torch.cuda.get_device_name()})" if space.device.type == "cuda" else "")
-    grounder = Grounder.for_catalog(space, catalog)
+    check = PhotoCheck() if args.photo_check else None
+    grounder = Grounder.for_catalog(space, catalog, windows=windows, check=check)
 
     calib = [record(catalog, s, 1000 + k, "calib", out / f"calib{k}") for k, s in enumerate(calib_seqs)]
     threshold, fit = calibrate_on_frames(grounder, ((video_frames(v), s.product_per_frame()) for s, v in calib),
                                          every=3)
     grounder.threshold = threshold
-    (out / "space" / "grounding.json").write_text(json.dumps({"threshold": threshold, "calibration": fit,
-                                                              "noise": NOISE["calib"]}, default=list))
+    save_grounding(out / "space", GroundingSettings(threshold, windows, check), calibration=fit,
+                   noise=NOISE["calib"])
     report["calibration"] = {"threshold": threshold, "noise": "calib", **fit}
+    report["windows"] = None if windows is None else {**dataclasses.asdict(windows), "per_screen": {
+        f"{w}x{h}": windows.count(w, h) for w, h in ((180, 320), (360, 640))}}
+    report["photo_check"] = None if check is None else dataclasses.asdict(check)
 
     config = StreamConfig()
     results, oracle = {}, {}
@@ -350,7 +396,7 @@ def main() -> None:
         for k, s in enumerate(test_seqs):
             session, video = record(catalog, s, 2000 + k, noise, out / f"test_{noise}{k}")
             row = measure(grounder, session, video, config)
-            row["page_ranks"] = page_ranks(grounder, session, video)
+            row["page_ranks"], row["page_named"] = page_ranks(grounder, session, video)
             results[(noise, k)] = (row, video, session.duration)
             oracle[(noise, k)] = measure(OracleGrounder(session, video), session, video, config)
     report["targets"] = {noise: summarize([r for (n, _), (r, _, _) in results.items() if noise in (n, "all")])

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 from pathlib import Path
 
@@ -36,7 +35,8 @@ from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_f
                                     write_recording)
 from mmrec.datasets.frames import video_frames
 from mmrec.datasets.synthetic import WorldConfig, make_world
-from mmrec.grounding import NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_on_frames, train_screen_space
+from mmrec.grounding import NO_ITEM, Grounder, calibrate_on_frames, load_grounding
+from mmrec.screen_space import ScreenSpaceConfig, train_screen_space
 from mmrec.space import UnifiedSpace
 from mmrec.stream import StreamConfig, StreamStats, process, write_events
 
@@ -55,8 +55,9 @@ def grounding_space(args: argparse.Namespace, catalog, calibration) -> Grounder:
     """The given space and its threshold, or a small one trained here and calibrated on ``calibration``."""
     if args.space:
         space = UnifiedSpace.from_pretrained(args.space)
-        threshold = json.loads((Path(args.space) / "grounding.json").read_text())["threshold"]
-        return Grounder.for_catalog(space, catalog, threshold=threshold)
+        settings = load_grounding(args.space)
+        return Grounder.for_catalog(space, catalog, threshold=settings.threshold, windows=settings.windows,
+                                    check=settings.check)
     space = train_screen_space(catalog, ScreenSpaceConfig(epochs=30))
     grounder = Grounder.for_catalog(space, catalog)
     session, video = calibration

@@ -64,13 +64,16 @@ class CatalogPairs(Dataset):
     carries ``"<modality>:mask"`` wherever some rows lack the modality, and each pair's loss uses only
     the rows that have both sides. ``augment[modality]`` (e.g. `mmrec.fusion.augment.ScreenAugment`) maps
     a uint8 pixel batch to float ``[0, 1]`` with random changes before it is normalised (training batches).
+    ``unpaired``: rows with one side of a pair are training rows too (negatives, with
+    `mmrec.space.SpaceConfig.unpaired_negatives`).
     """
 
     def __init__(self, pixels: dict[str, tuple[torch.Tensor, np.ndarray]],
                  features: dict[str, tuple[torch.Tensor, np.ndarray]], normalize: dict[str, Callable],
                  vectors: dict[str, tuple[torch.Tensor, np.ndarray]] | None = None,
                  pairs: Sequence[str] | None = None,
-                 augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> None:
+                 augment: dict[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                 unpaired: bool = False) -> None:
         self.pixels, self.features, self.vectors = pixels, features, dict(vectors or {})
         self.augment = dict(augment or {})
         if set(self.augment) - set(pixels):
@@ -88,7 +91,7 @@ class CatalogPairs(Dataset):
         for pair in pairs:
             a, _, b = pair.partition("-")
             if a in inputs and b in inputs:
-                usable |= self.masks[a] & self.masks[b]
+                usable |= (self.masks[a] | self.masks[b]) if unpaired else (self.masks[a] & self.masks[b])
         self.rows = np.flatnonzero(usable)
         if not len(self.rows):
             raise ValueError(f"no item has both modalities of any pair in {pairs}")
@@ -166,7 +169,7 @@ def product_pages(catalog: Catalog, *, size: tuple[int, int] = (180, 320), seed:
         photo = None
         if catalog.image_paths[code] is not None:
             try:
-                photo = load_image(catalog.image_paths[code])
+                photo = load_image(catalog.image_paths[code], draft_size=size)  # JPEGs decode at about page size
             except ImageDecodeError:
                 photo = None
         price = None if prices is None else float(prices[code])

@@ -3,49 +3,59 @@
 A `Grounder` embeds screenshots with the space's ``screen`` tower + adapter (`UnifiedSpace.embed_screens`)
 and compares them with the catalog's item vectors (`UnifiedSpace.embed_images` of the item photos): the
 nearest item is "on screen" when its cosine similarity reaches ``threshold``, else the screen shows "no
-item" (grids, bag, checkout). `calibrate_threshold` picks that threshold on labelled frames
-(`calibrate_on_frames`: on labelled streams).
+item" (grids, bag, checkout). With `ScreenWindows` it searches the screen for the photo instead: every
+window goes through the screen tower and each item takes its best window (`mmrec.screen_windows`).
+`calibrate_threshold` picks the threshold on labelled frames (`calibrate_on_frames`: on labelled streams);
+`save_grounding` / `load_grounding` keep threshold and windows next to a saved space.
 
-`train_screen_space` builds such a space for a catalog from scratch (no pretrained weights are reachable
-offline): tiny timm ViTs at a seeded random init, kept fixed, and MLP adapters trained with pair
-``screen-image`` — each item's photo against its product page rendered with several layouts, themes and
-JPEG noise (`mmrec.fusion.alignment.product_pages`) — through the one loop (`mmrec.fusion.alignment.align`).
-Fixed random towers are what a shared CPU allows; they ground poorly (see benchmarks/stream_targets.py):
-a space with trained or pretrained towers plugs in unchanged (`UnifiedSpace.from_pretrained`).
+`mmrec.screen_space.train_screen_space` trains such a space for a catalog; a space with pretrained towers
+plugs in unchanged (`UnifiedSpace.from_pretrained`). benchmarks/stream_targets.py measures what each grounds.
 """
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
 
 from mmrec.data import Catalog
-from mmrec.fusion.augment import ScreenAugment
-from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+from mmrec.screen_windows import PhotoCheck, ScreenWindows, crop_windows
+from mmrec.space import UnifiedSpace
 
 logger = logging.getLogger(__name__)
 
 NO_ITEM = -1
+GROUNDING_FILE = "grounding.json"
 
 
 class Grounder:
     """Screens → (item code or `NO_ITEM`, cosine similarity to the nearest item) in a `UnifiedSpace`.
 
     ``item_vectors`` ``[I, D]`` (L2-normalised) with ``valid`` marking items that have one; items without
-    a vector are never grounded. ``threshold``: the least similarity for "item on screen".
+    a vector are never grounded. ``threshold``: the least similarity for "item on screen". ``windows``: search
+    each screen for the photo (`mmrec.screen_windows`): every window goes through the screen tower and each
+    item takes its best window; without, the whole screen is one input. ``check`` (with windows, and
+    ``thumbnails`` of the item photos from `PhotoCheck.thumbnails`): the nearest candidates are re-ranked by
+    their photo, and the similarity is then the photo's correlation with the screen.
     """
 
     def __init__(self, space: UnifiedSpace, item_vectors: torch.Tensor, valid: np.ndarray | None = None,
-                 threshold: float = 0.5, batch_size: int = 32) -> None:
+                 threshold: float = 0.5, batch_size: int = 32, windows: ScreenWindows | None = None,
+                 check: PhotoCheck | None = None, thumbnails: torch.Tensor | None = None) -> None:
         if item_vectors.ndim != 2 or item_vectors.shape[1] != space.config.dim:
             raise ValueError(f"item_vectors must be [items, {space.config.dim}], got {tuple(item_vectors.shape)}")
         if "screen" not in space.encoders:
             raise ValueError(f"the space has no 'screen' tower (it has {sorted(space.encoders)}); "
                              f"grounding needs one")
         self.space, self.threshold, self.batch_size = space.eval(), float(threshold), batch_size
+        if check is not None and (windows is None or thumbnails is None or len(thumbnails) != len(item_vectors)):
+            raise ValueError("a PhotoCheck re-ranks a windowed search: give windows and one thumbnail per item")
+        self.windows, self.check, self.thumbnails = windows, check, thumbnails
         vectors = item_vectors.detach().float().to(space.device)
         if valid is not None:
             vectors = vectors.clone()
@@ -54,8 +64,10 @@ class Grounder:
 
     @classmethod
     def for_catalog(cls, space: UnifiedSpace, catalog: Catalog, threshold: float = 0.5,
-                    batch_size: int = 32) -> "Grounder":
-        """Item vectors from the catalog photos (`embed_images` with the space's image tower)."""
+                    batch_size: int = 32, windows: ScreenWindows | None = None,
+                    check: PhotoCheck | None = None) -> "Grounder":
+        """Item vectors from the catalog photos (`embed_images` with the space's image tower), and the
+        photos' thumbnails for ``check``."""
         if "image" not in space.encoders:
             raise ValueError(f"the space has no 'image' tower (it has {sorted(space.encoders)}) to embed photos")
         valid = np.array([p is not None for p in catalog.image_paths], bool)
@@ -64,7 +76,12 @@ class Grounder:
             raise ValueError("no catalog item has a photo; nothing to ground screens against")
         vectors = torch.zeros(len(catalog), space.config.dim)
         vectors[torch.as_tensor(valid)] = space.embed_images(paths).float().cpu()
-        return cls(space, vectors, valid, threshold, batch_size)
+        thumbnails = None
+        if check is not None:
+            from mmrec.encoders import load_image
+
+            thumbnails = check.thumbnails([None if p is None else load_image(p) for p in catalog.image_paths])
+        return cls(space, vectors, valid, threshold, batch_size, windows, check, thumbnails)
 
     @torch.no_grad()
     def similarities(self, screens: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -74,11 +91,28 @@ class Grounder:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         from PIL import Image
 
-        screens = [Image.fromarray(s) if isinstance(s, np.ndarray) else s for s in screens]
-        vectors = embed_screens(self.space, screens, self.batch_size)
-        sims = vectors @ self.item_vectors.t()
-        best, codes = sims.max(dim=1)
-        return codes.cpu().numpy().astype(np.int64), best.cpu().numpy().astype(np.float32)
+        if self.windows is None:
+            screens = [Image.fromarray(s) if isinstance(s, np.ndarray) else s for s in screens]
+            best, codes = (embed_screens(self.space, screens, self.batch_size) @ self.item_vectors.t()).max(dim=1)
+            return codes.cpu().numpy().astype(np.int64), best.cpu().numpy().astype(np.float32)
+        codes, sims = [], []
+        for start in range(0, len(screens), self.batch_size):
+            batch = [screen_tensor(s) for s in screens[start:start + self.batch_size]]
+            per_window = embed_windows(self.space, batch, self.windows) @ self.item_vectors.t()  # [N, K, I]
+            best, where = per_window.max(dim=1)
+            if self.check is None:
+                best, code = best.max(dim=1)
+                codes.append(code.cpu()), sims.append(best.cpu())
+                continue
+            top = best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu()  # [N, C]
+            windows_at = torch.gather(where.cpu(), 1, top)  # each candidate's best window
+            for same in _runs_of_one_size(batch):
+                group = torch.stack([batch[k] for k in same])
+                boxes = torch.as_tensor(self.windows.boxes(group.shape[-1], group.shape[-2]))[windows_at[same]]
+                match = self.check.match(group, boxes, self.thumbnails[top[same]])  # [n, C]
+                best_match, k = match.max(dim=1)
+                codes.append(top[same].gather(1, k[:, None])[:, 0]), sims.append(best_match)
+        return torch.cat(codes).numpy().astype(np.int64), torch.cat(sims).numpy().astype(np.float32)
 
     def ground(self, screens: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Item code per screenshot (`NO_ITEM` below the threshold) and its similarity."""
@@ -98,6 +132,97 @@ def embed_screens(space: UnifiedSpace, screens: Sequence[Any], batch_size: int =
         return space.embed_screens(screens, batch_size=batch_size)
     out = [space.project("screen", encoder.encode(screens[s:s + batch_size])) for s in range(0, len(screens), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, space.config.dim, device=space.device)
+
+
+def _runs_of_one_size(screens: Sequence[torch.Tensor]) -> list[list[int]]:
+    """Indices of consecutive screens of one size (a stream's frames are one run)."""
+    runs: list[list[int]] = []
+    for k, screen in enumerate(screens):
+        if runs and screens[runs[-1][0]].shape == screen.shape:
+            runs[-1].append(k)
+        else:
+            runs.append([k])
+    return runs
+
+
+def screen_tensor(screen: Any) -> torch.Tensor:
+    """A screenshot (PIL image, HxWx3 uint8 array or uint8 ``[3, H, W]`` tensor) as a uint8 ``[3, H, W]`` tensor."""
+    from mmrec.encoders.base import pil_to_tensor
+
+    if isinstance(screen, torch.Tensor):
+        return screen
+    if isinstance(screen, np.ndarray):
+        contiguous = np.ascontiguousarray(screen)
+        return torch.from_numpy(contiguous if contiguous.flags.writeable else contiguous.copy()).permute(2, 0, 1)
+    return pil_to_tensor(screen.convert("RGB"))
+
+
+@torch.no_grad()
+def embed_windows(space: UnifiedSpace, screens: Sequence[Any], windows: ScreenWindows) -> torch.Tensor:
+    """Screens (PIL images, HxWx3 uint8 arrays or uint8 ``[3, H, W]`` tensors, any sizes) → ``[N, K, D]``: each
+    of their `ScreenWindows` (K per screen; screens in one call must get as many, e.g. share a size) cropped at
+    the screen tower's input size, through the tower and the screen adapter."""
+    from mmrec.encoders.screenshot import ScreenshotEncoder
+
+    encoder = space.encoders["screen"]
+    tower = encoder.image_encoder if isinstance(encoder, ScreenshotEncoder) else encoder
+    prep = tower.preprocess
+    crops = []
+    for screen in map(screen_tensor, screens):
+        crops.append(crop_windows(screen[None], windows.boxes(screen.shape[-1], screen.shape[-2]), prep.size))
+    if not crops:
+        return torch.zeros(0, 0, space.config.dim, device=space.device)
+    counts = sorted({len(c) for c in crops})
+    if len(counts) != 1:
+        raise ValueError(f"screens of one call got different numbers of windows {counts}; "
+                         f"ground screens of one size together")
+    pixels = prep.normalize(torch.cat(crops).div_(255).to(tower.device))
+    was_training = space.training
+    if was_training:  # train()/eval() walk every submodule: only when needed, not per grounding call
+        space.eval()
+    try:
+        vectors = space.project("screen", tower.encode(pixels))
+    finally:
+        if was_training:
+            space.train()
+    return vectors.view(len(crops), counts[0], -1)
+
+
+@dataclass
+class GroundingSettings:
+    """What grounds screens with a saved space besides its weights: the calibrated ``threshold``, the
+    ``windows`` searched for the photo and the ``check`` re-ranking by photo (None: not used)."""
+
+    threshold: float
+    windows: ScreenWindows | None = None
+    check: PhotoCheck | None = None
+
+
+def save_grounding(directory: str | os.PathLike, settings: GroundingSettings, **extra: Any) -> Path:
+    """Write ``settings`` (and anything in ``extra``, e.g. the calibration's fit) to
+    ``directory/grounding.json``, atomically; `load_grounding` reads them back."""
+    from mmrec.io import atomic_write_text
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(Path(directory) / GROUNDING_FILE,
+                             json.dumps({**asdict(settings), **extra}, indent=1, default=list))
+
+
+def load_grounding(directory: str | os.PathLike) -> GroundingSettings:
+    """The `GroundingSettings` `save_grounding` wrote to ``directory/grounding.json`` (other keys ignored)."""
+    from mmrec.config import from_dict
+
+    path = Path(directory) / GROUNDING_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: calibrate the space (benchmarks/stream_targets.py writes "
+                                f"it) or give the threshold")
+    try:
+        values = json.loads(path.read_text())
+        known = {k: values[k] for k in ("threshold", "windows", "check") if k in values}
+        return from_dict(GroundingSettings, known)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path}: expected a JSON object with a numeric 'threshold' and optional 'windows' and "
+                         f"'check' ({err})") from err
 
 
 def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float]]:
@@ -139,153 +264,3 @@ def calibrate_on_frames(grounder: Grounder, labelled: Iterable[tuple[Iterable[An
     if not codes:
         raise ValueError("calibration needs at least one labelled stream")
     return calibrate_threshold(np.concatenate(codes), np.concatenate(sims), np.concatenate(truth))
-
-
-# ------------------------------------------------------------------------------------------- training
-
-@dataclass
-class ScreenSpaceConfig:
-    """A small space for grounding: tiny ViT towers (random init, kept fixed) for photos and whole screens,
-    and MLP adapters trained to align them.
-
-    ``screen_size``/``image_size``: tower inputs ``(height, width)`` (multiples of ``patch``; give the
-    screen tower a screen's aspect ratio: it sees the whole screen resized). Towers use mean pooling of
-    their patch tokens. ``renderings``: product pages per item in training (layouts/themes from ``seed``),
-    each JPEG-compressed at a quality drawn from ``jpeg_quality``, drawn at ``page_size`` (width, height).
-    ``train_towers``: False keeps the towers at their seeded random init and trains the adapters on tower
-    outputs computed once (minutes on a CPU); True trains towers and adapters end to end on the pixels
-    (meant for a GPU). Training: ``epochs``, ``batch_size``, ``lr`` (towers trained from scratch want
-    about 3e-4), ``mixed_precision``; the epoch is chosen, every ``eval_every`` epochs, on other renderings
-    (recall@1 of screen → photo), never on recordings. ``augment``: per-sample changes of look, layout,
-    resolution and overlays drawn anew for every training page (a `ScreenAugment`; trained towers only;
-    off by default: within a fixed budget it slowed learning, see the README's screen-stream section).
-    ``checkpoint_dir``: where the loop checkpoints each epoch, so a long run resumes.
-    """
-
-    dim: int = 64
-    screen_size: tuple[int, int] = (96, 56)
-    image_size: tuple[int, int] = (64, 48)
-    patch: int = 8
-    width: int = 96
-    depth: int = 2
-    heads: int = 3
-    hidden: int = 256
-    renderings: int = 6
-    page_size: tuple[int, int] = (180, 320)
-    jpeg_quality: tuple[int, int] = (30, 95)
-    epochs: int = 60
-    batch_size: int = 256
-    lr: float = 1e-3
-    train_towers: bool = False
-    mixed_precision: str = "no"
-    eval_every: int = 1
-    augment: ScreenAugment | None = None
-    checkpoint_dir: str | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.augment is not None and not self.train_towers:
-            raise ValueError("ScreenSpaceConfig.augment changes training pixels, which only trained towers see; "
-                             "set train_towers=True or augment=None")
-        if self.eval_every < 1 or self.epochs % self.eval_every:
-            raise ValueError(f"ScreenSpaceConfig.eval_every must divide epochs ({self.epochs}) so that the last "
-                             f"epoch is evaluated, got {self.eval_every}")
-
-
-def _vit(size: tuple[int, int], config: ScreenSpaceConfig) -> TowerConfig:
-    kwargs = {"img_size": list(size), "patch_size": config.patch, "embed_dim": config.width,
-              "depth": config.depth, "num_heads": config.heads, "global_pool": "avg"}
-    # "trainable" makes the screen tower see the whole screen resized (a locked one would tile it); without
-    # ``train_towers`` the tower weights stay at their seeded random init and only the adapters train
-    return TowerConfig("timm:vit_tiny_patch16_224@random", {"model_kwargs": kwargs}, True)
-
-
-def _page_renderings(catalog: Catalog, config: ScreenSpaceConfig, seed: int, n: int) -> list[Any]:
-    """``n`` renderings per item (seeded layouts and JPEG noise), rendering-major order."""
-    from mmrec.datasets.screens import jpeg_noise
-    from mmrec.fusion.alignment import product_pages
-
-    rng = np.random.default_rng([seed, 77])
-    out = []
-    for r in range(n):
-        render = product_pages(catalog, size=tuple(config.page_size), seed=seed + 100_003 * r)
-        for code in range(len(catalog)):
-            quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
-            out.append(jpeg_noise(render(code), quality))
-    return out
-
-
-@torch.no_grad()
-def _features(space: UnifiedSpace, modality: str, images: Sequence[Any], batch_size: int = 64) -> torch.Tensor:
-    encoder = space.encoders[modality]
-    was_training = space.training
-    space.eval()
-    try:
-        return torch.cat([encoder.encode_images(list(images[s:s + batch_size])).float()
-                          for s in range(0, len(images), batch_size)])
-    finally:
-        space.train(was_training)
-
-
-def train_screen_space(catalog: Catalog, config: ScreenSpaceConfig | None = None) -> UnifiedSpace:
-    """A `UnifiedSpace` with ``image`` and ``screen`` towers whose adapters (and towers, with
-    ``train_towers``) are aligned on the catalog's product pages (pair ``screen-image``) through
-    `mmrec.fusion.alignment.align`."""
-    from PIL import Image
-
-    from mmrec.fusion.alignment import CatalogPairs, align, decode_resized, retrieval_metrics
-    from mmrec.train import TrainConfig
-
-    config = config or ScreenSpaceConfig()
-    has_photo = np.array([p is not None for p in catalog.image_paths], bool)
-    if not has_photo.any():
-        raise ValueError("no catalog item has a photo; a screen space needs item photos")
-    torch.manual_seed(config.seed)
-    space = UnifiedSpace(SpaceConfig(
-        towers={"image": _vit(config.image_size, config), "screen": _vit(config.screen_size, config)},
-        dim=config.dim, adapter="mlp", adapter_options={"hidden": config.hidden}, pairs=("screen-image",)))
-    space.towers.requires_grad_(config.train_towers)
-    photos = []
-    for path in catalog.image_paths:
-        if path is None:
-            photos.append(Image.new("RGB", (8, 8)))  # masked out of training by has_photo
-            continue
-        with Image.open(path) as im:
-            photos.append(im.convert("RGB"))
-    n = config.renderings
-    pages = _page_renderings(catalog, config, config.seed, n)
-    held_out_pages = _page_renderings(catalog, config, config.seed + 1_000_000, 1)
-    masks = {"image": np.tile(has_photo, n), "screen": np.ones(len(pages), bool)}
-    if config.train_towers:
-        encoders = space.encoders
-        photo_pixels, _ = decode_resized(photos, encoders["image"].preprocess)
-        page_pixels, _ = decode_resized(pages, encoders["screen"].preprocess)
-        data = CatalogPairs({"image": (photo_pixels.repeat(n, 1, 1, 1), masks["image"]),
-                             "screen": (page_pixels, masks["screen"])}, {},
-                            {m: encoders[m].preprocess.normalize for m in ("image", "screen")}, pairs=("screen-image",),
-                            augment={"screen": config.augment} if config.augment is not None else None)
-        del pages, page_pixels
-    else:
-        photo_features, page_features = _features(space, "image", photos), _features(space, "screen", pages)
-        data = CatalogPairs({}, {"image": (photo_features.repeat(n, 1), masks["image"]),
-                                 "screen": (page_features, masks["screen"])}, {}, pairs=("screen-image",))
-        del pages
-        held_out = _features(space, "screen", held_out_pages)
-
-    def s2i(s: UnifiedSpace) -> dict[str, float]:
-        with torch.no_grad():
-            if config.train_towers:  # the towers moved: embed the held-out pages and the photos again
-                queries, targets = embed_screens(s, held_out_pages), s.embed_images(photos)
-            else:
-                queries = s.project("screen", held_out.to(s.device))
-                targets = s.project("image", photo_features.to(s.device))
-            found = retrieval_metrics(queries[has_photo], targets[has_photo])
-        return {f"s2i_{k}": v for k, v in found.items()}
-
-    result = align(space, data, TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
-                                            seed=config.seed, progress=False, patience=config.epochs,
-                                            mixed_precision=config.mixed_precision, eval_every=config.eval_every,
-                                            early_stop_metric="s2i_recall@1", checkpoint_dir=config.checkpoint_dir),
-                   evaluate_fn=s2i)
-    logger.info("screen space: best epoch %s %s", result.best_epoch, result.best_metrics)
-    return space.eval()

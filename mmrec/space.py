@@ -45,7 +45,11 @@ class TowerConfig:
 
 @dataclass
 class SpaceConfig:
-    """Towers and adapters per modality, the space size, and the modality pairs aligned in training."""
+    """Towers and adapters per modality, the space size, and the modality pairs aligned in training.
+
+    ``unpaired_negatives``: a batch row with one side of a pair only (e.g. a screen showing no item, which has
+    no photo) is a negative for every row of the other side in that pair's loss, instead of left out.
+    """
 
     towers: dict[str, TowerConfig] = field(default_factory=dict)
     dim: int = 256
@@ -54,6 +58,7 @@ class SpaceConfig:
     pairs: tuple[str, ...] = ("image-text",)
     pair_weights: tuple[float, ...] = ()
     init_temperature: float = 0.07
+    unpaired_negatives: bool = False
 
     def __post_init__(self) -> None:
         self.towers = {m: from_dict(TowerConfig, t) if isinstance(t, dict) else t for m, t in self.towers.items()}
@@ -221,20 +226,25 @@ class UnifiedSpace(nn.Module):
             if a not in vectors or b not in vectors:
                 continue
             (va, ma), (vb, mb) = vectors[a], vectors[b]
-            keep = None
-            for mask in (ma, mb):
-                if mask is not None:
-                    mask = mask.to(va.device).bool()
-                    keep = mask if keep is None else keep & mask
-            loss = self.clip_loss(va, vb, scale, keep)
+            ma = None if ma is None else ma.to(va.device).bool()
+            mb = None if mb is None else mb.to(va.device).bool()
+            keep = ma if mb is None else mb if ma is None else ma & mb
+            only_a = only_b = None
+            if self.config.unpaired_negatives:
+                only_a = None if mb is None else ~mb if ma is None else ma & ~mb
+                only_b = None if ma is None else ~ma if mb is None else mb & ~ma
+            loss = self.clip_loss(va, vb, scale, keep, only_a, only_b)
             losses[pair] = loss.detach()
             total = total + weight * loss
         return {"loss": total, "temperature": (1.0 / scale).detach(), **losses}
 
-    def clip_loss(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor,
-                  keep: torch.Tensor | None = None) -> torch.Tensor:
+    def clip_loss(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, keep: torch.Tensor | None = None,
+                  only_a: torch.Tensor | None = None, only_b: torch.Tensor | None = None) -> torch.Tensor:
         """open_clip's `ClipLoss` over the rows of ``a`` and ``b`` that ``keep`` marks (all rows without it).
 
+        ``only_a`` / ``only_b`` mark rows with that side alone (``unpaired_negatives``): they join the other
+        side's softmax as negatives (``b`` rows are then scored against the kept ``a`` rows and the ``only_a``
+        ones), and the loss, the same symmetric cross-entropy, is computed here.
         When training is distributed, features (with gradients) and row masks of every process are gathered
         first and the loss is taken over the global batch, so processes may keep different numbers of rows.
         """
@@ -247,15 +257,24 @@ class UnifiedSpace(nn.Module):
             self._loss = ClipLoss()  # it sees features already gathered from every process
         if self._world > 1:
             a, b = gather_features(a, b, gather_with_grad=True, rank=self._rank, world_size=self._world)
-            if keep is not None:
-                parts = [torch.empty_like(keep, dtype=torch.uint8) for _ in range(self._world)]
-                torch.distributed.all_gather(parts, keep.to(torch.uint8))
-                keep = torch.cat(parts).bool()
+            keep, only_a, only_b = (None if m is None else self._gather_mask(m) for m in (keep, only_a, only_b))
+        extra_a = a[only_a] if only_a is not None and bool(only_a.any()) else None
+        extra_b = b[only_b] if only_b is not None and bool(only_b.any()) else None
         if keep is not None:
             if not bool(keep.any()):  # no row has both sides: no signal, but keep the graph connected
                 return (a.sum() + b.sum()) * 0.0
             a, b = a[keep], b[keep]
-        return self._loss(a, b, scale)
+        if extra_a is None and extra_b is None:
+            return self._loss(a, b, scale)
+        labels = torch.arange(len(a), device=a.device)
+        all_a = a if extra_a is None else torch.cat([a, extra_a])
+        all_b = b if extra_b is None else torch.cat([b, extra_b])
+        return (F.cross_entropy(scale * a @ all_b.t(), labels) + F.cross_entropy(scale * b @ all_a.t(), labels)) / 2
+
+    def _gather_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(mask, dtype=torch.uint8) for _ in range(self._world)]
+        torch.distributed.all_gather(parts, mask.to(torch.uint8))
+        return torch.cat(parts).bool()
 
     # -- persistence ---------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> Path:

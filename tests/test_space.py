@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmrec.fusion.adapters import AdapterConfig, create_adapter
 from mmrec.fusion.alignment import CatalogPairs, align, retrieval_metrics
@@ -139,6 +140,42 @@ def test_pairs_with_partial_coverage_use_masks():
     with pytest.raises(ValueError, match="no item has both"):
         CatalogPairs({}, {"text": (text, np.array([1, 1, 0, 0, 0, 0], bool))}, {},
                      vectors={"behaviour": (behaviour, np.array([0, 0, 1, 1, 0, 0], bool))}, pairs=["text-behaviour"])
+
+
+def test_unpaired_rows_are_negatives_only_when_asked():
+    """With ``unpaired_negatives`` a row with one side of a pair joins the other side's softmax as a negative
+    (the loss rises when that negative looks like a positive); without, it is left out as before."""
+    from open_clip.loss import ClipLoss
+
+    text, behaviour = torch.randn(5, 4), torch.randn(5, 3)
+    mask = np.array([1, 1, 1, 0, 0], bool)  # rows 3 and 4: text only ("no item")
+    data = CatalogPairs({}, {}, {}, vectors={"text": (text, np.ones(5, bool)), "behaviour": (behaviour, mask)},
+                        pairs=["text-behaviour"], unpaired=True)
+    assert data.rows.tolist() == list(range(5))
+    batch = data.collate(list(range(5)))
+    losses = {}
+    for unpaired in (False, True):
+        torch.manual_seed(0)
+        space = UnifiedSpace(SpaceConfig(towers={"text": TowerConfig(input_dim=4),
+                                                 "behaviour": TowerConfig(input_dim=3)},
+                                         dim=8, pairs=("text-behaviour",), unpaired_negatives=unpaired))
+        losses[unpaired] = float(space.training_step(batch)["loss"])
+        vectors = space.encode_batch(batch)
+        t, b = vectors["text"][0], vectors["behaviour"][0]
+        scale = space.logit_scale.exp()
+        if not unpaired:
+            assert losses[False] == pytest.approx(float(ClipLoss()(t[:3], b[:3], scale)), rel=1e-5)
+        else:
+            labels = torch.arange(3)
+            by_hand = (F.cross_entropy(scale * t[:3] @ b[:3].t(), labels)
+                       + F.cross_entropy(scale * b[:3] @ t.t(), labels)) / 2
+            assert losses[True] == pytest.approx(float(by_hand), rel=1e-5)
+            close = space.clip_loss(t[:3], b[:3], scale, only_a=None, only_b=None)
+            lookalike = space.clip_loss(torch.cat([t[:3], t[:1]]), torch.cat([b[:3], b[:1]]), scale,
+                                        keep=torch.tensor([True, True, True, False]),
+                                        only_a=torch.tensor([False, False, False, True]))
+            assert float(lookalike) > float(close)
+    assert losses[True] > losses[False]
 
 
 def test_screen_image_alignment_finds_the_item_on_a_new_rendering_of_its_page(world):

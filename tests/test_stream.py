@@ -11,8 +11,8 @@ import torch
 
 from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_session, write_recording
 from mmrec.datasets.frames import iterator_frames, video_frames
-from mmrec.grounding import (NO_ITEM, Grounder, ScreenSpaceConfig, calibrate_on_frames, calibrate_threshold,
-                             embed_screens, train_screen_space)
+from mmrec.grounding import NO_ITEM, Grounder, calibrate_on_frames, calibrate_threshold, embed_screens
+from mmrec.screen_space import ScreenSpaceConfig, train_screen_space
 from mmrec.stream import Segmenter, StreamConfig, StreamStats, events, process, segments, write_events
 
 SIM = dict(fps=15, width=120, height=208, notification_prob=0.0, jpeg_quality=(60, 90))

@@ -2,13 +2,13 @@
 
 Frames are grounded in the catalog with a saved `UnifiedSpace` (``--space``, with ``screen`` and ``image``
 towers); the similarity threshold comes from ``--threshold`` or from ``SPACE/grounding.json`` (written by
-the calibration in ``benchmarks/stream_targets.py``). ``--logs`` (CSV: timestamp, kind, item_id) adds the
-app's click/cart/purchase rows, joined with the screen by time.
+the calibration in ``benchmarks/stream_targets.py``), and so do the windows searched for the item's photo, if
+any. ``--logs`` (CSV: timestamp, kind, item_id) adds the app's click/cart/purchase rows, joined with the
+screen by time.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,8 +16,8 @@ from typing import Any, Iterator
 from mmrec.cli.common import emit, load_data
 
 NAME = "stream"
+GROUNDING_FILE = "grounding.json"  # mmrec.grounding.GROUNDING_FILE, without importing torch for --help
 HELP = "Turn a screen recording into grounded behaviour events (view with dwell, click, purchase) as parquet."
-GROUNDING_FILE = "grounding.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,17 +44,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object with the counts on stdout")
 
 
-def _threshold(args: argparse.Namespace) -> float:
-    if args.threshold is not None:
-        return args.threshold
+def _grounding(args: argparse.Namespace) -> Any:
+    """`GroundingSettings` of ``SPACE/grounding.json``, its threshold replaced by ``--threshold`` when given."""
+    from mmrec.grounding import GroundingSettings, load_grounding
+
     path = Path(args.space) / GROUNDING_FILE
+    if args.threshold is not None and not path.is_file():
+        return GroundingSettings(args.threshold)
     if not path.is_file():
         raise ValueError(f"no --threshold given and {path} does not exist; calibrate the space "
                          f"(benchmarks/stream_targets.py writes it) or pass --threshold")
-    try:
-        return float(json.loads(path.read_text())["threshold"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: expected a JSON object with a numeric 'threshold' ({err})") from err
+    settings = load_grounding(args.space)
+    if args.threshold is not None:
+        settings.threshold = args.threshold
+    return settings
 
 
 def _with_progress(frames: Any, show: bool) -> Iterator[Any]:
@@ -90,7 +93,7 @@ def _stream(args: argparse.Namespace) -> int:
     config = StreamConfig(change_threshold=args.change_threshold, min_frames=args.min_frames,
                           batch_size=args.batch_size, max_pending=max(512, args.batch_size),
                           log_window=args.log_window)
-    threshold = _threshold(args)
+    settings = _grounding(args)
     data = load_data(args.catalog)
     if data.catalog is None:
         raise ValueError(f"--catalog {args.catalog}: this data set has no catalog (item photos and texts)")
@@ -100,7 +103,8 @@ def _stream(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--logs {args.logs} does not exist")
         logs = pd.read_csv(args.logs, dtype={"item_id": str})
     space = UnifiedSpace.from_pretrained(args.space)
-    grounder = Grounder.for_catalog(space, data.catalog, threshold=threshold, batch_size=args.batch_size)
+    grounder = Grounder.for_catalog(space, data.catalog, threshold=settings.threshold, batch_size=args.batch_size,
+                                    windows=settings.windows, check=settings.check)
     frames = open_frames(args.source)
     stats = StreamStats(source=frames.stats)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -108,5 +112,5 @@ def _stream(args: argparse.Namespace) -> int:
         events = process(_with_progress(frames, progress), grounder, config, logs=logs,
                          item_ids=data.catalog.ids, stats=stats)
         rows = write_events(events, args.out)
-    emit({**stats.to_dict(), "rows": rows, "threshold": threshold, "out": str(Path(args.out).resolve())}, args.json)
+    emit({**stats.to_dict(), "rows": rows, "threshold": settings.threshold, "out": str(Path(args.out).resolve())}, args.json)
     return 0

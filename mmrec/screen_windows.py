@@ -1,0 +1,213 @@
+"""Windows over a screen where an item's photo may sit: grounding by photo search, not whole-screen likeness.
+
+A product page shows the item's photo large; the rest of the screen (the app's theme, header, text, buttons)
+varies from app to app and says little about which item it is. Embedding the whole screen makes the tower
+learn every look; searching the screen for the photo does not. `ScreenWindows` lays windows of the photos'
+aspect over a screen at a few sizes, edge to edge in steps of a fraction of their size (or `ScreenWindows.fit`
+fits them to where an app's pages put photos); `crop_windows` cuts them out at the tower's input size, each
+output pixel the exact mean of the screen area under it (`area_crops`, from a summed-area table); a
+`mmrec.grounding.Grounder` given windows scores each item by its best window, and with a `PhotoCheck`
+re-ranks its best candidates by their own photo. `jittered_windows` draws the windows a training page should
+teach: around the photo's true box, off by at most what the grid of windows can be off.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ScreenWindows:
+    """Windows of ``aspect`` (height / width) whose widths are ``widths`` (fractions of the screen's width;
+    a window taller than the screen is shrunk to its height), placed edge to edge inside ``region`` (left,
+    top, right, bottom as fractions of the screen) at least every ``step`` of the window's own width and
+    height. Per screen: `boxes`; how many: `count`; fitted to where an app's pages put photos: `fit`."""
+
+    widths: tuple[float, ...] = (0.5, 0.62, 0.78)
+    aspect: float = 1.5
+    step: float = 0.25
+    region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        self.widths = tuple(float(w) for w in self.widths)
+        self.region = tuple(float(r) for r in self.region)
+        if not self.widths or any(not 0 < w <= 1 for w in self.widths):
+            raise ValueError(f"ScreenWindows.widths must be fractions of the screen width in (0, 1], got {self.widths}")
+        if not self.aspect > 0:
+            raise ValueError(f"ScreenWindows.aspect (height / width) must be positive, got {self.aspect}")
+        if not 0 < self.step <= 1:
+            raise ValueError(f"ScreenWindows.step must be in (0, 1] (a fraction of the window), got {self.step}")
+        left, top, right, bottom = self.region
+        if len(self.region) != 4 or not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
+            raise ValueError(f"ScreenWindows.region must be (left, top, right, bottom) fractions of the screen with "
+                             f"left < right and top < bottom, got {self.region}")
+
+    @classmethod
+    def fit(cls, boxes: np.ndarray, size: tuple[int, int], aspect: float = 1.5, step: float = 0.25) -> "ScreenWindows":
+        """Windows for photos seen at ``boxes`` (``[N, 4]`` pixels on ``size`` (width, height) screens, e.g. the
+        photo boxes of training pages): widths from the narrowest to the widest window holding one of them,
+        ``1 + step`` apart, inside the smallest region holding all those windows."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if not len(boxes):
+            raise ValueError("ScreenWindows.fit needs at least one photo box")
+        width, height = size
+        w = np.maximum(boxes[:, 2] - boxes[:, 0], (boxes[:, 3] - boxes[:, 1]) / aspect)
+        cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+        narrow, wide = w.min() / width, min(1.0, w.max() / width)
+        count = 1 + math.ceil(math.log(wide / narrow) / math.log(1 + step) - 1e-9) if wide > narrow else 1
+        widths = tuple(min(1.0, narrow * (1 + step) ** k) for k in range(count))
+        region = (max(0.0, (cx - w / 2).min() / width), max(0.0, (cy - w * aspect / 2).min() / height),
+                  min(1.0, (cx + w / 2).max() / width), min(1.0, (cy + w * aspect / 2).max() / height))
+        return cls(widths=widths, aspect=aspect, step=step, region=region)
+
+    def boxes(self, width: int, height: int) -> np.ndarray:
+        """``[K, 4]`` float boxes ``(left, top, right, bottom)`` in pixels covering the region of a ``width`` x
+        ``height`` screen at every window size."""
+        left, top, right, bottom = (self.region[0] * width, self.region[1] * height,
+                                    self.region[2] * width, self.region[3] * height)
+        out = []
+        for fraction in self.widths:
+            w = fraction * width
+            h = w * self.aspect
+            if h > height:
+                h, w = float(height), height / self.aspect
+            for y in _starts(top, bottom, h, self.step, height):
+                for x in _starts(left, right, w, self.step, width):
+                    out.append((x, y, x + w, y + h))
+        return np.asarray(out, np.float64)
+
+    def count(self, width: int, height: int) -> int:
+        """How many windows a ``width`` x ``height`` screen gets."""
+        return len(self.boxes(width, height))
+
+    def scale_slack(self) -> float:
+        """The most a photo's size can be off the nearest window size, as a ratio (≥ 1)."""
+        widths = sorted(self.widths)
+        gaps = [b / a for a, b in zip(widths, widths[1:])]
+        return math.sqrt(max(gaps)) if gaps else 1.0
+
+
+def _starts(low: float, high: float, size: float, step: float, limit: float) -> np.ndarray:
+    """Window starts from ``low`` to ``high - size``, evenly, at most ``step * size`` apart; a window larger
+    than the span is centred on it (kept on the screen, ``[0, limit]``)."""
+    if size >= high - low:
+        return np.array([min(max((low + high - size) / 2, 0.0), max(limit - size, 0.0))])
+    count = math.ceil((high - low - size) / (step * size) - 1e-9) + 1
+    return np.linspace(low, high - size, count)
+
+
+def crop_windows(screens: torch.Tensor, boxes: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 3, H, W]`` screens (any dtype, 0–255) and ``[K, 4]`` boxes (the same for every screen) or ``[N, K, 4]``
+    → float ``[N * K, 3, size[0], size[1]]`` window crops, screen-major, each pixel the mean of the area under it
+    (`area_crops`)."""
+    boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float64)
+    if boxes.dim() == 2:
+        boxes = boxes.expand(len(screens), *boxes.shape)
+    if boxes.dim() != 3 or boxes.shape[0] != len(screens) or boxes.shape[2] != 4:
+        raise ValueError(f"boxes must be [K, 4] or [N, K, 4] for {len(screens)} screens, got {list(boxes.shape)}")
+    return area_crops(screens, boxes, size).flatten(0, 1)
+
+
+def jittered_windows(photo_box: tuple[float, float, float, float], windows: ScreenWindows, n: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """``[n, 4]`` windows of ``windows.aspect`` around ``photo_box``: the smallest window holding the photo,
+    scaled by up to `ScreenWindows.scale_slack` either way and shifted by up to half a step of its size,
+    so a tower trained on them sees the photo as the grid of windows will show it."""
+    left, top, right, bottom = photo_box
+    w = max(right - left, (bottom - top) / windows.aspect)
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    slack = math.log(windows.scale_slack())
+    scale = np.exp(rng.uniform(-slack, slack, n))
+    ws, hs = w * scale, w * scale * windows.aspect
+    dx = rng.uniform(-0.5, 0.5, n) * windows.step * ws
+    dy = rng.uniform(-0.5, 0.5, n) * windows.step * hs
+    x0, y0 = cx + dx - ws / 2, cy + dy - hs / 2
+    return np.stack([x0, y0, x0 + ws, y0 + hs], axis=1)
+
+
+def area_crops(screens: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 3, H, W]`` screens and ``[N, B, 4]`` boxes at any sub-pixel place → float ``[N, B, 3, h, w]`` crops
+    whose pixels are exact means of the screen area under them, from each screen's summed-area table (bilinear
+    between pixel corners, so exact for sub-pixel boxes too): many shifted crops cost one table and one
+    ``grid_sample`` (area outside the screen counts as zero)."""
+    import torch.nn.functional as F
+
+    n, _, height, width = screens.shape
+    h, w = size
+    exact = screens.double() if screens.is_floating_point() else screens.to(torch.int64)
+    table = F.pad(exact.cumsum(2).cumsum(3), (1, 0, 1, 0)).float()  # [N, 3, H + 1, W + 1]
+    boxes = boxes.double()
+    xs = boxes[..., :1] + (boxes[..., 2:3] - boxes[..., :1]) * torch.linspace(0, 1, w + 1, dtype=torch.float64)
+    ys = boxes[..., 1:2] + (boxes[..., 3:4] - boxes[..., 1:2]) * torch.linspace(0, 1, h + 1, dtype=torch.float64)
+    b = boxes.shape[1]
+    grid = torch.stack([(xs / width * 2 - 1)[:, :, None, :].expand(-1, -1, h + 1, -1),
+                        (ys / height * 2 - 1)[:, :, :, None].expand(-1, -1, -1, w + 1)], dim=-1)  # [N, B, h+1, w+1, 2]
+    corners = F.grid_sample(table, grid.reshape(n, -1, w + 1, 2).float(), mode="bilinear", padding_mode="border",
+                            align_corners=True).view(n, 3, b, h + 1, w + 1).transpose(1, 2)
+    sums = corners[..., 1:, 1:] - corners[..., :-1, 1:] - corners[..., 1:, :-1] + corners[..., :-1, :-1]
+    area = ((boxes[..., 2] - boxes[..., 0]) / w * (boxes[..., 3] - boxes[..., 1]) / h).view(n, b, 1, 1, 1)
+    return sums / area.float()
+
+
+@dataclass
+class PhotoCheck:
+    """Re-ranks a windowed search's best candidates by the item's own photo, pixel for pixel.
+
+    Each of the ``candidates`` items nearest in the space is compared, as a ``size`` (height, width)
+    thumbnail, with the screen around the window where it scored best, shifted by up to ``margin`` of the
+    window's size in ``shifts`` steps per axis (normalised cross-correlation of the colour thumbnails, each
+    centred on its mean): the
+    best match names the item, and its correlation is the score the grounding threshold applies to. A
+    product page shows the catalog photo itself, so once the tower has narrowed 1,000 items to a few, the
+    photo settles which (near-identical articles included); a screen without an item matches no photo well.
+    Assumes windows of the photos' aspect (as `ScreenWindows.fit` makes them).
+    """
+
+    candidates: int = 10
+    size: tuple[int, int] = (18, 12)
+    margin: float = 0.125
+    shifts: int = 7
+
+    def __post_init__(self) -> None:
+        self.size = tuple(int(s) for s in self.size)
+        if (self.candidates < 1 or len(self.size) != 2 or min(self.size) < 2 or not 0 <= self.margin <= 0.5
+                or self.shifts < 1 or self.shifts % 2 == 0):
+            raise ValueError(f"PhotoCheck needs candidates >= 1, a (height, width) size >= 2, margin in [0, 0.5] and "
+                             f"an odd number of shifts (the window itself among them), got {self.candidates}, "
+                             f"{self.size}, {self.margin}, {self.shifts}")
+
+    def thumbnails(self, photos: list) -> torch.Tensor:
+        """PIL photos (None for items without one) → float ``[I, 3, h, w]`` thumbnails (area-averaged)."""
+        from PIL import Image
+
+        h, w = self.size
+        out = torch.zeros(len(photos), 3, h, w)
+        for k, photo in enumerate(photos):
+            if photo is not None:
+                small = photo.convert("RGB").resize((w, h), Image.Resampling.BOX)
+                out[k] = torch.from_numpy(np.asarray(small, np.float32).copy()).permute(2, 0, 1)
+        return out
+
+    def match(self, screens: torch.Tensor, boxes: np.ndarray | torch.Tensor, thumbnails: torch.Tensor) -> torch.Tensor:
+        """Best correlation ``[N, C]`` of each screen's candidates' thumbnails (``[N, C, 3, h, w]``) with the screen
+        (``[N, 3, H, W]``, one size) around the candidate's window (``[N, C, 4]``): the window shifted by up to
+        ``margin`` of its size in ``shifts`` steps per axis (finer than the thumbnail's pixels), each shift cut
+        out at the thumbnail size."""
+        import torch.nn.functional as F
+
+        boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
+        n, c = boxes.shape[:2]
+        steps = torch.linspace(-self.margin, self.margin, self.shifts)
+        dy, dx = torch.meshgrid(steps, steps, indexing="ij")
+        size = torch.stack([boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]], dim=-1)  # [N, C, 2]
+        offset = torch.stack([dx.flatten(), dy.flatten()], dim=1) * size[:, :, None]  # [N, C, S, 2]
+        shifted = boxes[:, :, None, :] + offset.repeat(1, 1, 1, 2)  # [N, C, S, 4]
+        crops = area_crops(screens, shifted.reshape(n, -1, 4), self.size)  # [N, C * S, 3, h, w]
+        patches = crops.reshape(n, c, self.shifts ** 2, -1)
+        patches = F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
+        templates = thumbnails.to(patches).flatten(2)
+        templates = F.normalize(templates - templates.mean(-1, keepdim=True), dim=-1)
+        return torch.einsum("ncsd,ncd->ncs", patches, templates).amax(dim=-1)

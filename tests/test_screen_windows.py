@@ -1,0 +1,208 @@
+"""Grounding by searching a screen for the item's photo: the windows, their crops, and the windowed Grounder."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmrec.grounding import Grounder, GroundingSettings, load_grounding, save_grounding
+from mmrec.screen_space import ScreenSpaceConfig, train_screen_space
+from mmrec.screen_windows import PhotoCheck, ScreenWindows, crop_windows, jittered_windows
+from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+
+
+@pytest.mark.parametrize("size", [(180, 320), (360, 640), (320, 180)])
+def test_windows_cover_the_screen_edge_to_edge_in_steps(size):
+    width, height = size
+    windows = ScreenWindows(widths=(0.5, 0.7, 1.0), aspect=1.5, step=0.25)
+    boxes = windows.boxes(width, height)
+    assert len(boxes) == windows.count(width, height)
+    sizes = np.round(boxes[:, 2] - boxes[:, 0], 6)
+    for w in np.unique(sizes):
+        same = boxes[sizes == w]
+        h = same[0, 3] - same[0, 1]
+        assert h == pytest.approx(1.5 * w) and h <= height + 1e-9  # a window taller than the screen shrinks
+        assert same[:, 0].min() == pytest.approx(0) and same[:, 2].max() == pytest.approx(width)
+        assert same[:, 1].min() == pytest.approx(0) and same[:, 3].max() == pytest.approx(height)
+        for axis, length in ((0, w), (1, h)):
+            starts = np.unique(np.round(same[:, axis], 6))
+            assert len(starts) == 1 or np.diff(starts).max() <= 0.25 * length + 1e-6
+
+
+def test_windows_fitted_to_photo_boxes_hold_every_photo_closely_and_are_few():
+    rng = np.random.default_rng(0)
+    width, height = 180, 320
+    w = rng.uniform(90, 120, 200)
+    x, y = rng.uniform(10, 170 - w), rng.uniform(30, 60, 200)
+    photos = np.stack([x, y, x + w, y + 1.5 * w], axis=1)
+    windows = ScreenWindows.fit(photos, (width, height), aspect=1.5, step=0.25)
+    assert windows.widths[0] == pytest.approx(90 / 180, rel=0.02) and windows.widths[-1] >= 120 / 180 * 0.99
+    boxes = windows.boxes(width, height)
+    assert len(boxes) < ScreenWindows(widths=windows.widths).count(width, height)  # only where photos go
+    best = np.array([max(_iou(boxes, photo)) for photo in photos])
+    assert best.min() > 0.6
+    with pytest.raises(ValueError, match="region"):
+        ScreenWindows(region=(0.5, 0.0, 0.4, 1.0))
+
+
+def _iou(boxes, box):
+    l, t, r, b = box
+    inter = (np.clip(np.minimum(boxes[:, 2], r) - np.maximum(boxes[:, 0], l), 0, None)
+             * np.clip(np.minimum(boxes[:, 3], b) - np.maximum(boxes[:, 1], t), 0, None))
+    return inter / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + (r - l) * (b - t) - inter)
+
+
+def test_windows_reject_bad_settings():
+    for bad in (dict(widths=()), dict(widths=(0.0,)), dict(widths=(1.2,)), dict(aspect=0), dict(step=0),
+                dict(step=1.5)):
+        with pytest.raises(ValueError, match="ScreenWindows"):
+            ScreenWindows(**bad)
+
+
+def test_crop_windows_takes_the_mean_of_the_area_under_each_pixel():
+    screen = torch.zeros(1, 3, 40, 60)
+    screen[:, :, 10:30, 20:40] = 200.0
+    inside, whole = crop_windows(screen, np.array([[20, 10, 40, 30], [0, 0, 60, 40]]), (4, 4))
+    torch.testing.assert_close(inside, torch.full((3, 4, 4), 200.0))
+    assert whole.mean().item() == pytest.approx(200 * (20 * 20) / (40 * 60), rel=1e-4)
+    with pytest.raises(ValueError, match="boxes"):
+        crop_windows(screen, np.zeros((2, 3)), (4, 4))
+
+
+def test_jittered_windows_stay_as_near_the_photo_as_the_grid_can_be():
+    windows = ScreenWindows(widths=(0.5, 0.62, 0.78), aspect=1.5, step=0.25)
+    photo = (30.0, 60.0, 130.0, 210.0)  # 100 x 150: the windows' aspect
+    boxes = jittered_windows(photo, windows, 500, np.random.default_rng(0))
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    np.testing.assert_allclose(h / w, 1.5)
+    slack = windows.scale_slack()
+    assert (w >= 100 / slack - 1e-6).all() and (w <= 100 * slack + 1e-6).all() and w.std() > 1
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    assert (abs(cx - 80) <= 0.125 * w + 1e-6).all() and (abs(cy - 135) <= 0.125 * h + 1e-6).all()
+
+
+def _twin_space() -> UnifiedSpace:
+    """A space whose screen tower and adapter are copies of the image ones: a window that is exactly an item's
+    photo lands on that photo's vector."""
+    kwargs = {"img_size": [48, 32], "patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 2, "global_pool": "avg"}
+    tower = TowerConfig("timm:vit_tiny_patch16_224@random", {"model_kwargs": kwargs}, True)
+    torch.manual_seed(0)
+    space = UnifiedSpace(SpaceConfig(towers={"image": tower, "screen": tower}, dim=32, pairs=("screen-image",)))
+    space.towers["screen"].load_state_dict(space.towers["image"].state_dict())
+    space.adapters["screen"].load_state_dict(space.adapters["image"].state_dict())
+    return space.eval()
+
+
+def _photos(n: int) -> list[Image.Image]:
+    rng = np.random.default_rng(1)
+    return [Image.fromarray(np.kron(rng.integers(0, 256, (6, 4, 3)), np.ones((16, 16, 1))).astype(np.uint8))
+            for _ in range(n)]  # 96 x 64 blocky patterns, all different
+
+
+def test_a_windowed_grounder_finds_a_photo_anywhere_on_a_busy_screen():
+    space, photos = _twin_space(), _photos(6)
+    windows = ScreenWindows(widths=(0.4, 0.6), aspect=1.5, step=0.25)
+    boxes = windows.boxes(180, 320)
+    rng = np.random.default_rng(2)
+    screens, truth = [], []
+    for k, box in enumerate(boxes[rng.choice(len(boxes), 6, replace=False)]):
+        screen = Image.fromarray(rng.integers(0, 256, (320, 180, 3)).astype(np.uint8))  # noise everywhere else
+        l, t, r, b = (int(round(v)) for v in box)
+        screen.paste(photos[k].resize((r - l, b - t), Image.Resampling.BOX), (l, t))
+        screens.append(screen)
+        truth.append(k)
+    items = space.embed_images(photos)
+    codes, sims = Grounder(space, items, windows=windows, batch_size=4).similarities(screens)
+    assert codes.tolist() == truth and (sims > 0.9).all()
+    whole_codes, _ = Grounder(space, items).similarities(screens)  # the whole screen resized: noise wins
+    assert (whole_codes != np.array(truth)).any()
+
+
+def test_area_crops_are_exact_means_at_sub_pixel_places():
+    from mmrec.screen_windows import area_crops
+
+    screen = torch.arange(3 * 20 * 30, dtype=torch.float32).view(3, 20, 30) % 7 * 30
+    boxes = torch.tensor([[2.0, 3.0, 14.0, 15.0], [2.5, 3.25, 14.5, 15.25]])
+    crops = area_crops(screen[None], boxes[None], (4, 3))[0]
+    torch.testing.assert_close(crops[0], crop_windows(screen[None], boxes[:1], (4, 3))[0])  # whole pixels
+    l, t = 2.5 + 4 * 1, 3.25 + 3 * 2  # crop pixel (row 2, col 1) of the shifted box, 4 x 3 screen pixels
+    xs, ys = np.arange(30), np.arange(20)
+    wx = np.clip(np.minimum(xs + 1, l + 4) - np.maximum(xs, l), 0, None)
+    wy = np.clip(np.minimum(ys + 1, t + 3) - np.maximum(ys, t), 0, None)
+    expected = (screen.double().numpy() * wy[None, :, None] * wx[None, None, :]).sum((1, 2)) / 12
+    np.testing.assert_allclose(crops[1, :, 2, 1].numpy(), expected, rtol=1e-4)
+
+
+def test_photo_check_names_the_photo_among_near_copies_and_rejects_other_screens():
+    """The tower's candidates are re-ranked by their photo: the pasted one wins over near copies (the same
+    pattern in other colours or shifted), also when the window is off by a few pixels; a screen without the
+    photo matches none well."""
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (6, 4, 3))
+    photos = [np.kron(base, np.ones((25, 25, 1))), np.kron(base[:, :, ::-1], np.ones((25, 25, 1))),
+              np.kron(np.roll(base, 1, axis=0), np.ones((25, 25, 1))), np.kron(base * 0.9, np.ones((25, 25, 1)))]
+    photos = [Image.fromarray(p.astype(np.uint8)) for p in photos]  # 100 x 150
+    check = PhotoCheck(candidates=4)
+    thumbnails = check.thumbnails(photos)
+    screen = Image.new("RGB", (180, 320), (240, 240, 240))
+    screen.paste(photos[0], (41, 57))
+    x = torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)
+    for box in ([41, 57, 141, 207], [45, 53, 145, 203]):  # exact, and off by 4 px (< margin 12.5 px)
+        match = check.match(x[None], np.repeat(np.array([[box]], float), 4, 1), thumbnails[None])[0]
+        assert int(match.argmax()) == 0 and match[0] > 0.95
+    blank = torch.from_numpy(rng.integers(0, 256, (3, 320, 180)).astype(np.uint8))
+    boxes = np.repeat(np.array([[[41, 57, 141, 207]]], float), 4, 1)
+    assert check.match(blank[None], boxes, thumbnails[None]).max() < 0.5
+    both = check.match(torch.stack([x, blank]), np.repeat(boxes, 2, 0), thumbnails.repeat(2, 1, 1, 1, 1))
+    assert int(both[0].argmax()) == 0 and both[0, 0] > 0.95 and both[1].max() < 0.5  # screens batched
+    with pytest.raises(ValueError, match="shifts"):
+        PhotoCheck(shifts=4)
+
+
+def test_a_grounder_with_a_photo_check_needs_windows_and_thumbnails():
+    space, photos = _twin_space(), _photos(3)
+    items = space.embed_images(photos)
+    check = PhotoCheck(candidates=2)
+    with pytest.raises(ValueError, match="PhotoCheck"):
+        Grounder(space, items, check=check, thumbnails=check.thumbnails(photos))
+    windows = ScreenWindows(widths=(0.5,), step=0.25)
+    box = windows.boxes(180, 320)[3]
+    screen = Image.new("RGB", (180, 320), (30, 30, 30))
+    l, t, r, b = (int(round(v)) for v in box)
+    screen.paste(photos[1].resize((r - l, b - t), Image.Resampling.BOX), (l, t))
+    grounder = Grounder(space, items, windows=windows, check=check, thumbnails=check.thumbnails(photos),
+                        batch_size=2)
+    small = screen.resize((90, 160), Image.Resampling.BOX)  # another size: grounded in a group of its own
+    codes, sims = grounder.similarities([screen, np.asarray(screen), small, screen])
+    assert codes.tolist() == [1, 1, 1, 1] and (sims > 0.9).all()  # a correlation now, not a cosine in the space
+
+
+def test_screen_space_learns_windows_and_its_grounding_settings_round_trip(tmp_path):
+    from mmrec.datasets.synthetic import WorldConfig, make_world
+
+    world = make_world(WorldConfig(seed=3, n_users=20, n_items=6, n_new_items=0, interactions_per_user=(2, 3),
+                                   new_interactions_per_user=(0, 0), missing_image_fraction=0.0,
+                                   missing_text_fraction=0.0), tmp_path / "world")
+    windows = ScreenWindows()
+    with pytest.raises(ValueError, match="aspect"):
+        ScreenSpaceConfig(windows=windows)  # the default screen size is a whole screen's, not a window's
+    config = ScreenSpaceConfig(windows=windows, screen_size=(48, 32), image_size=(48, 32), renderings=2,
+                               window_crops=2, negative_crops=1, page_size=(120, 208), epochs=2, batch_size=8,
+                               overlays=0.5)
+    space = train_screen_space(world.catalog, config)
+    assert space.encoders["screen"].preprocess.size == (48, 32) and space.config.unpaired_negatives
+    with pytest.raises(ValueError, match="negative_crops"):
+        ScreenSpaceConfig(negative_crops=2)  # windows off the photo need windows
+    settings = GroundingSettings(0.25, windows, PhotoCheck(candidates=3))
+    save_grounding(tmp_path / "space", settings, calibration={"f1": 0.5})
+    assert load_grounding(tmp_path / "space") == settings
+    save_grounding(tmp_path / "plain", GroundingSettings(0.5))
+    assert load_grounding(tmp_path / "plain") == GroundingSettings(0.5)
+    (tmp_path / "plain" / "grounding.json").write_text(json.dumps({"threshold": 0.5, "windows": {"sizes": [1]}}))
+    with pytest.raises(ValueError, match="grounding.json"):
+        load_grounding(tmp_path / "plain")
+    with pytest.raises(FileNotFoundError, match="grounding.json"):
+        load_grounding(tmp_path / "nowhere")
