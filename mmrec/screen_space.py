@@ -29,11 +29,11 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ScreenSpaceConfig:
-    """A small space for grounding: tiny ViT towers (random init, kept fixed) for photos and whole screens,
-    and MLP adapters trained to align them.
+    """A small space for grounding: tiny ViT towers (seeded random init, kept fixed or trained) for photos and
+    screens (whole, or the windows searched for the photo), and MLP adapters trained to align them.
 
     ``screen_size``/``image_size``: tower inputs ``(height, width)`` (multiples of ``patch``; give the
-    screen tower a screen's aspect ratio: it sees the whole screen resized). Towers use mean pooling of
+    screen tower a screen's aspect ratio, or the windows' with ``windows``). Towers use mean pooling of
     their patch tokens. ``renderings``: product pages per item in training (layouts/themes from ``seed``),
     ``jpeg_share`` of them JPEG-compressed at a quality drawn from ``jpeg_quality``, drawn at ``page_size``
     (width, height).
@@ -42,8 +42,8 @@ class ScreenSpaceConfig:
     (meant for a GPU). Training: ``epochs``, ``batch_size``, ``lr`` (towers trained from scratch want
     about 3e-4), ``mixed_precision``; the epoch is chosen, every ``eval_every`` epochs, on other renderings
     (recall@1 of screen → photo), never on recordings. ``augment``: per-sample changes of look, layout,
-    resolution and overlays drawn anew for every training page (a `ScreenAugment`; trained towers only;
-    off by default: within a fixed budget it slowed learning, see the README's screen-stream section).
+    resolution and overlays drawn anew for every training page or window (a `ScreenAugment`; trained towers
+    only; off by default: on whole pages it slowed learning, see the README's screen-stream section).
     ``checkpoint_dir``: where the loop checkpoints each epoch, so a long run resumes. ``overlays``: the share of
     training pages that get a notification banner and a pointer, as recordings carry.
 

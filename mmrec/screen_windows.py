@@ -200,14 +200,17 @@ class PhotoCheck:
 
         boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
         n, c = boxes.shape[:2]
+        # candidates share windows (a screen has a few): cut each distinct window's shifts once per screen
+        windows, which = torch.unique(boxes.reshape(-1, 4), dim=0, return_inverse=True)  # [U, 4], [N * C]
         steps = torch.linspace(-self.margin, self.margin, self.shifts)
         dy, dx = torch.meshgrid(steps, steps, indexing="ij")
-        size = torch.stack([boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]], dim=-1)  # [N, C, 2]
-        offset = torch.stack([dx.flatten(), dy.flatten()], dim=1) * size[:, :, None]  # [N, C, S, 2]
-        shifted = boxes[:, :, None, :] + offset.repeat(1, 1, 1, 2)  # [N, C, S, 4]
-        crops = area_crops(screens, shifted.reshape(n, -1, 4), self.size)  # [N, C * S, 3, h, w]
-        patches = crops.reshape(n, c, self.shifts ** 2, -1)
+        size = torch.stack([windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]], dim=-1)  # [U, 2]
+        offset = torch.stack([dx.flatten(), dy.flatten()], dim=1) * size[:, None]  # [U, S, 2]
+        shifted = (windows[:, None, :] + offset.repeat(1, 1, 2)).reshape(1, -1, 4).expand(n, -1, -1)
+        crops = area_crops(screens, shifted, self.size)  # [N, U * S, 3, h, w]
+        patches = crops.reshape(n, len(windows), self.shifts ** 2, -1)
         patches = F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
+        patches = patches[torch.arange(n)[:, None], which.view(n, c)]  # [N, C, S, d]
         templates = thumbnails.to(patches).flatten(2)
         templates = F.normalize(templates - templates.mean(-1, keepdim=True), dim=-1)
         return torch.einsum("ncsd,ncd->ncs", patches, templates).amax(dim=-1)
