@@ -306,7 +306,9 @@ def main() -> None:
                              "instead of embedding the whole screen: 'fit': windows fitted to where the training "
                              "pages put photos (ScreenWindows.fit); 'screen': ScreenWindows' defaults, all over")
     parser.add_argument("--photo-check", action="store_true",
-                        help="re-rank the windowed search's 10 best candidates by their photo (PhotoCheck; --windows)")
+                        help="re-rank the windowed search's best candidates by their photo (PhotoCheck; --windows)")
+    parser.add_argument("--check-candidates", type=int, default=PhotoCheck.candidates,
+                        help="how many of the tower's nearest items the photo check compares")
     parser.add_argument("--window-crops", type=int, default=ScreenSpaceConfig.window_crops,
                         help="windows per rendered page in training (--windows)")
     parser.add_argument("--negative-crops", type=int, default=ScreenSpaceConfig.negative_crops,
@@ -376,7 +378,7 @@ def main() -> None:
         report["space_config"] = dataclasses.asdict(space_config)
     space = UnifiedSpace.from_pretrained(out / "space", device=device)
     report["device"] = str(space.device) + (f" ({torch.cuda.get_device_name()})" if space.device.type == "cuda" else "")
-    check = PhotoCheck() if args.photo_check else None
+    check = PhotoCheck(candidates=args.check_candidates) if args.photo_check else None
     grounder = Grounder.for_catalog(space, catalog, windows=windows, check=check)
 
     calib = [record(catalog, s, 1000 + k, "calib", out / f"calib{k}") for k, s in enumerate(calib_seqs)]

@@ -159,7 +159,8 @@ class PhotoCheck:
     Each of the ``candidates`` items nearest in the space is compared, as a ``size`` (height, width)
     thumbnail, with the screen around the window where it scored best, shifted by up to ``margin`` of the
     window's size in ``shifts`` steps per axis (normalised cross-correlation of the colour thumbnails, each
-    centred on its mean): the
+    centred on its mean), and the ``refine`` best again on a 5 x 5 grid as fine again around their best
+    shift: the
     best match names the item, and its correlation is the score the grounding threshold applies to. A
     product page shows the catalog photo itself, so once the tower has narrowed 1,000 items to a few, the
     photo settles which (near-identical articles included); a screen without an item matches no photo well.
@@ -170,11 +171,12 @@ class PhotoCheck:
     size: tuple[int, int] = (18, 12)
     margin: float = 0.125
     shifts: int = 7
+    refine: int = 3
 
     def __post_init__(self) -> None:
         self.size = tuple(int(s) for s in self.size)
         if (self.candidates < 1 or len(self.size) != 2 or min(self.size) < 2 or not 0 <= self.margin <= 0.5
-                or self.shifts < 1 or self.shifts % 2 == 0):
+                or self.shifts < 1 or self.shifts % 2 == 0 or self.refine < 0):
             raise ValueError(f"PhotoCheck needs candidates >= 1, a (height, width) size >= 2, margin in [0, 0.5] and "
                              f"an odd number of shifts (the window itself among them), got {self.candidates}, "
                              f"{self.size}, {self.margin}, {self.shifts}")
@@ -213,4 +215,22 @@ class PhotoCheck:
         patches = patches[torch.arange(n)[:, None], which.view(n, c)]  # [N, C, S, d]
         templates = thumbnails.to(patches).flatten(2)
         templates = F.normalize(templates - templates.mean(-1, keepdim=True), dim=-1)
-        return torch.einsum("ncsd,ncd->ncs", patches, templates).amax(dim=-1)
+        best, at = torch.einsum("ncsd,ncd->ncs", patches, templates).max(dim=-1)
+        if not self.refine or self.shifts == 1:
+            return best
+        # the best few again, on a grid as fine again around their best shift: a pixel off costs near-twins
+        k = min(self.refine, c)
+        top = best.topk(k, dim=1).indices  # [N, k]
+        start = shifted.reshape(n, len(windows), self.shifts ** 2, 4)[0][which.view(n, c).gather(1, top),
+                                                                          at.gather(1, top)]  # [N, k, 4]
+        half = self.margin / (self.shifts - 1)
+        fine = torch.linspace(-half, half, 5)
+        fy, fx = torch.meshgrid(fine, fine, indexing="ij")
+        size = torch.stack([start[..., 2] - start[..., 0], start[..., 3] - start[..., 1]], dim=-1)  # [N, k, 2]
+        moved = start[:, :, None, :] + (torch.stack([fx.flatten(), fy.flatten()], dim=1) * size[:, :, None]
+                                        ).repeat(1, 1, 1, 2)  # [N, k, 25, 4]
+        crops = area_crops(screens, moved.reshape(n, -1, 4), self.size).reshape(n, k, 25, -1)
+        crops = F.normalize(crops - crops.mean(-1, keepdim=True), dim=-1)
+        refined = torch.einsum("nksd,nkd->nks", crops, templates.gather(
+            1, top[:, :, None].expand(-1, -1, templates.shape[-1]))).amax(dim=-1)
+        return best.scatter(1, top, torch.maximum(best.gather(1, top), refined))

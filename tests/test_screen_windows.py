@@ -159,8 +159,12 @@ def test_photo_check_names_the_photo_among_near_copies_and_rejects_other_screens
     both = check.match(torch.stack([x, blank]), np.repeat(boxes, 2, 0), thumbnails.repeat(2, 1, 1, 1, 1))
     assert int(both[0].argmax()) == 0 and both[0, 0] > 0.95 and both[1].max() < 0.5  # screens batched
     mixed = np.array([[[41, 57, 141, 207], [45, 53, 145, 203], [41, 57, 141, 207], [0, 0, 100, 150]]], float)
-    alone = [float(check.match(x[None], mixed[:, k:k + 1], thumbnails[None, k:k + 1])[0, 0]) for k in range(4)]
-    np.testing.assert_allclose(check.match(x[None], mixed, thumbnails[None])[0].numpy(), alone, rtol=1e-5)
+    coarse = PhotoCheck(candidates=4, refine=0)  # without the finer pass, candidates are scored one by one
+    alone = [float(coarse.match(x[None], mixed[:, k:k + 1], thumbnails[None, k:k + 1])[0, 0]) for k in range(4)]
+    together = coarse.match(x[None], mixed, thumbnails[None])[0]
+    np.testing.assert_allclose(together.numpy(), alone, rtol=1e-5)
+    refined = check.match(x[None], mixed, thumbnails[None])[0]  # the finer pass only ever finds better shifts
+    assert (refined >= together - 1e-6).all() and (refined > together + 1e-3).any()
     with pytest.raises(ValueError, match="shifts"):
         PhotoCheck(shifts=4)
 
