@@ -62,8 +62,7 @@ from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_f
                                     write_recording)
 from mmrec.datasets.frames import video_frames
 from mmrec.fusion.augment import ScreenAugment
-from mmrec.grounding import (NO_ITEM, Grounder, GroundingSettings, calibrate_on_frames, embed_screens, embed_windows,
-                             load_grounding, save_grounding)
+from mmrec.grounding import NO_ITEM, Grounder, GroundingSettings, calibrate_on_frames, load_grounding, save_grounding
 from mmrec.screen_space import ScreenSpaceConfig, train_screen_space, training_photo_boxes
 from mmrec.screen_windows import PhotoCheck, ScreenWindows
 from mmrec.stream import StreamConfig, StreamStats, segments
@@ -148,10 +147,7 @@ def page_ranks(grounder: Grounder, session, video: Path) -> tuple[list[int], lis
             wanted[frames[len(frames) * 3 // 4]] = int(state.item)
     shown = [(f.image.copy(), wanted[f.index]) for f in video_frames(video) if f.index in wanted]
     images = [Image.fromarray(image) for image, _ in shown]
-    if grounder.windows is None:
-        sims = embed_screens(grounder.space, images) @ grounder.item_vectors.t()
-    else:
-        sims = (embed_windows(grounder.space, images, grounder.windows) @ grounder.item_vectors.t()).amax(dim=1)
+    sims = grounder.item_similarities(images)
     items = np.array([item for _, item in shown])
     true = sims[np.arange(len(items)), items]
     named = grounder.similarities(images)[0] == items

@@ -89,17 +89,13 @@ class Grounder:
         ``[3,H,W]`` tensors)."""
         if not len(screens):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        from PIL import Image
-
         if self.windows is None:
-            screens = [Image.fromarray(s) if isinstance(s, np.ndarray) else s for s in screens]
-            best, codes = (embed_screens(self.space, screens, self.batch_size) @ self.item_vectors.t()).max(dim=1)
+            best, codes = self.item_similarities(screens).max(dim=1)
             return codes.cpu().numpy().astype(np.int64), best.cpu().numpy().astype(np.float32)
         codes, sims = [], []
         for start in range(0, len(screens), self.batch_size):
             batch = [screen_tensor(s) for s in screens[start:start + self.batch_size]]
-            per_window = embed_windows(self.space, batch, self.windows) @ self.item_vectors.t()  # [N, K, I]
-            best, where = per_window.max(dim=1)
+            best, where = self._best_windows(batch)
             if self.check is None:
                 best, code = best.max(dim=1)
                 codes.append(code.cpu()), sims.append(best.cpu())
@@ -113,6 +109,22 @@ class Grounder:
                 best_match, k = match.max(dim=1)
                 codes.append(top[same].gather(1, k[:, None])[:, 0]), sims.append(best_match)
         return torch.cat(codes).numpy().astype(np.int64), torch.cat(sims).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def item_similarities(self, screens: Sequence[Any]) -> torch.Tensor:
+        """``[N, I]``: each item's similarity to each screen by the tower alone (its best window, with
+        windows), before any `PhotoCheck` — how near the tower puts the true item."""
+        if self.windows is None:
+            from PIL import Image
+
+            screens = [Image.fromarray(s) if isinstance(s, np.ndarray) else s for s in screens]
+            return embed_screens(self.space, screens, self.batch_size) @ self.item_vectors.t()
+        return torch.cat([self._best_windows([screen_tensor(s) for s in screens[k:k + self.batch_size]])[0]
+                          for k in range(0, len(screens), self.batch_size)])
+
+    def _best_windows(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each item's best similarity over a batch's windows ``[N, I]`` and which window gave it."""
+        return (embed_windows(self.space, batch, self.windows) @ self.item_vectors.t()).max(dim=1)  # over [N, K, I]
 
     def ground(self, screens: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Item code per screenshot (`NO_ITEM` below the threshold) and its similarity."""

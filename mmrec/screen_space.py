@@ -21,7 +21,7 @@ import torch
 from mmrec.data import Catalog
 from mmrec.fusion.augment import ScreenAugment
 from mmrec.grounding import embed_screens, embed_windows
-from mmrec.screen_windows import ScreenWindows, crop_windows, jittered_windows
+from mmrec.screen_windows import ScreenWindows, crop_windows, iou, jittered_windows
 from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
 
 logger = logging.getLogger(__name__)
@@ -120,12 +120,11 @@ def _page_renderings(catalog: Catalog, config: ScreenSpaceConfig, seed: int, n: 
 
 def _rendering(catalog: Catalog, config: ScreenSpaceConfig, seed: int, r: int) -> Iterator[tuple[Any, Any]]:
     """Rendering ``r`` of every item's product page: (page, the photo's box on it), in item order."""
-    from mmrec.datasets.screens import add_cursor, add_notification, jpeg_noise, product_page_layout
+    from mmrec.datasets.screens import add_cursor, add_notification, jpeg_noise
     from mmrec.fusion.alignment import product_pages
 
     rng = np.random.default_rng([seed, 77, r])
-    render_seed = seed + 100_003 * r
-    render = product_pages(catalog, size=tuple(config.page_size), seed=render_seed)
+    render = product_pages(catalog, size=tuple(config.page_size), seed=_render_seed(seed, r))
     for code in range(len(catalog)):
         page = render(code)
         if rng.random() < config.overlays:
@@ -133,7 +132,7 @@ def _rendering(catalog: Catalog, config: ScreenSpaceConfig, seed: int, r: int) -
             page = add_notification(page, catalog.titles[int(rng.integers(len(catalog)))], rng,
                                     progress=float(rng.uniform(0.3, 1.0)))
             page = add_cursor(page, (rng.uniform(0, w), rng.uniform(0, h)), style=str(rng.choice(["touch", "arrow"])))
-        box = product_page_layout(tuple(config.page_size), render_seed + code, _photo_size(catalog, code, config)).photo
+        box = _photo_box(catalog, config, seed, r, code)
         quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
         yield (jpeg_noise(page, quality) if rng.random() < config.jpeg_share else page), box
 
@@ -153,11 +152,21 @@ def _photo_size(catalog: Catalog, code: int, config: ScreenSpaceConfig) -> tuple
 def training_photo_boxes(catalog: Catalog, config: ScreenSpaceConfig) -> np.ndarray:
     """``[renderings * items, 4]``: where the photo sits on each product page `train_screen_space` renders for
     ``config`` (pixels of ``page_size``), e.g. for `ScreenWindows.fit`: windows where the app puts photos."""
+    return np.array([_photo_box(catalog, config, config.seed, r, code)
+                     for r in range(config.renderings) for code in range(len(catalog))], np.float64)
+
+
+def _render_seed(seed: int, r: int) -> int:
+    """The `product_pages` seed of rendering ``r`` (item ``code``'s page then uses ``seed + code``)."""
+    return seed + 100_003 * r
+
+
+def _photo_box(catalog: Catalog, config: ScreenSpaceConfig, seed: int, r: int, code: int) -> Any:
+    """Where rendering ``r`` of item ``code``'s product page puts the photo."""
     from mmrec.datasets.screens import product_page_layout
 
-    sizes = [_photo_size(catalog, code, config) for code in range(len(catalog))]
-    return np.array([product_page_layout(tuple(config.page_size), config.seed + 100_003 * r + code, sizes[code]).photo
-                     for r in range(config.renderings) for code in range(len(catalog))], np.float64)
+    return product_page_layout(tuple(config.page_size), _render_seed(seed, r) + code,
+                               _photo_size(catalog, code, config)).photo
 
 
 def _window_renderings(catalog: Catalog, config: ScreenSpaceConfig, seed: int,
@@ -194,7 +203,7 @@ def _windows_off(photo_box: Any, windows: ScreenWindows, size: tuple[int, int], 
         w = h / windows.aspect
         x, y = rng.uniform(0, width - w, 20), rng.uniform(0, height - h, 20)
         candidates = np.stack([x, y, x + w, y + h], axis=1)
-        out[k] = candidates[int(np.argmin(_iou(candidates, photo_box)))]
+        out[k] = candidates[int(np.argmin(iou(candidates, photo_box)))]
     return out
 
 
@@ -229,14 +238,6 @@ def _screen_negatives(catalog: Catalog, config: ScreenSpaceConfig, seed: int) ->
     if not crops:
         return torch.zeros(0, 3, *config.screen_size, dtype=torch.uint8)
     return torch.cat(crops).round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _iou(boxes: np.ndarray, box: Any) -> np.ndarray:
-    l, t, r, b = box
-    inter = (np.clip(np.minimum(boxes[:, 2], r) - np.maximum(boxes[:, 0], l), 0, None)
-             * np.clip(np.minimum(boxes[:, 3], b) - np.maximum(boxes[:, 1], t), 0, None))
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / (areas + (r - l) * (b - t) - inter)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,6 +110,15 @@ def crop_windows(screens: torch.Tensor, boxes: np.ndarray | torch.Tensor, size: 
     if boxes.dim() != 3 or boxes.shape[0] != len(screens) or boxes.shape[2] != 4:
         raise ValueError(f"boxes must be [K, 4] or [N, K, 4] for {len(screens)} screens, got {list(boxes.shape)}")
     return area_crops(screens, boxes, size).flatten(0, 1)
+
+
+def iou(boxes: np.ndarray, box: Any) -> np.ndarray:
+    """Intersection over union of each of ``[K, 4]`` boxes with one ``(left, top, right, bottom)`` box."""
+    l, t, r, b = box
+    inter = (np.clip(np.minimum(boxes[:, 2], r) - np.maximum(boxes[:, 0], l), 0, None)
+             * np.clip(np.minimum(boxes[:, 3], b) - np.maximum(boxes[:, 1], t), 0, None))
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return inter / (areas + (r - l) * (b - t) - inter)
 
 
 def jittered_windows(photo_box: tuple[float, float, float, float], windows: ScreenWindows, n: int,
@@ -208,8 +218,8 @@ class PhotoCheck:
         dy, dx = torch.meshgrid(steps, steps, indexing="ij")
         size = torch.stack([windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]], dim=-1)  # [U, 2]
         offset = torch.stack([dx.flatten(), dy.flatten()], dim=1) * size[:, None]  # [U, S, 2]
-        shifted = (windows[:, None, :] + offset.repeat(1, 1, 2)).reshape(1, -1, 4).expand(n, -1, -1)
-        crops = area_crops(screens, shifted, self.size)  # [N, U * S, 3, h, w]
+        shifted = windows[:, None, :] + offset.repeat(1, 1, 2)  # [U, S, 4]
+        crops = area_crops(screens, shifted.reshape(1, -1, 4).expand(n, -1, -1), self.size)  # [N, U * S, 3, h, w]
         patches = crops.reshape(n, len(windows), self.shifts ** 2, -1)
         patches = F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
         patches = patches[torch.arange(n)[:, None], which.view(n, c)]  # [N, C, S, d]
@@ -221,8 +231,7 @@ class PhotoCheck:
         # the best few again, on a grid as fine again around their best shift: a pixel off costs near-twins
         k = min(self.refine, c)
         top = best.topk(k, dim=1).indices  # [N, k]
-        start = shifted.reshape(n, len(windows), self.shifts ** 2, 4)[0][which.view(n, c).gather(1, top),
-                                                                          at.gather(1, top)]  # [N, k, 4]
+        start = shifted[which.view(n, c).gather(1, top), at.gather(1, top)]  # [N, k, 4]
         half = self.margin / (self.shifts - 1)
         fine = torch.linspace(-half, half, 5)
         fy, fx = torch.meshgrid(fine, fine, indexing="ij")

@@ -10,7 +10,7 @@ from PIL import Image
 
 from mmrec.grounding import Grounder, GroundingSettings, load_grounding, save_grounding
 from mmrec.screen_space import ScreenSpaceConfig, train_screen_space
-from mmrec.screen_windows import PhotoCheck, ScreenWindows, crop_windows, jittered_windows
+from mmrec.screen_windows import PhotoCheck, ScreenWindows, crop_windows, iou, jittered_windows
 from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
 
 
@@ -42,17 +42,10 @@ def test_windows_fitted_to_photo_boxes_hold_every_photo_closely_and_are_few():
     assert windows.widths[0] == pytest.approx(90 / 180, rel=0.02) and windows.widths[-1] >= 120 / 180 * 0.99
     boxes = windows.boxes(width, height)
     assert len(boxes) < ScreenWindows(widths=windows.widths).count(width, height)  # only where photos go
-    best = np.array([max(_iou(boxes, photo)) for photo in photos])
+    best = np.array([max(iou(boxes, photo)) for photo in photos])
     assert best.min() > 0.6
     with pytest.raises(ValueError, match="region"):
         ScreenWindows(region=(0.5, 0.0, 0.4, 1.0))
-
-
-def _iou(boxes, box):
-    l, t, r, b = box
-    inter = (np.clip(np.minimum(boxes[:, 2], r) - np.maximum(boxes[:, 0], l), 0, None)
-             * np.clip(np.minimum(boxes[:, 3], b) - np.maximum(boxes[:, 1], t), 0, None))
-    return inter / ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) + (r - l) * (b - t) - inter)
 
 
 def test_windows_reject_bad_settings():
