@@ -9,8 +9,9 @@ The catalog is the synthetic world's (whose photos repeat: one cut and colour un
 1. A grounding space is trained for the catalog (`mmrec.screen_space.train_screen_space`: product pages
    rendered offline, never the recordings; fixed random towers and trained adapters, or with
    ``--train-towers`` towers trained too, which wants a GPU).
-2. Calibration: the similarity threshold is fitted (`calibrate_on_frames`, best F1 per frame) on recordings
-   of sessions drawn with seed ``--seed``, rendered with noise setting ``calib``.
+2. Calibration: the similarity threshold is fitted (`calibrate_on_streams`: best F1 per frame, on the screens
+   the processor grounds) on recordings of sessions drawn with seed ``--seed``, rendered with noise setting
+   ``calib``.
 3. Measurement on recordings of *other* sessions rendered with the noise settings ``arrow`` and ``clean``
    (never used for calibration), each decoded by `video_frames` and processed by `mmrec.stream.segments`:
 
@@ -62,10 +63,10 @@ from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_f
                                     write_recording)
 from mmrec.datasets.frames import video_frames
 from mmrec.fusion.augment import ScreenAugment
-from mmrec.grounding import NO_ITEM, Grounder, GroundingSettings, calibrate_on_frames, load_grounding, save_grounding
+from mmrec.grounding import NO_ITEM, Grounder, GroundingSettings, load_grounding, save_grounding
 from mmrec.screen_space import ScreenSpaceConfig, train_screen_space, training_photo_boxes
 from mmrec.screen_windows import PhotoCheck, ScreenWindows
-from mmrec.stream import StreamConfig, StreamStats, segments
+from mmrec.stream import StreamConfig, StreamStats, calibrate_on_streams, segments
 
 NOISE = {  # calibration uses "calib" only; the targets are measured on the others
     "calib": dict(cursor="touch", notification_prob=0.1, jpeg_quality=(50, 90), codec="libx264", crf=23),
@@ -378,8 +379,9 @@ def main() -> None:
     grounder = Grounder.for_catalog(space, catalog, windows=windows, check=check)
 
     calib = [record(catalog, s, 1000 + k, "calib", out / f"calib{k}") for k, s in enumerate(calib_seqs)]
-    threshold, fit = calibrate_on_frames(grounder, ((video_frames(v), s.product_per_frame()) for s, v in calib),
-                                         every=3)
+    config = StreamConfig()
+    threshold, fit = calibrate_on_streams(grounder, ((video_frames(v), s.product_per_frame()) for s, v in calib),
+                                          config)
     grounder.threshold = threshold
     save_grounding(out / "space", GroundingSettings(threshold, windows, check), calibration=fit,
                    noise=NOISE["calib"])
@@ -388,7 +390,6 @@ def main() -> None:
         f"{w}x{h}": windows.count(w, h) for w, h in ((180, 320), (360, 640))}}
     report["photo_check"] = None if check is None else dataclasses.asdict(check)
 
-    config = StreamConfig()
     results, oracle = {}, {}
     for noise in ("arrow", "clean"):
         for k, s in enumerate(test_seqs):

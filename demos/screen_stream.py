@@ -35,10 +35,10 @@ from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_f
                                     write_recording)
 from mmrec.datasets.frames import video_frames
 from mmrec.datasets.synthetic import WorldConfig, make_world
-from mmrec.grounding import NO_ITEM, Grounder, calibrate_on_frames, load_grounding
+from mmrec.grounding import NO_ITEM, Grounder, load_grounding
 from mmrec.screen_space import ScreenSpaceConfig, train_screen_space
 from mmrec.space import UnifiedSpace
-from mmrec.stream import StreamConfig, StreamStats, process, write_events
+from mmrec.stream import StreamConfig, StreamStats, calibrate_on_streams, process, write_events
 
 log = logging.getLogger("screen_stream")
 
@@ -61,8 +61,7 @@ def grounding_space(args: argparse.Namespace, catalog, calibration) -> Grounder:
     space = train_screen_space(catalog, ScreenSpaceConfig(epochs=30))
     grounder = Grounder.for_catalog(space, catalog)
     session, video = calibration
-    grounder.threshold, fit = calibrate_on_frames(grounder, [(video_frames(video), session.product_per_frame())],
-                                                  every=3)
+    grounder.threshold, fit = calibrate_on_streams(grounder, [(video_frames(video), session.product_per_frame())])
     log.info("threshold %.3f calibrated on another session (precision %.2f, recall %.2f there)",
              grounder.threshold, fit["precision"], fit["recall"])
     return grounder

@@ -5,7 +5,8 @@ and compares them with the catalog's item vectors (`UnifiedSpace.embed_images` o
 nearest item is "on screen" when its cosine similarity reaches ``threshold``, else the screen shows "no
 item" (grids, bag, checkout). With `ScreenWindows` it searches the screen for the photo instead: every
 window goes through the screen tower and each item takes its best window (`mmrec.screen_windows`).
-`calibrate_threshold` picks the threshold on labelled frames (`calibrate_on_frames`: on labelled streams);
+`calibrate_threshold` picks the threshold on labelled frames (`mmrec.stream.calibrate_on_streams`: on the
+screens the stream processor grounds in labelled streams);
 `save_grounding` / `load_grounding` keep threshold and windows next to a saved space.
 
 `mmrec.screen_space.train_screen_space` trains such a space for a catalog; a space with pretrained towers
@@ -18,7 +19,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -259,20 +260,3 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray) 
     below = sims[order][k + 1] if k + 1 < len(order) else sims[order][k] - 1e-3
     threshold = float((sims[order][k] + below) / 2)
     return threshold, {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k])}
-
-
-def calibrate_on_frames(grounder: Grounder, labelled: Iterable[tuple[Iterable[Any], np.ndarray]],
-                        every: int = 1) -> tuple[float, dict[str, float]]:
-    """`calibrate_threshold` on labelled streams: ``(frames, true item per frame index)`` pairs (frames with
-    ``index`` and ``image``, as the `mmrec.datasets.frames` sources give them), every ``every``-th frame
-    grounded. Returns the threshold and the fit; the grounder is not changed."""
-    if every < 1:
-        raise ValueError(f"every must be at least 1, got {every}")
-    codes, sims, truth = [], [], []
-    for frames, labels in labelled:
-        kept = [(f.index, f.image.copy()) for f in frames if f.index % every == 0]  # a copy frees the batch
-        c, s = grounder.similarities([image for _, image in kept])
-        codes.append(c), sims.append(s), truth.append(np.asarray(labels)[[index for index, _ in kept]])
-    if not codes:
-        raise ValueError("calibration needs at least one labelled stream")
-    return calibrate_threshold(np.concatenate(codes), np.concatenate(sims), np.concatenate(truth))

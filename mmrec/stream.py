@@ -22,15 +22,16 @@ import math
 import os
 import time
 from collections import deque
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import numpy as np
 from PIL import Image
 
 from mmrec.datasets.frames import Frame, FrameStats, FrameStream
-from mmrec.grounding import NO_ITEM, Grounder
+from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold
 
 logger = logging.getLogger(__name__)
 
@@ -240,9 +241,20 @@ class Segmenter:
 
 # ------------------------------------------------------------------------------------------ processor
 
-def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | None = None,
-             stats: StreamStats | None = None) -> Iterator[Segment]:
-    """Screen states of a frame stream, yielded as they close (the last one when the stream ends).
+class FrameLabel(NamedTuple):
+    """One frame's grounding as the processor sees it: its ``timestamp`` and source ``index``, the nearest
+    ``item`` and its ``similarity`` before any threshold (a frame that was not encoded carries the label of
+    the screen it shows: the frame its motion settles on, or the last one encoded)."""
+
+    timestamp: float
+    index: int
+    item: int
+    similarity: float
+
+
+def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | None = None,
+                 stats: StreamStats | None = None) -> Iterator[FrameLabel]:
+    """Every frame's `FrameLabel`, in order, yielded once its batch is grounded.
 
     Only changed frames are encoded (with ``config.encode="settled"``, only those a motion ends in),
     ``config.batch_size`` at a time; ``stats`` (if given) is updated as frames go by. Frames must come in
@@ -252,13 +264,11 @@ def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig |
     stats = stats if stats is not None else StreamStats()
     if isinstance(frames, FrameStream):
         stats.source = frames.stats
-    threshold = grounder.threshold if config.threshold is None else config.threshold
-    segmenter = Segmenter(config.min_frames)
     batch: list[Image.Image] = []  # frames waiting for the encoder
-    pending: list[tuple[float, int]] = []  # (time, slot in batch, or -1: reuse `resolved`)
+    pending: list[tuple[float, int, int]] = []  # (time, index, slot in batch, or -1: reuse `resolved`)
     reference: np.ndarray | None = None  # thumbnail of the last changed frame
     moving: Image.Image | None = None  # the last changed frame, not yet settled ("settled" mode)
-    resolved = (NO_ITEM, math.nan)  # label of the last encoded frame
+    resolved = (NO_ITEM, math.nan)  # nearest item and similarity of the last encoded frame
     started = time.perf_counter()
 
     def settle() -> None:
@@ -267,19 +277,15 @@ def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig |
             batch.append(moving)
             moving = None
 
-    def flush() -> Iterator[Segment]:
+    def flush() -> Iterator[FrameLabel]:
         nonlocal resolved
         codes, sims = grounder.similarities(batch) if batch else (np.zeros(0, np.int64), np.zeros(0))
-        labels = np.where(sims >= threshold, codes, NO_ITEM)
         stats.encoded += len(batch)
         stats.batches += bool(batch)
-        for t, slot in pending:
+        for t, index, slot in pending:
             if slot >= 0:
-                resolved = (int(labels[slot]), float(sims[slot]))
-            closed = segmenter.push(t, *resolved)
-            if closed is not None:
-                stats.segments += 1
-                yield closed
+                resolved = (int(codes[slot]), float(sims[slot]))
+            yield FrameLabel(t, index, *resolved)
         batch.clear()
         pending.clear()
 
@@ -291,27 +297,67 @@ def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig |
                 stats.changed += 1
                 reference = thumb
                 # the slot this frame's label will come from: its own, or (settled) the one its motion ends in
-                pending.append((frame.timestamp, len(batch)))
+                pending.append((frame.timestamp, frame.index, len(batch)))
                 moving = Image.fromarray(np.array(frame.image))  # a copy: the frame is a view of its batch
                 if config.encode == "changed":
                     settle()
             elif moving is not None:
                 settle()
-                pending.append((frame.timestamp, len(batch) - 1))
+                pending.append((frame.timestamp, frame.index, len(batch) - 1))
             else:
-                pending.append((frame.timestamp, -1))
+                pending.append((frame.timestamp, frame.index, -1))
             if len(batch) >= config.batch_size or len(pending) >= config.max_pending:
                 settle()
                 yield from flush()
             stats.seconds = time.perf_counter() - started
         settle()
         yield from flush()
-        last = segmenter.finish()
-        if last is not None:
-            stats.segments += 1
-            yield last
     finally:
         stats.seconds = time.perf_counter() - started
+
+
+def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | None = None,
+             stats: StreamStats | None = None) -> Iterator[Segment]:
+    """Screen states of a frame stream, yielded as they close (the last one when the stream ends): the
+    `frame_labels`, "no item" below the threshold (``config.threshold``, else the grounder's), through a
+    `Segmenter`."""
+    config = config or StreamConfig()
+    stats = stats if stats is not None else StreamStats()
+    threshold = grounder.threshold if config.threshold is None else config.threshold
+    segmenter = Segmenter(config.min_frames)
+    with closing(frame_labels(frames, grounder, config, stats)) as labels:
+        for label in labels:
+            item = label.item if label.similarity >= threshold else NO_ITEM
+            closed = segmenter.push(label.timestamp, item, label.similarity)
+            if closed is not None:
+                stats.segments += 1
+                yield closed
+    last = segmenter.finish()
+    if last is not None:
+        stats.segments += 1
+        yield last
+
+
+def calibrate_on_streams(grounder: Grounder, labelled: Iterable[tuple[Iterable[Frame], np.ndarray]],
+                         config: StreamConfig | None = None) -> tuple[float, dict[str, float]]:
+    """The grounding threshold fitted (`calibrate_threshold`: best F1 per frame) on what the processor
+    grounds: labelled streams ``(frames, true item per frame index)``, each run through change detection
+    and encoding as `segments` runs them with ``config``, every frame counted with the label it gets. The
+    threshold judges only the screens the processor encodes (settled ones, not the frames of a scroll or a
+    page sliding in), so it is fitted on those. Returns the threshold and the fit; the grounder is not
+    changed."""
+    codes, sims, truth = [], [], []
+    for k, (frames, labels) in enumerate(labelled):
+        labels = np.asarray(labels)
+        for label in frame_labels(frames, grounder, config):
+            if not 0 <= label.index < len(labels):
+                raise ValueError(f"calibration stream {k}: frame {label.index} has no true label "
+                                 f"({len(labels)} given)")
+            if math.isfinite(label.similarity):
+                codes.append(label.item), sims.append(label.similarity), truth.append(labels[label.index])
+    if not codes:
+        raise ValueError("calibration needs at least one labelled stream with frames")
+    return calibrate_threshold(np.array(codes, np.int64), np.array(sims), np.array(truth, np.int64))
 
 
 def events(screen_segments: Iterable[Segment], *, logs: Any = None, item_ids: Any = None,

@@ -11,9 +11,10 @@ import torch
 
 from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_session, write_recording
 from mmrec.datasets.frames import iterator_frames, video_frames
-from mmrec.grounding import NO_ITEM, Grounder, calibrate_on_frames, calibrate_threshold, embed_screens
+from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold, embed_screens
 from mmrec.screen_space import ScreenSpaceConfig, train_screen_space
-from mmrec.stream import Segmenter, StreamConfig, StreamStats, events, process, segments, write_events
+from mmrec.stream import (Segmenter, StreamConfig, StreamStats, calibrate_on_streams, events, frame_labels, process,
+                          segments, write_events)
 
 SIM = dict(fps=15, width=120, height=208, notification_prob=0.0, jpeg_quality=(60, 90))
 
@@ -34,7 +35,7 @@ def setup(tmp_path_factory):
     calib_cfg, test_cfg = SimConfig(seed=1, cursor="touch", **SIM), SimConfig(seed=2, cursor="arrow", **SIM)
     calib = simulate_session(world.catalog, calib_seq.items, calib_cfg)
     write_recording(calib, world.catalog, calib_cfg, root / "calib")
-    grounder.threshold, _ = calibrate_on_frames(
+    grounder.threshold, _ = calibrate_on_streams(
         grounder, [(video_frames(root / "calib" / "recording.mp4"), calib.product_per_frame())])
     session = simulate_session(world.catalog, test_seq.items, test_cfg)
     write_recording(session, world.catalog, test_cfg, root / "test")
@@ -141,6 +142,36 @@ def test_a_motion_is_encoded_once_where_it_settles_and_belongs_to_the_new_screen
         assert found[-1].end == pytest.approx(len(pictures) / 10)
     with pytest.raises(ValueError, match="encode"):
         StreamConfig(encode="every")
+
+
+def test_the_threshold_is_calibrated_on_the_screens_the_processor_grounds():
+    """A page sliding in (every frame changed) looks like another item on its way; the processor never
+    grounds those frames, only the screen the motion settles on. Calibrated on the processor's own labels
+    the threshold keeps the page and drops the screen without an item; calibrated on every frame, the
+    moving frames cost precision."""
+    class ColourGrounder:  # what a mean brightness "shows": (item, similarity)
+        threshold = 0.5
+        meaning = {10: (0, 0.3), 100: (1, 0.9), 150: (1, 0.9), 200: (2, 0.6)}
+
+        def similarities(self, screens):
+            found = [self.meaning[int(np.asarray(s).mean())] for s in screens]
+            return np.array([f[0] for f in found], np.int64), np.array([f[1] for f in found], np.float32)
+
+    pictures = [np.full((40, 30, 3), v, np.uint8) for v in [10] * 5 + [100, 150] + [200] * 9]
+    truth = np.array([NO_ITEM] * 5 + [2] * 11)
+    stats = StreamStats()
+    labels = list(frame_labels(iterator_frames((k / 10, p) for k, p in enumerate(pictures)), ColourGrounder(),
+                               StreamConfig(batch_size=4), stats))
+    assert [label.index for label in labels] == list(range(16)) and stats.encoded == 2
+    assert [label.item for label in labels] == [0] * 5 + [2] * 11  # the motion takes its settled screen's label
+    threshold, fit = calibrate_on_streams(
+        ColourGrounder(), [(iterator_frames((k / 10, p) for k, p in enumerate(pictures)), truth)])
+    assert 0.3 < threshold < 0.6 and fit["precision"] == fit["recall"] == 1.0
+    codes, sims = ColourGrounder().similarities(pictures)
+    assert calibrate_threshold(codes, sims, truth)[1]["precision"] < 1.0
+    with pytest.raises(ValueError, match="no true label"):
+        calibrate_on_streams(ColourGrounder(), [(iterator_frames((k / 10, p) for k, p in enumerate(pictures)),
+                                                 truth[:8])])
 
 
 def test_segmenter_merges_flickers_but_not_real_states():
