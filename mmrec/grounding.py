@@ -19,13 +19,13 @@ import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from mmrec.data import Catalog
-from mmrec.screen_windows import PhotoCheck, ScreenWindows, crop_windows
+from mmrec.screen_windows import AreaTable, PhotoCheck, ScreenWindows, crop_windows
 from mmrec.space import UnifiedSpace
 
 logger = logging.getLogger(__name__)
@@ -94,21 +94,18 @@ class Grounder:
             best, codes = self.item_similarities(screens).max(dim=1)
             return codes.cpu().numpy().astype(np.int64), best.cpu().numpy().astype(np.float32)
         codes, sims = [], []
-        for start in range(0, len(screens), self.batch_size):
-            batch = [screen_tensor(s) for s in screens[start:start + self.batch_size]]
-            best, where = self._best_windows(batch)
+        for table in self._tables(screens):
+            best, where = self._best_windows(table)
             if self.check is None:
                 best, code = best.max(dim=1)
                 codes.append(code.cpu()), sims.append(best.cpu())
                 continue
-            top = best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu()  # [N, C]
+            top = best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu()  # [n, C]
             windows_at = torch.gather(where.cpu(), 1, top)  # each candidate's best window
-            for same in _runs_of_one_size(batch):
-                group = torch.stack([batch[k] for k in same])
-                boxes = torch.as_tensor(self.windows.boxes(group.shape[-1], group.shape[-2]))[windows_at[same]]
-                match = self.check.match(group, boxes, self.thumbnails[top[same]])  # [n, C]
-                best_match, k = match.max(dim=1)
-                codes.append(top[same].gather(1, k[:, None])[:, 0]), sims.append(best_match)
+            boxes = torch.as_tensor(self.windows.boxes(table.width, table.height))[windows_at]
+            match = self.check.match(table, boxes, self.thumbnails[top])  # [n, C]
+            best_match, k = match.max(dim=1)
+            codes.append(top.gather(1, k[:, None])[:, 0]), sims.append(best_match)
         return torch.cat(codes).numpy().astype(np.int64), torch.cat(sims).numpy().astype(np.float32)
 
     @torch.no_grad()
@@ -120,12 +117,19 @@ class Grounder:
 
             screens = [Image.fromarray(s) if isinstance(s, np.ndarray) else s for s in screens]
             return embed_screens(self.space, screens, self.batch_size) @ self.item_vectors.t()
-        return torch.cat([self._best_windows([screen_tensor(s) for s in screens[k:k + self.batch_size]])[0]
-                          for k in range(0, len(screens), self.batch_size)])
+        return torch.cat([self._best_windows(table)[0] for table in self._tables(screens)])
 
-    def _best_windows(self, batch: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each item's best similarity over a batch's windows ``[N, I]`` and which window gave it."""
-        return (embed_windows(self.space, batch, self.windows) @ self.item_vectors.t()).max(dim=1)  # over [N, K, I]
+    def _tables(self, screens: Sequence[Any]) -> Iterator[AreaTable]:
+        """`AreaTable`s of at most ``batch_size`` screens of one size each, in order: the tower's windows and
+        the check's shifts are cut from one table per screen."""
+        for start in range(0, len(screens), self.batch_size):
+            batch = [screen_tensor(s) for s in screens[start:start + self.batch_size]]
+            for same in _runs_of_one_size(batch):
+                yield AreaTable(torch.stack([batch[k] for k in same]))
+
+    def _best_windows(self, table: AreaTable) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each item's best similarity over the screens' windows ``[n, I]`` and which window gave it."""
+        return (window_vectors(self.space, table, self.windows) @ self.item_vectors.t()).max(dim=1)  # over [n, K, I]
 
     def ground(self, screens: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Item code per screenshot (`NO_ITEM` below the threshold) and its similarity."""
@@ -173,23 +177,31 @@ def screen_tensor(screen: Any) -> torch.Tensor:
 @torch.no_grad()
 def embed_windows(space: UnifiedSpace, screens: Sequence[Any], windows: ScreenWindows) -> torch.Tensor:
     """Screens (PIL images, HxWx3 uint8 arrays or uint8 ``[3, H, W]`` tensors, any sizes) → ``[N, K, D]``: each
-    of their `ScreenWindows` (K per screen; screens in one call must get as many, e.g. share a size) cropped at
-    the screen tower's input size, through the tower and the screen adapter."""
+    of their `ScreenWindows` (K per screen; screens in one call must get as many, e.g. share a size) through
+    the screen tower and adapter (`window_vectors`)."""
+    tensors = [screen_tensor(s) for s in screens]
+    if not tensors:
+        return torch.zeros(0, 0, space.config.dim, device=space.device)
+    out = [window_vectors(space, AreaTable(torch.stack([tensors[k] for k in same])), windows)
+           for same in _runs_of_one_size(tensors)]
+    counts = sorted({v.shape[1] for v in out})
+    if len(counts) != 1:
+        raise ValueError(f"screens of one call got different numbers of windows {counts}; "
+                         f"ground screens of one size together")
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def window_vectors(space: UnifiedSpace, table: AreaTable, windows: ScreenWindows) -> torch.Tensor:
+    """The `ScreenWindows` of screens of one size (their `AreaTable`) cut at the screen tower's input size →
+    ``[n, K, D]`` through the tower and the screen adapter."""
     from mmrec.encoders.screenshot import ScreenshotEncoder
 
     encoder = space.encoders["screen"]
     tower = encoder.image_encoder if isinstance(encoder, ScreenshotEncoder) else encoder
     prep = tower.preprocess
-    crops = []
-    for screen in map(screen_tensor, screens):
-        crops.append(crop_windows(screen[None], windows.boxes(screen.shape[-1], screen.shape[-2]), prep.size))
-    if not crops:
-        return torch.zeros(0, 0, space.config.dim, device=space.device)
-    counts = sorted({len(c) for c in crops})
-    if len(counts) != 1:
-        raise ValueError(f"screens of one call got different numbers of windows {counts}; "
-                         f"ground screens of one size together")
-    pixels = prep.normalize(torch.cat(crops).div_(255).to(tower.device))
+    boxes = windows.boxes(table.width, table.height)
+    pixels = prep.normalize(crop_windows(table, boxes, prep.size).div_(255).to(tower.device))
     was_training = space.training
     if was_training:  # train()/eval() walk every submodule: only when needed, not per grounding call
         space.eval()
@@ -198,7 +210,7 @@ def embed_windows(space: UnifiedSpace, screens: Sequence[Any], windows: ScreenWi
     finally:
         if was_training:
             space.train()
-    return vectors.view(len(crops), counts[0], -1)
+    return vectors.view(table.count, len(boxes), -1)
 
 
 @dataclass

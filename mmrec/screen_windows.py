@@ -5,7 +5,7 @@ varies from app to app and says little about which item it is. Embedding the who
 learn every look; searching the screen for the photo does not. `ScreenWindows` lays windows of the photos'
 aspect over a screen at a few sizes, edge to edge in steps of a fraction of their size (or `ScreenWindows.fit`
 fits them to where an app's pages put photos); `crop_windows` cuts them out at the tower's input size, each
-output pixel the exact mean of the screen area under it (`area_crops`, from a summed-area table); a
+output pixel the exact mean of the screen area under it (from an `AreaTable`, a summed-area table); a
 `mmrec.grounding.Grounder` given windows scores each item by its best window, and with a `PhotoCheck`
 re-ranks its best candidates by their own photo. `jittered_windows` draws the windows a training page should
 teach: around the photo's true box, off by at most what the grid of windows can be off.
@@ -100,16 +100,18 @@ def _starts(low: float, high: float, size: float, step: float, limit: float) -> 
     return np.linspace(low, high - size, count)
 
 
-def crop_windows(screens: torch.Tensor, boxes: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[N, 3, H, W]`` screens (any dtype, 0–255) and ``[K, 4]`` boxes (the same for every screen) or ``[N, K, 4]``
-    → float ``[N * K, 3, size[0], size[1]]`` window crops, screen-major, each pixel the mean of the area under it
-    (`area_crops`)."""
+def crop_windows(screens: torch.Tensor | AreaTable, boxes: np.ndarray | torch.Tensor,
+                 size: tuple[int, int]) -> torch.Tensor:
+    """``[N, 3, H, W]`` screens (any dtype, 0–255, or their `AreaTable`) and ``[K, 4]`` boxes (the same for every
+    screen) or ``[N, K, 4]`` → float ``[N * K, 3, size[0], size[1]]`` window crops, screen-major, each pixel the
+    mean of the area under it."""
+    table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
     boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float64)
     if boxes.dim() == 2:
-        boxes = boxes.expand(len(screens), *boxes.shape)
-    if boxes.dim() != 3 or boxes.shape[0] != len(screens) or boxes.shape[2] != 4:
-        raise ValueError(f"boxes must be [K, 4] or [N, K, 4] for {len(screens)} screens, got {list(boxes.shape)}")
-    return area_crops(screens, boxes, size).flatten(0, 1)
+        boxes = boxes.expand(table.count, *boxes.shape)
+    if boxes.dim() != 3 or boxes.shape[0] != table.count or boxes.shape[2] != 4:
+        raise ValueError(f"boxes must be [K, 4] or [N, K, 4] for {table.count} screens, got {list(boxes.shape)}")
+    return table.crops(boxes, size).flatten(0, 1)
 
 
 def iou(boxes: np.ndarray, box: Any) -> np.ndarray:
@@ -138,28 +140,51 @@ def jittered_windows(photo_box: tuple[float, float, float, float], windows: Scre
     return np.stack([x0, y0, x0 + ws, y0 + hs], axis=1)
 
 
+class AreaTable:
+    """Summed-area tables of ``[N, 3, H, W]`` screens (any dtype, 0–255): `crops` cuts boxes at any sub-pixel
+    place, each crop pixel the exact mean of the screen area under it. Build one per screen and cut every
+    window from it (the tower's windows and the `PhotoCheck`'s shifts share it)."""
+
+    def __init__(self, screens: torch.Tensor) -> None:
+        if screens.dim() != 4 or screens.shape[1] != 3:
+            raise ValueError(f"screens must be [N, 3, H, W], got {list(screens.shape)}")
+        self.count, _, self.height, self.width = screens.shape
+        pixels = screens.detach().cpu().numpy()
+        if screens.is_floating_point():
+            dtype = np.float64
+        else:  # integer sums are exact; int32 holds a whole screen's sum up to 8.4 million pixels
+            dtype = np.int32 if self.height * self.width * 255 < 2 ** 31 else np.int64
+        table = np.zeros((self.count, 3, self.height + 1, self.width + 1), np.float32)
+        # numpy: torch's integer cumsum is several times slower on CPU
+        table[:, :, 1:, 1:] = np.cumsum(np.cumsum(pixels, axis=2, dtype=dtype), axis=3)
+        self.table = torch.from_numpy(table)  # [N, 3, H + 1, W + 1]
+
+    def crops(self, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """``[N, B, 4]`` boxes (left, top, right, bottom in pixels) → float ``[N, B, 3, h, w]`` crops (bilinear
+        between pixel corners of the table, so exact for sub-pixel boxes too; area outside the screen counts
+        as zero): many shifted crops cost one ``grid_sample``."""
+        import torch.nn.functional as F
+
+        n, h, w = self.count, *size
+        boxes = torch.as_tensor(boxes).double()
+        if boxes.dim() != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
+            raise ValueError(f"boxes must be [{n}, B, 4] for {n} screens, got {list(boxes.shape)}")
+        xs = boxes[..., :1] + (boxes[..., 2:3] - boxes[..., :1]) * torch.linspace(0, 1, w + 1, dtype=torch.float64)
+        ys = boxes[..., 1:2] + (boxes[..., 3:4] - boxes[..., 1:2]) * torch.linspace(0, 1, h + 1, dtype=torch.float64)
+        b = boxes.shape[1]
+        grid = torch.stack([(xs / self.width * 2 - 1)[:, :, None, :].expand(-1, -1, h + 1, -1),
+                            (ys / self.height * 2 - 1)[:, :, :, None].expand(-1, -1, -1, w + 1)], dim=-1)
+        corners = F.grid_sample(self.table, grid.reshape(n, -1, w + 1, 2).float(), mode="bilinear",
+                                padding_mode="border", align_corners=True).view(n, 3, b, h + 1, w + 1).transpose(1, 2)
+        sums = corners[..., 1:, 1:] - corners[..., :-1, 1:] - corners[..., 1:, :-1] + corners[..., :-1, :-1]
+        area = ((boxes[..., 2] - boxes[..., 0]) / w * (boxes[..., 3] - boxes[..., 1]) / h).view(n, b, 1, 1, 1)
+        return sums / area.float()
+
+
 def area_crops(screens: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """``[N, 3, H, W]`` screens and ``[N, B, 4]`` boxes at any sub-pixel place → float ``[N, B, 3, h, w]`` crops
-    whose pixels are exact means of the screen area under them, from each screen's summed-area table (bilinear
-    between pixel corners, so exact for sub-pixel boxes too): many shifted crops cost one table and one
-    ``grid_sample`` (area outside the screen counts as zero)."""
-    import torch.nn.functional as F
-
-    n, _, height, width = screens.shape
-    h, w = size
-    exact = screens.double() if screens.is_floating_point() else screens.to(torch.int64)
-    table = F.pad(exact.cumsum(2).cumsum(3), (1, 0, 1, 0)).float()  # [N, 3, H + 1, W + 1]
-    boxes = boxes.double()
-    xs = boxes[..., :1] + (boxes[..., 2:3] - boxes[..., :1]) * torch.linspace(0, 1, w + 1, dtype=torch.float64)
-    ys = boxes[..., 1:2] + (boxes[..., 3:4] - boxes[..., 1:2]) * torch.linspace(0, 1, h + 1, dtype=torch.float64)
-    b = boxes.shape[1]
-    grid = torch.stack([(xs / width * 2 - 1)[:, :, None, :].expand(-1, -1, h + 1, -1),
-                        (ys / height * 2 - 1)[:, :, :, None].expand(-1, -1, -1, w + 1)], dim=-1)  # [N, B, h+1, w+1, 2]
-    corners = F.grid_sample(table, grid.reshape(n, -1, w + 1, 2).float(), mode="bilinear", padding_mode="border",
-                            align_corners=True).view(n, 3, b, h + 1, w + 1).transpose(1, 2)
-    sums = corners[..., 1:, 1:] - corners[..., :-1, 1:] - corners[..., 1:, :-1] + corners[..., :-1, :-1]
-    area = ((boxes[..., 2] - boxes[..., 0]) / w * (boxes[..., 3] - boxes[..., 1]) / h).view(n, b, 1, 1, 1)
-    return sums / area.float()
+    whose pixels are exact means of the screen area under them (`AreaTable`)."""
+    return AreaTable(screens).crops(boxes, size)
 
 
 @dataclass
@@ -203,12 +228,15 @@ class PhotoCheck:
                 out[k] = torch.from_numpy(np.asarray(small, np.float32).copy()).permute(2, 0, 1)
         return out
 
-    def match(self, screens: torch.Tensor, boxes: np.ndarray | torch.Tensor, thumbnails: torch.Tensor) -> torch.Tensor:
+    def match(self, screens: torch.Tensor | AreaTable, boxes: np.ndarray | torch.Tensor,
+              thumbnails: torch.Tensor) -> torch.Tensor:
         """Best correlation ``[N, C]`` of each screen's candidates' thumbnails (``[N, C, 3, h, w]``) with the screen
-        (``[N, 3, H, W]``, one size) around the candidate's window (``[N, C, 4]``): the window shifted by up to
-        ``margin`` of its size in ``shifts`` steps per axis (finer than the thumbnail's pixels), each shift cut
-        out at the thumbnail size."""
+        (``[N, 3, H, W]``, one size, or their `AreaTable`) around the candidate's window (``[N, C, 4]``): the window
+        shifted by up to ``margin`` of its size in ``shifts`` steps per axis (finer than the thumbnail's pixels),
+        each shift cut out at the thumbnail size."""
         import torch.nn.functional as F
+
+        table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
 
         boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
         n, c = boxes.shape[:2]
@@ -219,7 +247,7 @@ class PhotoCheck:
         size = torch.stack([windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]], dim=-1)  # [U, 2]
         offset = torch.stack([dx.flatten(), dy.flatten()], dim=1) * size[:, None]  # [U, S, 2]
         shifted = windows[:, None, :] + offset.repeat(1, 1, 2)  # [U, S, 4]
-        crops = area_crops(screens, shifted.reshape(1, -1, 4).expand(n, -1, -1), self.size)  # [N, U * S, 3, h, w]
+        crops = table.crops(shifted.reshape(1, -1, 4).expand(n, -1, -1), self.size)  # [N, U * S, 3, h, w]
         patches = crops.reshape(n, len(windows), self.shifts ** 2, -1)
         patches = F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
         patches = patches[torch.arange(n)[:, None], which.view(n, c)]  # [N, C, S, d]
@@ -238,7 +266,7 @@ class PhotoCheck:
         size = torch.stack([start[..., 2] - start[..., 0], start[..., 3] - start[..., 1]], dim=-1)  # [N, k, 2]
         moved = start[:, :, None, :] + (torch.stack([fx.flatten(), fy.flatten()], dim=1) * size[:, :, None]
                                         ).repeat(1, 1, 1, 2)  # [N, k, 25, 4]
-        crops = area_crops(screens, moved.reshape(n, -1, 4), self.size).reshape(n, k, 25, -1)
+        crops = table.crops(moved.reshape(n, -1, 4), self.size).reshape(n, k, 25, -1)
         crops = F.normalize(crops - crops.mean(-1, keepdim=True), dim=-1)
         refined = torch.einsum("nksd,nkd->nks", crops, templates.gather(
             1, top[:, :, None].expand(-1, -1, templates.shape[-1]))).amax(dim=-1)
