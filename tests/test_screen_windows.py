@@ -129,6 +129,29 @@ def test_area_crops_are_exact_means_at_sub_pixel_places():
     np.testing.assert_allclose(crops[1, :, 2, 1].numpy(), expected, rtol=1e-4)
 
 
+def test_one_area_table_cuts_every_window_of_its_screens_exactly():
+    """The tower's windows and the check's shifts come from one table per screen: the same crops as tables
+    built apart, exact for uint8 screens (integer sums) and for float ones; bad shapes are refused."""
+    from mmrec.screen_windows import AreaTable
+
+    rng = np.random.default_rng(5)
+    screens = torch.from_numpy(rng.integers(0, 256, (2, 3, 64, 36), dtype=np.uint8))
+    table = AreaTable(screens)
+    boxes = torch.tensor([[[0.0, 0.0, 36.0, 64.0], [3.5, 7.25, 20.5, 31.0]]]).repeat(2, 1, 1)
+    crops = table.crops(boxes, (4, 3))
+    torch.testing.assert_close(crops, AreaTable(screens.float()).crops(boxes, (4, 3)), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(crops[1, 1], AreaTable(screens[1:]).crops(boxes[1:, 1:], (4, 3))[0, 0])
+    cells = screens.double().view(2, 3, 4, 16, 3, 12).mean((3, 5))  # whole screen, 4 x 3 cells of 16 x 12 px
+    torch.testing.assert_close(crops[:, 0].double(), cells, rtol=1e-6, atol=1e-4)
+    check = PhotoCheck(candidates=2)
+    thumbs = torch.rand(2, 2, 3, *check.size) * 255
+    torch.testing.assert_close(check.match(table, boxes, thumbs), check.match(screens, boxes, thumbs))
+    with pytest.raises(ValueError, match="screens"):
+        AreaTable(screens[0])
+    with pytest.raises(ValueError, match="boxes"):
+        table.crops(boxes[:1], (4, 3))
+
+
 def test_photo_check_names_the_photo_among_near_copies_and_rejects_other_screens():
     """The tower's candidates are re-ranked by their photo: the pasted one wins over near copies (the same
     pattern in other colours or shifted), also when the window is off by a few pixels; a screen without the

@@ -13,8 +13,8 @@ from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_
 from mmrec.datasets.frames import iterator_frames, video_frames
 from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold, embed_screens
 from mmrec.screen_space import ScreenSpaceConfig, train_screen_space
-from mmrec.stream import (Segmenter, StreamConfig, StreamStats, calibrate_on_streams, events, frame_labels, process,
-                          segments, write_events)
+from mmrec.stream import (Segmenter, StreamConfig, StreamStats, calibrate_on_streams, changed, events, frame_labels,
+                          process, segments, thumbnail, write_events)
 
 SIM = dict(fps=15, width=120, height=208, notification_prob=0.0, jpeg_quality=(60, 90))
 
@@ -172,6 +172,33 @@ def test_the_threshold_is_calibrated_on_the_screens_the_processor_grounds():
     with pytest.raises(ValueError, match="no true label"):
         calibrate_on_streams(ColourGrounder(), [(iterator_frames((k / 10, p) for k, p in enumerate(pictures)),
                                                  truth[:8])])
+
+
+def test_change_detection_compares_sampled_grids_by_mean_absolute_difference():
+    rng = np.random.default_rng(2)
+    frame = rng.integers(0, 256, (320, 180, 3), dtype=np.uint8)
+    grid = thumbnail(frame, (36, 64))
+    assert grid.shape == (3, 64, 36) and grid.flags.c_contiguous
+    np.testing.assert_array_equal(grid, frame[2::5, 2::5].transpose(2, 0, 1))
+    brighter = np.clip(frame.astype(np.int16) + 6, 0, 255).astype(np.uint8)  # a change of at most 6/255
+    mean = np.abs(thumbnail(brighter, (36, 64)).astype(np.int16) - grid).mean() / 255
+    assert changed(thumbnail(brighter, (36, 64)), grid, mean * 0.99)
+    assert not changed(thumbnail(brighter, (36, 64)), grid, mean * 1.01)
+    assert changed(grid, None, 0.5) and changed(grid, grid[:, :10], 0.5)  # no reference, another size
+
+
+def test_a_grounder_that_fails_in_the_worker_stops_the_stream_with_its_error():
+    class Broken:
+        threshold = 0.5
+
+        def similarities(self, screens):
+            raise RuntimeError("tower on fire")
+
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (40, 30, 3), dtype=np.uint8) for _ in range(3) for _ in range(5)]
+    with pytest.raises(RuntimeError, match="tower on fire"):
+        list(segments(iterator_frames((k / 10, p) for k, p in enumerate(pictures)), Broken(),
+                      StreamConfig(batch_size=1)))
 
 
 def test_segmenter_merges_flickers_but_not_real_states():
