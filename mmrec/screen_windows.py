@@ -194,9 +194,10 @@ class PhotoCheck:
     Each of the ``candidates`` items nearest in the space is compared, as a ``size`` (height, width)
     thumbnail, with the screen around the window where it scored best, shifted by up to ``margin`` of the
     window's size in ``shifts`` steps per axis (normalised cross-correlation of the colour thumbnails, each
-    centred on its mean), and the ``refine`` best again on a 5 x 5 grid as fine again around their best
-    shift: the
-    best match names the item, and its correlation is the score the grounding threshold applies to. A
+    centred on its mean), then again on a 5 x 5 grid as fine again around their best shift (every candidate,
+    or the ``refine`` best by the coarse grid): the best match names the item, and its correlation is the
+    score the grounding threshold applies to. Near-twins (one cut in two dark greys) are ranked by the fine
+    grid, not the coarse one: a pixel off their photo costs more than the twin's difference. A
     product page shows the catalog photo itself, so once the tower has narrowed 1,000 items to a few, the
     photo settles which (near-identical articles included); a screen without an item matches no photo well.
     Assumes windows of the photos' aspect (as `ScreenWindows.fit` makes them).
@@ -206,15 +207,15 @@ class PhotoCheck:
     size: tuple[int, int] = (18, 12)
     margin: float = 0.125
     shifts: int = 7
-    refine: int = 3
+    refine: int | None = None
 
     def __post_init__(self) -> None:
         self.size = tuple(int(s) for s in self.size)
         if (self.candidates < 1 or len(self.size) != 2 or min(self.size) < 2 or not 0 <= self.margin <= 0.5
-                or self.shifts < 1 or self.shifts % 2 == 0 or self.refine < 0):
-            raise ValueError(f"PhotoCheck needs candidates >= 1, a (height, width) size >= 2, margin in [0, 0.5] and "
-                             f"an odd number of shifts (the window itself among them), got {self.candidates}, "
-                             f"{self.size}, {self.margin}, {self.shifts}")
+                or self.shifts < 1 or self.shifts % 2 == 0 or (self.refine is not None and self.refine < 0)):
+            raise ValueError(f"PhotoCheck needs candidates >= 1, a (height, width) size >= 2, margin in [0, 0.5], an "
+                             f"odd number of shifts (the window itself among them) and refine None or >= 0, got "
+                             f"{self.candidates}, {self.size}, {self.margin}, {self.shifts}, {self.refine}")
 
     def thumbnails(self, photos: list) -> torch.Tensor:
         """PIL photos (None for items without one) → float ``[I, 3, h, w]`` thumbnails (area-averaged)."""
@@ -254,10 +255,10 @@ class PhotoCheck:
         templates = thumbnails.to(patches).flatten(2)
         templates = F.normalize(templates - templates.mean(-1, keepdim=True), dim=-1)
         best, at = torch.einsum("ncsd,ncd->ncs", patches, templates).max(dim=-1)
-        if not self.refine or self.shifts == 1:
+        if self.refine == 0 or self.shifts == 1:
             return best
-        # the best few again, on a grid as fine again around their best shift: a pixel off costs near-twins
-        k = min(self.refine, c)
+        # again on a grid as fine again around their best shift: a pixel off costs near-twins
+        k = c if self.refine is None else min(self.refine, c)
         top = best.topk(k, dim=1).indices  # [N, k]
         start = shifted[which.view(n, c).gather(1, top), at.gather(1, top)]  # [N, k, 4]
         half = self.margin / (self.shifts - 1)

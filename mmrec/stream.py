@@ -3,17 +3,19 @@
 ::
 
     frames (mmrec.datasets.frames) ─► change detection ─► settled frames, in batches ─► Grounder
-        (bounded queue, worker)       (sampled pixels vs     (a motion takes the label of  (screen tower +
-                                       the last changed one)  the frame it settles on;      adapter → item)
-                                                              unchanged frames reuse it)
-    ─► per-frame labels ─► Segmenter (screen states; flickers shorter than ``min_frames`` merged away)
-    ─► events: ``view`` (item, start, dwell) per product segment, + ``click``/``cart``/``purchase`` log
-       rows joined with the screen by a time window ─► `write_events` (parquet, atomic)
+        (bounded queue, worker)       (sampled pixels vs     (a motion takes the label of  (worker thread:
+                                       the last changed one)  the frame it settles on;      screen tower,
+                                                              unchanged frames reuse it)    photo check)
+    ─► per-frame labels (`frame_labels`) ─► threshold ─► Segmenter (screen states; flickers shorter than
+       ``min_frames`` merged away) ─► events: ``view`` (item, start, dwell) per product segment, +
+       ``click``/``cart``/``purchase`` log rows joined with the screen by a time window ─► `write_events`
 
 Everything is a generator: events come out as segments close, so a stream that ends early (a truncated
-file, a stopped capture) still gives every finished event, and memory holds at most one batch of changed
-frames, ``max_pending`` frame labels and the segments inside the log window, whatever the stream's
-length. Broken frames are skipped and counted by the frame sources (`FrameStats`).
+file, a stopped capture) still gives every finished event, and memory holds at most two batches of
+changed frames (one being grounded, one filling), ``2 * max_pending`` frame labels and the segments
+inside the log window, whatever the stream's length. Broken frames are skipped and counted by the frame
+sources (`FrameStats`). The threshold is calibrated on what this processor grounds
+(`calibrate_on_streams`).
 """
 from __future__ import annotations
 
@@ -51,8 +53,9 @@ class StreamConfig:
     once it holds still — the last changed frame, when the frame after it is unchanged — and gives the
     frames of the motion before it (a scroll, a page sliding in) that frame's label, so a new screen
     starts at its first moving frame; ``"changed"`` encodes every changed frame. ``batch_size`` frames per
-    encoder call; at most ``max_pending`` frames wait for their batch's labels (bounds memory and the
-    delay of events; a motion that outlasts it is encoded where it has got to). Grounding: ``threshold``
+    encoder call (grounded in a worker thread, one batch at a time, while the next fills); a batch closes
+    at ``max_pending`` frames waiting for its labels (bounds memory and the delay of events; a motion that
+    outlasts it is encoded where it has got to). Grounding: ``threshold``
     overrides the grounder's similarity threshold.
     Segmentation: a new label must hold ``min_frames`` frames in a row to start a screen state (shorter
     runs are flickers, merged into the state around them). Logs: a log row is ``on_screen`` when its item

@@ -181,8 +181,15 @@ def test_photo_check_names_the_photo_among_near_copies_and_rejects_other_screens
     np.testing.assert_allclose(together.numpy(), alone, rtol=1e-5)
     refined = check.match(x[None], mixed, thumbnails[None])[0]  # the finer pass only ever finds better shifts
     assert (refined >= together - 1e-6).all() and (refined > together + 1e-3).any()
+    # every candidate is refined: its score does not depend on how the coarse grid ranked the others
+    alone = [float(check.match(x[None], mixed[:, k:k + 1], thumbnails[None, k:k + 1])[0, 0]) for k in range(4)]
+    np.testing.assert_allclose(refined.numpy(), alone, rtol=1e-5)
+    best_two = PhotoCheck(candidates=4, refine=2).match(x[None], mixed, thumbnails[None])[0]
+    assert (best_two <= refined + 1e-6).all() and (best_two < refined - 1e-3).any()
     with pytest.raises(ValueError, match="shifts"):
         PhotoCheck(shifts=4)
+    with pytest.raises(ValueError, match="refine"):
+        PhotoCheck(refine=-1)
 
 
 def test_a_grounder_with_a_photo_check_needs_windows_and_thumbnails():
