@@ -232,9 +232,10 @@ def video_frames(path: str | os.PathLike, *, batch_size: int = 32, prefetch: int
     (measured: 1000 frames of 640x360 held after one ``get_batch`` of 16). So a worker thread cuts the
     file, with PyAV and without re-encoding, into segments of ``segment_frames`` frames or more (each
     starts at a keyframe, so it decodes on its own; no seeks anywhere) and opens one decord reader per
-    segment, reading it with ``get_batch`` on consecutive indices in batches of ``batch_size``. Batches
-    go through a queue of at most ``prefetch``. Memory: about one segment (``segment_frames`` up to the
-    next keyframe; a long keyframe interval makes segments longer) plus ``prefetch + 1`` batches.
+    segment, reading it with ``get_batch`` on consecutive indices in batches of ``batch_size`` (the next
+    segment is remuxed and its reader opened in a thread of its own meanwhile). Batches go through a queue
+    of at most ``prefetch``. Memory: about one segment (``segment_frames`` up to the next keyframe; a long
+    keyframe interval makes segments longer) plus ``prefetch + 1`` batches and the next segment's packets.
     ``segment_frames=None`` sizes segments to hold ``segment_bytes`` of decoded frames (at least 16):
     each segment costs a remux and a reader, so small frames want long segments (measured at 320x180,
     against bare decord: 64 frames 0.73×, 256 frames 0.82×, 1024 frames 0.91×; the default 256 MiB is
@@ -386,7 +387,7 @@ class _VideoDecoder:
         import av
 
         done, self.failure = 0, "the file ends before them"
-        segments = _keyframe_segments(self.path, self.segment_frames)
+        segments = _read_ahead(self._opened(_keyframe_segments(self.path, self.segment_frames)), self.stop)
         try:
             while not self.stop.is_set():
                 try:
@@ -396,11 +397,11 @@ class _VideoDecoder:
                     return done
                 if segment is None:
                     return done
-                size, data = segment
+                size, reader = segment
                 if done + size > len(self.times):
                     self.failure = f"the demuxer finds more frames than decord's index of the file ({len(self.times)})"
                     return done
-                sent = self._decode_segment(data, done, size)
+                sent = self._decode_segment(reader, done, size)
                 if sent is None:
                     return done
                 if sent < size:  # a damaged stretch: the next segment starts at a keyframe, decodes on its own
@@ -409,13 +410,28 @@ class _VideoDecoder:
                 done += size
             return done
         finally:
+            segments.close()  # stops the read-ahead thread, which closes the demuxer's file
+
+    def _opened(self, segments: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, Any]]:
+        """(frame count, decord reader of the segment, or the error opening it raised); opening decodes nothing."""
+        first = 0
+        try:
+            for size, data in segments:
+                try:
+                    reader = _open_video(io.BytesIO(data), self.num_threads, name=f"{self.path} (frames {first}..)")
+                except Exception as exn:
+                    reader = exn
+                yield size, reader
+                first += size
+        finally:
             segments.close()  # closes the demuxer's file
 
-    def _decode_segment(self, data: bytes, first: int, size: int) -> int | None:
+    def _decode_segment(self, reader: Any, first: int, size: int) -> int | None:
         """Put the segment's frames into the queue; return how many went (None: the stream was closed)."""
         sent = 0
         try:
-            reader = _open_video(io.BytesIO(data), self.num_threads, name=f"{self.path} (frames {first}..)")
+            if isinstance(reader, Exception):
+                raise reader
             if len(reader) != size:
                 raise ValueError(f"decord finds {len(reader)} frames in the segment, the demuxer {size}")
             for start in range(0, size, self.batch_size):
@@ -426,6 +442,51 @@ class _VideoDecoder:
         except Exception as exn:
             self.failure = f"{type(exn).__name__}: {str(exn).strip()[-300:]}"
         return sent
+
+
+def _read_ahead(items: Iterator[Any], stop: threading.Event) -> Iterator[Any]:
+    """``items`` made one ahead in a thread of their own (the next segment is remuxed and its reader opened
+    while this one decodes); what making them raises is raised here, in order. Closing the generator, or
+    ``stop``, ends the thread."""
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    done = object()
+    closed = threading.Event()
+
+    def make() -> None:
+        try:
+            for item in items:
+                while not (closed.is_set() or stop.is_set()):
+                    try:
+                        ready.put((item, None), timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+                else:
+                    return
+            ready.put((done, None))
+        except BaseException as exn:  # handed to the consumer, which raises it
+            ready.put((None, exn))
+        finally:
+            items.close()
+
+    maker = threading.Thread(target=make, name="segments ahead", daemon=True)
+    maker.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is done:
+                return
+            yield item
+    finally:
+        closed.set()
+        while maker.is_alive():  # free a maker blocked on a full queue
+            try:
+                ready.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        maker.join()
 
 
 # ---------------------------------------------------------------------------------------- image folder

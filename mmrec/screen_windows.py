@@ -166,19 +166,19 @@ class AreaTable:
         import torch.nn.functional as F
 
         n, h, w = self.count, *size
-        boxes = torch.as_tensor(boxes).double()
+        boxes = torch.as_tensor(boxes).float()  # float32 places a box within 1e-4 px on a 1,000 px screen
         if boxes.dim() != 3 or boxes.shape[0] != n or boxes.shape[2] != 4:
             raise ValueError(f"boxes must be [{n}, B, 4] for {n} screens, got {list(boxes.shape)}")
-        xs = boxes[..., :1] + (boxes[..., 2:3] - boxes[..., :1]) * torch.linspace(0, 1, w + 1, dtype=torch.float64)
-        ys = boxes[..., 1:2] + (boxes[..., 3:4] - boxes[..., 1:2]) * torch.linspace(0, 1, h + 1, dtype=torch.float64)
+        xs = boxes[..., :1] + (boxes[..., 2:3] - boxes[..., :1]) * torch.linspace(0, 1, w + 1)
+        ys = boxes[..., 1:2] + (boxes[..., 3:4] - boxes[..., 1:2]) * torch.linspace(0, 1, h + 1)
         b = boxes.shape[1]
-        grid = torch.stack([(xs / self.width * 2 - 1)[:, :, None, :].expand(-1, -1, h + 1, -1),
-                            (ys / self.height * 2 - 1)[:, :, :, None].expand(-1, -1, -1, w + 1)], dim=-1)
-        corners = F.grid_sample(self.table, grid.reshape(n, -1, w + 1, 2).float(), mode="bilinear",
-                                padding_mode="border", align_corners=True).view(n, 3, b, h + 1, w + 1).transpose(1, 2)
-        sums = corners[..., 1:, 1:] - corners[..., :-1, 1:] - corners[..., 1:, :-1] + corners[..., :-1, :-1]
-        area = ((boxes[..., 2] - boxes[..., 0]) / w * (boxes[..., 3] - boxes[..., 1]) / h).view(n, b, 1, 1, 1)
-        return sums / area.float()
+        grid = torch.stack([(xs * (2 / self.width) - 1)[:, :, None, :].expand(-1, -1, h + 1, -1),
+                            (ys * (2 / self.height) - 1)[:, :, :, None].expand(-1, -1, -1, w + 1)], dim=-1)
+        corners = F.grid_sample(self.table, grid.view(n, -1, w + 1, 2), mode="bilinear", padding_mode="border",
+                                align_corners=True).view(n, 3, b, h + 1, w + 1)
+        sums = corners.diff(dim=-1).diff(dim=-2)  # each cell: its four corners' +/- sum
+        area = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]) / (w * h)).view(n, 1, b, 1, 1)
+        return (sums / area).transpose(1, 2)
 
 
 def area_crops(screens: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -249,12 +249,13 @@ class PhotoCheck:
         offset = torch.stack([dx.flatten(), dy.flatten()], dim=1) * size[:, None]  # [U, S, 2]
         shifted = windows[:, None, :] + offset.repeat(1, 1, 2)  # [U, S, 4]
         crops = table.crops(shifted.reshape(1, -1, 4).expand(n, -1, -1), self.size)  # [N, U * S, 3, h, w]
-        patches = crops.reshape(n, len(windows), self.shifts ** 2, -1)
+        patches = crops.reshape(n, len(windows) * self.shifts ** 2, -1)
         patches = F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
-        patches = patches[torch.arange(n)[:, None], which.view(n, c)]  # [N, C, S, d]
         templates = thumbnails.to(patches).flatten(2)
-        templates = F.normalize(templates - templates.mean(-1, keepdim=True), dim=-1)
-        best, at = torch.einsum("ncsd,ncd->ncs", patches, templates).max(dim=-1)
+        templates = F.normalize(templates - templates.mean(-1, keepdim=True), dim=-1)  # [N, C, d]
+        # every candidate against every shift of every window in one product; each keeps its own window's
+        every = torch.bmm(patches, templates.transpose(1, 2)).view(n, len(windows), self.shifts ** 2, c)
+        best, at = every[torch.arange(n)[:, None], which.view(n, c), :, torch.arange(c)].max(dim=-1)  # [N, C]
         if self.refine == 0 or self.shifts == 1:
             return best
         # again on a grid as fine again around their best shift: a pixel off costs near-twins

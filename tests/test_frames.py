@@ -149,11 +149,12 @@ def test_missing_or_unreadable_video_names_the_path(tmp_path):
 
 
 def test_closing_a_video_stream_early_stops_its_decoding_thread(videos):
-    stream = video_frames(videos["mpeg4"], batch_size=8, prefetch=1)
+    stream = video_frames(videos["mpeg4"], batch_size=8, prefetch=1, segment_frames=16)
     assert read_number(next(stream).image) == 0
-    assert any(t.name.startswith("decord") for t in threading.enumerate())
+    names = [t.name for t in threading.enumerate()]
+    assert any(n.startswith("decord") for n in names) and "segments ahead" in names  # the next segment ready
     stream.close()
-    assert not any(t.name.startswith("decord") for t in threading.enumerate())
+    assert not any(t.name.startswith("decord") or t.name == "segments ahead" for t in threading.enumerate())
 
 
 def _memory_mb() -> dict[str, float]:
