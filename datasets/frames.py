@@ -334,62 +334,36 @@ def _mux_segment(template: Any, packets: list[Any]) -> bytes:
 class _VideoDecoder:
     """Segments decoded by decord in a worker thread, handed over in batches through a bounded queue."""
 
-    _END = object()
-
     def __init__(self, path: str, times: np.ndarray, batch_size: int, prefetch: int, segment_frames: int,
                  num_threads: int, stats: FrameStats) -> None:
-        self.path, self.times, self.batch_size = path, times, batch_size
+        self.path, self.times, self.batch_size, self.prefetch = path, times, batch_size, prefetch
         self.segment_frames, self.num_threads, self.stats = segment_frames, num_threads, stats
-        self.queue: queue.Queue = queue.Queue(maxsize=prefetch)
-        self.stop = threading.Event()
 
     def frames(self) -> Iterator[tuple[int, float, np.ndarray, str]]:
-        worker = threading.Thread(target=self._decode, name=f"decord {self.path}", daemon=True)
-        worker.start()
+        batches = _read_ahead(self._batches(), self.prefetch, f"decord {self.path}")
         try:
-            while (item := self.queue.get()) is not self._END:
-                if isinstance(item, BaseException):
-                    raise item
-                start, batch = item
+            for start, batch in batches:
                 for k in range(len(batch)):
                     yield start + k, self.times[start + k], batch[k], self.path
         finally:
-            self.stop.set()
-            while worker.is_alive():  # free a worker blocked on a full queue
-                try:
-                    self.queue.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            worker.join()
+            batches.close()  # stops the decoding thread
 
-    def _put(self, item: Any) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _decode(self) -> None:
-        try:
-            done = self._decode_segments()
-        except BaseException as exn:  # a bug here must reach the consumer, not die with the thread
-            self._put(exn)
-            return
-        if done < len(self.times) and not self.stop.is_set():
+    def _batches(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(index of the first frame, uint8 ``[n, H, W, 3]``) of every segment in order; frames that do not come
+        out (a damaged file) are counted as skips."""
+        done = yield from self._decode_segments()
+        if done < len(self.times):
             self.stats.record_skip("undecodable_video", key=self.path, count=len(self.times) - done,
                                    detail=f"frames {done}..{len(self.times) - 1} lost: {self.failure}")
-        self._put(self._END)
 
-    def _decode_segments(self) -> int:
+    def _decode_segments(self) -> Iterator[tuple[int, np.ndarray]]:
         """Decode segment after segment; return the index after the last frame handled (sent or counted lost)."""
         import av
 
         done, self.failure = 0, "the file ends before them"
-        segments = _read_ahead(self._opened(_keyframe_segments(self.path, self.segment_frames)), self.stop)
+        segments = _read_ahead(self._opened(_keyframe_segments(self.path, self.segment_frames)), 1, "segments ahead")
         try:
-            while not self.stop.is_set():
+            while True:
                 try:
                     segment = next(segments, None)
                 except (av.error.FFmpegError, OSError) as exn:
@@ -401,14 +375,11 @@ class _VideoDecoder:
                 if done + size > len(self.times):
                     self.failure = f"the demuxer finds more frames than decord's index of the file ({len(self.times)})"
                     return done
-                sent = self._decode_segment(reader, done, size)
-                if sent is None:
-                    return done
+                sent = yield from self._decode_segment(reader, done, size)
                 if sent < size:  # a damaged stretch: the next segment starts at a keyframe, decodes on its own
                     self.stats.record_skip("undecodable_video", key=self.path, count=size - sent,
                                            detail=f"frames {done + sent}..{done + size - 1} lost: {self.failure}")
                 done += size
-            return done
         finally:
             segments.close()  # stops the read-ahead thread, which closes the demuxer's file
 
@@ -426,8 +397,8 @@ class _VideoDecoder:
         finally:
             segments.close()  # closes the demuxer's file
 
-    def _decode_segment(self, reader: Any, first: int, size: int) -> int | None:
-        """Put the segment's frames into the queue; return how many went (None: the stream was closed)."""
+    def _decode_segment(self, reader: Any, first: int, size: int) -> Iterator[tuple[int, np.ndarray]]:
+        """The segment's batches; returns how many frames came out (fewer when it fails: ``self.failure``)."""
         sent = 0
         try:
             if isinstance(reader, Exception):
@@ -436,26 +407,26 @@ class _VideoDecoder:
                 raise ValueError(f"decord finds {len(reader)} frames in the segment, the demuxer {size}")
             for start in range(0, size, self.batch_size):
                 batch = reader.get_batch(list(range(start, min(size, start + self.batch_size)))).asnumpy()
-                if not self._put((first + start, batch)):
-                    return None
+                yield first + start, batch
                 sent += len(batch)
         except Exception as exn:
             self.failure = f"{type(exn).__name__}: {str(exn).strip()[-300:]}"
         return sent
 
 
-def _read_ahead(items: Iterator[Any], stop: threading.Event) -> Iterator[Any]:
-    """``items`` made one ahead in a thread of their own (the next segment is remuxed and its reader opened
-    while this one decodes); what making them raises is raised here, in order. Closing the generator, or
-    ``stop``, ends the thread."""
-    ready: queue.Queue = queue.Queue(maxsize=1)
+def _read_ahead(items: Iterator[Any], depth: int, name: str) -> Iterator[Any]:
+    """``items`` made in a thread of their own (``name``), at most ``depth`` ahead of the consumer (decoded
+    batches ahead of the stream's reader; the next segment remuxed and its reader opened while this one
+    decodes); what making them raises is raised here, in order. Closing the generator ends the thread (and
+    closes ``items`` there)."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     closed = threading.Event()
 
     def make() -> None:
         try:
             for item in items:
-                while not (closed.is_set() or stop.is_set()):
+                while not closed.is_set():
                     try:
                         ready.put((item, None), timeout=0.05)
                         break
@@ -464,12 +435,12 @@ def _read_ahead(items: Iterator[Any], stop: threading.Event) -> Iterator[Any]:
                 else:
                     return
             ready.put((done, None))
-        except BaseException as exn:  # handed to the consumer, which raises it
+        except BaseException as exn:  # a bug here must reach the consumer, not die with the thread
             ready.put((None, exn))
         finally:
             items.close()
 
-    maker = threading.Thread(target=make, name="segments ahead", daemon=True)
+    maker = threading.Thread(target=make, name=name, daemon=True)
     maker.start()
     try:
         while True:

@@ -181,12 +181,6 @@ class AreaTable:
         return (sums / area).transpose(1, 2)
 
 
-def area_crops(screens: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``[N, 3, H, W]`` screens and ``[N, B, 4]`` boxes at any sub-pixel place → float ``[N, B, 3, h, w]`` crops
-    whose pixels are exact means of the screen area under them (`AreaTable`)."""
-    return AreaTable(screens).crops(boxes, size)
-
-
 @dataclass
 class PhotoCheck:
     """Re-ranks a windowed search's best candidates by the item's own photo, pixel for pixel.
@@ -235,24 +229,15 @@ class PhotoCheck:
         (``[N, 3, H, W]``, one size, or their `AreaTable`) around the candidate's window (``[N, C, 4]``): the window
         shifted by up to ``margin`` of its size in ``shifts`` steps per axis (finer than the thumbnail's pixels),
         each shift cut out at the thumbnail size."""
-        import torch.nn.functional as F
-
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
-
         boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
         n, c = boxes.shape[:2]
         # candidates share windows (a screen has a few): cut each distinct window's shifts once per screen
         windows, which = torch.unique(boxes.reshape(-1, 4), dim=0, return_inverse=True)  # [U, 4], [N * C]
-        steps = torch.linspace(-self.margin, self.margin, self.shifts)
-        dy, dx = torch.meshgrid(steps, steps, indexing="ij")
-        size = torch.stack([windows[:, 2] - windows[:, 0], windows[:, 3] - windows[:, 1]], dim=-1)  # [U, 2]
-        offset = torch.stack([dx.flatten(), dy.flatten()], dim=1) * size[:, None]  # [U, S, 2]
-        shifted = windows[:, None, :] + offset.repeat(1, 1, 2)  # [U, S, 4]
+        shifted = _shifted(windows, self.margin, self.shifts)  # [U, S, 4]
         crops = table.crops(shifted.reshape(1, -1, 4).expand(n, -1, -1), self.size)  # [N, U * S, 3, h, w]
-        patches = crops.reshape(n, len(windows) * self.shifts ** 2, -1)
-        patches = F.normalize(patches - patches.mean(-1, keepdim=True), dim=-1)
-        templates = thumbnails.to(patches).flatten(2)
-        templates = F.normalize(templates - templates.mean(-1, keepdim=True), dim=-1)  # [N, C, d]
+        patches = _centred(crops.reshape(n, len(windows) * self.shifts ** 2, -1))
+        templates = _centred(thumbnails.to(patches).flatten(2))  # [N, C, d]
         # every candidate against every shift of every window in one product; each keeps its own window's
         every = torch.bmm(patches, templates.transpose(1, 2)).view(n, len(windows), self.shifts ** 2, c)
         best, at = every[torch.arange(n)[:, None], which.view(n, c), :, torch.arange(c)].max(dim=-1)  # [N, C]
@@ -262,14 +247,25 @@ class PhotoCheck:
         k = c if self.refine is None else min(self.refine, c)
         top = best.topk(k, dim=1).indices  # [N, k]
         start = shifted[which.view(n, c).gather(1, top), at.gather(1, top)]  # [N, k, 4]
-        half = self.margin / (self.shifts - 1)
-        fine = torch.linspace(-half, half, 5)
-        fy, fx = torch.meshgrid(fine, fine, indexing="ij")
-        size = torch.stack([start[..., 2] - start[..., 0], start[..., 3] - start[..., 1]], dim=-1)  # [N, k, 2]
-        moved = start[:, :, None, :] + (torch.stack([fx.flatten(), fy.flatten()], dim=1) * size[:, :, None]
-                                        ).repeat(1, 1, 1, 2)  # [N, k, 25, 4]
-        crops = table.crops(moved.reshape(n, -1, 4), self.size).reshape(n, k, 25, -1)
-        crops = F.normalize(crops - crops.mean(-1, keepdim=True), dim=-1)
+        moved = _shifted(start, self.margin / (self.shifts - 1), 5)  # [N, k, 25, 4]
+        crops = _centred(table.crops(moved.reshape(n, -1, 4), self.size).reshape(n, k, 25, -1))
         refined = torch.einsum("nksd,nkd->nks", crops, templates.gather(
             1, top[:, :, None].expand(-1, -1, templates.shape[-1]))).amax(dim=-1)
         return best.scatter(1, top, torch.maximum(best.gather(1, top), refined))
+
+
+def _shifted(boxes: torch.Tensor, reach: float, steps: int) -> torch.Tensor:
+    """``[..., 4]`` boxes → ``[..., steps ** 2, 4]``: each moved on a ``steps`` x ``steps`` grid (rows by y) by up
+    to ``reach`` of its own width and height either way."""
+    offsets = torch.linspace(-reach, reach, steps)
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    size = torch.stack([boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]], dim=-1)  # [..., 2]
+    move = torch.stack([dx.flatten(), dy.flatten()], dim=1) * size[..., None, :]  # [..., S, 2]
+    return boxes[..., None, :] + torch.cat([move, move], dim=-1)
+
+
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    """Each row of the last dimension minus its mean, to unit length: their dot products are correlations."""
+    import torch.nn.functional as F
+
+    return F.normalize(x - x.mean(-1, keepdim=True), dim=-1)

@@ -115,11 +115,11 @@ def test_a_windowed_grounder_finds_a_photo_anywhere_on_a_busy_screen():
 
 
 def test_area_crops_are_exact_means_at_sub_pixel_places():
-    from mmrec.screen_windows import area_crops
+    from mmrec.screen_windows import AreaTable
 
     screen = torch.arange(3 * 20 * 30, dtype=torch.float32).view(3, 20, 30) % 7 * 30
     boxes = torch.tensor([[2.0, 3.0, 14.0, 15.0], [2.5, 3.25, 14.5, 15.25]])
-    crops = area_crops(screen[None], boxes[None], (4, 3))[0]
+    crops = AreaTable(screen[None]).crops(boxes[None], (4, 3))[0]
     torch.testing.assert_close(crops[0], crop_windows(screen[None], boxes[:1], (4, 3))[0])  # whole pixels
     l, t = 2.5 + 4 * 1, 3.25 + 3 * 2  # crop pixel (row 2, col 1) of the shifted box, 4 x 3 screen pixels
     xs, ys = np.arange(30), np.arange(20)
