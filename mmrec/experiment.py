@@ -1,6 +1,7 @@
 """Train one model on a split and report valid and test metrics at the point chosen on valid."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Sequence
 
@@ -14,7 +15,7 @@ from mmrec.train import TrainConfig
 
 def run(split: Split, model_name: str, *, model_config: Any = None, train_config: TrainConfig | None = None,
         ks: Sequence[int] = (10, 20, 50), select_on: str = "recall@20",
-        setup: Callable[[Recommender], None] | None = None) -> tuple[Recommender, dict]:
+        setup: Callable[[Recommender], None] | None = None, refit_all: bool = False) -> tuple[Recommender, dict]:
     """Fit ``model_name`` on ``split.train``; early stopping and the reported point use valid ``select_on``.
 
     ``setup(model)`` runs between building and fitting (e.g. ``model.set_content(vectors)``). A model with
@@ -23,6 +24,11 @@ def run(split: Split, model_name: str, *, model_config: Any = None, train_config
 
     Returns the fitted model and ``{"valid": {...}, "test": {...}, "best_epoch", "epochs",
     "seconds_per_epoch", "fit_seconds"}``. Test metrics are computed once, at the chosen point.
+
+    ``refit_all`` (deploy mode): after choosing and reporting as above, a fresh model with the same settings
+    is fitted on *all* rows of the split (train + valid + test) for the chosen number of epochs without
+    early stopping, and that model is returned, so it answers for the day after the data ends; the report
+    gains ``"refit": {"rows", "epochs", "fit_seconds"}`` (the metrics stay those of the chosen point).
     """
     train_config = train_config or TrainConfig()
     set_seed(train_config.seed)  # initial weights depend on the seed too, not only the batch order
@@ -45,4 +51,34 @@ def run(split: Split, model_name: str, *, model_config: Any = None, train_config
         epochs = [h["seconds"] for h in result.history]
         report |= {"best_epoch": result.best_epoch, "epochs": result.epochs_run,
                    "seconds_per_epoch": sum(epochs) / len(epochs) if epochs else None}
+    if refit_all:
+        chosen = None if result is None else (result.best_epoch + 1 if result.best_epoch is not None
+                                              else result.epochs_run or None)
+        model, report["refit"] = refit(split, model_name, model_config=model_config, train_config=train_config,
+                                       epochs=chosen, setup=setup)
     return model, report
+
+
+def refit(split: Split, model_name: str, *, model_config: Any = None, train_config: TrainConfig | None = None,
+          epochs: int | None = None, setup: Callable[[Recommender], None] | None = None
+          ) -> tuple[Recommender, dict]:
+    """A fresh ``model_name`` fitted on train + valid + test of ``split`` for ``epochs`` epochs (a model
+    trained by the loop; ignored by models fitted in one pass), with no validation and no checkpoints
+    (a checkpoint folder of the chosen run must not be resumed from). Returns the model and
+    ``{"rows", "epochs", "fit_seconds"}``."""
+    train_config = train_config or TrainConfig()
+    config = dataclasses.replace(train_config, checkpoint_dir=None,
+                                 epochs=epochs if epochs is not None else train_config.epochs)
+    everything = split.train.concat(split.valid).concat(split.test)
+    set_seed(config.seed)
+    model = create_model(model_name, everything.n_users, everything.n_items, model_config)
+    if setup is not None:
+        setup(model)
+    started = time.perf_counter()
+    result = model.fit(everything, train_config=config, evaluate_fn=None)
+    seconds = time.perf_counter() - started
+    model.eval()
+    if hasattr(model, "set_history"):
+        model.set_history(everything)
+    return model, {"rows": len(everything), "epochs": None if result is None else result.epochs_run,
+                   "fit_seconds": seconds}
