@@ -15,6 +15,7 @@ The definitions follow MMRec's ``utils/metrics.py``:
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 METRICS = ("recall", "ndcg", "precision", "map", "hr", "mrr")
@@ -83,3 +84,50 @@ def per_user_metrics(hits: torch.Tensor, n_relevant: torch.Tensor, ks: tuple[int
     if (n_relevant < 1).any():
         raise ValueError("every evaluated user needs at least one relevant item")
     return {f"{m}@{k}": METRIC_FUNCTIONS[m](hits, n_relevant, k) for m in metrics for k in ks}
+
+
+def purchase_hits(predictions, actual, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``hits [U, k]`` and ``n_relevant [U]`` of ranked item codes against each user's set of bought items.
+
+    ``predictions`` is ``[U, ≥k]`` item codes, -1 for an empty slot; an item repeated in a user's list counts
+    only where it first appears (as the competition's ``apk`` does); ``actual[u]`` holds the codes user ``u``
+    bought (repeats count once).
+    """
+    top = np.asarray(predictions.cpu() if isinstance(predictions, torch.Tensor) else predictions, dtype=np.int64)
+    if top.ndim != 2 or top.shape[0] != len(actual):
+        raise ValueError(f"predictions must be [users, k] with one row per actual set; got {top.shape} "
+                         f"for {len(actual)} users")
+    top = top[:, :k]
+    if top.shape[1] < k:
+        top = np.concatenate([top, np.full((len(top), k - top.shape[1]), -1, dtype=np.int64)], 1)
+    bought = [np.unique(np.asarray(a, dtype=np.int64)) for a in actual]
+    n_relevant = np.fromiter((len(b) for b in bought), dtype=np.int64, count=len(bought))
+    width = int(max(top.max(initial=0), max((b.max(initial=0) for b in bought), default=0))) + 1
+    rows = np.repeat(np.arange(len(bought)), n_relevant)
+    keys = rows * width + (np.concatenate(bought) if bought else np.zeros(0, np.int64))
+    relevant = np.isin(np.arange(len(top))[:, None] * width + top, keys)
+    earlier = np.tril(np.ones((k, k), dtype=bool), -1)  # [j, i]: i ranks before j
+    repeated = ((top[:, :, None] == top[:, None, :]) & earlier).any(2)  # a repeat scores once, where first seen
+    hits = torch.as_tensor(relevant & ~repeated & (top >= 0))
+    n_relevant = torch.as_tensor(n_relevant)
+    return hits, n_relevant
+
+
+def map_at_k(predictions, actual, k: int = 12) -> float:
+    """MAP@k as the H&M competition defines it: per user with at least one purchase in the horizon,
+    AP@k = sum over ranks r ≤ k of precision@r · rel(r), divided by min(number of items bought, k); the mean
+    over those users. ``predictions`` ``[U, ≥k]`` item codes (-1 empty), ``actual[u]`` the codes user ``u``
+    bought; users whose ``actual`` is empty are left out (the competition scores only buyers)."""
+    return next_purchase_metrics(predictions, actual, k)[f"map@{k}"]
+
+
+def next_purchase_metrics(predictions, actual, k: int = 12) -> dict[str, float]:
+    """``{"map@k", "recall@k", "users"}`` over users with a purchase in the horizon (see `map_at_k`);
+    recall@k = distinct bought items in the top k / distinct bought items."""
+    keep = np.flatnonzero([len(bought) > 0 for bought in actual])
+    if not len(keep):
+        raise ValueError("next-purchase metrics need at least one user with a purchase in the horizon")
+    top = np.asarray(predictions.cpu() if isinstance(predictions, torch.Tensor) else predictions)
+    hits, n_relevant = purchase_hits(top[keep], [actual[u] for u in keep], k)
+    return {f"map@{k}": float(average_precision(hits, n_relevant, k).mean()),
+            f"recall@{k}": float(recall(hits, n_relevant, k).mean()), "users": int(len(keep))}

@@ -135,3 +135,22 @@ def cold_items(interactions: Interactions, *, fraction: float = 0.2, seed: int =
     withheld = interactions.select(is_cold[interactions.items] & has_history[interactions.users])
     return Split(train, withheld.select(np.isin(withheld.items, cold_valid)),
                  withheld.select(np.isin(withheld.items, cold_test)), cold_valid, cold_test)
+
+
+def horizon(interactions: Interactions, *, days: int = 1, end: int | None = None) -> Split:
+    """Time-based protocol with a horizon: test = the last ``days`` days up to ``end`` (a Unix-day number,
+    days since 1970-01-01; default the last day with data), valid = the ``days`` before, train = everything
+    before valid. Days are UTC calendar days of the timestamps; rows after ``end`` are left out."""
+    if days < 1:
+        raise ValueError(f"horizon days must be ≥ 1, got {days}")
+    ts = interactions.timestamps
+    if not (ts > 0).any():
+        raise ValueError("a horizon split needs timestamps; these interactions have none")
+    day = ts // 86_400
+    end = int(day.max()) if end is None else int(end)
+    test_start, valid_start = end - days + 1, end - 2 * days + 1
+    train = interactions.select(day < valid_start)
+    if not len(train):
+        raise ValueError(f"no interactions before the valid period (day {valid_start}); choose a later end")
+    return Split(train, interactions.select((day >= valid_start) & (day < test_start)),
+                 interactions.select((day >= test_start) & (day <= end)))
