@@ -5,6 +5,11 @@ Instead the capture is scaled so its short side spans ``tiles_across`` tiles (ea
 size, overlapping by ``tile_overlap``), cut into a grid of tiles covering the whole screen, plus one
 letterboxed ``overview`` of the full screen. All tiles of all screens in a batch go through the image
 tower together; `TilePool` turns each screen's tile vectors into one vector (mean, or attention).
+
+Whether a screen tower tiles or takes the screen resized is decided in one place, `screen_tower_modality`: a
+locked (pretrained) tower tiles, a trainable one sees what it was trained on, whole screens or windows resized
+to its input. Every screen tower takes screenshots through ``encode_images``; `pixel_tower` is the image tower
+under it, for callers that cut their own inputs (windows).
 """
 from __future__ import annotations
 
@@ -20,6 +25,20 @@ from torchvision.transforms.v2 import functional as TF
 from mmrec.encoders.base import INTERPOLATIONS, Encoder, ImageEncoder, pil_to_tensor
 
 POOLINGS = ("mean", "attention")
+
+
+def screen_tower_modality(trainable: bool) -> str:
+    """What a ``screen`` tower is built as (`mmrec.encoders.create_encoder`'s modality): ``"screen"`` — a
+    `ScreenshotEncoder`, which tiles the screen — for a locked tower, whose pretraining saw photos, not
+    screens; ``"image"`` — the whole screen (or a window) resized to the input — for a trainable one, which
+    learns from what it is trained on. The one place this is decided."""
+    return "image" if trainable else "screen"
+
+
+def pixel_tower(encoder: Encoder) -> ImageEncoder:
+    """The image tower that encodes a screen tower's pixels: a `ScreenshotEncoder`'s tile tower, or the
+    (resizing) tower itself."""
+    return encoder.image_encoder if isinstance(encoder, ScreenshotEncoder) else encoder
 
 
 def tile_grid(height: int, width: int, tile: int, tiles_across: int, overlap: float) -> tuple[int, int, list[int], list[int]]:
@@ -117,6 +136,10 @@ class ScreenshotEncoder(Encoder):
             letterbox = replace(prep, resize_mode="longest", crop_pct=1.0)
             batch = torch.cat([batch, letterbox.resize(x)])
         return prep.normalize(batch)
+
+    def encode_images(self, images: Sequence["Image.Image | torch.Tensor"]) -> torch.Tensor:
+        """Screens -> ``[N, dim]``, as an `ImageEncoder` takes images (`encode`: tiled and pooled)."""
+        return self.encode(images)
 
     @torch.inference_mode()
     def encode(self, batch: Sequence["Image.Image | torch.Tensor"]) -> torch.Tensor:

@@ -17,9 +17,10 @@ items with training events are softmax classes / negatives: an item that is neve
 pushed down in training, else the model learns to recognise "never bought" content and buries new items.
 
 Per-event features (``use_dwell``): an event's ``Interactions.weights`` are read as its dwell seconds
-(the convention for grounded screen events, `mmrec.stream.Event`: one row per event, its ``dwell`` in
-``weights``; NaN — a click/cart/purchase log row has none — reads as 0), ``Interactions.kinds`` as its
-kind (`mmrec.data.KINDS`). Both enter as ``Linear(log1p(dwell)) + Embedding(kind)`` added to the token.
+(the convention for grounded screen events, written by `mmrec.events.dwell_weights` — as
+`mmrec.events.events_to_interactions` does for an events file — and read by `mmrec.events.dwell_from_weights`:
+NaN — a click/cart/purchase log row has none — reads as 0), ``Interactions.kinds`` as its kind
+(`mmrec.data.KINDS`). Both enter as ``Linear(log1p(dwell)) + Embedding(kind)`` added to the token.
 
 Scoring uses each user's *history*: the training sequence after `fit`, or whatever `set_history` was
 given (for leave-last-out testing: train + valid events, so the test item is the next one).
@@ -36,6 +37,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from mmrec.data import KINDS, Interactions
+from mmrec.events import dwell_from_weights
 from mmrec.fusion.adapters import AdapterConfig, create_adapter
 from mmrec.recommender import Recommender, register_model
 
@@ -89,10 +91,7 @@ class Sequences:
         order = np.lexsort((np.arange(len(inter)), inter.timestamps, inter.users))
         indptr = np.zeros(inter.n_users + 1, dtype=np.int64)
         np.cumsum(np.bincount(inter.users, minlength=inter.n_users), out=indptr[1:])
-        dwell = inter.weights[order].astype(np.float32)
-        dwell[np.isnan(dwell)] = 0.0  # no dwell: a log event
-        if np.isinf(dwell).any():
-            raise ValueError("Interactions.weights (dwell seconds) must not be infinite")
+        dwell = dwell_from_weights(inter.weights[order])  # no dwell (NaN): a log event, read as 0
         return cls(indptr, inter.items[order], dwell, inter.kinds[order].astype(np.int64))
 
 

@@ -6,16 +6,18 @@ nearest item is "on screen" when its cosine similarity reaches ``threshold``, el
 item" (grids, bag, checkout). With `ScreenWindows` it searches the screen for the photo instead: every
 window goes through the screen tower and each item takes its best window (`mmrec.screen_windows`).
 `calibrate_threshold` picks the threshold on labelled frames (`mmrec.stream.calibrate_on_streams`: on the
-screens the stream processor grounds in labelled streams);
-`save_grounding` / `load_grounding` keep threshold and windows next to a saved space.
+screens the stream processor grounds in labelled streams; `mmrec.calibration` on simulator recordings, as
+``mmrec stream calibrate`` runs it); `save_grounding` / `load_grounding` keep threshold, windows and photo
+check next to a saved space, and `load_grounder` builds the `Grounder` a saved space grounds with.
 
-`mmrec.screen_space.train_screen_space` trains such a space for a catalog; a space with pretrained towers
-plugs in unchanged (`UnifiedSpace.from_pretrained`). benchmarks/stream_targets.py measures what each grounds.
+An item whose photo cannot be decoded is skipped, logged and counted (`Grounder.skipped_photos`): it is
+never grounded, as an item without a photo. `mmrec.fusion.screen_tower.train_screen_space` trains such a
+space for a catalog; a space with pretrained towers plugs in unchanged (`UnifiedSpace.from_pretrained`).
 """
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +34,19 @@ logger = logging.getLogger(__name__)
 
 NO_ITEM = -1
 GROUNDING_FILE = "grounding.json"
+PHOTO_BATCH = 128  # catalog photos decoded and embedded at a time
+
+
+def check_threshold(value: float, what: str = "threshold") -> float:
+    """``value`` as a float if it is a usable grounding threshold: finite and in [-1, 1] (a cosine similarity or
+    a photo correlation); else a one-line ValueError naming ``what``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number in [-1, 1], got {value!r}") from None
+    if not math.isfinite(number) or not -1.0 <= number <= 1.0:
+        raise ValueError(f"{what} must be a finite number in [-1, 1] (a similarity), got {value!r}")
+    return number
 
 
 class Grounder:
@@ -42,8 +57,11 @@ class Grounder:
     each screen for the photo (`mmrec.screen_windows`): every window goes through the screen tower and each
     item takes its best window; without, the whole screen is one input. ``check`` (with windows, and
     ``thumbnails`` of the item photos from `PhotoCheck.thumbnails`): the nearest candidates are re-ranked by
-    their photo, and the similarity is then the photo's correlation with the screen.
+    their photo, and the similarity is then the photo's correlation with the screen. ``skipped_photos``:
+    (item id, reason) of catalog photos that could not be decoded (`for_catalog`).
     """
+
+    skipped_photos: list[tuple[str, str]]
 
     def __init__(self, space: UnifiedSpace, item_vectors: torch.Tensor, valid: np.ndarray | None = None,
                  threshold: float = 0.5, batch_size: int = 32, windows: ScreenWindows | None = None,
@@ -53,7 +71,8 @@ class Grounder:
         if "screen" not in space.encoders:
             raise ValueError(f"the space has no 'screen' tower (it has {sorted(space.encoders)}); "
                              f"grounding needs one")
-        self.space, self.threshold, self.batch_size = space.eval(), float(threshold), batch_size
+        self.space, self.threshold, self.batch_size = space.eval(), check_threshold(threshold), batch_size
+        self.skipped_photos = []
         if check is not None and (windows is None or thumbnails is None or len(thumbnails) != len(item_vectors)):
             raise ValueError("a PhotoCheck re-ranks a windowed search: give windows and one thumbnail per item")
         self.windows, self.check, self.thumbnails = windows, check, thumbnails
@@ -68,21 +87,52 @@ class Grounder:
                     batch_size: int = 32, windows: ScreenWindows | None = None,
                     check: PhotoCheck | None = None) -> "Grounder":
         """Item vectors from the catalog photos (`embed_images` with the space's image tower), and the
-        photos' thumbnails for ``check``."""
+        photos' thumbnails for ``check``. Photos are decoded ``PHOTO_BATCH`` at a time by the safe decoder
+        (`mmrec.encoders.load_image`); one that cannot be decoded is skipped, logged and counted in
+        ``skipped_photos``, and its item is never grounded."""
+        from mmrec.encoders import ImageDecodeError, load_image
+
         if "image" not in space.encoders:
             raise ValueError(f"the space has no 'image' tower (it has {sorted(space.encoders)}) to embed photos")
-        valid = np.array([p is not None for p in catalog.image_paths], bool)
-        paths = [p for p in catalog.image_paths if p is not None]
-        if not paths:
+        if not any(p is not None for p in catalog.image_paths):
             raise ValueError("no catalog item has a photo; nothing to ground screens against")
+        valid = np.zeros(len(catalog), bool)
         vectors = torch.zeros(len(catalog), space.config.dim)
-        vectors[torch.as_tensor(valid)] = space.embed_images(paths).float().cpu()
-        thumbnails = None
-        if check is not None:
-            from mmrec.encoders import load_image
+        thumbnails = None if check is None else torch.zeros(len(catalog), 3, *check.size)
+        skipped: list[tuple[str, str]] = []
+        batch: list[int] = []
+        photos: list[Any] = []
 
-            thumbnails = check.thumbnails([None if p is None else load_image(p) for p in catalog.image_paths])
-        return cls(space, vectors, valid, threshold, batch_size, windows, check, thumbnails)
+        def flush() -> None:
+            if batch:
+                vectors[batch] = space.embed_images(photos, batch_size=PHOTO_BATCH).float().cpu()
+                if thumbnails is not None:
+                    thumbnails[batch] = check.thumbnails(photos)
+                valid[batch] = True
+                batch.clear(), photos.clear()
+
+        for code, path in enumerate(catalog.image_paths):
+            if path is None:
+                continue
+            try:
+                photos.append(load_image(path))
+            except ImageDecodeError as err:
+                skipped.append((str(catalog.ids[code]), err.reason))
+                logger.warning("grounding: item %s left out, its photo cannot be used: %s", catalog.ids[code], err)
+                continue
+            batch.append(code)
+            if len(batch) == PHOTO_BATCH:
+                flush()
+        flush()
+        if not valid.any():
+            raise ValueError(f"none of the catalog's {len(skipped)} photos could be decoded "
+                             f"(e.g. {skipped[0][0]}: {skipped[0][1]}); nothing to ground screens against")
+        if skipped:
+            logger.warning("grounding: %d of %d catalog photos skipped (undecodable); those items are never "
+                           "grounded", len(skipped), len(skipped) + int(valid.sum()))
+        grounder = cls(space, vectors, valid, threshold, batch_size, windows, check, thumbnails)
+        grounder.skipped_photos = skipped
+        return grounder
 
     @torch.no_grad()
     def similarities(self, screens: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +166,7 @@ class Grounder:
             from PIL import Image
 
             screens = [Image.fromarray(s) if isinstance(s, np.ndarray) else s for s in screens]
-            return embed_screens(self.space, screens, self.batch_size) @ self.item_vectors.t()
+            return self.space.embed_screens(screens, batch_size=self.batch_size) @ self.item_vectors.t()
         return torch.cat([self._best_windows(table)[0] for table in self._tables(screens)])
 
     def _tables(self, screens: Sequence[Any]) -> Iterator[AreaTable]:
@@ -135,20 +185,6 @@ class Grounder:
         """Item code per screenshot (`NO_ITEM` below the threshold) and its similarity."""
         codes, sims = self.similarities(screens)
         return np.where(sims >= self.threshold, codes, NO_ITEM), sims
-
-
-@torch.no_grad()
-def embed_screens(space: UnifiedSpace, screens: Sequence[Any], batch_size: int = 32) -> torch.Tensor:
-    """Screens → ``[N, D]`` through the space's screen tower and adapter.
-
-    A trainable screen tower takes the whole screen (`UnifiedSpace.embed_screens`); a locked one is a
-    `ScreenshotEncoder` (tiles), which has ``encode`` but no ``encode_images``, so it is called directly.
-    """
-    encoder = space.encoders["screen"]
-    if hasattr(encoder, "encode_images"):
-        return space.embed_screens(screens, batch_size=batch_size)
-    out = [space.project("screen", encoder.encode(screens[s:s + batch_size])) for s in range(0, len(screens), batch_size)]
-    return torch.cat(out) if out else torch.zeros(0, space.config.dim, device=space.device)
 
 
 def _runs_of_one_size(screens: Sequence[torch.Tensor]) -> list[list[int]]:
@@ -194,11 +230,10 @@ def embed_windows(space: UnifiedSpace, screens: Sequence[Any], windows: ScreenWi
 @torch.no_grad()
 def window_vectors(space: UnifiedSpace, table: AreaTable, windows: ScreenWindows) -> torch.Tensor:
     """The `ScreenWindows` of screens of one size (their `AreaTable`) cut at the screen tower's input size →
-    ``[n, K, D]`` through the tower and the screen adapter."""
-    from mmrec.encoders.screenshot import ScreenshotEncoder
+    ``[n, K, D]`` through the tower (`pixel_tower`: a tiling tower's own image tower) and the screen adapter."""
+    from mmrec.encoders.screenshot import pixel_tower
 
-    encoder = space.encoders["screen"]
-    tower = encoder.image_encoder if isinstance(encoder, ScreenshotEncoder) else encoder
+    tower = pixel_tower(space.encoders["screen"])
     prep = tower.preprocess
     boxes = windows.boxes(table.width, table.height)
     pixels = prep.normalize(crop_windows(table, boxes, prep.size).div_(255).to(tower.device))
@@ -215,39 +250,65 @@ def window_vectors(space: UnifiedSpace, table: AreaTable, windows: ScreenWindows
 
 @dataclass
 class GroundingSettings:
-    """What grounds screens with a saved space besides its weights: the calibrated ``threshold``, the
-    ``windows`` searched for the photo and the ``check`` re-ranking by photo (None: not used)."""
+    """What grounds screens with a saved space besides its weights: the calibrated ``threshold`` (finite, in
+    [-1, 1]), the ``windows`` searched for the photo and the ``check`` re-ranking by photo (None: not used)."""
 
     threshold: float
     windows: ScreenWindows | None = None
     check: PhotoCheck | None = None
 
+    def __post_init__(self) -> None:
+        self.threshold = check_threshold(self.threshold, "GroundingSettings.threshold")
 
-def save_grounding(directory: str | os.PathLike, settings: GroundingSettings, **extra: Any) -> Path:
-    """Write ``settings`` (and anything in ``extra``, e.g. the calibration's fit) to
-    ``directory/grounding.json``, atomically; `load_grounding` reads them back."""
-    from mmrec.io import atomic_write_text
 
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    return atomic_write_text(Path(directory) / GROUNDING_FILE,
-                             json.dumps({**asdict(settings), **extra}, indent=1, default=list))
+def save_grounding(target: str | os.PathLike, settings: GroundingSettings, **extra: Any) -> Path:
+    """Write ``settings`` (and anything in ``extra``, e.g. the calibration's fit) to ``target``: a space
+    folder's ``grounding.json``, or a ``.json`` file path; atomically, as strict JSON. `load_grounding` reads
+    a folder's back."""
+    from mmrec.io import atomic_write_json
+
+    target = Path(target)
+    path = target if target.suffix == ".json" else target / GROUNDING_FILE
+    return atomic_write_json(path, {**asdict(settings), **extra}, indent=1)
 
 
 def load_grounding(directory: str | os.PathLike) -> GroundingSettings:
     """The `GroundingSettings` `save_grounding` wrote to ``directory/grounding.json`` (other keys ignored)."""
     from mmrec.config import from_dict
+    from mmrec.io import read_json
 
     path = Path(directory) / GROUNDING_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: calibrate the space (benchmarks/stream_targets.py writes "
-                                f"it) or give the threshold")
+        raise FileNotFoundError(f"{path} does not exist: calibrate the space (mmrec stream calibrate writes it) "
+                                f"or give the threshold")
+    values = read_json(path)  # names the file in its errors; NaN is not JSON
     try:
-        values = json.loads(path.read_text())
         known = {k: values[k] for k in ("threshold", "windows", "check") if k in values}
         return from_dict(GroundingSettings, known)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: expected a JSON object with a numeric 'threshold' and optional 'windows' and "
-                         f"'check' ({err})") from err
+                         f"'check' ({err})") from None
+
+
+def load_grounder(directory: str | os.PathLike, catalog: Catalog, *, threshold: float | None = None,
+                  batch_size: int = 32, device: str | torch.device | None = None,
+                  settings: GroundingSettings | None = None) -> Grounder:
+    """The `Grounder` a saved space grounds ``catalog`` with: the space's weights, and ``settings`` (default:
+    its ``grounding.json``; without one, ``threshold`` and a whole-screen search). ``threshold`` replaces the
+    saved one. One of them must give a threshold."""
+    if threshold is not None:
+        threshold = check_threshold(threshold)
+    if settings is None:
+        if (Path(directory) / GROUNDING_FILE).is_file():
+            settings = load_grounding(directory)
+        elif threshold is None:
+            raise ValueError(f"no threshold given and {Path(directory) / GROUNDING_FILE} does not exist; "
+                             f"calibrate the space (mmrec stream calibrate) or give a threshold")
+        else:
+            settings = GroundingSettings(threshold)
+    space = UnifiedSpace.from_pretrained(directory, **({} if device is None else {"device": device}))
+    return Grounder.for_catalog(space, catalog, threshold=settings.threshold if threshold is None else threshold,
+                                batch_size=batch_size, windows=settings.windows, check=settings.check)
 
 
 def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float]]:

@@ -9,13 +9,14 @@
     ─► per-frame labels (`frame_labels`) ─► threshold ─► Segmenter (screen states; flickers shorter than
        ``min_frames`` merged away) ─► events: ``view`` (item, start, dwell) per product segment, +
        ``click``/``cart``/``purchase`` log rows joined with the screen by a time window ─► `write_events`
+       (parquet, one ``user`` per file; `mmrec.events.read_events` reads it back for the sequence model)
 
 Everything is a generator: events come out as segments close, so a stream that ends early (a truncated
 file, a stopped capture) still gives every finished event, and memory holds at most two batches of
 changed frames (one being grounded, one filling), ``2 * max_pending`` frame labels and the segments
 inside the log window, whatever the stream's length. Broken frames are skipped and counted by the frame
 sources (`FrameStats`). The threshold is calibrated on what this processor grounds
-(`calibrate_on_streams`).
+(`calibrate_on_streams`; on simulator recordings, `mmrec.calibration`).
 """
 from __future__ import annotations
 
@@ -34,13 +35,14 @@ import numpy as np
 from PIL import Image
 
 from mmrec.datasets.frames import Frame, FrameStats, FrameStream
-from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold
+from mmrec.events import event_schema
+from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold, check_threshold
 
 logger = logging.getLogger(__name__)
 
 LOG_KINDS = ("click", "cart", "purchase")
 EVENT_COLUMNS = ("kind", "timestamp", "end", "dwell", "item", "item_id", "score", "frames", "on_screen",
-                 "seen_ago")
+                 "seen_ago")  # an Event's; the file adds ``user`` (`mmrec.events.EVENT_FIELDS`)
 
 
 @dataclass
@@ -55,7 +57,7 @@ class StreamConfig:
     starts at its first moving frame; ``"changed"`` encodes every changed frame. ``batch_size`` frames per
     encoder call (grounded in a worker thread, one batch at a time, while the next fills); a batch closes
     at ``max_pending`` frames waiting for its labels (bounds memory and the delay of events; a motion that
-    outlasts it is encoded where it has got to). Grounding: ``threshold``
+    outlasts it is encoded where it has got to). Grounding: ``threshold`` (finite, in [-1, 1])
     overrides the grounder's similarity threshold.
     Segmentation: a new label must hold ``min_frames`` frames in a row to start a screen state (shorter
     runs are flickers, merged into the state around them). Logs: a log row is ``on_screen`` when its item
@@ -81,8 +83,10 @@ class StreamConfig:
                              f"got {self.batch_size}, {self.max_pending}, {self.min_frames}")
         if self.encode not in ("settled", "changed"):
             raise ValueError(f"StreamConfig.encode must be 'settled' or 'changed', got {self.encode!r}")
-        if self.log_window < 0:
+        if not self.log_window >= 0:
             raise ValueError(f"StreamConfig.log_window must be >= 0 seconds, got {self.log_window!r}")
+        if self.threshold is not None:
+            self.threshold = check_threshold(self.threshold, "StreamConfig.threshold")
 
 
 @dataclass
@@ -467,50 +471,51 @@ def process(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | 
 
 # -------------------------------------------------------------------------------------------- output
 
-def write_events(stream_events: Iterable[Event], path: str | os.PathLike, *, row_group: int = 4096) -> int:
-    """Write events as a parquet table (`EVENT_COLUMNS`) at ``path``; returns the number of rows.
+def write_events(stream_events: Iterable[Event], path: str | os.PathLike, *, user: str = "user",
+                 row_group: int = 4096) -> int:
+    """Write events as a parquet table (`mmrec.events.EVENT_FIELDS`: the event's columns and ``user``, whose
+    recording it is) at ``path``; returns the number of rows. `mmrec.events.read_events` reads it back.
 
     Rows go out in row groups of ``row_group`` (memory holds one group), into a temporary file renamed into
-    place at the end. If the events stop with an error, the events finished before it are still written,
-    then the error propagates.
+    place at the end (`mmrec.io.atomic_path`). If the events stop with an error, the events finished before
+    it are still written, then the error propagates.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([("kind", pa.string()), ("timestamp", pa.float64()), ("end", pa.float64()),
-                        ("dwell", pa.float64()), ("item", pa.int64()), ("item_id", pa.string()),
-                        ("score", pa.float64()), ("frames", pa.int64()), ("on_screen", pa.bool_()),
-                        ("seen_ago", pa.float64())])
+    from mmrec.io import atomic_path
+
+    if not isinstance(user, str) or not user:
+        raise ValueError(f"write_events: user must be a non-empty string, got {user!r}")
+    schema = event_schema()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     rows: list[dict[str, Any]] = []
     count = 0
-    writer = pq.ParquetWriter(str(tmp), schema)
+    failure: BaseException | None = None
+    with atomic_path(path) as tmp:
+        writer = pq.ParquetWriter(str(tmp), schema)
 
-    def drain() -> None:
-        nonlocal count
-        if rows:
-            writer.write_table(pa.Table.from_pylist(rows, schema=schema))
-            count += len(rows)
-            rows.clear()
+        def drain() -> None:
+            nonlocal count
+            if rows:
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+                count += len(rows)
+                rows.clear()
 
-    try:
         try:
             for event in stream_events:
-                rows.append(event.to_row())
+                rows.append({"user": user, **event.to_row()})
                 if len(rows) >= row_group:
                     drain()
-        except BaseException:
+        except BaseException as err:  # keep what was finished, then let the error go on
             logger.warning("the event stream stopped with an error; writing the %d events finished before it to %s",
                            count + len(rows), path)
-            raise
+            failure = err
         finally:
             drain()
             writer.close()
-            os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    if failure is not None:
+        raise failure
     return count
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
 from mmrec.grounding import Grounder, GroundingSettings, load_grounding, save_grounding
-from mmrec.screen_space import ScreenSpaceConfig, train_screen_space
 from mmrec.screen_windows import PhotoCheck, ScreenWindows, crop_windows, iou, jittered_windows
 from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
 

@@ -11,8 +11,8 @@ import torch
 
 from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_session, write_recording
 from mmrec.datasets.frames import iterator_frames, video_frames
-from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold, embed_screens
-from mmrec.screen_space import ScreenSpaceConfig, train_screen_space
+from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
+from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold
 from mmrec.stream import (Segmenter, StreamConfig, StreamStats, calibrate_on_streams, changed, events, frame_labels,
                           process, segments, thumbnail, write_events)
 
@@ -304,9 +304,9 @@ def test_trained_towers_move_learn_and_survive_a_save(setup, tmp_path):
     pages = [jpeg_noise(render(c), 60) for c in range(len(catalog))]
 
     def found(space):  # recall@1 of page → photo; a tie counts (this world repeats some photos exactly)
-        return retrieval_metrics(embed_screens(space, pages), space.embed_images(catalog.image_paths))["recall@1"]
+        return retrieval_metrics(space.embed_screens(pages, batch_size=32), space.embed_images(catalog.image_paths))["recall@1"]
 
     assert found(trained) >= 0.5 and found(trained) > found(untrained)
     trained.save_pretrained(tmp_path / "space")
     again = UnifiedSpace.from_pretrained(tmp_path / "space")
-    torch.testing.assert_close(embed_screens(again, pages), embed_screens(trained, pages))
+    torch.testing.assert_close(again.embed_screens(pages), trained.embed_screens(pages))
