@@ -50,8 +50,6 @@ NAME_COLUMNS = (
 ATTRIBUTE_COLUMNS = ("product_code", *NAME_COLUMNS)
 ARTICLE_COLUMNS = ("article_id", "prod_name", "detail_desc", *ATTRIBUTE_COLUMNS)
 TRANSACTION_COLUMNS = ("t_dat", "customer_id", "article_id")
-# The attribute columns that go into `article_texts`, between the product name and the description.
-TEXT_ATTRIBUTES = ("product_type_name", "colour_group_name", "graphical_appearance_name", "section_name")
 
 SKIP_REASONS = {
     "malformed_line": "wrong number of fields",
@@ -167,20 +165,12 @@ def load_customers(root: str | os.PathLike) -> pd.DataFrame:
 
 
 def article_texts(catalog: Catalog) -> list[str]:
-    """Per item the reference text for text towers on H&M.
+    """Per item H&M's reference text for text towers: "prod_name. product_type_name. colour_group_name.
+    graphical_appearance_name. section_name. detail_desc" (`mmrec.content.item_texts` on its default fields,
+    which are these)."""
+    from mmrec.content import DEFAULT_FIELDS, item_texts
 
-    "prod_name. product_type_name. colour_group_name. graphical_appearance_name. section_name. detail_desc"
-
-    Empty parts (and attributes the catalog does not have) are left out; a trailing full stop of a part
-    is not doubled.
-    """
-    columns = [catalog.titles] + [catalog.attributes[name] for name in TEXT_ATTRIBUTES if name in catalog.attributes]
-    out = []
-    for i in range(len(catalog)):
-        parts = [str(col[i]).strip().rstrip(".").strip() for col in columns]
-        parts.append(catalog.texts[i].strip())
-        out.append(". ".join(p for p in parts if p))
-    return out
+    return item_texts(catalog, DEFAULT_FIELDS)
 
 
 # ----------------------------------------------------------------------------------------- articles

@@ -69,8 +69,10 @@ class ContentRecommender(Recommender):
     def build(self, content_dim: int) -> None:
         """Create the modules whose size depends on the content dimension (none by default)."""
 
-    def set_content(self, vectors: np.ndarray | torch.Tensor) -> None:
-        """Give every item its content vector: ``[n_items, C]``, finite; zero rows are items without content."""
+    def set_content(self, vectors: np.ndarray | torch.Tensor, recipe: Any = None) -> None:
+        """Give every item its content vector: ``[n_items, C]``, finite; zero rows are items without content.
+        ``recipe`` (the `mmrec.content.ContentRecipe` that made them) is saved with the model."""
+        self.content_recipe = recipe
         v = torch.as_tensor(np.asarray(vectors) if not isinstance(vectors, torch.Tensor) else vectors)
         if v.ndim != 2 or v.shape[0] != self.n_items:
             raise ValueError(f"{self.name}: content vectors must be [n_items={self.n_items}, C], got {tuple(v.shape)}")

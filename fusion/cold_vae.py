@@ -1,5 +1,6 @@
-"""Parts of the cold-start fusion recommender: item content vectors, the frozen content kNN graph, the
-conditional VAE (or plain regression) from content into the collaborative space, and the count gate.
+"""Parts of the cold-start fusion recommender: the frozen content kNN graph, the conditional VAE (or plain
+regression) from content into the collaborative space, and the count gate (item content vectors come from
+`mmrec.content`).
 
 `mmrec.fusion.coldstart.VAEFusion` puts them together; they are plain functions and modules here so each
 can be read and tested on its own.
@@ -7,7 +8,6 @@ can be read and tested on its own.
 from __future__ import annotations
 
 import math
-import os
 from typing import Sequence
 
 import numpy as np
@@ -18,58 +18,16 @@ from torch import nn
 from mmrec.data import Catalog
 
 
-# ----------------------------------------------------------------------------------- content vectors
-
-def catalog_texts(catalog: Catalog) -> list[str]:
-    """The text a text tower reads per item: H&M's reference text where the catalog has H&M attributes
-    (`mmrec.datasets.hm.article_texts`), else title and description (`Catalog.full_text`)."""
-    from mmrec.datasets import hm
-
-    if any(name in catalog.attributes for name in hm.TEXT_ATTRIBUTES):
-        return hm.article_texts(catalog)
-    return [catalog.full_text(i) for i in range(len(catalog))]
-
-
-def content_vectors(catalog: Catalog, encoder="minilm", *, texts: Sequence[str] | None = None,
-                    cache: str | os.PathLike | None = None, progress: bool = False) -> np.ndarray:
-    """``[len(catalog), C]`` float32 content vectors, L2-normalised; an item with nothing to encode gets zeros.
-
-    ``encoder`` is an encoder spec (``"minilm"``), a text `mmrec.encoders.Encoder`, or a
-    `mmrec.space.UnifiedSpace` (then every modality the item has is fused by ``embed_items``).
-    ``texts`` defaults to `catalog_texts`.
-    """
-    from mmrec.space import UnifiedSpace
-
-    texts = catalog_texts(catalog) if texts is None else list(texts)
-    if isinstance(encoder, UnifiedSpace):
-        vectors, _ = encoder.embed_items(catalog, texts=texts, cache=cache)
-        return normalize_rows(vectors.detach().cpu().float().numpy())
-    from mmrec.encoders import create_encoder, embed
-
-    if isinstance(encoder, str):
-        encoder = create_encoder(encoder)
-    return normalize_rows(embed(catalog, encoder, texts=texts, cache=cache, progress=progress).vectors)
-
-
-def mmrec_content_vectors(folder: str | os.PathLike, catalog: Catalog, encoder="minilm", *,
-                          cache: str | os.PathLike | None = None) -> np.ndarray:
-    """Content vectors in the itemID order of an MMRec folder (``i_id_mapping.csv``) whose raw ids are
-    ``catalog`` ids (e.g. hm5core's article ids in the H&M catalog); an unmapped id is an error naming it."""
-    from mmrec.datasets.mmrec_format import read_item_mapping
-
-    raw = read_item_mapping(folder)
-    missing = [i for i in raw if i not in catalog]
-    if missing:
-        raise KeyError(f"{len(missing)} item id(s) of {folder} are not in the catalog, e.g. {missing[:3]}")
-    return content_vectors(catalog.subset(catalog.index_of(raw)), encoder, cache=cache)
-
-
 def normalize_rows(vectors: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Rows scaled to unit L2 norm as float32; all-zero (or non-finite) rows become zeros."""
+    """Rows scaled to unit L2 norm as float32; an all-zero row (an item with no content) stays zero. NaN or
+    infinite values are refused: silently zeroed, such an item would still be ranked, on no content."""
     array = np.asarray(vectors.detach().cpu() if isinstance(vectors, torch.Tensor) else vectors, dtype=np.float32)
     if array.ndim != 2:
         raise ValueError(f"content vectors must be a [n_items, C] matrix, got shape {array.shape}")
-    array = np.where(np.isfinite(array), array, 0.0).astype(np.float32)
+    bad = np.flatnonzero(~np.isfinite(array).all(axis=1))
+    if len(bad):
+        raise ValueError(f"{len(bad)} content vector(s) have NaN or infinite values (rows {bad[:5].tolist()}); "
+                         f"give an item without content an all-zero row")
     norms = np.linalg.norm(array, axis=1, keepdims=True)
     return np.where(norms > 1e-12, array / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
 

@@ -16,7 +16,7 @@ content-driven to behaviour-driven as it gathers purchases. ``a(u, i)`` is the *
 affinity*: the mean over u's items j of max(0, c_j · c_i)^p (``affinity_power`` p = 6) — with a high
 power only near-duplicates in content count, which on H&M means colour variants of what the user
 bought. Its weight w(g) = g·w_warm + (1 − g)·w_cold is learned (log-parametrised), so cold items may lean
-on it more than warm ones (on H&M seed 0 they do: w_cold 44, w_warm 23). Users are LightGCN's user
+on it more than warm ones. Users are LightGCN's user
 vectors.
 
 One ``training_step`` sums: BPR on these scores (the positive left out of its own affinity) + LightGCN's
@@ -37,14 +37,11 @@ Warm use on an MMRec folder whose raw ids are H&M articles (hm5core)::
 
     catalog, _ = hm.load(hm_root, transactions=False, images=False)
     model = create_model("vae_fusion", split.train.n_users, split.train.n_items)
-    model.set_content(mmrec_content_vectors(folder, catalog, "minilm", cache="runs/embed-cache"))
+    recipe = ContentRecipe()                                     # MiniLM on the catalog's text fields
+    model.set_content(recipe.embed_mmrec_folder(folder, catalog, cache="runs/embed-cache"), recipe=recipe)
     model.fit(split.train, train_config=TrainConfig(lr=5e-3, eval_every=5, patience=4), evaluate_fn=...)
 
-Defaults were chosen on validation data, seed 0: ``reg_weight`` 1e-3 (of 1e-2/1e-3/1e-4 at dim 64) and
-``dim`` 128 (0.2582 against 0.2505 at 64) on hm5core's valid Recall@20; ``rank_weight`` 0.1 follows
-FREEDOM's small weights for its analogous content BPR term; ``cold_dropout`` 0 and 0.1 tie on warm valid;
-``affinity_power`` 6 (of 1/3/6/10/20, affinity alone: 0.171/0.201/0.212/0.212/0.212) and
-``affinity_init`` 20 (of 5/20/50) on the H&M cold split's valid cold Recall@20.
+Defaults were chosen on validation data (the README's cold-start section has the grids and figures).
 """
 from __future__ import annotations
 
@@ -57,13 +54,11 @@ import torch.nn.functional as F
 
 from mmrec.data import Catalog, Interactions
 from mmrec.fusion.baselines import LightGCN, normalized_adjacency
-from mmrec.fusion.cold_vae import (AffinityWeight, ContentRegressor, ContentVAE, CountGate, catalog_texts,
-                                   content_vectors, history_affinity, history_affinity_pairs, history_mean,
-                                   knn_rows, mmrec_content_vectors, normalize_rows)
+from mmrec.content import ContentRecipe
+from mmrec.fusion.cold_vae import (AffinityWeight, ContentRegressor, ContentVAE, CountGate, history_affinity,
+                                   history_affinity_pairs, history_mean, knn_rows, normalize_rows)
 from mmrec.recommender import register_model
 from mmrec.sampling import TripletDataset
-
-__all__ = ["VAEFusionConfig", "VAEFusion", "catalog_texts", "content_vectors", "mmrec_content_vectors"]
 
 
 @dataclass
@@ -139,10 +134,11 @@ class VAEFusion(LightGCN):
         return ContentRegressor(cfg.content_dim, cfg.dim, cfg.hidden_dim)
 
     # -- content and data --------------------------------------------------------------------------
-    def set_content(self, vectors: np.ndarray | torch.Tensor) -> None:
+    def set_content(self, vectors: np.ndarray | torch.Tensor, recipe: ContentRecipe | None = None) -> None:
         """Item content vectors ``[n_items, content_dim]`` (row = item code); rows are L2-normalised and an
         all-zero row (an item with no content) is allowed. With ``content_dim`` 0 the width is taken from
-        ``vectors`` (and the content networks are built now)."""
+        ``vectors`` (and the content networks are built now). ``recipe``, the `ContentRecipe` that made
+        them, is saved with the model so `add_items` can embed a catalog the same way later."""
         array = normalize_rows(vectors)
         if self.config.content_dim == 0 and array.ndim == 2:
             self.config = replace(self.config, content_dim=array.shape[1])
@@ -152,6 +148,7 @@ class VAEFusion(LightGCN):
                              f"({self.n_items}, {self.config.content_dim}) (n_items, config.content_dim)")
         self.content = torch.as_tensor(array, device=self.device)
         self.content_set = True
+        self.content_recipe = recipe
         self._invalidate()
 
     def prepare(self, train: Interactions) -> None:
@@ -328,15 +325,25 @@ class VAEFusion(LightGCN):
         return out
 
     # -- growing without retraining ------------------------------------------------------------------
-    def add_items(self, ids: Sequence[str], vectors: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Append new items (external ``ids``, content ``vectors`` ``[len(ids), content_dim]``, zeros allowed)
-        and return their codes. Nothing is trained: the new items have no interactions and no ID
-        embedding (zero rows), their content-graph edges go to their ``knn_k`` nearest items with an ID
-        embedding, so their vector is the gate's mix of those neighbours and the VAE's generated vector.
-        Existing items' vectors are unchanged."""
+    def add_items(self, items: Catalog | Sequence[str], vectors: np.ndarray | torch.Tensor | None = None) -> np.ndarray:
+        """Append new items and return their codes: a `Catalog` from any reader (embedded by the model's
+        saved `ContentRecipe`), or external ids with their content ``vectors`` ``[len(ids), content_dim]``
+        (zero rows allowed). Nothing is trained: the new items have no interactions and no ID embedding
+        (zero rows), their content-graph edges go to their ``knn_k`` nearest items with an ID embedding, so
+        their vector is the gate's mix of those neighbours and the VAE's generated vector. Existing items'
+        vectors are unchanged."""
         if self.item_ids is None:
             raise RuntimeError("add_items needs a fitted model (it extends the item vocabulary)")
-        ids = [str(i) for i in ids]
+        if isinstance(items, Catalog):
+            if vectors is None:
+                if self.content_recipe is None:
+                    raise ValueError("add_items(catalog) needs the model's content recipe (set_content(..., "
+                                     "recipe=...)), or pass the new items' vectors")
+                vectors = self.content_recipe.embed(items)
+            items = list(items.ids)
+        elif vectors is None:
+            raise ValueError("add_items(ids) needs the new items' content vectors")
+        ids = [str(i) for i in items]
         array = normalize_rows(vectors)
         if array.shape != (len(ids), self.config.content_dim):
             raise ValueError(f"{len(ids)} new item ids need content vectors of shape "

@@ -19,7 +19,8 @@ from torch import nn
 
 from mmrec.config import from_dict, to_dict
 from mmrec.data import Interactions
-from mmrec.io import atomic_save_tensors, atomic_write_text
+from mmrec.io import atomic_save_tensors, atomic_write_json, read_json
+from mmrec.pretrained import FolderError, Pretrained, check_state, load_tensors
 from mmrec.topk import csr_rows, mask_, topk
 
 MODELS: dict[str, type["Recommender"]] = {}
@@ -51,7 +52,7 @@ def create_model(name: str, n_users: int, n_items: int, config: Any = None) -> "
     return cls(from_dict(cls.config_class, config if config is not None else {}), n_users, n_items)
 
 
-class Recommender(nn.Module):
+class Recommender(Pretrained, nn.Module):
     """Base class: ``fit``, ``score``, ``recommend``, ``save_pretrained`` / ``from_pretrained``.
 
     Subclasses set ``config_class`` (a dataclass), implement ``score(users, items=None)`` and either
@@ -68,6 +69,7 @@ class Recommender(nn.Module):
         self.register_buffer("seen_indices", torch.zeros(0, dtype=torch.long))
         self.user_ids: np.ndarray | None = None
         self.item_ids: np.ndarray | None = None
+        self.content_recipe: Any = None  # a `mmrec.content.ContentRecipe` where item content made the model
 
     # -- training ------------------------------------------------------------------------------------
     def remember(self, train: Interactions) -> None:
@@ -142,48 +144,102 @@ class Recommender(nn.Module):
             return cand[idx], values
         return topk(scores, k)
 
-    # -- persistence ---------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write config JSON, vocabularies and safetensors weights to ``directory`` (atomically per file)."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        meta = {"model": self.name, "n_users": self.n_users, "n_items": self.n_items,
+    # -- persistence (data, never code: `mmrec.pretrained`) ------------------------------------------
+    folder_kind = "recommender"
+
+    def folder_config(self) -> dict[str, Any]:
+        """What ``config.json`` holds: the registered name, the sizes and the model's config."""
+        return {"model": self.name, "n_users": self.n_users, "n_items": self.n_items,
                 "config": to_dict(self.config) if dataclasses.is_dataclass(self.config) else {}}
-        atomic_write_text(out / CONFIG_FILE, json.dumps(meta, indent=2))
-        vocab = {"user_ids": None if self.user_ids is None else list(self.user_ids),
-                 "item_ids": None if self.item_ids is None else list(self.item_ids)}
-        atomic_write_text(out / VOCAB_FILE, json.dumps(vocab))
-        atomic_save_tensors(self.state_dict(), out / WEIGHTS_FILE)
-        return out
+
+    def write_files(self, folder: Path) -> None:
+        """``config.json``, ``vocab.json``, ``model.safetensors``, then what `save_extra` adds."""
+        atomic_write_json(folder / CONFIG_FILE, self.folder_config())
+        vocab = {"user_ids": None if self.user_ids is None else [str(u) for u in self.user_ids],
+                 "item_ids": None if self.item_ids is None else [str(i) for i in self.item_ids]}
+        atomic_write_json(folder / VOCAB_FILE, vocab, indent=None)
+        atomic_save_tensors(self.state_dict(), folder / WEIGHTS_FILE)
+        if self.content_recipe is not None:
+            self.content_recipe.save(folder)
+        self.save_extra(folder)
+
+    def save_extra(self, folder: Path) -> None:
+        """Write files besides config, vocabulary, weights and content recipe (a model with more state:
+        tables as ``.npy``/JSON, never pickle). ``folder`` is being built; it is renamed into place whole."""
+
+    def load_extra(self, folder: Path) -> None:
+        """Read what `save_extra` wrote (the folder is verified against its manifest already)."""
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "Recommender":
-        """Load a model written by `save_pretrained` (any registered class when called on the base)."""
-        from safetensors.torch import load_file
+    def read_files(cls, folder: Path, manifest: dict[str, Any], device: str | torch.device = "cpu") -> "Recommender":
+        """Build the registered model the config names and load its verified weights and vocabularies."""
+        from mmrec.content import CONTENT_FILE, ContentRecipe
 
-        root = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (root / name).is_file():
-                raise FileNotFoundError(f"{root / name} is missing: {root} is not a saved mmrec model")
-        meta = json.loads((root / CONFIG_FILE).read_text())
-        model = create_model(meta["model"], meta["n_users"], meta["n_items"], meta["config"])
+        meta = read_json(folder / CONFIG_FILE)
+        if not isinstance(meta, dict) or set(meta) != {"model", "n_users", "n_items", "config"}:
+            raise FolderError(f"{folder / CONFIG_FILE}: expected keys model, n_users, n_items, config")
+        if not all(isinstance(meta[k], int) and meta[k] >= 0 for k in ("n_users", "n_items")):
+            raise FolderError(f"{folder / CONFIG_FILE}: n_users and n_items must be counts")
+        try:
+            model = create_model(meta["model"], meta["n_users"], meta["n_items"], meta["config"])
+        except ValueError as err:
+            raise FolderError(f"{folder / CONFIG_FILE}: {err}") from None
         if cls is not Recommender and not isinstance(model, cls):
-            raise TypeError(f"{root} holds a {meta['model']!r} model, not a {cls.__name__}")
-        state = load_file(str(root / WEIGHTS_FILE))
+            raise TypeError(f"{folder} holds a {meta['model']!r} model, not a {cls.__name__}")
+        path = folder / WEIGHTS_FILE
+        state = load_tensors(path)
+        check_state(path, model.state_dict(), state, model.resizable_state)
+        model.check_seen(path, state)
         model.load_pretrained_state(state)
-        if (root / VOCAB_FILE).is_file():
-            vocab = json.loads((root / VOCAB_FILE).read_text())
-            model.user_ids = None if vocab["user_ids"] is None else np.asarray(vocab["user_ids"], dtype=object)
-            model.item_ids = None if vocab["item_ids"] is None else np.asarray(vocab["item_ids"], dtype=object)
+        model.user_ids, model.item_ids = _read_vocab(folder / VOCAB_FILE, model.n_users, model.n_items)
+        if CONTENT_FILE in manifest["files"]:
+            model.content_recipe = ContentRecipe.load(folder)
+        model.load_extra(folder)
         return model.to(device).eval()
 
+    def resizable_state(self, key: str) -> bool:
+        """Whether a saved tensor's shape depends on the training data rather than the config: a buffer
+        the constructor builds empty (seen pairs, similarity or content-graph edges, histories)."""
+        buffer = dict(self.named_buffers()).get(key)
+        return buffer is not None and buffer.numel() == 0
+
+    def check_seen(self, path: Path, state: dict[str, torch.Tensor]) -> None:
+        """Refuse seen pairs that do not fit the sizes: a CSR over ``n_users`` rows with item codes in range."""
+        ptr, idx = state["seen_indptr"], state["seen_indices"]
+        ok = (len(ptr) == self.n_users + 1 and int(ptr[0]) == 0 and int(ptr[-1]) == len(idx)
+              and bool((ptr[1:] >= ptr[:-1]).all()) and (len(idx) == 0 or (int(idx.min()) >= 0
+                                                                            and int(idx.max()) < self.n_items)))
+        if not ok:
+            raise FolderError(f"{path}: the seen pairs (seen_indptr, seen_indices) do not fit "
+                              f"{self.n_users} users x {self.n_items} items")
+
     def load_pretrained_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Load saved tensors; buffers whose size depends on the data are resized first."""
+        """Load verified tensors; data-sized buffers (`resizable_state`) are resized first."""
         own = self.state_dict()
         for key, value in state.items():
-            if key in own and own[key].shape != value.shape:
+            if own[key].shape != value.shape:
                 setattr_path(self, key, torch.empty_like(value))
         self.load_state_dict(state)
+
+
+def _read_vocab(path: Path, n_users: int, n_items: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The id vocabularies, refused unless each has one distinct string per code."""
+    vocab = read_json(path)
+    if not isinstance(vocab, dict) or set(vocab) != {"user_ids", "item_ids"}:
+        raise FolderError(f"{path}: expected keys user_ids and item_ids")
+    out = []
+    for key, n in (("user_ids", n_users), ("item_ids", n_items)):
+        ids = vocab[key]
+        if ids is None:
+            out.append(None)
+            continue
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise FolderError(f"{path}: {key} must be a list of strings")
+        if len(ids) != n or len(set(ids)) != n:
+            raise FolderError(f"{path}: {key} has {len(ids)} entries ({len(set(ids))} distinct), the weights "
+                              f"have {n}")
+        out.append(np.asarray(ids, dtype=object))
+    return out[0], out[1]
 
 
 def setattr_path(module: nn.Module, dotted: str, value: torch.Tensor) -> None:

@@ -13,7 +13,6 @@ Optional ``"<modality>:mask"`` marks rows that have that modality; a pair's loss
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -27,10 +26,12 @@ from torch import nn
 
 from mmrec.config import from_dict
 from mmrec.data import Catalog
-from mmrec.io import atomic_save_tensors, atomic_write_text
+from mmrec.io import atomic_save_tensors, atomic_write_json, read_json
+from mmrec.pretrained import FolderError, Pretrained, check_state, load_tensors
 from mmrec.fusion.adapters import AdapterConfig, create_adapter
 
 CONFIG_FILE, WEIGHTS_FILE = "space.json", "space.safetensors"
+CODE_OPTIONS = ("trust_remote_code",)  # encoder options that can import code; never read from a saved folder
 
 
 @dataclass
@@ -70,10 +71,11 @@ class SpaceConfig:
             raise ValueError("SpaceConfig.pair_weights needs one weight per pair")
 
 
-class UnifiedSpace(nn.Module):
+class UnifiedSpace(Pretrained, nn.Module):
     """Towers and adapters mapping every modality into one space; `fit` aligns them, `embed_*` use them."""
 
-    def __init__(self, config: SpaceConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, config: SpaceConfig, device: str | torch.device = "cpu", *,
+                 trust_remote_code: bool = False) -> None:
         super().__init__()
         from mmrec.encoders import create_encoder
 
@@ -86,7 +88,9 @@ class UnifiedSpace(nn.Module):
                 # A trainable screen tower sees the whole screen resized to its input (give it a screen's
                 # aspect ratio); a locked one tiles the screen (`ScreenshotEncoder`).
                 build_as = "image" if modality == "screen" and tower.trainable else modality
-                encoder = create_encoder(tower.spec, build_as, device=device, precision="fp32", **tower.options)
+                trusted = trust_remote_code and tower.spec.startswith("hf:")  # only transformers towers take it
+                options = {**tower.options, **({"trust_remote_code": True} if trusted else {})}
+                encoder = create_encoder(tower.spec, build_as, device=device, precision="fp32", **options)
                 self.encoders[modality] = encoder
                 if tower.trainable:
                     module = encoder.module
@@ -276,26 +280,38 @@ class UnifiedSpace(nn.Module):
         torch.distributed.all_gather(parts, mask.to(torch.uint8))
         return torch.cat(parts).bool()
 
-    # -- persistence ---------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Config JSON + safetensors of the adapters, temperature and trained towers (frozen towers are
+    # -- persistence (data, never code: `mmrec.pretrained`) ------------------------------------------
+    folder_kind = "space"
+
+    def folder_config(self) -> dict[str, Any]:
+        """What ``space.json`` holds: the `SpaceConfig`."""
+        return asdict(self.config)
+
+    def write_files(self, folder: Path) -> None:
+        """``space.json`` + safetensors of the adapters, temperature and trained towers (frozen towers are
         rebuilt from their spec when loading)."""
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / CONFIG_FILE, json.dumps(asdict(self.config), indent=2))
-        atomic_save_tensors(self.state_dict(), out / WEIGHTS_FILE)
-        return out
+        atomic_write_json(folder / CONFIG_FILE, self.folder_config())
+        atomic_save_tensors(self.state_dict(), folder / WEIGHTS_FILE)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu") -> "UnifiedSpace":
-        """Load a space written by `save_pretrained`; needs no training state."""
-        from safetensors.torch import load_file
-
-        root = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (root / name).is_file():
-                raise FileNotFoundError(f"{root / name} is missing: {root} is not a saved UnifiedSpace")
-        config = from_dict(SpaceConfig, json.loads((root / CONFIG_FILE).read_text()))
-        space = cls(config, device=device)
-        space.load_state_dict(load_file(str(root / WEIGHTS_FILE), device=str(device)))
+    def read_files(cls, folder: Path, manifest: dict[str, Any], device: str | torch.device = "cpu",
+                   trust_remote_code: bool = False) -> "UnifiedSpace":
+        """Build the space its verified config describes and load its weights. Tower options that can run
+        code are refused in the file: ``trust_remote_code`` comes from the caller only."""
+        path = folder / CONFIG_FILE
+        try:
+            config = from_dict(SpaceConfig, read_json(path), where=str(path))
+        except (TypeError, ValueError) as err:
+            raise FolderError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+        for modality, tower in config.towers.items():
+            unsafe = sorted(set(tower.options) & set(CODE_OPTIONS))
+            if unsafe:
+                raise FolderError(f"{path}: tower {modality!r} sets {unsafe}; options that can run code are never "
+                                  f"read from a saved folder (pass trust_remote_code=True to from_pretrained "
+                                  f"if you trust {tower.spec!r})")
+        space = cls(config, device=device, trust_remote_code=trust_remote_code)
+        weights = folder / WEIGHTS_FILE
+        state = load_tensors(weights, device)
+        check_state(weights, space.state_dict(), state)
+        space.load_state_dict(state)
         return space.eval()

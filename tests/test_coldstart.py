@@ -160,7 +160,10 @@ def test_save_load_round_trip_with_added_items(tmp_path, world, fitted, content)
 
 def test_item_without_content_still_gets_a_vector(fitted, content):
     model = copy.deepcopy(fitted)
-    codes = model.add_items(["BLANK", "NAN"], np.stack([np.zeros(content.shape[1]), np.full(content.shape[1], np.nan)]))
+    with pytest.raises(ValueError, match="NaN or infinite"):  # a NaN vector is a bug upstream, never a silent zero
+        model.add_items(["NAN"], np.full((1, content.shape[1]), np.nan))
+    assert model.n_items == fitted.n_items
+    codes = model.add_items(["BLANK", "BLANK2"], np.zeros((2, content.shape[1])))
     vectors = model.item_vectors()["fused"][torch.as_tensor(codes)]
     assert torch.isfinite(vectors).all() and (vectors.norm(dim=1) > 0).all()
     with torch.no_grad():
