@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from mmrec.data import Catalog, Interactions
-from mmrec.fusion.cold_vae import content_vectors
+from mmrec.content import ContentRecipe
 from mmrec.recommender import create_model
 from mmrec.report import item_cards, write_page
 from mmrec.train import TrainConfig
@@ -100,10 +100,11 @@ def main() -> None:
 
     old_catalog, new_catalog = catalog.subset(catalog.index_of(old_ids)), catalog.subset(catalog.index_of(new_ids))
     model = create_model("vae_fusion", train.n_users, train.n_items, {"content_dim": 384})
-    model.set_content(content_vectors(old_catalog, "minilm", cache=args.cache))
+    recipe = ContentRecipe()  # MiniLM on the catalog's text fields; saved with the model
+    model.set_content(recipe.embed(old_catalog, cache=args.cache), recipe=recipe)
     model.fit(train, train_config=TrainConfig(epochs=args.epochs, batch_size=2048, lr=5e-3, seed=args.seed,
                                               progress=False))
-    new_codes = model.add_items(list(new_ids), content_vectors(new_catalog, "minilm", cache=args.cache))
+    new_codes = model.add_items(list(new_ids), recipe.embed(new_catalog, cache=args.cache))
     log.info("added %d new items without retraining", len(new_codes))
 
     buyers = later.user_ids[later.users]
@@ -122,7 +123,7 @@ def main() -> None:
         user = candidates[i]
         code = user_index[user]
         history = model.seen_indices[model.seen_indptr[code]:model.seen_indptr[code + 1]].tolist()[-12:]
-        recs = [int(c) for c in codes[j]]
+        recs = [int(c) for c in codes[j] if c >= 0]
         rec_ids = model.item_ids[recs]
         catalog_codes = catalog.index_of(rec_ids)
         truth = {k for k, rid in zip(catalog_codes, rec_ids) if rid in bought.get(user, set())}

@@ -78,7 +78,7 @@ def main() -> None:
         bought = set(split.test.items[split.test.users == user].tolist())
         uid = html.escape(str(split.train.user_ids[user]))
         sections += [f"<h3>User {uid}</h3><p>History (last {len(history)})</p>", item_cards(catalog, history),
-                     "<p>Recommended</p>", item_cards(catalog, codes[0].tolist(), highlight=bought)]
+                     "<p>Recommended</p>", item_cards(catalog, [c for c in codes[0].tolist() if c >= 0], highlight=bought)]
     path = write_page(args.out, "mmrec quickstart: warm recommenders on fashion data", sections)
     print(f"wrote {path}")
 

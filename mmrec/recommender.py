@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -129,7 +129,12 @@ class Recommender(Pretrained, nn.Module):
     def recommend(self, users: Sequence[int] | torch.Tensor, k: int = 10, *,
                   candidates: str | Sequence[int] | np.ndarray | None = None,
                   exclude_seen: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` item codes and scores per user, among ``candidates`` (see `candidate_codes`; default all)."""
+        """Top-``k`` item codes and scores per user, among ``candidates`` (see `candidate_codes`; default all).
+
+        ``k`` is capped at the number of candidates; where fewer than ``k`` are left for a user once the
+        items they saw are excluded, the row ends in code -1 with score -inf (never a seen item)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
         users_np = np.asarray(users.cpu() if isinstance(users, torch.Tensor) else users, dtype=np.int64)
         if len(users_np) and (users_np.min() < 0 or users_np.max() >= self.n_users):
             raise ValueError(f"user codes must be in 0..{self.n_users - 1}")
@@ -140,9 +145,11 @@ class Recommender(Pretrained, nn.Module):
         candidates = self.candidate_codes(candidates)
         if candidates is not None:
             cand = torch.as_tensor(candidates, device=scores.device)
-            idx, values = topk(scores.index_select(1, cand), k)
-            return cand[idx], values
-        return topk(scores, k)
+            idx, values = topk(scores.index_select(1, cand), min(int(k), len(cand)))
+            codes = cand[idx]
+        else:
+            codes, values = topk(scores, min(int(k), scores.shape[1]))
+        return codes.masked_fill(values == -math.inf, -1), values
 
     # -- persistence (data, never code: `mmrec.pretrained`) ------------------------------------------
     folder_kind = "recommender"
