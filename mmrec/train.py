@@ -476,7 +476,7 @@ class _Loop:
             return None, _one_line(err)
         mismatch = identity_mismatch(state.get("run"), self.identity)
         if mismatch:
-            raise ValueError(f"checkpoint {path} {mismatch}: resume it with its own settings, or use another "
+            raise ValueError(f"checkpoint {path} {mismatch}: only the run that wrote it can resume it; use another "
                              f"checkpoint_dir (or delete {self.root}) to start afresh")
         try:
             best_value = state["best_value"]

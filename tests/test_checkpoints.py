@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,32 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, ca
     # The damaged folder was set aside, not deleted, and is never resumed again.
     assert (tmp_path / "ckpt" / "damaged_step_000000002").is_dir()
     assert [p.name for p in checkpoint_folders(tmp_path / "ckpt")] == ["step_000000003", "step_000000002"]
+
+
+class _Planted:
+    """A pickle that creates a file when unpickled: what a tampered checkpoint could run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+@pytest.mark.parametrize("file", ["optimizer.bin", "random_states_0.pkl", "custom_checkpoint_0.pkl"])
+def test_pickles_planted_in_a_checkpoint_never_run(tmp_path, caplog, file):
+    _fit(tmp_path / "ckpt", epochs=2)
+    newest = latest_checkpoint(tmp_path / "ckpt")
+    marker = tmp_path / "ran"
+    (newest / file).write_bytes(pickle.dumps(_Planted(marker), protocol=2))
+    with caplog.at_level(logging.WARNING, logger="mmrec.train"):
+        _, resumed = _fit(tmp_path / "ckpt", epochs=3)
+    assert not marker.exists()
+    warnings = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    if file.startswith("random_states"):  # refused by the weights-only loader: resumed, but not exactly
+        assert resumed.resumed_from == str(newest) and "NOT exact" in warnings
+    else:  # the optimiser state is refused, an unregistered custom state is never loaded: damaged
+        assert resumed.resumed_from.endswith("step_000000001") and f"checkpoint {newest} is damaged" in warnings
 
 
 def test_no_usable_checkpoint_is_refused_naming_the_folder(tmp_path):
