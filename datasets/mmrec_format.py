@@ -10,16 +10,16 @@ x_label`` (extra columns such as ``rating`` may be present and are ignored; ``x_
   ``i`` is itemID ``i``.
 
 `load` returns `MMRecData` whose `Interactions` codes equal MMRec's userID/itemID, so a model trained
-here and one trained in MMRec see the same numbering. `save` writes the same layout atomically (each
-file through a temporary file and ``os.replace``; the ``.inter`` file last), so that ``load`` gives back
-exactly what was saved.
+here and one trained in MMRec see the same numbering. `save` writes the same layout as a whole folder,
+built in a temporary sibling and renamed into place with a ``manifest.json`` (`mmrec.pretrained`; MMRec
+ignores it), so that ``load`` gives back exactly what was saved, and refuses a damaged or half-replaced
+folder. Folders from elsewhere (no manifest) load as they are.
 """
 from __future__ import annotations
 
 import csv
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +27,15 @@ import numpy as np
 import pandas as pd
 
 from mmrec.data import Interactions
+from mmrec.io import atomic_save_npy, atomic_write
+from mmrec.pretrained import MANIFEST_FILE, relist_files, verify_folder, write_folder
 from mmrec.splits import Split, from_labels
 
 logger = logging.getLogger(__name__)
 
 ITEM_MAPPING_FILE = "i_id_mapping.csv"
 USER_MAPPING_FILE = "u_id_mapping.csv"
+SPLIT_KIND = "mmrec-split"
 INTER_COLUMNS = ("userID", "itemID", "timestamp", "x_label")
 REQUIRED_COLUMNS = ("userID", "itemID")
 _EXPECTED = {"userID": "a non-negative integer", "itemID": "a non-negative integer",
@@ -68,6 +71,8 @@ def load(folder: str | os.PathLike, name: str | None = None) -> MMRecData:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"MMRec data folder {folder} does not exist")
+    if (folder / MANIFEST_FILE).is_file():  # written by `save`: complete and unchanged, or refused
+        verify_folder(folder, SPLIT_KIND)
     inter_path = _inter_file(folder, name)
     name = inter_path.stem
     table = _read_inter(inter_path)
@@ -121,19 +126,22 @@ def save(folder: str | os.PathLike, name: str, split_or_interactions: Split | In
     for filename, array in features.items():
         _check_feature_name(filename)
         _check_features(Path(filename), np.asarray(array), interactions.n_items)
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for filename, array in features.items():
-        _write_npy(folder / filename, np.asarray(array))
-    _write_mapping(folder / ITEM_MAPPING_FILE, raw_item_column, "itemID", interactions.item_ids)
-    _write_mapping(folder / USER_MAPPING_FILE, raw_user_column, "userID", interactions.user_ids)
     columns = {"userID": interactions.users, "itemID": interactions.items, "timestamp": interactions.timestamps}
     if labels is not None:
         columns["x_label"] = labels.astype(np.int64)
-    inter_path = folder / f"{name}.inter"
     table = pd.DataFrame(columns)
-    _atomic_write(inter_path, lambda f: table.to_csv(f, sep="\t", index=False, lineterminator="\n"), binary=False)
-    return inter_path
+
+    def fill(tmp: Path) -> None:
+        for filename, array in features.items():
+            _write_npy(tmp / filename, np.asarray(array))
+        _write_mapping(tmp / ITEM_MAPPING_FILE, raw_item_column, "itemID", interactions.item_ids)
+        _write_mapping(tmp / USER_MAPPING_FILE, raw_user_column, "userID", interactions.user_ids)
+        atomic_write(tmp / f"{name}.inter", lambda f: table.to_csv(f, sep="\t", index=False, lineterminator="\n"),
+                     binary=False)
+
+    folder = Path(folder)
+    write_folder(folder, SPLIT_KIND, {"name": name, "rows": len(interactions), "labels": labels is not None}, fill)
+    return folder / f"{name}.inter"
 
 
 def read_item_mapping(folder: str | os.PathLike) -> np.ndarray:
@@ -162,6 +170,8 @@ def save_features(folder: str | os.PathLike, filename: str, array: np.ndarray) -
         _check_features(path, array, len(_read_mapping(mapping, "itemID")))
     folder.mkdir(parents=True, exist_ok=True)
     _write_npy(path, array.astype(np.float32, copy=False))
+    if (folder / MANIFEST_FILE).is_file():  # a folder `save` wrote: its manifest lists the new file too
+        relist_files(folder, [filename])
     return path
 
 
@@ -299,22 +309,8 @@ def _write_mapping(path: Path, raw_column: str, id_column: str, ids: np.ndarray)
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow([raw_column, id_column])
         writer.writerows(zip(ids, range(len(ids))))
-    _atomic_write(path, write, binary=False)
+    atomic_write(path, write, binary=False)
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: np.save(f, array, allow_pickle=False), binary=True)
-
-
-def _atomic_write(path: Path, write, *, binary: bool) -> None:
-    """Write through a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": ""})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_save_npy(path, array)

@@ -57,6 +57,17 @@ def write_folder(directory: str | os.PathLike, kind: str, config: Any, fill: Cal
     return directory
 
 
+def relist_files(directory: str | os.PathLike, names: list[str]) -> None:
+    """Add or update files in a saved folder's manifest (for formats that grow, e.g. feature files added to
+    a saved split); the manifest is rewritten atomically."""
+    root = Path(directory)
+    manifest = read_json(root / MANIFEST_FILE)
+    for name in names:
+        path = root / name
+        manifest["files"][name] = {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    atomic_write_json(root / MANIFEST_FILE, manifest)
+
+
 def verify_folder(directory: str | os.PathLike, kind: str) -> dict[str, Any]:
     """Check a saved folder against its manifest (format, kind, every file's size and hash) and return the
     manifest; `FolderError` naming the file on any mismatch."""

@@ -51,7 +51,8 @@ def test_split_round_trips_exactly(tmp_path: Path) -> None:
     assert inter_path == tmp_path / "toy.inter"
     assert inter_path.read_text().splitlines()[0] == "userID\titemID\ttimestamp\tx_label"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["toy.inter", "i_id_mapping.csv", "u_id_mapping.csv", "image_feat.npy", "text_feat.npy"])  # no temp files
+        ["toy.inter", "i_id_mapping.csv", "u_id_mapping.csv", "image_feat.npy", "text_feat.npy",
+         "manifest.json"])  # no temp files
     assert (tmp_path / "i_id_mapping.csv").read_text().splitlines()[:2] == ["article_id,itemID", "0100,0"]
 
     data = mf.load(tmp_path)
@@ -182,3 +183,24 @@ def test_hm5core_matches_its_files_and_the_hm_catalog() -> None:
     np.testing.assert_array_equal(split.test.user_counts(), expected)
     heavy = np.isin(inter.users, np.flatnonzero(n >= 10))
     assert abs((data.labels[heavy] == 0).mean() - 0.8) < 0.02
+
+
+def test_saving_over_a_split_is_atomic_and_a_damaged_one_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """A save killed half-way (features and mappings written, the .inter not) leaves the old split whole;
+    a file changed after saving is refused by name; features added later join the manifest."""
+    mf.save(tmp_path / "s", "toy", small_split())
+    before = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
+
+    def killed(path, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(mf, "atomic_write", killed)
+        with pytest.raises(KeyboardInterrupt):
+            mf.save(tmp_path / "s", "toy", small_split(), features={"a.npy": np.ones((4, 2), np.float32)})
+    assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()} == before
+    mf.save_features(tmp_path / "s", "extra_feat.npy", np.ones((4, 2), np.float32))
+    assert "extra_feat.npy" in mf.load(tmp_path / "s").features
+    (tmp_path / "s" / "toy.inter").write_text("userID\titemID\ttimestamp\tx_label\n0\t0\t0\t0\n")
+    with pytest.raises(ValueError, match=r"toy\.inter"):
+        mf.load(tmp_path / "s")
