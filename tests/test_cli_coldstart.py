@@ -59,12 +59,14 @@ def test_added_articles_are_recommended_without_retraining(trained, tmp_path):
     vocab = json.loads((model_dir / "vocab.json").read_text())
     users.write_text("\n".join(vocab["user_ids"][:3] + ["someone-new"]) + "\n")
 
-    recs = json.loads(_mmrec("recommend", "--model", str(model_dir), "--add-items", str(articles), "--images",
-                             str(images), "--users", str(users), "--candidates", "new", "--k", "4", "--json").stdout)
+    answer = json.loads(_mmrec("recommend", "--model", str(model_dir), "--add-items", str(articles), "--images",
+                               str(images), "--users", str(users), "--candidates", "new", "--k", "4", "--json").stdout)
+    recs = answer["recommendations"]
     new_ids = {r["article_id"] for r in rows}
     for user in vocab["user_ids"][:3]:
         assert len(recs[user]) == 4 and set(recs[user]) == new_ids
-    assert recs["_fallback"] == {"kind": "popular_by_content", "users": ["someone-new"]}
+    assert answer["fallback"] == {"kind": "popular_by_content", "users": ["someone-new"]}
+    assert answer["unknown_users"] == ["someone-new"]
     assert set(recs["someone-new"]) == new_ids
     # Different users get different orders: the ranking is personal, not one list for all.
     assert len({tuple(recs[u]) for u in vocab["user_ids"][:3]}) > 1

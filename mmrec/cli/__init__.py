@@ -1,41 +1,147 @@
 """The ``mmrec`` command line: one subcommand per module in this package.
 
-Each command module exposes ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``.
-Commands that report metrics take ``--json`` and then print exactly one JSON object on stdout.
+Each command module exposes ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``; a
+command with tasks of its own (``mmrec train recommender|coldstart|...``) registers them as nested
+sub-parsers and may name a ``DEFAULT_TASK`` taken when none is given. Commands that report metrics take
+``--json`` and then print exactly one JSON object on stdout.
+
+`main` is the one error boundary: an expected failure (bad input: a missing or malformed file, a bad
+value, an unusable device) is one line ``mmrec <command>: error: <message>`` on stderr and exit code 2;
+anything else is a bug, reported in one line with exit code 1 and a hint to rerun with ``-v``, which
+adds the traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import pickle
 import sys
+import traceback
 
 COMMANDS = ("data_info", "split", "train", "evaluate", "recommend", "embed", "shards", "stream")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: ``mmrec <command>: error: <message>`` and where help is, no usage dump
+    (sub-parsers are made of the same class)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def add_verbose_argument(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """``-v``: INFO logging and tracebacks; accepted before or after the command name."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=False if top else argparse.SUPPRESS,
+                        help="log at INFO level to stderr and print the traceback of an error")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
-    parser = argparse.ArgumentParser(prog="mmrec", description="Multimodal recommendation toolkit.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level to stderr")
+    parser = Parser(prog="mmrec", description="Multimodal recommendation toolkit.")
+    add_verbose_argument(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module_name in COMMANDS:
         module = importlib.import_module(f"mmrec.cli.{module_name}")
         p = sub.add_parser(module.NAME, help=module.HELP, description=module.HELP)
+        add_verbose_argument(p)
         module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        p.set_defaults(_command=module.NAME)
+        if hasattr(module, "run"):  # a command with tasks sets _run in each task's sub-parser
+            p.set_defaults(_run=module.run)
     return parser
 
 
+def with_default_task(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with the command's ``DEFAULT_TASK`` inserted when a command that has tasks is given none
+    (``mmrec train --model itemknn ...`` is ``mmrec train recommender --model itemknn ...``)."""
+    at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if at is None:
+        return argv
+    module = next((importlib.import_module(f"mmrec.cli.{m}") for m in COMMANDS
+                   if m.replace("_", "-") == argv[at]), None)
+    default = getattr(module, "DEFAULT_TASK", None)
+    if default is None:
+        return argv
+    tasks = _subcommands(_subcommands(parser)[argv[at]])
+    following = argv[at + 1] if at + 1 < len(argv) else None
+    if following in tasks or following in ("-h", "--help"):
+        return argv
+    return [*argv[:at + 1], default, *argv[at + 1:]]
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Exception types that mean bad input or an unusable environment, not a bug: exit code 2."""
+    import yaml
+    from safetensors import SafetensorError
+
+    return (ValueError, OSError, KeyError, EOFError, yaml.YAMLError, SafetensorError, pickle.UnpicklingError)
+
+
+def error_message(err: BaseException) -> str:
+    """One line saying what went wrong with which input."""
+    import yaml
+
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        problem = err.problem or ""
+        if isinstance(err, yaml.constructor.ConstructorError) and "python/" in problem:
+            problem = (f"{problem.replace('could not determine a constructor for the tag', 'the tag')} "
+                       f"is not allowed: YAML here is data (safe_load), never Python objects")
+        text = f"{mark.name}: not valid YAML at line {mark.line + 1} column {mark.column + 1}: {problem}"
+        if err.context:
+            text += f" ({err.context})"
+    elif isinstance(err, KeyError) and len(err.args) == 1 and isinstance(err.args[0], str):
+        text = err.args[0]
+    elif isinstance(err, OSError) and err.filename is not None and err.strerror:
+        text = f"{err.filename}: {err.strerror}"
+    elif isinstance(err, json.JSONDecodeError):
+        text = f"not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+    elif isinstance(err, UnicodeDecodeError):
+        text = f"not UTF-8 text ({err.reason} at byte {err.start})"
+    else:
+        text = str(err) or type(err).__name__
+        if isinstance(err, (EOFError, pickle.UnpicklingError)) or type(err).__name__ == "SafetensorError":
+            text = f"{type(err).__name__}: {text}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return "; ".join(lines) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``mmrec`` console script and of ``python -m mmrec``."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``mmrec`` console script and of ``python -m mmrec``: the exit code."""
+    parser = build_parser()
+    argv = with_default_task(parser, list(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, or argparse's own one-line error on a bad argument
+        return exit_.code if isinstance(exit_.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    command = f"mmrec {getattr(args, '_command', args.command)}"
     try:
         return int(args._run(args) or 0)
-    except (FileNotFoundError, ValueError, KeyError) as err:
-        print(f"mmrec {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{command}: interrupted", file=sys.stderr)
+        return 130
+    except expected_errors() as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{command}: error: {error_message(err)}", file=sys.stderr)
         return 2
+    except Exception as err:  # a bug: say so in one line; the traceback only with -v
+        if args.verbose:
+            traceback.print_exc()
+        hint = "" if args.verbose else f" (rerun with 'mmrec -v {args.command} ...' for the traceback)"
+        print(f"{command}: internal error: {type(err).__name__}: {error_message(err)}{hint}", file=sys.stderr)
+        return 1
     finally:
         close_process_group()
 

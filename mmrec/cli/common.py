@@ -1,8 +1,14 @@
-"""What several commands share: reading ``--data``, building a split, printing results."""
+"""What several commands share: reading ``--data``, building a split, checking arguments, printing results.
+
+Arguments are checked when they are parsed (the ``*_arg`` types below), so a bad value is refused before
+any data is read or any model is built; `check_out_folder` and `prepare_checkpoint_dir` check paths
+before the work that would write there.
+"""
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +17,114 @@ from typing import Any
 import numpy as np
 
 from mmrec.data import Catalog, Interactions
+from mmrec.io import dumps_json
 from mmrec.splits import Split, cold_items, from_labels, leave_last_out, mmrec_protocol, temporal
 
 PROTOCOLS = ("mmrec", "temporal", "leave-last-out", "cold")
+DAY = 86_400
+log = logging.getLogger(__name__)
 
+
+# -- argument types: a bad value is an argparse error (exit 2) before any work ---------------------------
+
+def positive_int(text: str) -> int:
+    """An integer ≥ 1 (counts, sizes, epochs, k)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer ≥ 0 (seeds, worker counts)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """A float that is neither NaN nor infinite (thresholds, rates)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def fraction_arg(text: str) -> float:
+    """A float strictly between 0 and 1."""
+    value = finite_float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
+    return value
+
+
+def date_arg(text: str) -> str:
+    """A calendar day ``YYYY-MM-DD`` (kept as text; `make_split` converts it)."""
+    try:
+        np.datetime64(text, "D")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
+    return text
+
+
+def device_arg(text: str) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, refused unless this machine has that device."""
+    if text in ("auto", "cpu"):
+        return text
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is available on this machine")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA device(s), "
+                                             f"cuda:0..cuda:{count - 1}")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text!r}: {device.type} devices are not supported; "
+                                         f"use auto, cpu, cuda, cuda:N or mps")
+    return text
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def check_out_folder(path: str | Path, flag: str = "--out") -> Path:
+    """``path`` as a folder to write: refused when it exists and is not a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag} {path} is a file; it must be a folder (created if missing)")
+    return path
+
+
+def prepare_checkpoint_dir(path: str | None) -> str | None:
+    """Create ``--checkpoint-dir`` if missing (the first checkpoint is written after an epoch of work)."""
+    if path is None:
+        return None
+    folder = check_out_folder(path, "--checkpoint-dir")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"--checkpoint-dir {folder}: cannot create it ({err.strerror or err})") from None
+    return str(folder)
+
+
+# -- data and splits ---------------------------------------------------------------------------------------
 
 @dataclass
 class Data:
@@ -37,9 +147,11 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
                         help="split protocol when the data has no x_label column (default: mmrec 8:1:1; "
                              "leave-last-out for 'train sequence', which ignores x_label)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
-    parser.add_argument("--test-start", help="temporal protocol: first day of the test period (YYYY-MM-DD)")
-    parser.add_argument("--cold-fraction", type=float, default=0.2, help="cold protocol: fraction of items withheld")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split and of training")
+    parser.add_argument("--test-start", type=date_arg,
+                        help="temporal protocol: first day of the test period (YYYY-MM-DD)")
+    parser.add_argument("--cold-fraction", type=fraction_arg, default=0.2,
+                        help="cold protocol: fraction of items withheld")
 
 
 def load_data(spec: str) -> Data:
@@ -72,27 +184,65 @@ def make_split(data: Data, args: argparse.Namespace, *, default_protocol: str = 
                use_labels: bool = True) -> tuple[Split, np.ndarray | None]:
     """The split the command works on, and MMRec ``x_label``s for warm protocols (None otherwise).
     ``--protocol`` wins over ``default_protocol``; the data's own ``x_label`` split wins over both unless
-    ``use_labels`` is false (sequence models need a split in time, which ``x_label`` is not)."""
+    ``use_labels`` is false (sequence models need a split in time, which ``x_label`` is not).
+    A split with an empty valid or test part is an error: there would be nothing to evaluate."""
     protocol = getattr(args, "protocol", None) or default_protocol
+    labels = None
     if use_labels and data.labels is not None:
-        return from_labels(data.interactions, data.labels), data.labels
-    if protocol == "mmrec":
-        return mmrec_protocol(data.interactions, seed=args.seed)
-    if protocol == "temporal":
+        split, labels, protocol = from_labels(data.interactions, data.labels), data.labels, "x_label"
+    elif protocol == "mmrec":
+        split, labels = mmrec_protocol(data.interactions, seed=args.seed)
+    elif protocol == "temporal":
         if not args.test_start:
             raise ValueError("--protocol temporal needs --test-start YYYY-MM-DD")
-        start = int(np.datetime64(args.test_start, "s").astype(np.int64))
-        return temporal(data.interactions, test_start=start), None
-    if protocol == "leave-last-out":
-        return leave_last_out(data.interactions), None
-    return cold_items(data.interactions, fraction=args.cold_fraction, seed=args.seed), None
+        split = temporal(data.interactions, test_start=_unix_day(args.test_start))
+    elif protocol == "leave-last-out":
+        split = leave_last_out(data.interactions)
+    else:
+        split = cold_items(data.interactions, fraction=args.cold_fraction, seed=args.seed)
+    _check_evaluable(split, data, args, protocol)
+    return split, labels
 
+
+def _unix_day(day: str) -> int:
+    return int(np.datetime64(day, "s").astype(np.int64))
+
+
+def _day(seconds: int) -> str:
+    return str(np.datetime64(int(seconds), "s").astype("datetime64[D]"))
+
+
+def _check_evaluable(split: Split, data: Data, args: argparse.Namespace, protocol: str) -> None:
+    """Refuse a split whose valid or test part is empty, saying which, and for a temporal split which dates
+    it covered and which dates the data spans."""
+    empty = [part for part in ("valid", "test") if len(getattr(split, part)) == 0]
+    if not empty:
+        return
+    where = f"--data {getattr(args, 'data', None) or getattr(args, 'catalog', '?')}"
+    if protocol == "temporal":
+        start = _unix_day(args.test_start)
+        periods = {"valid": (start - 7 * DAY, start), "test": (start, start + 7 * DAY)}
+        spans = ", ".join(f"{p} {_day(periods[p][0])}..{_day(periods[p][1])}" for p in empty)
+        ts = data.interactions.timestamps
+        raise ValueError(f"{where}: --protocol temporal --test-start {args.test_start} leaves the "
+                         f"{' and '.join(empty)} part(s) empty ({spans}, end exclusive); the data spans "
+                         f"{_day(ts.min())}..{_day(ts.max())}: choose a --test-start within it")
+    raise ValueError(f"{where}: the {protocol} split leaves the {' and '.join(empty)} part(s) empty "
+                     f"({len(split.train)} training rows): nothing to evaluate")
+
+
+# -- output -------------------------------------------------------------------------------------------------
 
 def emit(payload: dict[str, Any], as_json: bool) -> None:
-    """Print one JSON object (``--json``) or an indented human-readable form."""
+    """Print one JSON object (``--json``; strict JSON, see `mmrec.io.dumps_json`) or an indented readable
+    form. A value that is not a finite number (an undefined metric) is printed as null and listed, with
+    its path, under ``"undefined"``, and a warning says so."""
+    payload, undefined = _finite(payload, "")
+    if undefined:
+        log.warning("undefined values (printed as null): %s", ", ".join(undefined))
+        payload["undefined"] = {path: "not a finite number" for path in undefined}
     if as_json:
-        json.dump(payload, sys.stdout, default=_plain)
-        sys.stdout.write("\n")
+        sys.stdout.write(dumps_json(payload) + "\n")
         return
     for key, value in payload.items():
         if isinstance(value, dict):
@@ -103,13 +253,23 @@ def emit(payload: dict[str, Any], as_json: bool) -> None:
             print(f"{key:<18} {_fmt(value)}")
 
 
+def _finite(value: Any, path: str) -> tuple[Any, list[str]]:
+    """``value`` with non-finite floats replaced by None, and the dotted paths where that happened."""
+    if isinstance(value, dict):
+        out, bad = {}, []
+        for key, item in value.items():
+            out[key], found = _finite(item, f"{path}.{key}" if path else str(key))
+            bad += found
+        return out, bad
+    if isinstance(value, np.ndarray):
+        return _finite(value.tolist(), path)
+    if isinstance(value, (list, tuple)):
+        pairs = [_finite(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        return [p[0] for p in pairs], [b for p in pairs for b in p[1]]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None, [path]
+    return value, []
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"cannot serialise {type(value).__name__}")

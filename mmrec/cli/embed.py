@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from mmrec.cli.common import emit
+from mmrec.cli.common import check_out_folder, device_arg, emit, non_negative_int, positive_int
+from mmrec.io import atomic_save_npy, atomic_write_text
 
 NAME = "embed"
 HELP = "Embed an H&M catalog's images or texts with a frozen tower (vectors + optional MMRec features)."
@@ -31,31 +32,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (created)")
     parser.add_argument("--mmrec-folder", metavar="FOLDER",
                         help="also write image_feat.npy / text_feat.npy to --out, aligned to FOLDER/i_id_mapping.csv")
-    parser.add_argument("--batch-size", type=int, help="default: 64 images or 128 texts")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--batch-size", type=positive_int, help="default: 64 images or 128 texts")
+    parser.add_argument("--device", type=device_arg, default="auto",
+                        help="auto (CUDA when present), cpu, cuda, cuda:1, mps (refused if absent)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="auto: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--num-workers", type=int, help="image decoding workers (default: by device and cores)")
+    parser.add_argument("--num-workers", type=non_negative_int, help="image decoding workers (default: by device and cores)")
     parser.add_argument("--decoder", default="auto", choices=("auto", "pil", "tensor"),
                         help="tensor: batched decode_jpeg on the device (nvJPEG on CUDA); auto picks it on CUDA")
     parser.add_argument("--cache", metavar="DIR", help="embedding cache folder (default: OUT/cache)")
     parser.add_argument("--no-cache", action="store_true", help="encode everything, keep no cache")
-    parser.add_argument("--limit", type=int, help="embed only the first N articles (quick checks)")
+    parser.add_argument("--limit", type=positive_int, help="embed only the first N articles (quick checks)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the counts on stdout")
 
 
-def _mmrec_features(folder: str, catalog: Any, vectors: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
-    """Rows of ``vectors`` in the folder's itemID order; rows without a vector get the mean of the valid ones."""
+def _mmrec_rows(folder: str, catalog: Any) -> np.ndarray:
+    """Catalog rows of the folder's items in itemID order, checked before anything is embedded."""
     from mmrec.datasets.mmrec_format import read_item_mapping
 
     raw_ids = read_item_mapping(folder)
     missing = [i for i in raw_ids if i not in catalog]
     if missing:
-        raise KeyError(f"{len(missing)} item id(s) of {folder}/i_id_mapping.csv are not in the catalog, "
-                       f"e.g. {missing[:3]} (is --limit set, or is it another data set?)")
-    rows = catalog.index_of(raw_ids)
+        raise ValueError(f"--mmrec-folder: {len(missing)} item id(s) of {folder}/i_id_mapping.csv are not in the "
+                         f"catalog of --data, e.g. {missing[:3]} (is it another data set?)")
+    return catalog.index_of(raw_ids)
+
+
+def _mmrec_features(folder: str, rows: np.ndarray, vectors: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, int]:
+    """Rows of ``vectors`` in the folder's itemID order; rows without a vector get the mean of the valid ones."""
     features = vectors[rows].copy()
     ok = valid[rows]
     if not ok.any():
@@ -68,10 +74,11 @@ def run(args: argparse.Namespace) -> int:
     """Embed, write the files, report counts."""
     from mmrec.datasets import hm
     from mmrec.encoders import create_encoder, embed
-    from mmrec.encoders.cache import EmbeddingCache, save_npy_atomic
+    from mmrec.encoders.cache import EmbeddingCache
 
-    if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be positive, got {args.limit}")
+    out = check_out_folder(args.out)
+    if args.cache:
+        check_out_folder(args.cache, "--cache")
     if args.limit is not None and args.mmrec_folder:
         raise ValueError("--limit and --mmrec-folder cannot be combined: the features must cover every mapped item")
     encoder = create_encoder(args.encoder, args.modality, device=args.device, precision=args.precision)
@@ -81,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     catalog, _ = hm.load(args.data, transactions=False, images=modality != "text")
     if args.limit is not None:
         catalog = catalog.subset(np.arange(min(args.limit, len(catalog))))
-    out = Path(args.out)
+    mmrec_rows = _mmrec_rows(args.mmrec_folder, catalog) if args.mmrec_folder else None
     out.mkdir(parents=True, exist_ok=True)
     cache = None if args.no_cache else EmbeddingCache.for_encoder(args.cache or out / "cache", encoder)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -89,22 +96,20 @@ def run(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, num_workers=args.num_workers, decoder=args.decoder, cache=cache,
                    progress=progress)
 
-    save_npy_atomic(out / "item_ids.npy", np.asarray(catalog.ids, dtype=str))
-    save_npy_atomic(out / f"{modality}_vectors.npy", result.vectors)
-    save_npy_atomic(out / f"{modality}_valid.npy", result.valid)
+    atomic_save_npy(out / "item_ids.npy", np.asarray(catalog.ids, dtype=str))
+    atomic_save_npy(out / f"{modality}_vectors.npy", result.vectors)
+    atomic_save_npy(out / f"{modality}_valid.npy", result.valid)
     report: dict[str, Any] = {**result.summary(), "device": str(encoder.device),
                               "dtype": str(encoder.dtype).replace("torch.", ""),
                               "data": str(Path(args.data).resolve()), "out": str(out.resolve())}
     if args.mmrec_folder:
         from mmrec.datasets.mmrec_format import save_features
 
-        features, filled = _mmrec_features(args.mmrec_folder, catalog, result.vectors, result.valid)
+        features, filled = _mmrec_features(args.mmrec_folder, mmrec_rows, result.vectors, result.valid)
         path = save_features(out, f"{modality}_feat.npy", features)
         report["mmrec"] = {"folder": str(Path(args.mmrec_folder).resolve()), "file": str(path),
                            "rows": int(len(features)), "filled_with_mean": filled}
-    record = out / f"{modality}_embed.json"
-    tmp = record.with_name(f".{record.name}.tmp")
-    tmp.write_text(json.dumps({**report, "encoder_description": encoder.describe()}, indent=2, default=str))
-    tmp.replace(record)
+    record = {**report, "encoder_description": encoder.describe()}
+    atomic_write_text(out / f"{modality}_embed.json", json.dumps(record, indent=2, default=str, allow_nan=False))
     emit(report, args.json)
     return 0

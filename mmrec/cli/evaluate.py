@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from mmrec.cli.common import emit, load_data, make_split
-from mmrec.cli.train import add_model_arguments, run_config
+from mmrec.cli.common import emit, prepare_checkpoint_dir
+from mmrec.cli.train import add_model_arguments, fit_recommender, run_config
 
 NAME = "evaluate"
 HELP = "train on the split's train part, choose on valid Recall@20, print valid and test metrics"
@@ -17,10 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print ``{"valid": {...}, "test": {...}, ...}``."""
-    from mmrec.experiment import run as run_experiment
-
+    prepare_checkpoint_dir(args.checkpoint_dir)
     config = run_config(args)
-    split, _ = make_split(load_data(args.data), args)
-    _, report = run_experiment(split, args.model, model_config=config.model, train_config=config.train)
+    _, report = fit_recommender(args, config)
     emit({"model": args.model, "seed": args.seed, **report}, args.json)
     return 0

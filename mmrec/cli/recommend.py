@@ -3,6 +3,11 @@
 With ``--add-items ARTICLES.csv [--images DIR]`` (a cold-start model folder from ``mmrec train
 coldstart``), the articles are embedded with the model's own content recipe and added to the model
 first — no retraining — and ``--candidates new`` ranks only them.
+
+The JSON answer is ``{"recommendations": {user: [item ids]}, "fallback": {"kind", "users"} | null,
+"unknown_users": [...]}``: metadata never shares a namespace with user ids. A user's list holds at most
+``--k`` items and never an item masked for them (seen in training, without ``--include-seen``), so it can
+be shorter than ``--k`` when few candidates are left.
 """
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmrec.cli.common import emit
+from mmrec.cli.common import emit, positive_int
 
 NAME = "recommend"
 HELP = "print the top-k items for users of a saved model (optionally after adding new articles)"
@@ -23,15 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     who = parser.add_mutually_exclusive_group(required=True)
     who.add_argument("--users", help="file with one user id per line")
     who.add_argument("--user", action="append", help="a user id (repeatable)")
-    parser.add_argument("--k", type=int, default=10, help="how many items per user")
+    parser.add_argument("--k", type=positive_int, default=10,
+                        help="how many items per user (at most: fewer when fewer candidates are left)")
     parser.add_argument("--include-seen", action="store_true", help="allow items the user bought in training")
-    parser.add_argument("--add-items", help="CSV in the layout of H&M's articles.csv: articles to add before "
-                                            "recommending (cold-start models only)")
+    parser.add_argument("--add-items", help="catalog of items to add before recommending (cold-start models only): "
+                                            "a CSV with id,title,text[,image] columns, a file in the layout of "
+                                            "H&M's articles.csv, or an H&M folder")
     parser.add_argument("--images", help="with --add-items: folder of their photos (<id[:3]>/<id>.jpg)")
     parser.add_argument("--candidates", default="all", choices=("all", "new", "cold", "warm"),
                         help="rank all items, only the added ones (new), items without purchases (cold), or "
                              "items with purchases (warm)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object {user: [item ids]}")
+    parser.add_argument("--json", action="store_true",
+                        help='print one JSON object {"recommendations": {user: [item ids]}, "fallback": ..., '
+                             '"unknown_users": [...]}')
 
 
 def read_user_ids(args: argparse.Namespace) -> list[str]:
@@ -41,28 +50,56 @@ def read_user_ids(args: argparse.Namespace) -> list[str]:
     path = Path(args.users)
     if not path.is_file():
         raise FileNotFoundError(f"--users {path} does not exist")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--users {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    users = [line.strip() for line in text.splitlines() if line.strip()]
+    if not users:
+        raise ValueError(f"--users {path}: no user ids (one per line)")
+    return users
 
 
-def add_articles(model, model_dir: str, csv_path: str, images: str | None) -> np.ndarray:
-    """Embed the articles of ``csv_path`` with the model's content recipe and add them; their codes."""
-    from mmrec.cli.coldstart import content_encoder, item_content
-    from mmrec.datasets import hm
+def load_model(model_dir: str):
+    """The saved model, a failure to load it named after ``--model``."""
+    from safetensors import SafetensorError
+
+    from mmrec.recommender import Recommender
+
+    try:
+        model = Recommender.from_pretrained(model_dir)
+    except (ValueError, KeyError, EOFError, SafetensorError) as err:
+        from mmrec.cli import error_message
+
+        raise ValueError(f"--model {model_dir}: cannot load the saved model: {error_message(err)}") from err
+    if model.user_ids is None or model.item_ids is None:
+        raise ValueError(f"--model {model_dir} was saved without id vocabularies; cannot answer in external ids")
+    return model
+
+
+def ranked_ids(model, codes: np.ndarray, scores: np.ndarray) -> list[str]:
+    """External ids of a row of ``recommend``'s codes, without the masked items (score -inf)."""
+    return [str(model.item_ids[c]) for c, s in zip(codes, scores) if s != -np.inf]
+
+
+def add_articles(model, model_dir: str, catalog_path: str, images: str | None) -> np.ndarray:
+    """Read the catalog at ``catalog_path`` (any layout `mmrec.datasets.catalog_csv.read_catalog` takes) and
+    add its items to the model, embedded by the model's saved content recipe; their codes."""
+    from mmrec.datasets.catalog_csv import read_catalog
 
     if not hasattr(model, "add_items"):
         raise ValueError(f"--add-items: the {model.name!r} model in {model_dir} cannot take new items; "
                          f"train one with 'mmrec train coldstart'")
-    catalog = hm.read_articles(csv_path, images)
-    return model.add_items(list(catalog.ids), item_content(catalog, content_encoder(model_dir)))
+    if model.content_recipe is None:
+        raise ValueError(f"--add-items: {model_dir} has no content recipe (content.json), so new items cannot be "
+                         f"embedded the way its items were")
+    return model.add_items(read_catalog(catalog_path, images))
 
 
 def run(args: argparse.Namespace) -> int:
     """Recommend for known users; unknown users get the model's flagged fallback, or are listed by name."""
-    from mmrec.recommender import Recommender
-
-    model = Recommender.from_pretrained(args.model)
-    if model.user_ids is None or model.item_ids is None:
-        raise ValueError(f"{args.model} was saved without id vocabularies; cannot answer in external ids")
+    wanted = read_user_ids(args)
+    model = load_model(args.model)
     candidates: str | np.ndarray = args.candidates
     if args.add_items:
         added = add_articles(model, args.model, args.add_items, args.images)
@@ -70,20 +107,21 @@ def run(args: argparse.Namespace) -> int:
             candidates = added
     elif args.candidates == "new":
         raise ValueError("--candidates new ranks the articles given with --add-items; none were given")
-    index = {u: i for i, u in enumerate(model.user_ids)}
-    wanted = read_user_ids(args)
-    known = [u for u in wanted if u in index]
-    unknown = [u for u in wanted if u not in index]
-    payload: dict = {}
+    index = {str(u): i for i, u in enumerate(model.user_ids)}
+    known = [u for u in dict.fromkeys(wanted) if u in index]
+    unknown = [u for u in dict.fromkeys(wanted) if u not in index]
+    recommendations: dict[str, list[str]] = {}
     if known:
-        codes, _ = model.recommend(np.array([index[u] for u in known]), args.k, candidates=candidates,
-                                   exclude_seen=not args.include_seen)
-        payload = {u: list(model.item_ids[row]) for u, row in zip(known, codes.cpu().numpy())}
+        codes, scores = model.recommend(np.array([index[u] for u in known]), args.k, candidates=candidates,
+                                        exclude_seen=not args.include_seen)
+        for user, row, row_scores in zip(known, codes.cpu().numpy(), scores.float().cpu().numpy()):
+            recommendations[user] = ranked_ids(model, row, row_scores)
+    fallback = None
     if unknown and hasattr(model, "recommend_for_unknown"):
-        fallback = model.recommend_for_unknown(args.k, candidates)
-        payload.update({u: list(model.item_ids[fallback["items"]]) for u in unknown})
-        payload["_fallback"] = {"kind": fallback["fallback"], "users": unknown}
-    elif unknown:
-        payload["_unknown_users"] = unknown
-    emit(payload, args.json)
+        answer = model.recommend_for_unknown(args.k, candidates)
+        items = ranked_ids(model, np.asarray(answer["items"]),
+                           np.asarray(answer.get("scores", np.zeros(len(answer["items"]))), dtype=np.float64))
+        recommendations.update({u: list(items) for u in unknown})
+        fallback = {"kind": answer["fallback"], "users": unknown}
+    emit({"recommendations": recommendations, "fallback": fallback, "unknown_users": unknown}, args.json)
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmrec.cli.common import add_data_argument, emit, load_data
+from mmrec.cli.common import add_data_argument, check_out_folder, emit, load_data, positive_int
 
 NAME = "shards"
 HELP = "write a catalog as webdataset tar shards (jpg + json of text and attributes per item)"
@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register this command's options."""
     add_data_argument(parser)
     parser.add_argument("--out", required=True, help="output folder for <prefix>-NNNNNN.tar and <prefix>-shards.json")
-    parser.add_argument("--items-per-shard", type=int, default=1000)
+    parser.add_argument("--items-per-shard", type=positive_int, default=1000)
     parser.add_argument("--prefix", default="catalog")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
     """Write the shards; the json text is the reference text of the data's text tower (H&M: article_texts)."""
     from mmrec.datasets.shards import write_catalog_shards
 
+    check_out_folder(args.out)
     data = load_data(args.data)
     if data.catalog is None:
         raise ValueError(f"--data {args.data}: has no catalog to write")

@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-
-from mmrec.cli.common import add_data_argument, add_split_arguments, emit, load_data, make_split
+from mmrec.cli.common import add_data_argument, add_split_arguments, check_out_folder, emit, load_data, make_split
+from mmrec.io import atomic_write_json
 
 NAME = "split"
 HELP = "split interactions (mmrec 8:1:1, temporal, leave-last-out, cold items) and write an MMRec folder"
@@ -25,9 +23,9 @@ def run(args: argparse.Namespace) -> int:
     """Split and write; cold splits also write cold_items.json with the valid and test item ids."""
     from mmrec.datasets import mmrec_format
 
+    out = check_out_folder(args.out)
     data = load_data(args.data)
     split, _ = make_split(data, args)
-    out = Path(args.out)
     name = args.name or out.name
     raw_columns = {"raw_item_column": "article_id", "raw_user_column": "customer_id"} if data.kind == "hm" else {}
     mmrec_format.save(out, name, split, **raw_columns)
@@ -35,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     if split.cold_test_items is not None:
         ids = split.train.item_ids
         cold = {"valid": list(ids[split.cold_valid_items]), "test": list(ids[split.cold_test_items])}
-        (out / "cold_items.json").write_text(json.dumps(cold))
+        atomic_write_json(out / "cold_items.json", cold, indent=None)
         payload["cold_items"] = {"valid": len(cold["valid"]), "test": len(cold["test"])}
     emit(payload, args.json)
     return 0

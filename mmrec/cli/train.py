@@ -1,18 +1,36 @@
-"""``mmrec train``: fit a recommender on a split, choose the epoch on valid, save it."""
+"""``mmrec train TASK``: fit a model, choose the epoch on valid, save it.
+
+Tasks are nested sub-commands, each with only its own options: ``recommender`` (the default, any
+registered model), ``coldstart`` (the VAE fusion model with its item content), ``sequence`` (SASRec on a
+split in time), ``align`` (a `UnifiedSpace`) and ``pipeline`` (where `mmrec.cli.pipeline` is installed).
+The task runners live in their own modules; one that needs options beyond the shared ones adds them with
+``add_task_arguments(parser)``.
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import importlib.util
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
-from mmrec.cli.common import add_data_argument, add_split_arguments, emit, load_data, make_split
+from mmrec.cli.common import (add_data_argument, add_split_arguments, check_out_folder, emit, load_data,
+                              make_split, non_negative_int, positive_int, prepare_checkpoint_dir)
 from mmrec.config import from_dict, load_yaml
 from mmrec.train import TrainConfig
 
 NAME = "train"
-HELP = ("train a recommender (most_popular, itemknn, bpr, lightgcn), the cold-start model (coldstart), "
-        "the sequence model (sequence) or a unified space (align) and save it")
-WARM_MODELS = ("most_popular", "itemknn", "bpr", "lightgcn")
+HELP = "train a model (TASK: recommender by default, coldstart, sequence, align, ...) and save it"
+DEFAULT_TASK = "recommender"
+TASK_HELP = {
+    "recommender": "any registered recommender (--model); content models get MiniLM (or --space) item vectors",
+    "coldstart": "the VAE fusion cold-start model with its item content (--space or MiniLM text)",
+    "sequence": "SASRec on a leave-last-out split (content with 'model: {use_content: true}')",
+    "align": "a UnifiedSpace aligned on a catalog's photo-text pairs (--config with 'space:')",
+}
+# Registered models that have set_content but do not use the vectors (their scores ignore content).
+CONTENT_UNUSED = ("random",)
 
 
 @dataclass
@@ -23,74 +41,223 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = True,
-                        data_required: bool = True) -> None:
-    """Options shared by ``train`` and ``evaluate``."""
-    add_data_argument(parser, required=data_required)
-    add_split_arguments(parser)
-    parser.add_argument("--model", required=model_required, choices=WARM_MODELS, help="which recommender")
+def registered_models() -> list[str]:
+    """Names of every registered recommender (importing the model modules registers them)."""
+    import mmrec.recommender as registry
+
+    if hasattr(registry, "registered_models"):
+        return list(registry.registered_models())
+    for module in registry.MODEL_MODULES:
+        importlib.import_module(module)
+    return sorted(registry.MODELS)
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The run file and the loop overrides every trained task shares, and ``--json``."""
     parser.add_argument("--config", help="YAML with 'model:' and 'train:' sections (unknown keys are errors)")
-    parser.add_argument("--epochs", type=int, help="override train.epochs")
-    parser.add_argument("--checkpoint-dir", help="checkpoint here and resume from the newest checkpoint")
+    parser.add_argument("--epochs", type=positive_int, help="override train.epochs (at least 1)")
+    parser.add_argument("--checkpoint-dir", help="checkpoint here (created if missing) and resume from the "
+                                                 "newest checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def add_space_argument(parser: argparse.ArgumentParser) -> None:
+    """``--space``: a saved UnifiedSpace making item content vectors."""
+    parser.add_argument("--space", help="a saved UnifiedSpace making the item content vectors "
+                                        "(default: all-MiniLM-L6-v2 on the item texts)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = True,
+                        data_required: bool = True) -> None:
+    """Options shared by ``train recommender`` and ``evaluate``."""
+    add_data_argument(parser, required=data_required)
+    add_split_arguments(parser)
+    parser.add_argument("--model", required=model_required, choices=registered_models(), metavar="MODEL",
+                        help="which recommender: " + ", ".join(registered_models()))
+    add_space_argument(parser)
+    add_training_arguments(parser)
+
+
 def run_config(args: argparse.Namespace) -> RunConfig:
-    """The YAML config (if any) with command-line overrides applied."""
+    """The YAML config (if any) with command-line overrides applied, checked as a whole (a bad key or
+    value in the file is an error here, before any data is read)."""
     config = load_yaml(RunConfig, args.config) if args.config else RunConfig()
-    train = from_dict(TrainConfig, {**config.train.__dict__, "seed": args.seed})
-    if args.epochs:
-        train.epochs = args.epochs
-    if args.checkpoint_dir:
-        train.checkpoint_dir = args.checkpoint_dir
+    overrides: dict[str, Any] = {"seed": args.seed}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    if args.checkpoint_dir is not None:
+        overrides["checkpoint_dir"] = prepare_checkpoint_dir(args.checkpoint_dir)
     if args.no_progress:
-        train.progress = False
+        overrides["progress"] = False
+    where = str(args.config) if args.config else "train"
+    train = from_dict(TrainConfig, {**dataclasses.asdict(config.train), **overrides}, where=where)
     return RunConfig(config.model, train)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register this command's options."""
-    parser.add_argument("task", nargs="?", default="recommender",
-                        choices=("recommender", "coldstart", "sequence", "align"),
-                        help="'recommender' (default); 'coldstart': the VAE fusion model with its item content "
-                             "(--space or MiniLM text); 'sequence': SASRec on a leave-last-out split "
-                             "(content with 'model: {use_content: true}'); 'align': train a UnifiedSpace "
-                             "(--config with 'space:')")
-    parser.add_argument("--space", help="coldstart, sequence: a saved UnifiedSpace making the item content "
-                                        "vectors (default: all-MiniLM-L6-v2 on the item texts)")
-    add_model_arguments(parser, model_required=False, data_required=False)
-    parser.add_argument("--shards", help="align: stream items from catalog shards (webdataset brace notation, "
-                                         "e.g. 'out/shards/catalog-{000000..000021}.tar'); the last shard is "
-                                         "held out for validation. Without it, --data is read into memory")
-    parser.add_argument("--out", required=True, help="folder for the trained model (safetensors + JSON)")
+    """Register the tasks as nested sub-commands."""
+    from mmrec.cli import add_verbose_argument
+
+    sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task, (add, run_task) in _tasks().items():
+        module = _pipeline() if task == "pipeline" else None
+        text = TASK_HELP.get(task) or (module.HELP if module is not None and hasattr(module, "HELP") else task)
+        p = sub.add_parser(task, help=text, description=text)
+        add_verbose_argument(p)
+        add(p)
+        p.set_defaults(_run=run_task, _command=f"{NAME} {task}")
 
 
-def run(args: argparse.Namespace) -> int:
+def _tasks() -> dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]]:
+    tasks = {"recommender": (_add_recommender, run_recommender), "coldstart": (_add_coldstart, run_coldstart),
+             "sequence": (_add_sequence, run_sequence), "align": (_add_align, run_align)}
+    pipeline = _pipeline()
+    if pipeline is not None:
+        tasks["pipeline"] = (pipeline.add_arguments, pipeline.run)
+    return tasks
+
+
+def _pipeline() -> Any:
+    """`mmrec.cli.pipeline` where it exists (``mmrec train pipeline``), else None."""
+    if importlib.util.find_spec("mmrec.cli.pipeline") is None:
+        return None
+    return importlib.import_module("mmrec.cli.pipeline")
+
+
+def _extra_arguments(parser: argparse.ArgumentParser, module_name: str) -> None:
+    """Options a task's runner module adds beyond the shared ones (its ``add_task_arguments``)."""
+    add = getattr(importlib.import_module(module_name), "add_task_arguments", None)
+    if add is not None:
+        add(parser)
+
+
+def _add_out(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--out", required=True, help=f"folder for the trained {what} (created; safetensors + JSON)")
+
+
+def _add_recommender(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    _add_out(parser, "model")
+
+
+def _add_coldstart(parser: argparse.ArgumentParser) -> None:
+    add_data_argument(parser)
+    add_split_arguments(parser)
+    add_space_argument(parser)
+    add_training_arguments(parser)
+    _add_out(parser, "model")
+    _extra_arguments(parser, "mmrec.cli.coldstart")
+
+
+def _add_sequence(parser: argparse.ArgumentParser) -> None:
+    add_data_argument(parser)
+    add_split_arguments(parser)
+    add_space_argument(parser)
+    add_training_arguments(parser)
+    _add_out(parser, "model")
+    _extra_arguments(parser, "mmrec.cli.sequence")
+
+
+def _add_align(parser: argparse.ArgumentParser) -> None:
+    add_data_argument(parser, required=False)
+    parser.add_argument("--shards", help="stream items from catalog shards (webdataset brace notation, e.g. "
+                                         "'out/shards/catalog-{000000..000021}.tar'); the last shard is held out "
+                                         "for validation. Without it, --data is read into memory")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the hold-out and of training")
+    add_training_arguments(parser)
+    _add_out(parser, "space")
+    _extra_arguments(parser, "mmrec.cli.align")
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Paths the run will write, checked before any work."""
+    check_out_folder(args.out)
+    prepare_checkpoint_dir(args.checkpoint_dir)
+
+
+def run_recommender(args: argparse.Namespace) -> int:
     """Train, report valid/test metrics at the chosen point, save the model."""
-    from mmrec.experiment import run as run_experiment
-
-    if args.task == "align":
-        from mmrec.cli.align import run_align
-
-        return run_align(args)
+    _check_paths(args)
     config = run_config(args)
-    if args.task == "coldstart":
-        from mmrec.cli.coldstart import run_coldstart
-
-        if not args.data:
-            raise ValueError("mmrec train coldstart needs --data")
-        return run_coldstart(args, config.model, config.train)
-    if args.task == "sequence":
-        from mmrec.cli.sequence import run_sequence
-
-        if not args.data:
-            raise ValueError("mmrec train sequence needs --data")
-        return run_sequence(args, config.model, config.train)
-    if not args.model or not args.data:
-        raise ValueError("mmrec train recommender needs --data and --model")
-    split, _ = make_split(load_data(args.data), args)
-    model, report = run_experiment(split, args.model, model_config=config.model, train_config=config.train)
+    model, report = fit_recommender(args, config)
     model.save_pretrained(args.out)
     emit({"model": args.model, "out": args.out, **report}, args.json)
     return 0
+
+
+def fit_recommender(args: argparse.Namespace, config: RunConfig) -> tuple[Any, dict]:
+    """Fit ``--model`` on the split of ``--data`` (`mmrec.experiment.run`). A model that ranks by item
+    content first gets every item's content vector, from MiniLM on the item texts or from ``--space``;
+    the recipe is kept on the model so that it is saved with it."""
+    from mmrec.experiment import run as run_experiment
+
+    model_config, setup, recipe = config.model, None, None
+    data = load_data(args.data)
+    if needs_content(args.model, model_config) and data.catalog is None:
+        raise ValueError(f"--model {args.model} ranks by item content, and --data {args.data} has no catalog "
+                         f"(item texts and photos): use an H&M folder or 'synthetic'")
+    split, _ = make_split(data, args)
+    if needs_content(args.model, model_config):
+        from mmrec.cli.coldstart import split_content
+
+        recipe, vectors = split_content(args, data, split)
+        model_config = {"content_dim": vectors.shape[1], **model_config}
+
+        def setup(model: Any) -> None:
+            model.set_content(vectors)
+
+    model, report = run_experiment(split, args.model, model_config=model_config, train_config=config.train,
+                                   setup=setup)
+    if recipe is not None:
+        model.content_recipe = recipe  # saved as content.json beside the weights
+    return model, report
+
+
+def needs_content(name: str, model_config: dict) -> bool:
+    """Whether registered model ``name`` must be given item content vectors before it is fitted: it has
+    ``set_content``, its config does not turn content off (``use_content``), and it uses the vectors."""
+    from mmrec.recommender import MODELS
+
+    registered_models()
+    cls = MODELS[name]
+    declared = getattr(cls, "needs_content", None)
+    if isinstance(declared, bool):
+        return declared
+    if not hasattr(cls, "set_content") or name in CONTENT_UNUSED:
+        return False
+    fields = {f.name: f for f in dataclasses.fields(cls.config_class)} if dataclasses.is_dataclass(
+        cls.config_class) else {}
+    if "use_content" in fields:
+        return bool(model_config.get("use_content", fields["use_content"].default))
+    return True
+
+
+def run_coldstart(args: argparse.Namespace) -> int:
+    """``mmrec train coldstart`` (`mmrec.cli.coldstart.run_coldstart`)."""
+    from mmrec.cli.coldstart import run_coldstart as run_task
+
+    _check_paths(args)
+    config = run_config(args)
+    return run_task(args, config.model, config.train)
+
+
+def run_sequence(args: argparse.Namespace) -> int:
+    """``mmrec train sequence`` (`mmrec.cli.sequence.run_sequence`)."""
+    from mmrec.cli.sequence import run_sequence as run_task
+
+    _check_paths(args)
+    config = run_config(args)
+    return run_task(args, config.model, config.train)
+
+
+def run_align(args: argparse.Namespace) -> int:
+    """``mmrec train align`` (`mmrec.cli.align.run_align`)."""
+    from mmrec.cli.align import run_align as run_task
+
+    _check_paths(args)
+    if args.config:
+        from mmrec.cli.align import AlignRunConfig
+
+        load_yaml(AlignRunConfig, args.config)  # a bad run file is an error before any data is read
+    return run_task(args)
