@@ -286,9 +286,13 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def data_fingerprint(data: Dataset) -> str:
-    """The default data fingerprint: the dataset's type and length (cheap; a caller that can hash its data
-    passes ``fit(..., fingerprint=...)`` instead). With the parameter shapes in `run_identity` (a recommender's
-    shapes include its user and item counts and its training pairs), this tells most other data apart."""
+    """The default data fingerprint: ``data.fingerprint()`` where the dataset has one (it knows what defines
+    its content), else its type and length (cheap; a caller that can hash its data passes
+    ``fit(..., fingerprint=...)`` instead). With the parameter shapes in `run_identity` (a recommender's
+    shapes include its user and item counts and its number of training pairs), this tells most other data apart."""
+    own = getattr(data, "fingerprint", None)
+    if callable(own):
+        return str(own())
     try:
         return f"{type(data).__name__} of {len(data)} items"
     except TypeError:

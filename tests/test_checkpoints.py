@@ -74,6 +74,26 @@ def test_another_data_fingerprint_is_refused_and_more_epochs_resume(tmp_path):
         fit(model, data, TrainConfig(epochs=2, batch_size=8, progress=False, checkpoint_dir=str(tmp_path / "lin")),
             fingerprint="rows 0-7 of table B")
 
+    class Rows(torch.utils.data.Dataset):
+        """Eight rows of a named table; the name is what the dataset's own fingerprint reports."""
+
+        def __init__(self, table: str) -> None:
+            self.table = table
+
+        def __len__(self) -> int:
+            return 8
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            return data[index]
+
+        def fingerprint(self) -> str:
+            return f"table {self.table}"
+
+    config = TrainConfig(epochs=1, batch_size=8, progress=False, checkpoint_dir=str(tmp_path / "rows"))
+    fit(model, Rows("A"), config)
+    with pytest.raises(ValueError, match=r"other data \('table A', this run has 'table B'\)"):
+        fit(model, Rows("B"), config)
+
 
 def test_a_checkpoint_folder_is_refused_when_resume_is_off(tmp_path):
     _fit(tmp_path / "ckpt")
