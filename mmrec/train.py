@@ -67,7 +67,7 @@ RUN_FIELDS = ("seed", "batch_size", "lr", "weight_decay", "optimizer", "mixed_pr
               "max_grad_norm", "early_stop_metric")
 # "<metric>@<k>", optionally prefixed by a retrieval direction ("t2i_recall@10"): what mmrec.evaluate and
 # the alignment validations report.
-_METRIC_NAME = re.compile(r"(?:(?P<prefix>[A-Za-z0-9]+)_)?(?P<metric>[A-Za-z]+)@(?P<k>[0-9]+)")
+_METRIC_NAME = re.compile(r"(?:(?P<prefix>[A-Za-z0-9_]+)_)?(?P<metric>[A-Za-z]+)@(?P<k>[0-9]+)")
 
 
 def check_metric_name(name: Any, where: str = "TrainConfig.early_stop_metric") -> None:

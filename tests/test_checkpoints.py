@@ -237,7 +237,7 @@ def test_the_loop_state_is_strict_json_and_non_finite_values_come_back(tmp_path)
 def test_a_typo_in_early_stop_metric_is_refused_before_any_step(tmp_path):
     with pytest.raises(ValueError, match=r"TrainConfig.early_stop_metric 'recal@20' .*did you mean recall@20"):
         TrainConfig(early_stop_metric="recal@20")
-    for good in ("recall@20", "ndcg@10", "t2i_recall@10", "s2i_recall@1"):
+    for good in ("recall@20", "ndcg@10", "map@12", "t2i_recall@10", "s2i_recall@1", "next_purchase_map@12"):
         TrainConfig(early_stop_metric=good)
     # A field set after construction (as a command-line override does) is checked by fit, before any step.
     config = TrainConfig(epochs=2, batch_size=4, progress=False, checkpoint_dir=str(tmp_path / "ckpt"))
