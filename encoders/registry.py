@@ -17,7 +17,6 @@ families know is refused with both readings spelled out.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -26,10 +25,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from mmrec.encoders.base import MODALITIES, Encoder, EncoderSourceError, resolve_device, resolve_dtype
+from mmrec.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-BUILTIN_FAMILY_MODULES = ("mmrec.encoders.openclip", "mmrec.encoders.timm_vision", "mmrec.encoders.hf_text")
 SCREEN_OPTIONS = ("tiles_across", "tile_overlap", "screen_pooling", "overview", "tile_batch_size")
 
 
@@ -54,7 +53,7 @@ class Family:
     weights_after_at: bool
 
 
-_FAMILIES: dict[str, Family] = {}
+FAMILIES: Registry[Family] = Registry("encoder family", ("mmrec.encoders",))
 
 
 def _minilm() -> str:
@@ -82,9 +81,7 @@ def register(name: str, *, modalities: Sequence[str], knows: Callable[[str], boo
         raise ValueError(f"family {name!r}: modalities {list(modalities)} must be a non-empty subset of {MODALITIES}")
 
     def decorator(builder: Callable[..., Encoder]) -> Callable[..., Encoder]:
-        if name in _FAMILIES and _FAMILIES[name].builder is not builder:
-            raise ValueError(f"encoder family {name!r} is already registered by {_FAMILIES[name].builder!r}")
-        _FAMILIES[name] = Family(name, builder, tuple(modalities), knows, weights_after_at)
+        FAMILIES.register(name, Family(name, builder, tuple(modalities), knows, weights_after_at))
         return builder
 
     return decorator
@@ -92,9 +89,7 @@ def register(name: str, *, modalities: Sequence[str], knows: Callable[[str], boo
 
 def families() -> dict[str, Family]:
     """The registered families, built-ins included."""
-    for module in BUILTIN_FAMILY_MODULES:
-        importlib.import_module(module)
-    return dict(_FAMILIES)
+    return {name: FAMILIES.get(name) for name in FAMILIES.names()}
 
 
 def _split(family: Family, rest: str, text: str) -> EncoderSpec:
@@ -186,7 +181,7 @@ def create_encoder(spec: str, modality: str | None = None, *, device: str | torc
     go to the family builder, which rejects unknown ones.
     """
     parsed = parse_spec(spec)
-    family = _FAMILIES[parsed.family]
+    family = FAMILIES.get(parsed.family)
     wanted = modality or family.modalities[0]
     if wanted not in MODALITIES:
         raise ValueError(f"modality {wanted!r} not in {MODALITIES}")

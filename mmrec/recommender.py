@@ -7,7 +7,6 @@ vocabularies it was trained with (to answer in external ids).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import os
 from pathlib import Path
@@ -21,34 +20,29 @@ from mmrec.config import from_dict, to_dict
 from mmrec.data import Interactions
 from mmrec.io import atomic_save_tensors, atomic_write_json, read_json
 from mmrec.pretrained import FolderError, Pretrained, check_state, load_tensors
+from mmrec.registry import Registry
 from mmrec.topk import csr_rows, mask_, topk
 
-MODELS: dict[str, type["Recommender"]] = {}
-# Modules whose import registers models (the factory imports them on first use).
-MODEL_MODULES = ("mmrec.fusion.baselines", "mmrec.fusion.cold_baselines", "mmrec.fusion.sequence",
-                 "mmrec.fusion.coldstart")
+MODELS: Registry[type["Recommender"]] = Registry("model", ("mmrec.fusion", "mmrec.pipeline"))
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE = "config.json", "model.safetensors", "vocab.json"
 
 
 def register_model(name: str) -> Callable[[type["Recommender"]], type["Recommender"]]:
-    """Class decorator adding a recommender to the registry under ``name``."""
+    """Class decorator adding a recommender to the registry under ``name`` (and setting ``cls.name``)."""
     def wrap(cls: type[Recommender]) -> type[Recommender]:
-        if name in MODELS:
-            raise ValueError(f"model name {name!r} is registered twice ({MODELS[name].__name__}, {cls.__name__})")
         cls.name = name
-        MODELS[name] = cls
-        return cls
+        return MODELS.register(name, cls)
     return wrap
+
+
+def registered_models() -> list[str]:
+    """The names `create_model` builds, sorted."""
+    return MODELS.names()
 
 
 def create_model(name: str, n_users: int, n_items: int, config: Any = None) -> "Recommender":
     """Build the registered model ``name``; ``config`` is its config dataclass or a dict checked against it."""
-    for module in MODEL_MODULES:  # importing a model module registers its models
-        importlib.import_module(module)
-
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    cls = MODELS[name]
+    cls = MODELS.get(name)
     return cls(from_dict(cls.config_class, config if config is not None else {}), n_users, n_items)
 
 
