@@ -26,7 +26,6 @@ import argparse
 import bisect
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -39,10 +38,11 @@ from mmrec.datasets.app_sim import SimConfig, simulate_session
 from mmrec.datasets.synthetic import WorldConfig, make_world
 from mmrec.encoders import create_encoder, embed
 from mmrec.evaluate import evaluate
+from mmrec.events import dwell_weights
 from mmrec.recommender import create_model
 from mmrec.splits import Split
 
-sys.path.insert(0, str(Path(__file__).parent))
+# run as a script, this file's folder is on sys.path: the H&M sequence benchmark's helpers import as a module
 from sequence_hm import REPORTED, mean_std, purchase_sequences, run_sasrec, test_report  # noqa: E402
 
 log = logging.getLogger("sequence_sim")
@@ -91,7 +91,7 @@ def simulated_split(inter: Interactions, catalog, n_users: int, max_items: int, 
     def table(part: list) -> Interactions:
         u, i, t, kind, w = (np.array(c) for c in zip(*part))
         return Interactions(u, i, user_ids=np.arange(len(picked)).astype(str), item_ids=inter.item_ids,
-                            timestamps=np.round(t * 1000), kinds=kind, weights=w)  # timestamps: session ms
+                            timestamps=np.round(t * 1000), kinds=kind, weights=dwell_weights(w))  # session ms
 
     split = Split(table(rows["train"]), table(rows["valid"]), table(rows["test"]))
     history = split.train.concat(table(rows["history"]))

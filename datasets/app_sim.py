@@ -15,7 +15,8 @@ places the order. The result is a `Session`:
 `render_frames` draws the session at its fps (scrolling, page slides, a touch mark or mouse pointer,
 notification banners, JPEG noise) one frame at a time; `write_recording` encodes it to
 ``recording.mp4`` (PyAV), optionally webdataset frame shards, and ``truth.json`` (`load_truth` reads it
-back). `items_on_screen` says which items a frame shows (product page, visible grid cards, bag).
+back); `record_sequence` does both for one purchase sequence. `items_on_screen` says which items a frame
+shows (product page, visible grid cards, bag).
 `sessions_from_purchases` picks real purchase sequences from an `Interactions` table.
 
 The timeline depends only on the catalog, the sequence and the *timeline* settings of `SimConfig`; the
@@ -901,6 +902,23 @@ def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_d
     truth_path = atomic_write_text(out / "truth.json", json.dumps(truth, indent=1))
     return Recording(video, truth_path, shard_paths, session.n_frames, session.fps, session.duration,
                      dict(photos.skipped))
+
+
+def record_sequence(catalog: Catalog, sequence: PurchaseSequence, out_dir: str | os.PathLike, *, seed: int,
+                    size: tuple[int, int] = (180, 320), fps: int = 30, dwell_scale: float = 1.0,
+                    **settings: Any) -> tuple[Session, Path]:
+    """Simulate one purchase sequence as an app session and write it as a labelled recording (`write_recording`:
+    the video and ``truth.json``, what ``mmrec stream calibrate`` takes) in ``out_dir``; returns the session and
+    the video. ``size`` (width, height), ``fps`` and any other `SimConfig` ``settings`` (noise: cursor,
+    notifications, JPEG, codec); ``dwell_scale`` stretches every ``dwell_*`` range (a user who reads longer)."""
+    if not dwell_scale > 0:
+        raise ValueError(f"record_sequence: dwell_scale must be > 0, got {dwell_scale!r}")
+    dwell = {f.name: tuple(x * dwell_scale for x in f.default) for f in dataclasses.fields(SimConfig)
+             if f.name.startswith("dwell_") and f.name not in settings}
+    config = SimConfig(seed=seed, width=size[0], height=size[1], fps=fps, **dwell, **settings)
+    session = simulate_session(catalog, sequence.items, config, timestamps=sequence.timestamps)
+    recording = write_recording(session, catalog, config, out_dir)
+    return session, recording.video
 
 
 def load_truth(path: str | os.PathLike) -> tuple[Session, dict[str, Any]]:

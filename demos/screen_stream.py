@@ -4,17 +4,20 @@ a timeline of what was on screen against the truth, and the user's next items fr
 1. The embedded synthetic fashion world (catalog + purchases), or with ``--hm PATH`` ``--items`` H&M
    articles (those of real purchase sequences first: `catalog_for_sequences`) and their purchases.
 2. A grounding space: ``--space DIR`` (a saved space with its ``grounding.json`` threshold, e.g. from
-   ``benchmarks/stream_targets.py``), or a small one trained here (fixed random towers and trained
-   adapters, with the threshold calibrated on one other rendered session). The synthetic world repeats
+   ``mmrec stream calibrate``; `mmrec.grounding.load_grounder`), or a small one trained here
+   (`mmrec.fusion.screen_tower`: fixed random towers and trained adapters, with the threshold calibrated on
+   one other rendered session by `mmrec.calibration.calibrate_grounder`). The synthetic world repeats
    photos exactly and such towers ground poorly, so expect a rough timeline: the measured figures are in
    the README (screen streams).
-3. One real purchase sequence of the world rendered as a screen recording (mp4 + ground truth), processed
-   by `mmrec.stream.process` into ``view`` events, joined with the session's app logs into ``click`` /
-   ``cart`` / ``purchase`` events (parquet).
+3. One real purchase sequence of the world rendered as a labelled screen recording (mp4 + ground truth,
+   `record_sequence`), processed by `mmrec.stream.process` into ``view`` events, joined with the session's
+   app logs into ``click`` / ``cart`` / ``purchase`` events, written for the sequence's user (parquet) and
+   read back (`mmrec.events.read_events`).
 4. ``timeline.png``: per frame, the true product page (top) and the grounded item (bottom), one colour per
    item, grey where no item is on screen.
 5. SASRec (`mmrec.fusion.sequence`) trained on the world's purchases (leave-last-out), then this user's
-   top-10 next items from their history with the items the stream saw them view appended.
+   top-10 next items from their history with the views the stream saw appended
+   (`mmrec.events.events_to_interactions`: the views after every purchase, dwell as weights).
 
     .venv/bin/python demos/screen_stream.py [--out out/screen_stream] [--space DIR]
     .venv/bin/python demos/screen_stream.py --hm ../shared/data/hm --items 1000 --space out/stream_hm3/space
@@ -30,38 +33,33 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from mmrec.data import KINDS, Interactions
-from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_from_purchases, simulate_session,
-                                    write_recording)
+from mmrec.calibration import calibrate_grounder
+from mmrec.data import Interactions
+from mmrec.datasets.app_sim import catalog_for_sequences, record_sequence, sessions_from_purchases
 from mmrec.datasets.frames import video_frames
 from mmrec.datasets.synthetic import WorldConfig, make_world
-from mmrec.grounding import NO_ITEM, Grounder, load_grounding
-from mmrec.screen_space import ScreenSpaceConfig, train_screen_space
-from mmrec.space import UnifiedSpace
-from mmrec.stream import StreamConfig, StreamStats, calibrate_on_streams, process, write_events
+from mmrec.events import events_to_interactions, read_events
+from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
+from mmrec.grounding import NO_ITEM, Grounder, load_grounder
+from mmrec.stream import StreamConfig, StreamStats, process, write_events
 
 log = logging.getLogger("screen_stream")
 
 
 def record(catalog, sequence, seed: int, out: Path):
-    """Render one purchase sequence as an app session (touch marks, notifications, x264)."""
-    config = SimConfig(seed=seed, width=180, height=320, fps=30)
-    session = simulate_session(catalog, sequence.items, config, timestamps=sequence.timestamps)
-    write_recording(session, catalog, config, out)
-    return session, out / "recording.mp4"
+    """Render one purchase sequence as a labelled app recording at 180x320, 30 fps (touch marks,
+    notifications, x264)."""
+    return record_sequence(catalog, sequence, out, seed=seed)
 
 
-def grounding_space(args: argparse.Namespace, catalog, calibration) -> Grounder:
-    """The given space and its threshold, or a small one trained here and calibrated on ``calibration``."""
+def grounding_space(args: argparse.Namespace, catalog, calibration: Path) -> Grounder:
+    """The given space with its grounding settings, or a small one trained here and calibrated on the labelled
+    recording in ``calibration``."""
     if args.space:
-        space = UnifiedSpace.from_pretrained(args.space)
-        settings = load_grounding(args.space)
-        return Grounder.for_catalog(space, catalog, threshold=settings.threshold, windows=settings.windows,
-                                    check=settings.check)
+        return load_grounder(args.space, catalog)
     space = train_screen_space(catalog, ScreenSpaceConfig(epochs=30))
     grounder = Grounder.for_catalog(space, catalog)
-    session, video = calibration
-    grounder.threshold, fit = calibrate_on_streams(grounder, [(video_frames(video), session.product_per_frame())])
+    grounder.threshold, fit = calibrate_grounder(grounder, [calibration], catalog.ids)
     log.info("threshold %.3f calibrated on another session (precision %.2f, recall %.2f there)",
              grounder.threshold, fit["precision"], fit["recall"])
     return grounder
@@ -93,8 +91,9 @@ def draw_timeline(truth: np.ndarray, predicted: np.ndarray, fps: int, path: Path
     img.save(path)
 
 
-def next_items(inter: Interactions, session_user: str, views: list[int], k: int = 10) -> list[int]:
-    """SASRec on the purchases (leave-last-out); this user's top-k after their history + the views."""
+def next_items(inter: Interactions, seen: Interactions, session_user: str, k: int = 10) -> list[int]:
+    """SASRec on the purchases (leave-last-out); this user's top-k after their history + ``seen`` (their
+    events, in ``inter``'s vocabularies, after every purchase)."""
     from mmrec.experiment import run
     from mmrec.splits import leave_last_out
     from mmrec.train import TrainConfig
@@ -104,8 +103,6 @@ def next_items(inter: Interactions, session_user: str, views: list[int], k: int 
     log.info("SASRec on the purchases: test %s", {m: round(v, 4) for m, v in report["test"].items()
                                                           if m in ("recall@10", "ndcg@10")})
     user = int(np.flatnonzero(inter.user_ids == session_user)[0])
-    seen = Interactions(np.full(len(views), user), np.asarray(views, np.int64), inter.user_ids, inter.item_ids,
-                        inter.timestamps.max() + 1 + np.arange(len(views)), np.full(len(views), KINDS.index("view")))
     model.set_history(inter.concat(seen))  # the views come after every purchase, in the order the stream saw them
     with torch.no_grad():
         scores = model.score(torch.tensor([user])).cpu().numpy()[0]
@@ -136,7 +133,8 @@ def main() -> None:
                            out / "world")
         catalog, interactions = world.catalog, world.interactions
         calib_sequence, sequence = sessions_from_purchases(interactions, 2, min_len=3, seed=args.seed, max_len=4)
-    grounder = grounding_space(args, catalog, record(catalog, calib_sequence, 1000, out / "calibration"))
+    record(catalog, calib_sequence, 1000, out / "calibration")
+    grounder = grounding_space(args, catalog, out / "calibration")
 
     session, video = record(catalog, sequence, 2000, out / "session")
     stats = StreamStats()
@@ -145,16 +143,17 @@ def main() -> None:
         rows = [e for e in session.events if e.item is not None]  # the app's click / cart / purchase rows
         logs = {"timestamp": [e.timestamp for e in rows], "kind": [e.kind for e in rows],
                 "item": [e.item for e in rows]}
-        events = list(process(frames, grounder, StreamConfig(), logs=logs, stats=stats, item_ids=catalog.ids))
-    write_events(iter(events), out / "events.parquet")
+        count = write_events(process(frames, grounder, StreamConfig(), logs=logs, stats=stats, item_ids=catalog.ids),
+                             out / "events.parquet", user=sequence.user_id)
     log.info("%d frames, %d changed, %d encoded, %.0f frames/s → %d events in %s", stats.frames, stats.changed,
-             stats.encoded, stats.frames_per_second, len(events), out / "events.parquet")
+             stats.encoded, stats.frames_per_second, count, out / "events.parquet")
+    events = read_events(out / "events.parquet")
 
     truth = session.product_per_frame()
     predicted = np.full(len(truth), NO_ITEM, np.int64)
     times = np.arange(len(truth)) / session.fps
-    views = [e for e in events if e.kind == "view"]
-    for e in views:
+    views = events[events["kind"] == "view"]
+    for e in views.itertuples():
         predicted[(times >= e.timestamp - 1e-9) & (times < e.end - 1e-9)] = e.item
     draw_timeline(truth, predicted, session.fps, out / "timeline.png")
     shown = truth != NO_ITEM
@@ -162,10 +161,12 @@ def main() -> None:
     log.info("timeline: %s; frames of a product page grounded to it: %d of %d", out / "timeline.png",
              right.sum(), shown.sum())
 
-    viewed = [int(e.item) for e in views]
-    for e in views:
+    viewed = [int(item) for item in views["item"]]
+    for e in views.itertuples():
         log.info("view %-40s %5.1f s", catalog.titles[e.item][:40], e.dwell)
-    top = next_items(interactions, sequence.user_id, viewed)
+    seen = events_to_interactions(events, interactions.item_ids, user_ids=interactions.user_ids,
+                                  start=int(interactions.timestamps.max()) + 1, kinds=("view",))
+    top = next_items(interactions, seen, sequence.user_id)
     print("next items for", sequence.user_id, "after viewing", [catalog.titles[i] for i in viewed])
     for rank, code in enumerate(top, 1):
         print(f"{rank:2d}. {catalog.titles[code]}")

@@ -200,3 +200,34 @@ def test_bad_inputs_are_named():
         Sequences.from_interactions(Interactions(np.array([0]), np.array([0]), ["a"], ["0"], weights=np.array([np.inf])))
     with pytest.raises(ValueError, match="use_content=True"):
         create_model("sasrec", 2, 4).set_content(np.zeros((4, 384)))
+
+
+def test_cli_train_sequence_adds_events_files_with_their_users_and_dwell(tmp_path, capsys):
+    """``mmrec train sequence --events``: a stream's events file joins the data; its user is a new user of
+    the saved model, and a file naming items the data lacks is refused naming the file."""
+    import json
+    import math
+
+    from mmrec.cli import main
+    from mmrec.cli.common import load_data
+    from mmrec.stream import Event, write_events
+
+    ids = load_data("synthetic").catalog.ids
+    views = [Event("view", 10.0 * k, k, str(ids[k]), end=10.0 * k + 4, dwell=4.0 + k) for k in range(4)]
+    write_events(iter(views + [Event("purchase", 45.0, 3, str(ids[3]))]), tmp_path / "events.parquet", user="viewer")
+    (tmp_path / "run.yaml").write_text("model: {dim: 16, n_layers: 1, n_heads: 1, max_len: 10, use_dwell: true}\n"
+                                       "train: {batch_size: 256}\n")
+    out = tmp_path / "model"
+    code = main(["train", "sequence", "--data", "synthetic", "--events", str(tmp_path / "events.parquet"),
+                 "--config", str(tmp_path / "run.yaml"), "--epochs", "1", "--out", str(out), "--json",
+                 "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    report = json.loads(capsys.readouterr().out)
+    assert all(math.isfinite(v) for v in report["test"].values())
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert vocab["user_ids"][-1] == "viewer" and len(vocab["user_ids"]) == len(load_data("synthetic").interactions.user_ids) + 1
+    write_events(iter([Event("view", 1.0, 0, "no-such-item", end=2.0, dwell=1.0)]), tmp_path / "bad.parquet")
+    assert main(["train", "sequence", "--data", "synthetic", "--events", str(tmp_path / "bad.parquet"),
+                 "--out", str(tmp_path / "m2"), "--epochs", "1", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-item" in err and "bad.parquet" in err

@@ -310,3 +310,138 @@ def test_trained_towers_move_learn_and_survive_a_save(setup, tmp_path):
     trained.save_pretrained(tmp_path / "space")
     again = UnifiedSpace.from_pretrained(tmp_path / "space")
     torch.testing.assert_close(again.embed_screens(pages), trained.embed_screens(pages))
+
+
+# ------------------------------------------------------------------ the library path, end to end (issue 15 part 2)
+
+def _catalog_csv(catalog, path, broken: int | None = None):
+    """The catalog as a plain catalog CSV (absolute photo paths); with ``broken``, that item's photo is a
+    truncated copy of its JPEG."""
+    import csv
+    import shutil
+
+    rows = []
+    for code, item_id in enumerate(catalog.ids):
+        image = catalog.image_paths[code]
+        if code == broken:
+            data = open(image, "rb").read()
+            image = path.parent / f"broken-{item_id}.jpg"
+            image.write_bytes(data[:len(data) // 3])  # header intact, scan data cut
+        elif image is not None:
+            image = path.parent / f"{item_id}.jpg"
+            shutil.copy(catalog.image_paths[code], image)
+        rows.append({"id": item_id, "title": catalog.titles[code], "text": catalog.texts[code],
+                     "image": "" if image is None else str(image)})
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "title", "text", "image"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_the_calibration_threshold_is_pinned_on_a_fixed_recording(setup):
+    """The grounding recipe and calibration moved into the library unchanged: on this fixed synthetic world
+    and recording the calibrated threshold is the one the code before the move gave (0.1890)."""
+    assert setup[2].threshold == pytest.approx(0.188993, abs=1e-3)
+
+
+def test_stream_to_events_file_to_interactions_with_dwell_to_a_sequence_model(setup, nearest, tmp_path):
+    """Recording → `process` → events.parquet (with its user) → `read_events` → `events_to_interactions`
+    (dwell as weights) → SASRec with dwell trains on the purchases plus these events and recommends."""
+    from mmrec.events import dwell_from_weights, events_to_interactions, read_events
+    from mmrec.fusion.sequence import Sequences
+    from mmrec.recommender import create_model
+    from mmrec.train import TrainConfig
+
+    world, _, _, session, video, _ = setup
+    logs = pd.DataFrame([{"timestamp": e.timestamp, "kind": e.kind, "item_id": str(world.catalog.ids[e.item])}
+                         for e in session.events if e.item is not None])
+    user = str(world.interactions.user_ids[0])
+    out = tmp_path / "events.parquet"
+    with video_frames(video) as frames:
+        write_events(process(frames, nearest, logs=logs, item_ids=world.catalog.ids), out, user=user)
+    events = read_events(out)
+    assert (events["user"] == user).all() and {"view", "click"} <= set(events["kind"])
+    inter = world.interactions
+    seen = events_to_interactions(events, world.catalog, user_ids=inter.user_ids, start=int(inter.timestamps.max()) + 1)
+    assert len(seen) == len(events) and list(seen.user_ids) == list(inter.user_ids)  # a known user: no new one
+    views = seen.kinds == 1  # mmrec.data.KINDS.index("view")
+    np.testing.assert_allclose(np.sort(seen.weights[views]), np.sort(events.loc[events["kind"] == "view", "dwell"]),
+                               rtol=1e-6)
+    assert np.isnan(seen.weights[~views]).all()  # log rows have no dwell
+    assert (np.diff(seen.timestamps) >= 0).all() and seen.timestamps.min() > inter.timestamps.max()
+    np.testing.assert_array_equal(dwell_from_weights(seen.weights)[~views], 0.0)
+    history = inter.concat(seen)
+    assert Sequences.from_interactions(history).dwell.max() == pytest.approx(float(np.nanmax(seen.weights)))
+    model = create_model("sasrec", history.n_users, history.n_items,
+                         {"dim": 16, "n_layers": 1, "n_heads": 1, "max_len": 20, "use_dwell": True})
+    model.fit(history, train_config=TrainConfig(epochs=1, batch_size=16, progress=False))
+    codes, scores = model.recommend([0], k=3, exclude_seen=False)
+    assert codes.shape == (1, 3) and torch.isfinite(scores).all()
+    # another user's recording: appended to the vocabulary; a file with a missing column is refused by name
+    other = events_to_interactions(out, world.catalog, user="someone-new", user_ids=inter.user_ids)
+    assert list(other.user_ids) == [*inter.user_ids, "someone-new"] and (other.users == len(inter.user_ids)).all()
+    events.drop(columns=["user"]).to_parquet(tmp_path / "old.parquet")
+    with pytest.raises(ValueError, match=r"old\.parquet.*user"):
+        read_events(tmp_path / "old.parquet")
+
+
+def test_cli_calibrate_writes_the_grounding_that_stream_reads(setup, tmp_path, capsys):
+    """``mmrec stream calibrate`` on the labelled recording gives the threshold the library's calibration
+    gives, writes it to SPACE/grounding.json, and ``mmrec stream`` then grounds with exactly it."""
+    from mmrec.cli import main
+
+    world, space, grounder, _, video, root = setup
+    space_dir = space.save_pretrained(tmp_path / "space")
+    catalog = _catalog_csv(world.catalog, tmp_path / "catalog.csv")
+    assert main(["stream", "calibrate", "--space", str(space_dir), "--catalog", str(catalog),
+                 "--recordings", str(root / "calib"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    written = json.loads((space_dir / "grounding.json").read_text())
+    assert written["threshold"] == report["threshold"] == pytest.approx(grounder.threshold, abs=1e-6)
+    assert written["calibration"]["f1"] == report["f1"] and written["windows"] is None
+    out = tmp_path / "events.parquet"
+    assert main(["stream", str(video), "--space", str(space_dir), "--catalog", str(catalog), "--out", str(out),
+                 "--user", "u7", "--json", "--no-progress"]) == 0
+    ran = json.loads(capsys.readouterr().out)
+    assert ran["threshold"] == written["threshold"] and ran["user"] == "u7" and ran["photos_skipped"] == 0
+    assert set(pd.read_parquet(out)["user"]) <= {"u7"}
+    assert main(["stream", "calibrate", "--space", str(space_dir), "--catalog", str(catalog),
+                 "--recordings", str(tmp_path)]) == 2  # no truth.json there
+
+
+def test_a_broken_catalog_photo_is_skipped_and_counted_not_a_crash(setup, tmp_path, capsys, caplog):
+    from mmrec.cli import main
+    from mmrec.datasets.catalog_csv import read_catalog
+
+    world, space, _, _, video, _ = setup
+    catalog = read_catalog(_catalog_csv(world.catalog, tmp_path / "catalog.csv", broken=2))
+    grounder = Grounder.for_catalog(space, catalog, threshold=-1.0)
+    assert [item for item, _ in grounder.skipped_photos] == [catalog.ids[2]]
+    assert "skipped" in caplog.text and not grounder.item_vectors[2].any()
+    screens = [f.image.copy() for f in itertools.islice(video_frames(video), 0, 60, 6)]
+    assert 2 not in grounder.ground(screens)[0]  # never grounded, whatever the screen shows
+    space_dir = space.save_pretrained(tmp_path / "space")
+    code = main(["stream", str(video), "--space", str(space_dir), "--catalog", str(tmp_path / "catalog.csv"),
+                 "--out", str(tmp_path / "events.parquet"), "--threshold", "-1", "--json", "--no-progress"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["photos_skipped"] == 1
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1.5", "-2"])
+def test_a_threshold_that_is_not_a_similarity_is_refused_in_one_line(value, tmp_path, capsys):
+    from mmrec.cli import main
+    from mmrec.grounding import GroundingSettings
+
+    code = main(["stream", "clip.mp4", "--space", str(tmp_path), "--catalog", "synthetic", "--out",
+                 str(tmp_path / "e.parquet"), "--threshold", value])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--threshold" in err and "Traceback" not in err
+    with pytest.raises(ValueError, match="threshold"):
+        GroundingSettings(float(value))
+    with pytest.raises(ValueError, match="threshold"):
+        StreamConfig(threshold=float(value))
+    (tmp_path / "grounding.json").write_text('{"threshold": NaN}')
+    with pytest.raises(ValueError, match="grounding.json"):
+        from mmrec.grounding import load_grounding
+
+        load_grounding(tmp_path)

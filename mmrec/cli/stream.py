@@ -1,10 +1,17 @@
 """``mmrec stream``: a screen recording (video, image folder or frame shards) → behaviour events (parquet).
 
-Frames are grounded in the catalog with a saved `UnifiedSpace` (``--space``, with ``screen`` and ``image``
-towers); the similarity threshold comes from ``--threshold`` or from ``SPACE/grounding.json`` (written by
-the calibration in ``benchmarks/stream_targets.py``), and so do the windows searched for the item's photo, if
-any. ``--logs`` (CSV: timestamp, kind, item_id) adds the app's click/cart/purchase rows, joined with the
-screen by time.
+Tasks (nested sub-commands; ``run`` is taken when none is named, so ``mmrec stream VIDEO --space ...`` runs):
+
+- ``run``: frames are grounded in the catalog with a saved `UnifiedSpace` (``--space``, with ``screen`` and
+  ``image`` towers); the similarity threshold comes from ``--threshold`` or from ``SPACE/grounding.json``, and
+  so do the windows searched for the item's photo and the photo check, if any. ``--logs`` (CSV: timestamp,
+  kind, item_id) adds the app's click/cart/purchase rows, joined with the screen by time. The events file
+  carries ``--user`` (`mmrec.events.read_events` reads it back).
+- ``calibrate``: fits the threshold on labelled recordings (folders with the video and ``truth.json``, as the
+  app simulator writes them) as ``run`` grounds them, and writes ``SPACE/grounding.json`` (or ``--out``),
+  keeping the space's windows and photo check (`mmrec.calibration.calibrate_space`).
+
+A file named like a task (``run``, ``calibrate``) is given as ``mmrec stream run ./run``.
 """
 from __future__ import annotations
 
@@ -13,51 +20,128 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-from mmrec.cli.common import emit, load_data
+from mmrec.cli.common import emit, load_data, positive_int
 
 NAME = "stream"
+DEFAULT_TASK = "run"
 GROUNDING_FILE = "grounding.json"  # mmrec.grounding.GROUNDING_FILE, without importing torch for --help
 HELP = "Turn a screen recording into grounded behaviour events (view with dwell, click, purchase) as parquet."
+TASK_HELP = {
+    "run": "process a recording into events (the default task)",
+    "calibrate": f"fit the grounding threshold on labelled recordings and write SPACE/{GROUNDING_FILE}",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``mmrec stream``."""
-    parser.add_argument("source", metavar="VIDEO|DIR|SHARDS",
-                        help="video file, folder of timestamped images, folder of frame shards, or shard pattern")
+    """The tasks of ``mmrec stream`` as nested sub-commands."""
+    from mmrec.cli import add_verbose_argument
+
+    sub = parser.add_subparsers(dest="task", required=True, metavar="TASK")
+    for task, (add, run_task) in {"run": (_add_run, run_stream), "calibrate": (_add_calibrate, run_calibrate)}.items():
+        p = sub.add_parser(task, help=TASK_HELP[task], description=TASK_HELP[task])
+        add_verbose_argument(p)
+        add(p)
+        p.set_defaults(_run=run_task, _command=f"{NAME} {task}")
+
+
+def _add_grounding_arguments(parser: argparse.ArgumentParser) -> None:
+    """What both tasks need to ground screens: the space, the catalog, the encoder's batches and threads."""
     parser.add_argument("--space", required=True, help="saved UnifiedSpace folder with screen and image towers")
-    parser.add_argument("--catalog", required=True, metavar="DATA",
-                        help="the catalog the items come from: H&M folder or 'synthetic' (as --data elsewhere)")
-    parser.add_argument("--out", required=True, help="events parquet file to write")
-    parser.add_argument("--logs", help="CSV of app logs: timestamp (stream seconds), kind, item_id")
-    parser.add_argument("--threshold", type=float, help=f"grounding similarity threshold (default: SPACE/{GROUNDING_FILE})")
+    parser.add_argument("--catalog", required=True, metavar="CATALOG",
+                        help="the catalog the items come from: a catalog file (CSV with id,title,text,image, or "
+                             "H&M articles.csv layout), an H&M folder, or 'synthetic'")
     parser.add_argument("--change-threshold", type=float, default=0.01,
                         help="mean thumbnail difference (0-1) under which a frame counts as unchanged")
-    parser.add_argument("--min-frames", type=int, default=3, help="frames a new screen must hold (flicker filter)")
-    parser.add_argument("--batch-size", type=int, default=32, help="changed frames per encoder batch")
-    parser.add_argument("--log-window", type=float, default=2.0, help="seconds around a log row to look for its item")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="changed frames per encoder batch")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="CPU threads for the screen encoder (default 1: the video decoder runs in a thread of "
                              "its own, and a pool of torch threads waiting between the few encoder calls takes its "
                              "core; measured in benchmarks/stream_targets.py)")
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar with frames/s on stderr (default: when stderr is a terminal)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the counts on stdout")
 
 
-def _grounding(args: argparse.Namespace) -> Any:
-    """`GroundingSettings` of ``SPACE/grounding.json``, its threshold replaced by ``--threshold`` when given."""
-    from mmrec.grounding import GroundingSettings, load_grounding
+def _add_run(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="VIDEO|DIR|SHARDS",
+                        help="video file, folder of timestamped images, folder of frame shards, or shard pattern")
+    _add_grounding_arguments(parser)
+    parser.add_argument("--out", required=True, help="events parquet file to write")
+    parser.add_argument("--user", help="the user whose recording it is, written in every event "
+                                       "(default: the recording's file or folder name)")
+    parser.add_argument("--logs", help="CSV of app logs: timestamp (stream seconds), kind, item_id")
+    parser.add_argument("--threshold", type=float,
+                        help=f"grounding similarity threshold in [-1, 1] (default: SPACE/{GROUNDING_FILE})")
+    parser.add_argument("--min-frames", type=positive_int, default=3,
+                        help="frames a new screen must hold (flicker filter)")
+    parser.add_argument("--log-window", type=float, default=2.0, help="seconds around a log row to look for its item")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar with frames/s on stderr (default: when stderr is a terminal)")
 
-    path = Path(args.space) / GROUNDING_FILE
-    if args.threshold is not None and not path.is_file():
-        return GroundingSettings(args.threshold)
-    if not path.is_file():
-        raise ValueError(f"no --threshold given and {path} does not exist; calibrate the space "
-                         f"(benchmarks/stream_targets.py writes it) or pass --threshold")
-    settings = load_grounding(args.space)
-    if args.threshold is not None:
-        settings.threshold = args.threshold
-    return settings
+
+def _add_calibrate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recordings", required=True, nargs="+", metavar="DIR",
+                        help="labelled recordings: folders with the video and truth.json (the app simulator's "
+                             "write_recording), whose items are in --catalog")
+    _add_grounding_arguments(parser)
+    parser.add_argument("--out", help=f"grounding file to write (default: SPACE/{GROUNDING_FILE}, what "
+                                      f"'mmrec stream run' reads)")
+
+
+def default_user(source: str) -> str:
+    """The user an events file is written for when ``--user`` is not given: the recording's file name without
+    its extension, or its folder's name ("user" for a shard pattern)."""
+    path = Path(source)
+    if "{" in source or not path.name:
+        return "user"
+    return path.stem if path.is_file() else path.name
+
+
+def _threads(args: argparse.Namespace, work: Any) -> int:
+    """Run ``work(args)`` with torch on ``--torch-threads`` threads, restoring the caller's setting."""
+    import torch
+
+    if args.torch_threads < 1:
+        raise ValueError(f"--torch-threads must be at least 1, got {args.torch_threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(args.torch_threads)
+    try:
+        return work(args)
+    finally:
+        torch.set_num_threads(previous)  # in-process callers (tests, notebooks) keep their setting
+
+
+def _stream_config(args: argparse.Namespace) -> Any:
+    from mmrec.stream import StreamConfig
+
+    return StreamConfig(change_threshold=args.change_threshold, min_frames=getattr(args, "min_frames", 3),
+                        batch_size=args.batch_size, max_pending=max(512, args.batch_size),
+                        log_window=getattr(args, "log_window", 2.0))
+
+
+def _catalog(args: argparse.Namespace) -> Any:
+    """``--catalog``: a catalog file any catalog reader takes, or a data set with a catalog (``--data``'s)."""
+    if Path(args.catalog).is_file():
+        from mmrec.datasets.catalog_csv import read_catalog
+
+        return read_catalog(args.catalog)
+    data = load_data(args.catalog)
+    if data.catalog is None:
+        raise ValueError(f"--catalog {args.catalog}: this data set has no catalog (item photos and texts)")
+    return data.catalog
+
+
+def run(args: argparse.Namespace) -> int:
+    """The task named in ``args.task`` (``run`` by default)."""
+    return run_calibrate(args) if getattr(args, "task", DEFAULT_TASK) == "calibrate" else run_stream(args)
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    """Process the stream, write the events, report counts and frames/s."""
+    return _threads(args, _stream)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Calibrate the space's threshold on the labelled recordings and write the grounding file."""
+    return _threads(args, _calibrate)
 
 
 def _with_progress(frames: Any, show: bool) -> Iterator[Any]:
@@ -69,48 +153,51 @@ def _with_progress(frames: Any, show: bool) -> Iterator[Any]:
             yield frame
 
 
-def run(args: argparse.Namespace) -> int:
-    """Process the stream, write the events, report counts and frames/s."""
-    import torch
-
-    if args.torch_threads < 1:
-        raise ValueError(f"--torch-threads must be at least 1, got {args.torch_threads}")
-    previous = torch.get_num_threads()
-    torch.set_num_threads(args.torch_threads)
-    try:
-        return _stream(args)
-    finally:
-        torch.set_num_threads(previous)  # in-process callers (tests, notebooks) keep their setting
-
-
 def _stream(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from mmrec.grounding import Grounder
-    from mmrec.space import UnifiedSpace
-    from mmrec.stream import StreamConfig, StreamStats, open_frames, process, write_events
+    from mmrec.grounding import check_threshold, load_grounder
+    from mmrec.stream import StreamStats, open_frames, process, write_events
 
-    config = StreamConfig(change_threshold=args.change_threshold, min_frames=args.min_frames,
-                          batch_size=args.batch_size, max_pending=max(512, args.batch_size),
-                          log_window=args.log_window)
-    settings = _grounding(args)
-    data = load_data(args.catalog)
-    if data.catalog is None:
-        raise ValueError(f"--catalog {args.catalog}: this data set has no catalog (item photos and texts)")
+    threshold = None if args.threshold is None else check_threshold(args.threshold, "--threshold")
+    user = default_user(args.source) if args.user is None else args.user
+    if not user.strip():
+        raise ValueError("--user must not be empty")
+    if threshold is None and not (Path(args.space) / GROUNDING_FILE).is_file():
+        raise ValueError(f"no --threshold given and {Path(args.space) / GROUNDING_FILE} does not exist; calibrate "
+                         f"the space (mmrec stream calibrate) or pass --threshold")
+    config = _stream_config(args)
     logs = None
     if args.logs:
         if not Path(args.logs).is_file():
             raise FileNotFoundError(f"--logs {args.logs} does not exist")
         logs = pd.read_csv(args.logs, dtype={"item_id": str})
-    space = UnifiedSpace.from_pretrained(args.space)
-    grounder = Grounder.for_catalog(space, data.catalog, threshold=settings.threshold, batch_size=args.batch_size,
-                                    windows=settings.windows, check=settings.check)
+    catalog = _catalog(args)
+    grounder = load_grounder(args.space, catalog, threshold=threshold, batch_size=args.batch_size)
     frames = open_frames(args.source)
     stats = StreamStats(source=frames.stats)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     with frames:
-        events = process(_with_progress(frames, progress), grounder, config, logs=logs,
-                         item_ids=data.catalog.ids, stats=stats)
-        rows = write_events(events, args.out)
-    emit({**stats.to_dict(), "rows": rows, "threshold": settings.threshold, "out": str(Path(args.out).resolve())}, args.json)
+        events = process(_with_progress(frames, progress), grounder, config, logs=logs, item_ids=catalog.ids,
+                         stats=stats)
+        rows = write_events(events, args.out, user=user)
+    emit({**stats.to_dict(), "rows": rows, "user": user, "threshold": grounder.threshold,
+          "photos_skipped": len(grounder.skipped_photos), "out": str(Path(args.out).resolve())}, args.json)
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from mmrec.calibration import calibrate_space
+
+    for folder in args.recordings:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"--recordings {folder} is not a folder (a labelled recording: the video and "
+                                    f"truth.json)")
+    out = Path(args.out) if args.out else Path(args.space) / GROUNDING_FILE
+    settings, fit = calibrate_space(args.space, _catalog(args), args.recordings, config=_stream_config(args),
+                                    out=out, batch_size=args.batch_size)
+    emit({"threshold": settings.threshold, **{k: fit[k] for k in ("precision", "recall", "f1")},
+          "windows": settings.windows is not None, "photo_check": settings.check is not None,
+          "recordings": len(args.recordings), "photos_skipped": fit["photos_skipped"], "out": str(out.resolve())},
+         args.json)
     return 0
