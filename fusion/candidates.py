@@ -1,0 +1,305 @@
+"""Candidate generators of the next-purchase pipeline: each proposes, per customer, a few articles with its
+own score, from purchases strictly before the day being predicted.
+
+Every generator has one method, ``generate(history, users, day, side) -> DataFrame[user, item, score]``
+(at most ``n`` rows per user, higher score = more likely), and reads only ``history`` — the caller cuts it
+before ``day`` (`Purchases.before`) so no generator can see the day it predicts. `generate_all` joins the
+generators' lists into one candidate table with ``<name>_score`` and ``<name>_rank`` columns (NaN where a
+generator did not propose the pair): the ranker's generator features.
+
+Generators (the shape that won the H&M competition, plus content):
+
+- `Repurchase`: what the customer bought before, by recency-weighted count.
+- `Trending`: recency-weighted bestsellers of the last days; the same list for everyone (and the only one
+  for a customer without history).
+- `CoPurchase`: articles bought by the buyers of the customer's articles (item-to-item co-purchase).
+- `ColourVariants`: other articles of the same ``product_code`` as the customer's purchases.
+- `ContentSimilar`: nearest articles to the customer's recency-weighted content profile (item vectors,
+  e.g. MiniLM text or a UnifiedSpace) among articles sold lately or never sold — the only generator that
+  reaches an article nobody bought yet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from mmrec.data import Interactions
+
+DAY = 86_400
+COLUMNS = ["user", "item", "score"]
+
+
+@dataclass
+class Purchases:
+    """Purchase rows as int columns: customer code, article code, day (days since 1970-01-01, UTC)."""
+
+    users: np.ndarray
+    items: np.ndarray
+    days: np.ndarray
+    n_users: int
+    n_items: int
+
+    @classmethod
+    def from_interactions(cls, interactions: Interactions) -> "Purchases":
+        """One row per transaction line of ``interactions`` (timestamps are turned into days)."""
+        return cls(interactions.users.astype(np.int64), interactions.items.astype(np.int64),
+                   interactions.timestamps // DAY, interactions.n_users, interactions.n_items)
+
+    def _select(self, mask: np.ndarray) -> "Purchases":
+        return Purchases(self.users[mask], self.items[mask], self.days[mask], self.n_users, self.n_items)
+
+    def before(self, day: int) -> "Purchases":
+        """Rows strictly before ``day``: everything a prediction for ``day`` may read."""
+        return self._select(self.days < day)
+
+    def on(self, day: int) -> "Purchases":
+        """Rows on ``day`` (the labels of that day)."""
+        return self._select(self.days == day)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def bought(self) -> dict[int, np.ndarray]:
+        """``{user: distinct item codes}`` of these rows."""
+        frame = pd.DataFrame({"user": self.users, "item": self.items}).drop_duplicates()
+        return {int(u): g.to_numpy() for u, g in frame.groupby("user")["item"]}
+
+
+@dataclass
+class ItemSide:
+    """What is known about articles besides purchases: ``product_code`` per article (an int code; colour
+    variants share it), content vectors (``[n_items, C]``, L2-normalised; None = no content) and
+    categorical attributes as int codes."""
+
+    product_codes: np.ndarray
+    vectors: np.ndarray | None = None
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values by one sort (``np.unique``'s hash path is slow on large int arrays)."""
+    values = np.sort(np.asarray(values), kind="stable")
+    return values[np.r_[True, values[1:] != values[:-1]]] if len(values) else values
+
+
+def recency_weight(days: np.ndarray, day: int) -> np.ndarray:
+    """Weight of a purchase ``day - days`` days before ``day``: 1 for yesterday, 1/2 the day before, ..."""
+    return 1.0 / np.maximum(day - days, 1).astype(np.float64)
+
+
+def top_per_user(frame: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The ``n`` highest-scoring rows per user (ties broken by item code, so results are deterministic)."""
+    if not len(frame):
+        return frame[COLUMNS].reset_index(drop=True)
+    frame = frame.sort_values(["user", "score", "item"], ascending=[True, False, True], kind="stable")
+    return frame[frame.groupby("user").cumcount() < n][COLUMNS].reset_index(drop=True)
+
+
+def empty() -> pd.DataFrame:
+    """A candidate table with no rows."""
+    return pd.DataFrame({"user": np.zeros(0, np.int64), "item": np.zeros(0, np.int64), "score": np.zeros(0)})
+
+
+def user_item_weights(history: Purchases, users: np.ndarray, day: int) -> pd.DataFrame:
+    """Recency-weighted purchase weight per (user, item) of ``users``' history rows."""
+    mask = np.isin(history.users, users)
+    frame = pd.DataFrame({"user": history.users[mask], "item": history.items[mask],
+                          "score": recency_weight(history.days[mask], day)})
+    return frame.groupby(["user", "item"], as_index=False)["score"].sum()
+
+
+@dataclass
+class Repurchase:
+    """The customer's own past articles, by recency-weighted purchase count."""
+
+    n: int = 24
+    name: str = "repurchase"
+
+    def generate(self, history: Purchases, users: np.ndarray, day: int, side: ItemSide) -> pd.DataFrame:
+        return top_per_user(user_item_weights(history, users, day), self.n)
+
+
+def trending_scores(history: Purchases, day: int, window: int) -> np.ndarray:
+    """Per article, purchases of the last ``window`` days before ``day`` weighted by recency."""
+    mask = history.days >= day - window
+    return np.bincount(history.items[mask], weights=recency_weight(history.days[mask], day),
+                       minlength=history.n_items)
+
+
+@dataclass
+class Trending:
+    """Recency-weighted bestsellers of the last ``window`` days, the same ``n`` for every customer."""
+
+    n: int = 48
+    window: int = 7
+    name: str = "trending"
+
+    def top_items(self, history: Purchases, day: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``n`` best articles and their scores (none when nothing sold in the window)."""
+        scores = trending_scores(history, day, self.window)
+        order = np.lexsort((np.arange(len(scores)), -scores))[: self.n]
+        order = order[scores[order] > 0]
+        return order, scores[order]
+
+    def generate(self, history: Purchases, users: np.ndarray, day: int, side: ItemSide) -> pd.DataFrame:
+        items, scores = self.top_items(history, day)
+        return pd.DataFrame({"user": np.repeat(users, len(items)), "item": np.tile(items, len(users)),
+                             "score": np.tile(scores, len(users))})
+
+
+@dataclass
+class CoPurchase:
+    """Articles bought by customers who bought the customer's articles: score(u, j) = sum over the
+    customer's recency-weighted articles i of P(j | i) (co-buyers of i and j over buyers of i), counted over
+    the last ``window`` days of purchases."""
+
+    n: int = 24
+    window: int = 28
+    name: str = "copurchase"
+
+    def generate(self, history: Purchases, users: np.ndarray, day: int, side: ItemSide) -> pd.DataFrame:
+        recent = history._select(history.days >= day - self.window)
+        if not len(recent):
+            return empty()
+        pairs = distinct(recent.users * history.n_items + recent.items)
+        buyers = sp.csr_matrix((np.ones(len(pairs), np.float32), (pairs // history.n_items, pairs % history.n_items)),
+                               shape=(history.n_users, history.n_items))
+        cooc = (buyers.T @ buyers).tocsr()
+        cooc.setdiag(0)
+        counts = np.asarray(buyers.sum(0)).ravel()
+        cond = sp.diags(1.0 / np.maximum(counts, 1)) @ cooc  # row i: P(j | i)
+        weights = user_item_weights(history, users, day)
+        if not len(weights):
+            return empty()
+        codes, rows = np.unique(weights["user"].to_numpy(), return_inverse=True)
+        profile = sp.csr_matrix((weights["score"].to_numpy(), (rows, weights["item"].to_numpy())),
+                                shape=(len(codes), history.n_items))
+        return top_from_sparse(profile @ cond, codes, self.n)
+
+
+def top_from_sparse(scores: sp.spmatrix, user_codes: np.ndarray, n: int) -> pd.DataFrame:
+    """The ``n`` best columns per row of a sparse score matrix whose rows are ``user_codes``."""
+    coo = scores.tocoo()
+    keep = coo.data > 0
+    frame = pd.DataFrame({"user": user_codes[coo.row[keep]], "item": coo.col[keep].astype(np.int64),
+                          "score": coo.data[keep].astype(np.float64)})
+    return top_per_user(frame, n)
+
+
+@dataclass
+class ColourVariants:
+    """Other articles of the product codes the customer bought (colour and pattern variants), scored by the
+    customer's recency weight of the product times the variant's share of the last ``window`` days' sales."""
+
+    n: int = 12
+    window: int = 7
+    name: str = "colour_variants"
+
+    def generate(self, history: Purchases, users: np.ndarray, day: int, side: ItemSide) -> pd.DataFrame:
+        weights = user_item_weights(history, users, day)
+        if not len(weights):
+            return empty()
+        weights["product"] = side.product_codes[weights["item"].to_numpy()]
+        per_product = weights.groupby(["user", "product"], as_index=False)["score"].sum()
+        popularity = trending_scores(history, day, self.window) + 1e-3  # unsold variants still rank
+        variants = pd.DataFrame({"item": np.arange(history.n_items), "product": side.product_codes,
+                                 "pop": popularity})
+        frame = per_product.merge(variants, on="product")
+        frame["score"] = frame["score"] * frame["pop"]
+        own = weights.set_index(["user", "item"]).index
+        frame = frame[~frame.set_index(["user", "item"]).index.isin(own)]  # repurchase covers those
+        return top_per_user(frame, self.n)
+
+
+@dataclass
+class ContentSimilar:
+    """Articles nearest (cosine) to the customer's recency-weighted mean content vector, among articles
+    sold in the last ``window`` days or never sold before ``day`` (new articles). Needs ``side.vectors``;
+    proposes nothing without them."""
+
+    n: int = 24
+    window: int = 7
+    name: str = "content"
+    batch: int = 2048
+
+    def generate(self, history: Purchases, users: np.ndarray, day: int, side: ItemSide) -> pd.DataFrame:
+        if side.vectors is None:
+            return empty()
+        weights = user_item_weights(history, users, day)
+        if not len(weights):
+            return empty()
+        pool = content_pool(history, day, self.window)
+        codes, rows = np.unique(weights["user"].to_numpy(), return_inverse=True)
+        profile = sp.csr_matrix((weights["score"].to_numpy(), (rows, weights["item"].to_numpy())),
+                                shape=(len(codes), history.n_items)) @ side.vectors
+        profile /= np.maximum(np.linalg.norm(profile, axis=1, keepdims=True), 1e-12)
+        pool_vectors = side.vectors[pool]
+        n = min(self.n, len(pool))
+        frames = []
+        for start in range(0, len(codes), self.batch):
+            sims = profile[start:start + self.batch] @ pool_vectors.T
+            top = np.argpartition(-sims, n - 1, axis=1)[:, :n]
+            frames.append(pd.DataFrame({"user": np.repeat(codes[start:start + self.batch], n),
+                                        "item": pool[top].ravel(),
+                                        "score": np.take_along_axis(sims, top, 1).ravel().astype(np.float64)}))
+        return top_per_user(pd.concat(frames, ignore_index=True), self.n)
+
+
+def content_pool(history: Purchases, day: int, window: int) -> np.ndarray:
+    """Articles content may propose: sold in the last ``window`` days before ``day``, or never sold before it."""
+    sold = np.bincount(history.items, minlength=history.n_items) > 0
+    recent = np.bincount(history.items[history.days >= day - window], minlength=history.n_items) > 0
+    return np.flatnonzero(recent | ~sold)
+
+
+GENERATORS = {"repurchase": Repurchase, "trending": Trending, "copurchase": CoPurchase,
+              "colour_variants": ColourVariants, "content": ContentSimilar}
+
+
+def generate_all(generators: list, history: Purchases, users: np.ndarray, day: int,
+                 side: ItemSide) -> pd.DataFrame:
+    """The union of every generator's candidates for ``users`` on ``day``: one row per (user, item) with
+    ``<name>_score`` and ``<name>_rank`` (1 = the generator's best for that user; NaN = not proposed).
+
+    ``history`` must hold only purchases before ``day``; a generator proposing nothing is fine.
+    """
+    if len(history) and history.days.max() >= day:
+        raise ValueError(f"history reaches day {int(history.days.max())}, on or after the predicted day {day}; "
+                         f"pass history.before(day)")
+    users = distinct(np.asarray(users, dtype=np.int64))
+    n = max(history.n_items, 1)
+    found = []
+    for gen in generators:
+        frame = gen.generate(history, users, day, side)
+        rank = frame.groupby("user").cumcount().to_numpy(np.float32) + 1
+        found.append((gen.name, frame["user"].to_numpy(np.int64) * n + frame["item"].to_numpy(np.int64),
+                      frame["score"].to_numpy(np.float64), rank))
+    keys = distinct(np.concatenate([f[1] for f in found])) if found else np.zeros(0, np.int64)
+    table = pd.DataFrame({"user": keys // n, "item": keys % n})
+    for name, key, score, rank in found:
+        at = np.searchsorted(keys, key)
+        for column, values in ((f"{name}_score", score), (f"{name}_rank", rank)):
+            filled = np.full(len(keys), np.nan, dtype=values.dtype)
+            filled[at] = values
+            table[column] = filled
+    return table
+
+
+def recall_by_generator(candidates: pd.DataFrame, truth: Purchases, names: list[str]) -> dict[str, dict]:
+    """Per generator (and for the union): share of ``truth``'s distinct (user, item) purchases proposed,
+    and candidates per user, over the users of ``candidates``."""
+    users = candidates["user"].unique()
+    pairs = pd.DataFrame({"user": truth.users, "item": truth.items}).drop_duplicates()
+    pairs = pairs[pairs["user"].isin(users)]
+    joined = pairs.merge(candidates, on=["user", "item"], how="left", indicator=True)
+    out = {}
+    for name in names:
+        proposed = int(candidates[f"{name}_rank"].notna().sum())
+        out[name] = {"recall": float(joined[f"{name}_rank"].notna().mean()) if len(joined) else 0.0,
+                     "per_user": proposed / max(len(users), 1)}
+    out["union"] = {"recall": float((joined["_merge"] == "both").mean()) if len(joined) else 0.0,
+                    "per_user": len(candidates) / max(len(users), 1)}
+    return out

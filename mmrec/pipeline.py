@@ -1,0 +1,450 @@
+"""The next-purchase pipeline: candidate generators → LightGBM lambdarank ranker → top-k, time-aware.
+
+Protocol (`run`): with a horizon of ``h`` days and the test window starting on day ``T``, valid starts on
+``V = T - h``. The ranker is trained on label windows before the one it predicts — for a window starting
+on ``L`` the features read purchases before ``L`` and the labels are the purchases in ``[L, L + h)`` — and
+only customers who buy in a label window are training rows. Choosing: train on the ``label_windows``
+windows before ``V``, stop early on valid (``V``); the test ranker is the same recipe moved one window
+later (trained up to ``V``) with the chosen number of trees; deploy (``refit_all``) moves it once more
+and keeps every purchase as history, so the saved model answers for the day after the data ends.
+
+Library use::
+
+    from mmrec.pipeline import NextPurchase, PipelineConfig, run, item_side
+    model, report = run(purchases, side, config, test_start=day, refit_all=True)
+    model.recommend(users, k=12)
+
+``PipelineModel`` (registered as ``pipeline``) is that model as a `Recommender`, saved and loaded like
+every other model (``mmrec train pipeline``, ``mmrec recommend``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmrec.data import Catalog, Interactions
+from mmrec.fusion.candidates import (GENERATORS, ItemSide, Purchases, generate_all, recall_by_generator,
+                                     top_per_user, Trending, user_item_weights)
+from mmrec.fusion.ranker import FEATURE_GROUPS, CATEGORICAL, Ranker, RankerConfig, features
+from mmrec.metrics import next_purchase_metrics
+from mmrec.recommender import Recommender, register_model
+
+log = logging.getLogger(__name__)
+K = 12
+
+
+@dataclass
+class PipelineConfig:
+    """Settings of the pipeline.
+
+    ``candidates``: generator name → candidates per customer (0 or absent = generator off; names in
+    `mmrec.fusion.candidates.GENERATORS`). ``trending_window`` / ``copurchase_window``: days of purchases the
+    trending and co-purchase generators count. ``features``: the ranker's feature groups. ``content``: the
+    encoder of the item content vectors (``"minilm"``; ``""`` = no content). ``horizon_days``: the length of
+    a label window (a day here; a week on the full download). ``label_windows``: label windows the ranker
+    trains on.
+    """
+
+    candidates: dict[str, int] = field(default_factory=lambda: {
+        "repurchase": 24, "trending": 48, "copurchase": 24, "colour_variants": 12, "content": 24})
+    trending_window: int = 7
+    copurchase_window: int = 28
+    features: tuple[str, ...] = FEATURE_GROUPS
+    content: str = "minilm"
+    horizon_days: int = 1
+    label_windows: int = 1
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.candidates) - set(GENERATORS)
+        if unknown:
+            raise ValueError(f"PipelineConfig.candidates: unknown generator(s) {sorted(unknown)}; known: {list(GENERATORS)}")
+        if self.candidates.get("trending", 0) < 1:
+            raise ValueError("PipelineConfig.candidates needs trending ≥ 1: it is every customer's fallback")
+        for name in ("horizon_days", "label_windows", "trending_window", "copurchase_window"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PipelineConfig.{name} must be ≥ 1, got {getattr(self, name)}")
+        bad = set(self.features) - set(FEATURE_GROUPS)
+        if bad:
+            raise ValueError(f"PipelineConfig.features: unknown group(s) {sorted(bad)}; known: {list(FEATURE_GROUPS)}")
+
+    def generators(self) -> list:
+        """The enabled generators, in a fixed order."""
+        windows = {"trending": {"window": self.trending_window}, "copurchase": {"window": self.copurchase_window}}
+        return [GENERATORS[name](n=n, **windows.get(name, {})) for name, n in self.candidates.items() if n > 0]
+
+
+def item_side(catalog: Catalog, vectors: np.ndarray | None = None) -> ItemSide:
+    """Product codes and categorical attribute codes of ``catalog`` (plus content ``vectors`` if given)."""
+    attrs = catalog.attributes
+    product = attrs.get("product_code", catalog.ids)
+    codes = {name: pd.factorize(attrs[name])[0].astype(np.int32) for name in CATEGORICAL if name in attrs}
+    return ItemSide(pd.factorize(product)[0].astype(np.int64), vectors, codes)
+
+
+def customer_ages(customers: pd.DataFrame | None, user_ids: np.ndarray) -> np.ndarray | None:
+    """Age per user code from ``customers.csv`` (NaN where unknown); None without the file."""
+    if customers is None or "age" not in customers:
+        return None
+    return pd.to_numeric(customers["age"].reindex(user_ids), errors="coerce").to_numpy(np.float32)
+
+
+class NextPurchase:
+    """A fitted pipeline: generators, ranker and the purchase history it recommends from."""
+
+    def __init__(self, config: PipelineConfig, side: ItemSide, ages: np.ndarray | None = None,
+                 ranker: Ranker | None = None) -> None:
+        self.config, self.side, self.ages, self.ranker = config, side, ages, ranker
+
+    # -- tables -------------------------------------------------------------------------------------
+    def candidates(self, purchases: Purchases, users: np.ndarray, day: int) -> pd.DataFrame:
+        """Candidates of ``users`` for the window starting on ``day`` from purchases before ``day``."""
+        return generate_all(self.config.generators(), purchases.before(day), users, day, self.side)
+
+    def table(self, purchases: Purchases, users: np.ndarray, day: int) -> pd.DataFrame:
+        """Candidates with features for ``users`` on ``day`` (reads only purchases before ``day``)."""
+        history = purchases.before(day)
+        cands = generate_all(self.config.generators(), history, users, day, self.side)
+        return features(cands, history, day, self.side, self.ages, self.config.features)
+
+    def labelled(self, purchases: Purchases, day: int) -> pd.DataFrame:
+        """The training table of the label window starting on ``day``: its buyers' candidates and features,
+        ``label`` 1 where the customer bought the article in the window."""
+        truth = window(purchases, day, self.config.horizon_days)
+        frame = self.table(purchases, np.unique(truth.users), day)
+        bought = pd.DataFrame({"user": truth.users, "item": truth.items, "label": 1}).drop_duplicates()
+        frame = frame.merge(bought, on=["user", "item"], how="left")
+        frame["label"] = frame["label"].fillna(0).astype(np.int32)
+        return frame
+
+    def training_set(self, purchases: Purchases, last_day: int) -> pd.DataFrame:
+        """Label windows ending with the one starting on ``last_day`` (``label_windows`` of them), stacked;
+        users are offset per window so each window's customers are their own query groups."""
+        h, frames = self.config.horizon_days, []
+        for j in range(self.config.label_windows):
+            frame = self.labelled(purchases, last_day - j * h)
+            frame["user"] = frame["user"] + j * purchases.n_users
+            frames.append(frame)
+        return pd.concat(frames[::-1], ignore_index=True)
+
+    # -- fitting and ranking ------------------------------------------------------------------------
+    def fit(self, purchases: Purchases, last_label_day: int, *, valid_day: int | None = None,
+            rounds: int | None = None) -> "NextPurchase":
+        """Train the ranker on the label windows up to ``last_label_day``; with ``valid_day`` stop early on
+        that window, with ``rounds`` use that many trees."""
+        train = self.training_set(purchases, last_label_day)
+        valid = self.labelled(purchases, valid_day) if valid_day is not None else None
+        self.ranker = Ranker(self.config.ranker).fit(train, valid, rounds=rounds)
+        return self
+
+    def recommend(self, purchases: Purchases, users: np.ndarray, day: int, k: int = K) -> np.ndarray:
+        """``[len(users), k]`` item codes for the window starting on ``day`` (purchases before it are read),
+        ranker order, then trending to fill; -1 only where nothing at all is known."""
+        scored = self.scored(purchases, users, day)
+        fill, _ = Trending(n=k, window=self.config.trending_window).top_items(purchases.before(day), day)
+        return top_k(scored, np.asarray(users, dtype=np.int64), k, fill)
+
+    def scored(self, purchases: Purchases, users: np.ndarray, day: int) -> pd.DataFrame:
+        """``user, item, score`` of every candidate (ranker scores)."""
+        if self.ranker is None:
+            raise ValueError("the pipeline's ranker is not fitted")
+        frame = self.table(purchases, users, day)
+        return pd.DataFrame({"user": frame["user"], "item": frame["item"], "score": self.ranker.predict(frame)})
+
+
+def window(purchases: Purchases, start: int, days: int) -> Purchases:
+    """Purchases in ``[start, start + days)``."""
+    return purchases._select((purchases.days >= start) & (purchases.days < start + days))
+
+
+def top_k(scored: pd.DataFrame, users: np.ndarray, k: int, fill: np.ndarray) -> np.ndarray:
+    """Per user in ``users`` order: the ``k`` best-scored items, then ``fill`` items not already listed."""
+    best = top_per_user(scored, k)
+    out = np.full((len(users), k), -1, dtype=np.int64)
+    lists = {int(u): g.to_numpy() for u, g in best.groupby("user")["item"]}
+    for row, user in enumerate(users):
+        items = list(lists.get(int(user), ()))
+        if len(items) < k:
+            items += [i for i in fill if i not in set(items)][: k - len(items)]
+        out[row, : len(items)] = items[:k]
+    return out
+
+
+def baseline(purchases: Purchases, users: np.ndarray, day: int, *, repurchase: bool, k: int = K,
+             trending_window: int = 7) -> np.ndarray:
+    """The heuristics beside the pipeline: recency-weighted bestsellers of the last ``trending_window``
+    days, after the customer's own past articles by recency-weighted count when ``repurchase``."""
+    history = purchases.before(day)
+    fill, _ = Trending(n=k, window=trending_window).top_items(history, day)
+    own = user_item_weights(history, users, day) if repurchase else pd.DataFrame(columns=["user", "item", "score"])
+    return top_k(own, np.asarray(users, dtype=np.int64), k, fill)
+
+
+def evaluate_day(predict, purchases: Purchases, day: int, days: int, k: int = K,
+                 users_mask=None) -> dict[str, float]:
+    """MAP@k / Recall@k of ``predict(users) -> [U, k] codes`` on the buyers of ``[day, day + days)``;
+    ``users_mask(users, truth) -> bool[U]`` keeps a subgroup."""
+    truth = window(purchases, day, days)
+    users = np.unique(truth.users)
+    if users_mask is not None:
+        users = users[users_mask(users, truth)]
+    if not len(users):
+        return {f"map@{k}": float("nan"), f"recall@{k}": float("nan"), "users": 0}
+    bought = truth.bought()
+    return next_purchase_metrics(predict(users), [bought[int(u)] for u in users], k)
+
+
+def purchase_shares(purchases: Purchases, day: int, days: int) -> dict[str, float]:
+    """Of the distinct (customer, article) purchases in the window: the share the customer bought before
+    (repurchases) and the share of articles nobody bought before (new articles)."""
+    history, truth = purchases.before(day), window(purchases, day, days)
+    pairs = pd.DataFrame({"user": truth.users, "item": truth.items}).drop_duplicates()
+    seen_pairs = set(zip(history.users.tolist(), history.items.tolist()))
+    sold = np.bincount(history.items, minlength=purchases.n_items) > 0
+    return {"repurchase": float(np.mean([p in seen_pairs for p in zip(pairs["user"], pairs["item"])])),
+            "new_article": float((~sold[pairs["item"].to_numpy()]).mean())}
+
+
+def buys_new_article(purchases: Purchases, day: int):
+    """A ``users_mask`` for `evaluate_day`: customers who buy an article nobody bought before ``day``."""
+    sold = np.bincount(purchases.before(day).items, minlength=purchases.n_items) > 0
+
+    def mask(users: np.ndarray, truth: Purchases) -> np.ndarray:
+        buyers = np.unique(truth.users[~sold[truth.items]])
+        return np.isin(users, buyers)
+    return mask
+
+
+def run(purchases: Purchases, side: ItemSide, config: PipelineConfig, *, test_start: int,
+        ages: np.ndarray | None = None, refit_all: bool = False) -> tuple[NextPurchase, dict[str, Any]]:
+    """Choose on valid, report valid and test (with both baselines and each generator's recall), and return
+    the test-time pipeline, or with ``refit_all`` the one refitted for the day after the data ends.
+
+    ``test_start``: first day of the test window (days since 1970-01-01); valid is the window before it.
+    """
+    h = config.horizon_days
+    valid_start = test_start - h
+    report: dict[str, Any] = {"config": {"valid_start": str(np.datetime64(valid_start, "D")),
+                                         "test_start": str(np.datetime64(test_start, "D")), "horizon_days": h}}
+    started = time.perf_counter()
+    chosen = NextPurchase(config, side, ages).fit(purchases, valid_start - h, valid_day=valid_start)
+    rounds = chosen.ranker.best_iteration
+    report["ranker"] = {"best_iteration": rounds, "importances": chosen.ranker.importances()}
+    tested = NextPurchase(config, side, ages).fit(purchases, valid_start, rounds=rounds)
+    for name, start, model in (("valid", valid_start, chosen), ("test", test_start, tested)):
+        report[name] = day_report(model, purchases, start)
+    report["fit_seconds"] = time.perf_counter() - started
+    if not refit_all:
+        return tested, report
+    deployed = NextPurchase(config, side, ages).fit(purchases, test_start, rounds=rounds)
+    report["refit"] = {"last_label_day": str(np.datetime64(test_start, "D")), "rounds": rounds,
+                       "history_rows": len(purchases)}
+    return deployed, report
+
+
+def day_report(model: NextPurchase, purchases: Purchases, start: int) -> dict[str, Any]:
+    """Pipeline and baseline metrics on the window starting on ``start``, the new-article subgroup, the
+    repurchase / new-article shares and each generator's recall."""
+    h, window_days = model.config.horizon_days, model.config.trending_window
+    new = buys_new_article(purchases, start)
+    out: dict[str, Any] = {}
+    for name, predict in (
+            ("trending", lambda u: baseline(purchases, u, start, repurchase=False, trending_window=window_days)),
+            ("repurchase_trending", lambda u: baseline(purchases, u, start, repurchase=True,
+                                                       trending_window=window_days)),
+            ("pipeline", lambda u: model.recommend(purchases, u, start))):
+        out[name] = evaluate_day(predict, purchases, start, h)
+        out[f"{name}_new_article_buyers"] = evaluate_day(predict, purchases, start, h, users_mask=new)
+    truth = window(purchases, start, h)
+    cands = model.candidates(purchases, np.unique(truth.users), start)
+    out["candidates"] = recall_by_generator(cands, truth, [g.name for g in model.config.generators()])
+    out["shares"] = purchase_shares(purchases, start, h)
+    return out
+
+
+# -- the pipeline as a saved, registered recommender ---------------------------------------------------
+HISTORY_FILES = ("history_users.npy", "history_items.npy", "history_days.npy")
+RANKER_FILE, SIDE_FILE = "ranker.txt", "pipeline.json"
+
+
+@register_model("pipeline")
+class PipelineModel(Recommender):
+    """The next-purchase pipeline behind the `Recommender` API: it recommends for the day after its history
+    ends. Its folder holds, besides config / vocabulary / seen pairs, the LightGBM model as text, the purchase
+    history (int32 ``.npy``), the article side (product codes, attribute codes, content vectors) and ages.
+
+    Items a customer bought before are candidates by design (repurchase is the strongest signal), so
+    ``recommend`` keeps them unless ``exclude_seen=True`` is asked for. Built by `train`, not by ``fit``.
+    """
+
+    config_class = PipelineConfig
+
+    def __init__(self, config: PipelineConfig, n_users: int, n_items: int) -> None:
+        super().__init__(config, n_users, n_items)
+        self.pipeline: NextPurchase | None = None
+        self.history: Purchases | None = None
+
+    def fit(self, train: Interactions, **_: Any) -> None:
+        """Not the way to build it: the pipeline needs the catalog and the protocol (`train`)."""
+        raise ValueError("the pipeline is trained with mmrec.pipeline.train(interactions, catalog, ...) "
+                         "or 'mmrec train pipeline', which need the catalog and a test day")
+
+    def attach(self, pipeline: NextPurchase, interactions: Interactions) -> "PipelineModel":
+        """Use the fitted ``pipeline`` with ``interactions`` (every purchase it may read) as history."""
+        self.remember(interactions)
+        self.pipeline, self.history = pipeline, Purchases.from_interactions(interactions)
+        return self
+
+    @property
+    def next_day(self) -> int:
+        """The day recommended for: the one after the last purchase in the history."""
+        return int(self.history.days.max()) + 1 if len(self.history) else 0
+
+    def _require(self) -> NextPurchase:
+        if self.pipeline is None or self.history is None:
+            raise ValueError("the pipeline model has no fitted pipeline (train it with mmrec.pipeline.train)")
+        return self.pipeline
+
+    def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Ranker scores for each customer's candidates; every other article ranks after them by trending."""
+        pipeline = self._require()
+        users_np = users.cpu().numpy().astype(np.int64)
+        day = self.next_day
+        trend = trending_order_scores(self.history.before(day), day, self.config.trending_window)
+        scores = np.tile(trend - 1e6, (len(users_np), 1)).astype(np.float32)
+        scored = pipeline.scored(self.history, users_np, day)
+        if len(scored):
+            rows = np.searchsorted(np.sort(users_np), scored["user"].to_numpy())
+            order = np.argsort(users_np, kind="stable")
+            scores[order[rows], scored["item"].to_numpy()] = scored["score"].to_numpy(np.float32)
+        out = torch.as_tensor(scores, device=users.device)
+        return out if items is None else out[:, items]
+
+    @torch.no_grad()
+    def recommend(self, users, k: int = K, *, candidates=None, exclude_seen: bool = False):
+        """Top-``k`` per customer (see `Recommender.recommend`); bought-before articles stay unless
+        ``exclude_seen``."""
+        return super().recommend(users, k, candidates=candidates, exclude_seen=exclude_seen)
+
+    def recommend_for_unknown(self, k: int = K, candidates: Any = "all") -> dict[str, Any]:
+        """For a customer the model does not know: the trending articles (among ``candidates``), flagged."""
+        self._require()
+        day = self.next_day
+        scores = trending_order_scores(self.history.before(day), day, self.config.trending_window)
+        codes = self.candidate_codes(candidates)
+        pool = np.arange(self.n_items) if codes is None else codes
+        order = pool[np.lexsort((pool, -scores[pool]))][:k]
+        return {"items": order, "fallback": "trending"}
+
+    # -- persistence --------------------------------------------------------------------------------
+    def save_extra(self, folder: Path) -> None:
+        """LightGBM text model, history and article/customer tables (``.npy`` / JSON; no pickle)."""
+        from mmrec.io import atomic_save_npy, atomic_write_json
+
+        pipeline = self._require()
+        pipeline.ranker.save(folder / RANKER_FILE)
+        for name, values in zip(HISTORY_FILES, (self.history.users, self.history.items, self.history.days)):
+            atomic_save_npy(folder / name, values.astype(np.int32))
+        side = pipeline.side
+        names = sorted(side.attributes)
+        atomic_save_npy(folder / "product_codes.npy", side.product_codes.astype(np.int64))
+        atomic_save_npy(folder / "attributes.npy", np.stack([side.attributes[n] for n in names]).astype(np.int32)
+                        if names else np.zeros((0, self.n_items), np.int32))
+        if side.vectors is not None:
+            atomic_save_npy(folder / "content_vectors.npy", side.vectors.astype(np.float32))
+        if pipeline.ages is not None:
+            atomic_save_npy(folder / "ages.npy", pipeline.ages.astype(np.float32))
+        atomic_write_json(folder / SIDE_FILE, {"attributes": names, "content": side.vectors is not None,
+                                               "ages": pipeline.ages is not None,
+                                               "best_iteration": pipeline.ranker.best_iteration})
+
+    def load_extra(self, folder: Path) -> None:
+        """Read what `save_extra` wrote, checking every table against the model's sizes."""
+        from mmrec.io import read_json
+
+        meta = read_json(folder / SIDE_FILE)
+        users, items, days = (load_array(folder / name) for name in HISTORY_FILES)
+        if not (len(users) == len(items) == len(days)):
+            raise ValueError(f"{folder}: the history files have different lengths")
+        check_codes(folder / HISTORY_FILES[0], users, self.n_users)
+        check_codes(folder / HISTORY_FILES[1], items, self.n_items)
+        product = load_array(folder / "product_codes.npy", (self.n_items,))
+        attributes = load_array(folder / "attributes.npy")
+        if attributes.shape != (len(meta["attributes"]), self.n_items):
+            raise ValueError(f"{folder / 'attributes.npy'}: shape {attributes.shape} does not fit "
+                             f"{len(meta['attributes'])} attributes x {self.n_items} items")
+        vectors = load_array(folder / "content_vectors.npy") if meta["content"] else None
+        if vectors is not None and (vectors.ndim != 2 or len(vectors) != self.n_items or not np.isfinite(vectors).all()):
+            raise ValueError(f"{folder / 'content_vectors.npy'}: expected finite [{self.n_items}, C] vectors")
+        ages = load_array(folder / "ages.npy", (self.n_users,)) if meta["ages"] else None
+        side = ItemSide(product.astype(np.int64), vectors, dict(zip(meta["attributes"], attributes)))
+        ranker = Ranker.load(folder / RANKER_FILE, self.config.ranker)
+        self.pipeline = NextPurchase(self.config, side, ages, ranker)
+        self.history = Purchases(users.astype(np.int64), items.astype(np.int64), days.astype(np.int64),
+                                 self.n_users, self.n_items)
+
+
+def load_array(path: Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """A ``.npy`` table (never pickled), refused when its shape is not ``shape``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing")
+    array = np.load(path, allow_pickle=False)
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"{path}: shape {array.shape}, expected {shape}")
+    return array
+
+
+def check_codes(path: Path, codes: np.ndarray, size: int) -> None:
+    """Refuse codes outside ``0..size-1``."""
+    if len(codes) and (codes.min() < 0 or codes.max() >= size):
+        raise ValueError(f"{path}: codes outside 0..{size - 1}")
+
+
+def trending_order_scores(history: Purchases, day: int, window: int) -> np.ndarray:
+    """Trending scores scaled into [0, 1) by rank (a total order: ties broken by article code)."""
+    from mmrec.fusion.candidates import trending_scores
+
+    scores = trending_scores(history, day, window)
+    order = np.lexsort((np.arange(len(scores)), -scores))
+    out = np.empty(len(scores), np.float32)
+    out[order] = 1.0 - np.arange(len(scores), dtype=np.float32) / max(len(scores), 1)
+    return out * 0.999
+
+
+def train(interactions: Interactions, catalog: Catalog, config: PipelineConfig | dict | None = None, *,
+          customers: pd.DataFrame | None = None, test_start: int | None = None, refit_all: bool = False,
+          vectors: np.ndarray | None = None, content_cache: str | None = None) -> tuple[PipelineModel, dict]:
+    """Fit the pipeline on H&M-style purchases and report valid / test (`run`); returns the registered
+    model — the test-time one, or with ``refit_all`` the one refitted on everything — and the report.
+
+    ``test_start`` defaults to the last ``horizon_days`` days of the data. ``vectors`` are the articles'
+    content vectors (default: ``config.content`` encoder on the catalog's texts, cached in ``content_cache``).
+    """
+    from mmrec.config import from_dict
+
+    config = from_dict(PipelineConfig, config) if not isinstance(config, PipelineConfig) else config
+    if len(catalog) != interactions.n_items or not np.array_equal(catalog.ids, interactions.item_ids):
+        raise ValueError("the catalog's ids must be the interactions' item vocabulary, in the same order")
+    purchases = Purchases.from_interactions(interactions)
+    if not len(purchases):
+        raise ValueError("no purchases to train the pipeline on")
+    last = int(purchases.days.max())
+    test_start = last - config.horizon_days + 1 if test_start is None else int(test_start)
+    if vectors is None and config.content and ("content" in config.features or config.candidates.get("content")):
+        from mmrec.fusion.cold_vae import content_vectors
+
+        vectors = content_vectors(catalog, config.content, cache=content_cache)
+    side = item_side(catalog, vectors)
+    ages = customer_ages(customers, interactions.user_ids)
+    pipeline, report = run(purchases, side, config, test_start=test_start, ages=ages, refit_all=refit_all)
+    keep = interactions.timestamps // 86_400 < (test_start + config.horizon_days if refit_all else test_start)
+    model = PipelineModel(config, interactions.n_users, interactions.n_items)
+    model.attach(pipeline, interactions.select(keep))
+    return model, report

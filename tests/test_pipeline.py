@@ -1,0 +1,197 @@
+"""The next-purchase pipeline on a tiny synthetic shop: no look-ahead, candidates for customers without
+history, an empty generator, save → load → recommend, the horizon protocol and deploy-mode refits."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmrec.data import Catalog, Interactions
+from mmrec.fusion.candidates import (ContentSimilar, ItemSide, Purchases, Repurchase, Trending, empty,
+                                     generate_all)
+from mmrec.fusion.ranker import RankerConfig, features
+from mmrec.pipeline import NextPurchase, PipelineConfig, PipelineModel, item_side, train
+
+DAY0 = 18_500  # a Unix day
+N_DAYS, N_USERS, N_ITEMS = 8, 120, 40
+
+
+def shop(seed: int = 0) -> tuple[Interactions, Catalog]:
+    """Customers with a favourite product family who re-buy and buy colour variants; a few new articles
+    appear late; user 'ghost' never buys (no history)."""
+    rng = np.random.default_rng(seed)
+    users, items, days = [], [], []
+    for u in range(N_USERS - 1):
+        family = u % 8
+        for d in range(N_DAYS):
+            if rng.random() < 0.35:
+                for _ in range(rng.integers(1, 3)):
+                    users.append(u)
+                    items.append(family * 5 + int(rng.integers(0, 5)) if rng.random() < 0.8 else int(rng.integers(0, N_ITEMS)))
+                    days.append(DAY0 + d)
+    ids = [f"{i:010d}" for i in range(N_ITEMS)]
+    catalog = Catalog(ids=ids, titles=[f"item {i}" for i in range(N_ITEMS)], texts=[""] * N_ITEMS,
+                      image_paths=[None] * N_ITEMS,
+                      attributes={"product_code": np.array([str(i // 2) for i in range(N_ITEMS)], dtype=object),
+                                  "product_group_name": np.array([f"g{i // 5}" for i in range(N_ITEMS)], dtype=object),
+                                  "index_name": np.array([f"x{i % 3}" for i in range(N_ITEMS)], dtype=object)})
+    user_ids = np.array([f"c{u:03d}" for u in range(N_USERS - 1)] + ["ghost"], dtype=object)
+    inter = Interactions(np.array(users), np.array(items), user_ids, catalog.ids,
+                         timestamps=np.array(days, np.int64) * 86_400)
+    return inter, catalog
+
+
+def vectors(n: int = N_ITEMS, seed: int = 1) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(n, 8)).astype(np.float32)
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def small_config(**kw) -> PipelineConfig:
+    base = dict(candidates={"repurchase": 10, "trending": 10, "copurchase": 10, "colour_variants": 5, "content": 5},
+                content="", ranker=RankerConfig(n_estimators=20, min_child_samples=5, early_stopping_rounds=5))
+    return PipelineConfig(**{**base, **kw})
+
+
+def test_features_never_read_the_label_day_or_later():
+    inter, catalog = shop()
+    purchases = Purchases.from_interactions(inter)
+    label_day = DAY0 + 5
+    model = NextPurchase(small_config(), item_side(catalog, vectors()))
+    users = np.arange(N_USERS)
+    before = model.table(purchases, users, label_day)
+    # rewrite every purchase on and after the label day: a feature that read one would change
+    later = purchases.days >= label_day
+    rng = np.random.default_rng(7)
+    changed = Purchases(purchases.users.copy(), purchases.items.copy(), purchases.days.copy(), N_USERS, N_ITEMS)
+    changed.items[later] = rng.integers(0, N_ITEMS, later.sum())
+    changed.users[later] = rng.integers(0, N_USERS, later.sum())
+    extra = Purchases(np.r_[changed.users, np.arange(N_USERS)], np.r_[changed.items, np.zeros(N_USERS, np.int64)],
+                      np.r_[changed.days, np.full(N_USERS, label_day)], N_USERS, N_ITEMS)
+    after = model.table(extra, users, label_day)
+    pd.testing.assert_frame_equal(before, after)
+    # and handing a feature builder history that reaches the label day is refused
+    cands = generate_all([Trending(n=5)], purchases.before(label_day), users, label_day, model.side)
+    with pytest.raises(ValueError, match="on or after"):
+        features(cands, purchases.before(label_day + 1), label_day, model.side)
+    with pytest.raises(ValueError, match="on or after"):
+        generate_all([Trending(n=5)], purchases, users, label_day, model.side)
+
+
+def test_a_customer_without_history_gets_trending_candidates():
+    inter, catalog = shop()
+    purchases = Purchases.from_interactions(inter)
+    ghost = int(np.flatnonzero(inter.user_ids == "ghost")[0])
+    day = DAY0 + N_DAYS
+    model = NextPurchase(small_config(), item_side(catalog, vectors()))
+    cands = model.candidates(purchases, np.array([ghost]), day)
+    top, _ = Trending(n=10).top_items(purchases.before(day), day)
+    assert len(cands) == 10 and set(cands["item"]) == set(top)
+    assert cands["repurchase_rank"].isna().all() and cands["trending_rank"].notna().all()
+    table = model.table(purchases, np.array([ghost]), day)
+    assert len(table) == 10 and (table["c_rows"] == 0).all()
+
+
+class Nothing:
+    """A generator that proposes nothing."""
+
+    name = "nothing"
+
+    def generate(self, history, users, day, side):
+        return empty()
+
+
+def test_a_generator_that_returns_nothing_does_not_break_the_pipeline():
+    inter, catalog = shop()
+    purchases = Purchases.from_interactions(inter)
+    side = item_side(catalog, None)  # no vectors: the content generator proposes nothing too
+    day = DAY0 + 6
+    users = np.unique(purchases.on(day).users)
+    cands = generate_all([Repurchase(n=5), Nothing(), ContentSimilar(n=5), Trending(n=5)],
+                         purchases.before(day), users, day, side)
+    assert cands["nothing_rank"].isna().all() and cands["content_rank"].isna().all()
+    assert set(cands["user"]) == set(users)
+    model = NextPurchase(small_config(), side).fit(purchases, DAY0 + 6, valid_day=DAY0 + 7)
+    top = model.recommend(purchases, users, DAY0 + 7, k=12)
+    assert top.shape == (len(users), 12) and (top >= 0).all()
+    assert all(len(set(row)) == 12 for row in top)
+
+
+def test_pipeline_beats_trending_on_a_shop_with_habits():
+    inter, catalog = shop()
+    model, report = train(inter, catalog, small_config(), vectors=vectors())
+    for part in ("valid", "test"):
+        assert report[part]["pipeline"]["map@12"] > report[part]["trending"]["map@12"]
+        assert 0 < report[part]["candidates"]["union"]["recall"] <= 1
+    assert report["ranker"]["best_iteration"] >= 1
+
+
+def test_save_load_recommend_round_trip(tmp_path):
+    inter, catalog = shop()
+    model, report = train(inter, catalog, small_config(), vectors=vectors(), refit_all=True)
+    assert model.next_day == DAY0 + N_DAYS and report["refit"]["rounds"] == report["ranker"]["best_iteration"]
+    users = np.arange(0, N_USERS, 7)
+    codes, scores = model.recommend(users, k=12)
+    model.save_pretrained(tmp_path / "pipe")
+    loaded = PipelineModel.from_pretrained(tmp_path / "pipe")
+    codes2, scores2 = loaded.recommend(users, k=12)
+    assert np.array_equal(codes.numpy(), codes2.numpy())
+    np.testing.assert_allclose(scores.numpy(), scores2.numpy(), rtol=1e-6)
+    # a customer's own past articles may come back (repurchase) unless asked not to
+    bought = [set(inter.items[inter.users == u].tolist()) for u in users]
+    assert any(b & set(row) for b, row in zip(bought, codes.tolist()))
+    fresh, _ = loaded.recommend(users, k=12, exclude_seen=True)
+    assert not any(b & set(row) for b, row in zip(bought, fresh.tolist()))
+    fallback = loaded.recommend_for_unknown(k=12)
+    assert fallback["fallback"] == "trending" and len(fallback["items"]) == 12
+
+
+def test_unknown_and_historyless_customers_get_the_same_trending_list(tmp_path):
+    inter, catalog = shop()
+    model, _ = train(inter, catalog, small_config(candidates={"repurchase": 10, "trending": 12}),
+                     refit_all=True)
+    ghost = int(np.flatnonzero(inter.user_ids == "ghost")[0])
+    fallback = model.recommend_for_unknown(k=12)["items"]
+    assert set(fallback) == set(model.recommend([ghost], k=12)[0][0].tolist())
+
+
+def test_pipeline_config_errors_are_clear():
+    with pytest.raises(ValueError, match="unknown generator"):
+        PipelineConfig(candidates={"trending": 5, "telepathy": 3})
+    with pytest.raises(ValueError, match="trending"):
+        PipelineConfig(candidates={"repurchase": 5})
+    with pytest.raises(ValueError, match="unknown group"):
+        PipelineConfig(features=("customer", "horoscope"))
+
+
+def test_horizon_split_keeps_days_apart():
+    from mmrec.splits import horizon
+
+    inter, _ = shop()
+    split = horizon(inter, days=2)
+    day = lambda part: part.timestamps // 86_400  # noqa: E731
+    assert day(split.test).min() == DAY0 + N_DAYS - 2 and day(split.test).max() == DAY0 + N_DAYS - 1
+    assert set(day(split.valid)) == {DAY0 + N_DAYS - 4, DAY0 + N_DAYS - 3}
+    assert day(split.train).max() == DAY0 + N_DAYS - 5
+    assert len(split.train) + len(split.valid) + len(split.test) == len(inter)
+
+
+@pytest.mark.parametrize("name", ["most_popular", "bpr"])
+def test_refit_all_fits_a_fresh_model_on_every_row(name):
+    import torch
+
+    from mmrec.experiment import run
+    from mmrec.splits import mmrec_protocol
+    from mmrec.train import TrainConfig
+
+    torch.set_num_threads(1)
+    inter, _ = shop()
+    split, _ = mmrec_protocol(inter, core=1)
+    chosen, report = run(split, name, train_config=TrainConfig(epochs=3, batch_size=64, progress=False))
+    model, refit = run(split, name, train_config=TrainConfig(epochs=3, batch_size=64, progress=False),
+                       refit_all=True)
+    everything = split.train.concat(split.valid).concat(split.test).unique_pairs()
+    assert refit["refit"]["rows"] == len(split.train) + len(split.valid) + len(split.test)
+    assert model.seen_indices.numel() == len(everything) > chosen.seen_indices.numel()
+    if report.get("best_epoch") is not None:
+        assert refit["refit"]["epochs"] == report["best_epoch"] + 1
+    assert refit["test"] == report["test"]  # the reported metrics are those of the chosen point
