@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
@@ -43,7 +42,7 @@ from PIL import Image
 
 from mmrec.data import KINDS, Catalog, Interactions
 from mmrec.datasets import screens
-from mmrec.io import atomic_write_text
+from mmrec.io import atomic_path, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +52,7 @@ TRUTH_FORMAT = "mmrec-app-recording"
 TRUTH_VERSION = 1
 # Catalog attributes that name an item's product type (H&M, synthetic world), for similar distractors.
 TYPE_ATTRIBUTES = ("product_type_name", "category")
+SHARD_PREFIX = "frames"  # frame shards of a recording: frames-000000.tar, ...
 _MPEG4_BITS_PER_PIXEL = 0.25  # mpeg4 has no crf; its bit rate is this many bits per pixel per frame
 _NOTIFICATION_TEXTS = (
     "Anna: are we still on for dinner tonight?", "Your parcel is out for delivery", "Meeting moved to 3 pm",
@@ -807,49 +807,6 @@ class Recording:
     skipped_photos: dict[str, int] = field(default_factory=dict)
 
 
-class _ShardWriter:
-    """Frame shards ``frames-000000.tar``...: ``<index>.jpg`` + ``<index>.json`` {timestamp, index};
-    each shard is written under a temporary name and renamed when complete."""
-
-    def __init__(self, out_dir: Path, per_shard: int, quality: int) -> None:
-        import webdataset as wds
-
-        self._wds, self.out_dir, self.per_shard, self.quality = wds, out_dir, per_shard, quality
-        self.paths: list[Path] = []
-        self._writer, self._tmp, self._count = None, None, 0
-
-    def write(self, index: int, t: float, img: Image.Image) -> None:
-        if self._writer is None or self._count >= self.per_shard:
-            self._close()
-            path = self.out_dir / f"frames-{len(self.paths):06d}.tar"
-            self._tmp = path.with_name(path.name + ".tmp")
-            self._writer = self._wds.TarWriter(str(self._tmp))
-            self.paths.append(path)
-            self._count = 0
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=self.quality)
-        self._writer.write({"__key__": f"{index:08d}", "jpg": buf.getvalue(),
-                            "json": json.dumps({"timestamp": t, "index": index}).encode()})
-        self._count += 1
-
-    def _close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            os.replace(self._tmp, self.paths[-1])
-            self._writer = None
-
-    def close(self) -> list[Path]:
-        self._close()
-        return self.paths
-
-    def abort(self) -> list[Path]:
-        """Stop writing; returns the files to delete (the unfinished shard and the finished ones)."""
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        return [p for p in (self._tmp, *self.paths) if p is not None]
-
-
 def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_dir: str | os.PathLike) -> Recording:
     """Write ``out_dir/recording.mp4`` (yuv420p, constant ``fps``: frame ``i`` has pts ``i`` in time base
     ``1/fps``, so its timestamp is exactly ``i / fps``), ``frames-*.tar`` shards when
@@ -857,39 +814,51 @@ def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_d
     Each file appears complete or not at all (temporary names, then rename)."""
     import av
 
+    from mmrec.datasets.frames import Frame, write_frame_shards
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     video = out / "recording.mp4"
-    tmp_video = video.with_name(video.name + ".tmp")
     size = tuple(session.size)
     photos = PhotoCache(catalog, (size[0], round(size[0] * 4 / 3)))
-    shards = _ShardWriter(out, config.frames_per_shard, config.shard_jpeg_quality) if config.frame_shards else None
     rate = Fraction(session.fps)
-    container = av.open(str(tmp_video), mode="w", format="mp4")
     frames = 0
-    try:
-        options = {"crf": str(config.crf), "bf": "0", "preset": "veryfast"} if config.codec == "libx264" else {}
-        stream = container.add_stream(config.codec, rate=rate, options=options)
-        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-        stream.time_base = Fraction(1, session.fps)
-        stream.codec_context.gop_size = config.keyframe_interval or session.fps
-        if config.codec == "mpeg4":
-            stream.bit_rate = _MPEG4_BITS_PER_PIXEL * size[0] * size[1] * session.fps
+
+    def encoded(stream: Any) -> Iterator[Frame]:
+        """Every rendered frame, muxed into the video as it goes by (and passed on to the shard writer)."""
+        nonlocal frames
         for t, img in render_frames(session, catalog, config, photos=photos):
             frame = av.VideoFrame.from_image(img)
             frame.pts, frame.time_base = frames, Fraction(1, session.fps)
             container.mux(stream.encode(frame))
-            if shards is not None:
-                shards.write(frames, t, img)
             frames += 1
-        container.mux(stream.encode(None))
-        container.close()
-        os.replace(tmp_video, video)
-        shard_paths = tuple(shards.close()) if shards is not None else ()
+            yield Frame(frames - 1, t, np.asarray(img), video.name)
+
+    container, shard_paths = None, ()
+    try:
+        with atomic_path(video) as tmp_video:  # a unique temporary sibling, renamed into place when complete
+            container = av.open(str(tmp_video), mode="w", format="mp4")
+            options = {"crf": str(config.crf), "bf": "0", "preset": "veryfast"} if config.codec == "libx264" else {}
+            stream = container.add_stream(config.codec, rate=rate, options=options)
+            stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+            stream.time_base = Fraction(1, session.fps)
+            stream.codec_context.gop_size = config.keyframe_interval or session.fps
+            if config.codec == "mpeg4":
+                stream.bit_rate = _MPEG4_BITS_PER_PIXEL * size[0] * size[1] * session.fps
+            if config.frame_shards:  # the one frame-shard writer, fed while the video is encoded
+                shard_paths = tuple(write_frame_shards(encoded(stream), out, frames_per_shard=config.frames_per_shard,
+                                                       prefix=SHARD_PREFIX, jpeg_quality=config.shard_jpeg_quality))
+            else:
+                for _ in encoded(stream):
+                    pass
+            container.mux(stream.encode(None))
+            container, closing = None, container
+            closing.close()
     except BaseException:
-        container.close()
-        for leftover in (tmp_video, *([] if shards is None else shards.abort())):
-            leftover.unlink(missing_ok=True)
+        if container is not None:
+            container.close()
+        for leftover in out.glob(f"{SHARD_PREFIX}-*.tar") if config.frame_shards else ():
+            leftover.unlink(missing_ok=True)  # a recording is written whole or not at all
         raise
     if frames != session.n_frames:
         raise RuntimeError(f"rendered {frames} frames but the session has {session.n_frames}")

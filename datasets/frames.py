@@ -35,7 +35,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from mmrec.datasets.shards import _expand_urls, _tar_samples, _write_atomically, decode_rgb, shard_name
+from mmrec.datasets.shards import _expand_urls, _tar_samples, decode_rgb, shard_name
+from mmrec.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -544,7 +545,7 @@ def write_frame_shards(frames: Iterable[Frame], out_dir: str | os.PathLike, *, f
         samples = (_frame_sample(frame, written + k, image_format, jpeg_quality) for k, frame in enumerate(chunk))
         path = out / shard_name(prefix, len(paths))
         counter = _Counting(samples)
-        _write_atomically(path, lambda f: _write_samples(f, counter))
+        atomic_write(path, lambda f: _write_samples(f, counter))
         written += counter.n
         paths.append(path)
     if not paths:
