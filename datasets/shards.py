@@ -44,6 +44,7 @@ from webdataset.autodecode import DecodingError
 from webdataset.utils import pytorch_worker_info
 
 from mmrec.data import Catalog
+from mmrec.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def write_catalog_shards(catalog: Catalog, out_dir: str | os.PathLike, *, items_
     for start in range(0, len(catalog), items_per_shard):
         codes = range(start, min(start + items_per_shard, len(catalog)))
         path = out / shard_name(prefix, len(paths))
-        _write_atomically(path, lambda f: _write_tar(f, (_item_sample(catalog, c, keys[c], texts, counts)
+        atomic_write(path, lambda f: _write_tar(f, (_item_sample(catalog, c, keys[c], texts, counts)
                                                         for c in codes)))
         paths.append(path)
 
@@ -149,8 +150,7 @@ def write_catalog_shards(catalog: Catalog, out_dir: str | os.PathLike, *, items_
         "items": counts.items, "with_image": counts.with_image, "without_image": counts.items - counts.with_image,
         "image_files_left_out": counts.image_skips,
     }
-    _write_atomically(out / f"{prefix}-shards.json",
-                      lambda f: f.write(json.dumps(manifest, indent=1).encode("utf-8")))
+    atomic_write(out / f"{prefix}-shards.json", lambda f: f.write(json.dumps(manifest, indent=1).encode("utf-8")))
     logger.info("wrote %d items (%d with image, %d without; image files left out: %s) into %d shards in %s",
                 counts.items, counts.with_image, counts.items - counts.with_image, counts.image_skips or 0,
                 len(paths), out)
@@ -225,17 +225,6 @@ def _write_tar(f, samples: Iterable[dict[str, Any]]) -> None:
             tar.write(sample)
 
 
-def _write_atomically(path: Path, write: Callable[[Any], Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _report_stale_shards(out: Path, prefix: str, written: set[str]) -> None:

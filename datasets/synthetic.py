@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -38,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mmrec.data import Catalog, Interactions
+from mmrec.io import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -532,7 +532,7 @@ def _render_images(config: WorldConfig, ids: np.ndarray, attributes: Mapping[str
                    has_image: np.ndarray, folder: Path) -> list[str | None]:
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "config.json").exists():
-        _atomic_write(folder / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True).encode())
+        atomic_write_text(folder / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
     ext = "jpg" if config.image_format == "jpeg" else "png"
     paths: list[str | None] = []
     written = 0
@@ -553,29 +553,11 @@ def _render_images(config: WorldConfig, ids: np.ndarray, attributes: Mapping[str
     return paths
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_save(image: Image.Image, path: Path, image_format: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if image_format == "jpeg":
-                image.save(f, format="JPEG", quality=92)
-            else:
-                image.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    if image_format == "jpeg":
+        atomic_write(path, lambda f: image.save(f, format="JPEG", quality=92))
+    else:
+        atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 # ------------------------------------------------------------------------------------------ contact sheet

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mmrec.io import atomic_save_npy, atomic_write_json, read_json
+
 logger = logging.getLogger(__name__)
 
 KEY_DTYPE = "S32"  # hex blake2b-128; hex keeps NUL bytes out of numpy's fixed-width strings
@@ -36,30 +38,6 @@ def hash_bytes(data: bytes) -> bytes:
 def hash_text(text: str) -> bytes:
     """Cache key of a text (UTF-8, exactly as given)."""
     return hash_bytes(b"text:" + text.encode("utf-8"))
-
-
-def save_npy_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
-    """``np.save`` to a temporary file, fsync, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.time_ns()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class EmbeddingCache:
@@ -77,12 +55,13 @@ class EmbeddingCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         meta = self.dir / "meta.json"
         if meta.exists():
-            with open(meta, encoding="utf-8") as f:
-                stored = json.load(f)
-            if stored.get("dim") != self.dim:
-                raise ValueError(f"{meta}: cache holds dim {stored.get('dim')}, encoder has dim {self.dim}")
+            stored = read_json(meta)
+            if not isinstance(stored, dict) or stored.get("dim") != self.dim:
+                raise ValueError(f"{meta}: cache holds dim {stored.get('dim') if isinstance(stored, dict) else '?'}, "
+                                 f"encoder has dim {self.dim}")
         else:
-            _write_json_atomic(meta, {"dim": self.dim, "description": description, "fingerprint": self.fingerprint})
+            atomic_write_json(meta, json.loads(json.dumps(
+                {"dim": self.dim, "description": description, "fingerprint": self.fingerprint}, default=str)))
         self._pending_keys: list[bytes] = []
         self._pending_vectors: list[np.ndarray] = []
         self._load()
@@ -100,6 +79,7 @@ class EmbeddingCache:
 
     def _load(self) -> None:
         self._shards: list[np.ndarray] = []
+        self._loaded: list[tuple[Path, Path]] = []  # the shard files this process reads (and may compact)
         self._index: dict[bytes, tuple[int, int]] = {}
         for keys_file, vectors_file in self._shard_files():
             try:
@@ -114,6 +94,7 @@ class EmbeddingCache:
                 continue
             shard = len(self._shards)
             self._shards.append(vectors)
+            self._loaded.append((keys_file, vectors_file))
             for row, key in enumerate(keys.tolist()):
                 self._index[key] = (shard, row)
         logger.debug("embedding cache %s: %d rows in %d shards", self.dir, len(self._index), len(self._shards))
@@ -161,30 +142,30 @@ class EmbeddingCache:
         keys = np.asarray(self._pending_keys, dtype=KEY_DTYPE)
         vectors = np.stack(self._pending_vectors).astype(np.float32)
         name = f"shard-{time.time_ns():020d}-{os.getpid()}"
-        save_npy_atomic(self.dir / f"{name}.vectors.npy", vectors)
-        save_npy_atomic(self.dir / f"{name}.keys.npy", keys)  # written last: marks the shard complete
+        atomic_save_npy(self.dir / f"{name}.vectors.npy", vectors)
+        atomic_save_npy(self.dir / f"{name}.keys.npy", keys)  # written last: marks the shard complete
         shard = len(self._shards)
         self._shards.append(np.load(self.dir / f"{name}.vectors.npy", mmap_mode="r", allow_pickle=False))
+        self._loaded.append((self.dir / f"{name}.keys.npy", self.dir / f"{name}.vectors.npy"))
         for row, key in enumerate(keys.tolist()):
             self._index[key] = (shard, row)
         self._pending_keys, self._pending_vectors = [], []
 
     def compact(self) -> None:
-        """Merge all shards into one (written before the old ones are removed)."""
+        """Merge the shards this process has read into one (written before they are removed). Shards a
+        concurrent writer added since are not touched: they are read again afterwards, never deleted."""
         self._write_pending()
-        old = self._shard_files()
+        old = list(self._loaded)
         if len(old) <= 1:
             return
         keys = list(self._index)
         vectors = np.stack([self._shards[s][r] for s, r in (self._index[k] for k in keys)]).astype(np.float32)
         name = f"shard-{time.time_ns():020d}-{os.getpid()}"
-        save_npy_atomic(self.dir / f"{name}.vectors.npy", vectors)
-        save_npy_atomic(self.dir / f"{name}.keys.npy", np.asarray(keys, dtype=KEY_DTYPE))
-        merged = self.dir / f"{name}.keys.npy"
+        atomic_save_npy(self.dir / f"{name}.vectors.npy", vectors)
+        atomic_save_npy(self.dir / f"{name}.keys.npy", np.asarray(keys, dtype=KEY_DTYPE))
         for keys_file, vectors_file in old:
-            if keys_file != merged:
-                keys_file.unlink(missing_ok=True)  # keys first: a half-removed shard is never read
-                vectors_file.unlink(missing_ok=True)
+            keys_file.unlink(missing_ok=True)  # keys first: a half-removed shard is never read
+            vectors_file.unlink(missing_ok=True)
         self._load()
 
     def close(self) -> None:

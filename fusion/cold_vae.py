@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmrec.data import Catalog
 
 
 def normalize_rows(vectors: np.ndarray | torch.Tensor) -> np.ndarray:

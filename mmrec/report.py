@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 from PIL import Image
 
 from mmrec.data import Catalog
+from mmrec.io import atomic_write_text
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1200px}
@@ -68,7 +69,4 @@ def write_page(path: str | os.PathLike, title: str, sections: Sequence[str]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, page)

@@ -1,6 +1,8 @@
 """Training datasets for implicit feedback: (user, positive, sampled negative) triplets."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -26,6 +28,14 @@ class TripletDataset(Dataset):
         self.positive_keys = np.sort(self.users * self.n_items + self.items)
         self.negatives = np.empty(len(self.users), dtype=np.int64)
         self.set_epoch(0)
+
+    def fingerprint(self) -> str:
+        """A hash of the training pairs and the negative pool: the data part of a checkpoint's run identity,
+        so a resume on other data of the same size is refused."""
+        digest = hashlib.sha256()
+        for array in (self.users, self.items, self.pool):
+            digest.update(np.ascontiguousarray(array, dtype=np.int64).tobytes())
+        return f"{len(self.users)} pairs, sha256 {digest.hexdigest()[:16]}"
 
     def set_epoch(self, epoch: int) -> None:
         """Draw this epoch's negatives."""

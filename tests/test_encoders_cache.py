@@ -154,3 +154,16 @@ def test_partial_shards_are_ignored_and_shards_compact(tmp_path):
     assert isinstance(reopened._shards[0], np.memmap)
     with pytest.raises(ValueError, match="dim"):
         EmbeddingCache(tmp_path, {"spec": "test"}, dim=4)
+
+
+def test_compaction_never_deletes_a_concurrent_writers_shard(tmp_path):
+    """Two caches on one folder: the first compacts after the second flushed a shard the first never read;
+    that shard survives and its rows are readable."""
+    first = EmbeddingCache(tmp_path, {"spec": "test"}, dim=2, flush_every=1, max_shards=100)
+    second = EmbeddingCache(tmp_path, {"spec": "test"}, dim=2, flush_every=1, max_shards=100)
+    for i in range(3):
+        first.add([f"{i:032x}".encode()], np.full((1, 2), i, np.float32))
+    second.add([b"b" * 32], np.full((1, 2), 7, np.float32))
+    first.compact()
+    found, got = EmbeddingCache(tmp_path, {"spec": "test"}, dim=2).get([b"b" * 32, f"{2:032x}".encode()])
+    assert found.tolist() == [True, True] and got[0].tolist() == [7.0, 7.0]
