@@ -35,7 +35,7 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
-from mmrec.datasets.shards import _expand_urls, _tar_samples, decode_rgb, shard_name
+from mmrec.datasets.shards import _expand_urls, _tar_samples, _write_tar, decode_rgb, shard_name
 from mmrec.io import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -545,7 +545,7 @@ def write_frame_shards(frames: Iterable[Frame], out_dir: str | os.PathLike, *, f
         samples = (_frame_sample(frame, written + k, image_format, jpeg_quality) for k, frame in enumerate(chunk))
         path = out / shard_name(prefix, len(paths))
         counter = _Counting(samples)
-        atomic_write(path, lambda f: _write_samples(f, counter))
+        atomic_write(path, lambda f: _write_tar(f, counter))
         written += counter.n
         paths.append(path)
     if not paths:
@@ -574,12 +574,6 @@ def _frame_sample(frame: Frame, n: int, image_format: str, jpeg_quality: int) ->
     meta = {"index": int(frame.index), "timestamp": float(frame.timestamp), "source": str(frame.source)}
     return {"__key__": f"{n:09d}", image_format: buffer.getvalue(),
             "json": json.dumps(meta, allow_nan=False).encode("utf-8")}
-
-
-def _write_samples(f: Any, samples: Iterable[dict[str, Any]]) -> None:
-    with wds.TarWriter(f, encoder=False, mtime=0) as tar:
-        for sample in samples:
-            tar.write(sample)
 
 
 def shard_frames(urls: str | os.PathLike | Sequence[str | os.PathLike], *, on_wrong_size: str = "skip",
