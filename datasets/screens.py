@@ -697,14 +697,6 @@ def grid_page(photos: Sequence[Image.Image | None], titles: Sequence[str], price
     return ScrollPage(content, layout, theme, seed, theme.shop, tab=1)
 
 
-def render_grid(photos: Sequence[Image.Image | None], titles: Sequence[str], prices: Sequence[float | None],
-                scroll_offset_px: float = 0, *, heading: str = "New arrivals", size: Size = (360, 640),
-                seed: int = 0, columns: int | None = None) -> Image.Image:
-    """One frame of a product grid/list scrolled ``scroll_offset_px`` down (see `grid_page`)."""
-    return grid_page(photos, titles, prices, heading=heading, size=size, seed=seed,
-                     columns=columns).frame(scroll_offset_px)
-
-
 def home_page(photos: Sequence[Image.Image | None], titles: Sequence[str], prices: Sequence[float | None], *,
               size: Size = (360, 640), seed: int = 0) -> ScrollPage:
     """A shop's home feed as a `ScrollPage` (layout: `home_layout`)."""
@@ -749,12 +741,6 @@ def _hero(content: Image.Image, box: Box, photo: Image.Image | None, title: str,
     bbox = (l + _u(size, 14), y + _u(size, 10), l + _u(size, 14) + int(bw), y + _u(size, 38))
     draw.rounded_rectangle(bbox, radius=_u(size, 14), fill=(20, 20, 20))
     draw.text((bbox[0] + _u(size, 12), bbox[1] + _u(size, 6)), "Shop now", font=small, fill=(255, 255, 255))
-
-
-def render_home(photos: Sequence[Image.Image | None], titles: Sequence[str], prices: Sequence[float | None],
-                scroll_offset_px: float = 0, *, size: Size = (360, 640), seed: int = 0) -> Image.Image:
-    """One frame of the home feed scrolled ``scroll_offset_px`` down (see `home_page`)."""
-    return home_page(photos, titles, prices, size=size, seed=seed).frame(scroll_offset_px)
 
 
 # -------------------------------------------------------------------------------- cart and checkout
