@@ -45,5 +45,7 @@ def test_unknown_model_and_config_key():
 
 
 def test_from_pretrained_missing_folder(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a saved mmrec model"):
+    with pytest.raises(ValueError, match="manifest.json is missing"):
         Recommender.from_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Recommender.from_pretrained(tmp_path / "nothing")
