@@ -36,6 +36,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from mmrec.config import from_dict, to_dict
 from mmrec.data import Catalog, Interactions
 from mmrec.io import atomic_write, atomic_write_text
 
@@ -112,23 +113,9 @@ class WorldConfig:
     missing_text_fraction: float = 0.1
     missing_image_fraction: float = 0.05
 
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "WorldConfig":
-        """Build from a mapping (e.g. parsed YAML) with `mmrec.config.from_dict`: unknown keys raise
-        `ValueError` naming them, lists become the tuple ranges."""
-        from mmrec.config import from_dict
-
-        if not isinstance(values, Mapping):
-            raise TypeError(f"WorldConfig.from_dict needs a mapping, got {type(values).__name__}")
-        return from_dict(cls, dict(values))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as plain JSON-ready values (ranges as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
     def fingerprint(self) -> str:
         """A short hash of the config and the drawing code version; names the image folder."""
-        blob = json.dumps({"config": self.to_dict(), "render_version": RENDER_VERSION}, sort_keys=True)
+        blob = json.dumps({"config": to_dict(self), "render_version": RENDER_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     def __post_init__(self) -> None:
@@ -246,7 +233,7 @@ def make_world(config: WorldConfig | Mapping[str, Any], image_dir: str | os.Path
     are reused, new ones are written atomically.
     """
     if not isinstance(config, WorldConfig):
-        config = WorldConfig.from_dict(config)
+        config = from_dict(WorldConfig, config)
     n_total = config.n_items + config.n_new_items
     attributes = _draw_attributes(config.seed, n_total)
     ids = np.asarray([f"S{i:06d}" for i in range(n_total)], dtype=object)
@@ -532,7 +519,7 @@ def _render_images(config: WorldConfig, ids: np.ndarray, attributes: Mapping[str
                    has_image: np.ndarray, folder: Path) -> list[str | None]:
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / "config.json").exists():
-        atomic_write_text(folder / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        atomic_write_text(folder / "config.json", json.dumps(to_dict(config), indent=2, sort_keys=True))
     ext = "jpg" if config.image_format == "jpeg" else "png"
     paths: list[str | None] = []
     written = 0

@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmrec.calibration import calibrate_grounder
+from mmrec.config import from_dict
 from mmrec.data import Interactions
 from mmrec.datasets.app_sim import catalog_for_sequences, record_sequence, sessions_from_purchases
 from mmrec.datasets.frames import video_frames
@@ -127,7 +128,7 @@ def main() -> None:
         catalog, (calib_sequence, sequence), interactions = catalog_for_sequences(
             catalog, interactions, 2, args.items, seed=args.seed, min_len=3)
     else:
-        world = make_world(WorldConfig.from_dict({"seed": args.seed, "n_users": 400, "n_items": args.items,
+        world = make_world(from_dict(WorldConfig, {"seed": args.seed, "n_users": 400, "n_items": args.items,
                                                   "n_new_items": 0, "new_interactions_per_user": [0, 0],
                                                   "missing_image_fraction": 0.0, "missing_text_fraction": 0.0}),
                            out / "world")

@@ -54,7 +54,7 @@ class Preprocess:
     ``fill_color``, ``squash`` resizes to ``size`` ignoring the aspect ratio.
     """
 
-    size: tuple[int, int] = (224, 224)
+    size: tuple[int, int] | int = (224, 224)  # an int is a square
     mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
     interpolation: str = "bicubic"
@@ -74,19 +74,6 @@ class Preprocess:
             raise ValueError(f"Preprocess.resize_mode {self.resize_mode!r} not in {RESIZE_MODES}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"Preprocess.crop_pct must be in (0, 1], got {self.crop_pct}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Preprocess":
-        """Build from a plain dict; unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown Preprocess keys {unknown}; known: {sorted(known)}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] float images ``[N, 3, H, W]`` (one size) -> float ``[N, 3, *size]`` in [0, 1].
@@ -161,10 +148,6 @@ class TextPreprocess:
         if self.max_length < 1:
             raise ValueError(f"TextPreprocess.max_length must be positive, got {self.max_length}")
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict."""
-        return asdict(self)
-
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` -> CUDA when present, else CPU."""
@@ -237,7 +220,7 @@ class ImageEncoder(Encoder):
     module: torch.nn.Module
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "preprocess": self.preprocess.to_dict()}
+        return {**super().describe(), "preprocess": asdict(self.preprocess)}
 
     @abstractmethod
     def forward_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -266,7 +249,7 @@ class TextEncoder(Encoder):
     text_preprocess: TextPreprocess
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "text_preprocess": self.text_preprocess.to_dict()}
+        return {**super().describe(), "text_preprocess": asdict(self.text_preprocess)}
 
     @abstractmethod
     def encode(self, batch: Sequence[str]) -> torch.Tensor:

@@ -96,21 +96,6 @@ class Catalog:
             attributes={k: v[codes] for k, v in self.attributes.items()},
         )
 
-    def concat(self, other: "Catalog") -> "Catalog":
-        """This catalog followed by ``other``; shared ids are an error (codes of ``self`` keep their values)."""
-        keys = set(self.attributes) | set(other.attributes)
-
-        def col(cat: Catalog, k: str) -> np.ndarray:
-            return cat.attributes.get(k, np.full(len(cat), "", dtype=object))
-
-        return Catalog(
-            ids=np.concatenate([self.ids, other.ids]),
-            titles=self.titles + other.titles,
-            texts=self.texts + other.texts,
-            image_paths=self.image_paths + other.image_paths,
-            attributes={k: np.concatenate([col(self, k), col(other, k)]) for k in sorted(keys)},
-        )
-
     def summary(self) -> dict:
         """Counts of items, missing images, empty descriptions (and items with no text at all), attribute names."""
         return {
@@ -196,18 +181,10 @@ class Interactions:
     def concat(self, other: "Interactions") -> "Interactions":
         """Rows of both tables; the vocabularies must be the same objects or equal."""
         if not (np.array_equal(self.user_ids, other.user_ids) and np.array_equal(self.item_ids, other.item_ids)):
-            raise ValueError("cannot concat Interactions with different vocabularies; use with_vocabularies first")
+            raise ValueError("cannot concat Interactions with different vocabularies")
         return Interactions(np.concatenate([self.users, other.users]), np.concatenate([self.items, other.items]),
                             self.user_ids, self.item_ids, np.concatenate([self.timestamps, other.timestamps]),
                             np.concatenate([self.kinds, other.kinds]), np.concatenate([self.weights, other.weights]))
-
-    def with_item_vocabulary(self, item_ids: Sequence) -> "Interactions":
-        """Re-code items into a larger vocabulary (e.g. a catalog with new items); every current id must be in it."""
-        vocab = _as_str_array(item_ids, "item_ids")
-        index = {v: i for i, v in enumerate(vocab)}
-        remap = _index_of(index, self.item_ids, "item")
-        return Interactions(self.users, remap[self.items], self.user_ids, vocab,
-                            self.timestamps, self.kinds, self.weights)
 
     def unique_pairs(self) -> "Interactions":
         """One row per (user, item): the earliest event, with weights summed over repeats."""

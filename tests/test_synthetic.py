@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmrec.config import from_dict, to_dict
 from mmrec.datasets.synthetic import (CATEGORIES, CATEGORY_WORDS, COLOURS, PATTERNS, World, WorldConfig,
                                       contact_sheet, make_world)
 
@@ -229,7 +230,7 @@ def test_affinity_and_popularity_drive_training_purchases() -> None:
 
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="WorldConfig: unknown key.*n_user"):
-        WorldConfig.from_dict({"n_user": 10})
+        from_dict(WorldConfig, {"n_user": 10})
     with pytest.raises(ValueError, match="colour_count"):
         make_world({"seed": 1, "colour_count": 3}, tmp_path)
     for bad in (0, -5):
@@ -245,5 +246,5 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
         WorldConfig(noise=1.5)
     with pytest.raises(TypeError, match="n_users"):
         WorldConfig(n_users=True)
-    assert WorldConfig.from_dict({"interactions_per_user": [2, 4]}).interactions_per_user == (2, 4)
-    assert WorldConfig.from_dict(WorldConfig(seed=3).to_dict()) == WorldConfig(seed=3)
+    assert from_dict(WorldConfig, {"interactions_per_user": [2, 4]}).interactions_per_user == (2, 4)
+    assert from_dict(WorldConfig, to_dict(WorldConfig(seed=3))) == WorldConfig(seed=3)
