@@ -239,13 +239,8 @@ def embed_images(paths: Sequence[str | None], encoder: Encoder, *, ids: Sequence
     if decoder not in DECODERS:
         raise ValueError(f"decoder {decoder!r} not in {DECODERS}")
     n = len(paths)
-    ids = np.asarray([str(i) for i in range(n)] if ids is None else [str(i) for i in ids], dtype=object)
-    if len(ids) != n:
-        raise ValueError(f"{len(ids)} ids for {n} image paths")
-    vectors = np.zeros((n, encoder.dim), dtype=np.float32)
-    valid = np.zeros(n, dtype=bool)
     todo = [i for i, p in enumerate(paths) if p]
-    counts = {"items": n, "encoded": 0, "from_cache": 0, "missing": n - len(todo), "failed": 0}
+    ids, vectors, valid, counts = _empty_result(n, ids, encoder.dim, len(todo), "image paths")
     failures: list[tuple[int, str]] = []
     keys: dict[int, bytes] = {}
     if cache is not None and todo:
@@ -318,6 +313,17 @@ def embed_images(paths: Sequence[str | None], encoder: Encoder, *, ids: Sequence
     return EmbedResult(ids, vectors, valid, counts, named, time.perf_counter() - start, encoder.modality, encoder.spec)
 
 
+def _empty_result(n: int, ids: Sequence[str] | None, dim: int, n_todo: int,
+                  what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
+    """Ids (default ``"0".."n-1"``), zero vectors, an all-false valid mask and the counts an embedding starts
+    from (inputs that are missing counted already)."""
+    ids = np.asarray([str(i) for i in range(n)] if ids is None else [str(i) for i in ids], dtype=object)
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} {what}")
+    counts = {"items": n, "encoded": 0, "from_cache": 0, "missing": n - n_todo, "failed": 0}
+    return ids, np.zeros((n, dim), dtype=np.float32), np.zeros(n, dtype=bool), counts
+
+
 def embed_texts(texts: Sequence[str | None], encoder: Encoder, *, ids: Sequence[str] | None = None,
                 batch_size: int = 128, cache: EmbeddingCache | None = None, progress: bool = True) -> EmbedResult:
     """Embed texts (``None`` or blank = missing), longest first so batches pad little."""
@@ -325,13 +331,8 @@ def embed_texts(texts: Sequence[str | None], encoder: Encoder, *, ids: Sequence[
     if not isinstance(encoder, TextEncoder):
         raise ValueError(f"embed_texts needs a text encoder, got {encoder!r}")
     n = len(texts)
-    ids = np.asarray([str(i) for i in range(n)] if ids is None else [str(i) for i in ids], dtype=object)
-    if len(ids) != n:
-        raise ValueError(f"{len(ids)} ids for {n} texts")
-    vectors = np.zeros((n, encoder.dim), dtype=np.float32)
-    valid = np.zeros(n, dtype=bool)
     todo = [i for i, t in enumerate(texts) if t and t.strip()]
-    counts = {"items": n, "encoded": 0, "from_cache": 0, "missing": n - len(todo), "failed": 0}
+    ids, vectors, valid, counts = _empty_result(n, ids, encoder.dim, len(todo), "texts")
     keys: dict[int, bytes] = {}
     if cache is not None and todo:
         keys = {i: hash_text(texts[i]) for i in todo}  # type: ignore[arg-type]
