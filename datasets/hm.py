@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from mmrec.data import Catalog, Interactions
+from mmrec.skips import Skips
 
 logger = logging.getLogger(__name__)
 
@@ -90,16 +91,15 @@ class LoadReport:
     empty_texts: int = 0
     transaction_lines_read: int = 0
     transaction_rows_kept: int = 0
-    skipped: dict[str, int] = field(default_factory=dict)
-    skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+    skipped: Skips = field(default_factory=lambda: Skips(max_examples=_MAX_EXAMPLES))
     customers: int = 0
     customers_without_side_data: int | None = None
 
-    def _skip(self, reason: str, count: int, examples: list[str]) -> None:
-        if count:
-            self.skipped[reason] = self.skipped.get(reason, 0) + count
-            kept = self.skipped_examples.setdefault(reason, [])
-            kept.extend(examples[: _MAX_EXAMPLES - len(kept)])
+    @property
+    def skipped_examples(self) -> dict[str, list[str]]:
+        """The first few skipped lines per reason."""
+        return self.skipped.examples
+
 
 
 @overload
@@ -351,7 +351,7 @@ def _line_blocks(path: Path, header: list[str], block_bytes: int, rep: LoadRepor
             def on_invalid_line(row, lines: _LineMap = lines) -> str:
                 line = lines.first + row.number - 1
                 lines.skipped.append(line)
-                rep._skip("malformed_line", 1, [f"line {line}: {row.text[:80]!r}"])
+                rep.skipped.add_many("malformed_line", 1, [f"line {line}: {row.text[:80]!r}"])
                 return "skip"
 
             table = pa_csv.read_csv(
@@ -393,7 +393,8 @@ class _Block:
 def _usable_rows(path: Path, block: _Block, lines: _LineMap, rep: LoadReport) -> np.ndarray:
     """Mask of the block's usable rows; counts skips in ``rep``; raises on bad dates and mangled ids."""
     blank = block.date_empty & block.cust_empty & block.item_empty
-    rep._skip("blank_line", int(blank.sum()), [f"line {n}" for n in lines.of(np.flatnonzero(blank)[:_MAX_EXAMPLES])])
+    rep.skipped.add_many("blank_line", int(blank.sum()),
+                         [f"line {n}" for n in lines.of(np.flatnonzero(blank)[:_MAX_EXAMPLES])])
 
     bad_date = (block.day_of_value[block.date_codes] == _NO_DAY) & ~blank
     if bad_date.any():
@@ -402,15 +403,15 @@ def _usable_rows(path: Path, block: _Block, lines: _LineMap, rep: LoadReport) ->
                           line=lines.of([row])[0], column="t_dat")
 
     missing_cust = block.cust_empty & ~blank
-    rep._skip("missing_customer_id", int(missing_cust.sum()),
-              [f"line {n}" for n in lines.of(np.flatnonzero(missing_cust)[:_MAX_EXAMPLES])])
+    rep.skipped.add_many("missing_customer_id", int(missing_cust.sum()),
+                         [f"line {n}" for n in lines.of(np.flatnonzero(missing_cust)[:_MAX_EXAMPLES])])
 
     unknown = (block.item_of_value[block.item_codes] < 0) & ~blank & ~missing_cust
     if unknown.any():
         _refuse_mangled_ids(path, block, unknown, lines)
     rows = np.flatnonzero(unknown)[:_MAX_EXAMPLES]
-    rep._skip("unknown_article_id", int(unknown.sum()),
-              [f"line {n}: {block.value('item', r)!r}" for n, r in zip(lines.of(rows), rows)])
+    rep.skipped.add_many("unknown_article_id", int(unknown.sum()),
+                         [f"line {n}: {block.value('item', r)!r}" for n, r in zip(lines.of(rows), rows)])
     return ~(blank | missing_cust | unknown)
 
 

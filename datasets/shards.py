@@ -45,6 +45,7 @@ from webdataset.utils import pytorch_worker_info
 
 from mmrec.data import Catalog
 from mmrec.io import atomic_write
+from mmrec.skips import Skips
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +95,11 @@ class _WriteCounts:
     items: int = 0
     with_image: int = 0
     image_paths: int = 0
-    image_skips: dict[str, int] = field(default_factory=dict)
+    image_skips: Skips = field(default_factory=Skips)
 
     def skip_image(self, reason: str, item_id: str, path: str, detail: str) -> None:
-        self.image_skips[reason] = self.image_skips.get(reason, 0) + 1
-        if sum(self.image_skips.values()) <= _MAX_LOGGED_WRITE_PROBLEMS:
+        self.image_skips.add(reason, f"{item_id}: {path}")
+        if self.image_skips.total <= _MAX_LOGGED_WRITE_PROBLEMS:
             logger.warning("item %r: image %s left out (%s): %s", item_id, path, reason, detail)
 
 
@@ -108,8 +109,8 @@ def write_catalog_shards(catalog: Catalog, out_dir: str | os.PathLike, *, items_
 
     Shard ``s`` holds item codes ``s*items_per_shard`` up to the next shard's first. ``texts`` replaces
     the catalog's texts in the json (one string per item, e.g. `mmrec.datasets.hm.article_texts`).
-    Each shard is written to a hidden temp file and moved into place with ``os.replace``, so a shard
-    file either is complete or is not there; tar headers carry a fixed mtime, so the same catalog gives
+    Each shard is written atomically (`mmrec.io.atomic_write`), so a shard file either is complete or is
+    not there; tar headers carry a fixed mtime, so the same catalog gives
     byte-identical shards. ``<prefix>-shards.json`` records shard names and counts (items, with image,
     without image, image files left out by reason); the counts are also logged.
 
