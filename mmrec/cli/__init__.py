@@ -53,25 +53,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def with_default_task(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
-    """``argv`` with the command's ``DEFAULT_TASK`` inserted when a command that has tasks is given none
-    (``mmrec train --model itemknn ...`` is ``mmrec train recommender --model itemknn ...``)."""
+def select_task(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Prepare ``parser`` for ``argv`` and return the arguments to parse. For a command with tasks: its
+    ``DEFAULT_TASK`` is inserted when none is given (``mmrec train --model itemknn ...`` is ``mmrec train
+    recommender --model itemknn ...``), and its ``add_task_extras(command_parser, task)`` adds the chosen
+    task's own options."""
     at = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if at is None:
         return argv
     module = next((importlib.import_module(f"mmrec.cli.{m}") for m in COMMANDS
                    if m.replace("_", "-") == argv[at]), None)
-    default = getattr(module, "DEFAULT_TASK", None)
-    if default is None:
+    command_parser = subcommands(parser).get(argv[at])
+    tasks = subcommands(command_parser) if command_parser is not None else {}
+    if not tasks:
         return argv
-    tasks = _subcommands(_subcommands(parser)[argv[at]])
     following = argv[at + 1] if at + 1 < len(argv) else None
-    if following in tasks or following in ("-h", "--help"):
-        return argv
-    return [*argv[:at + 1], default, *argv[at + 1:]]
+    default = getattr(module, "DEFAULT_TASK", None)
+    if following not in tasks and following not in ("-h", "--help") and default is not None:
+        argv, following = [*argv[:at + 1], default, *argv[at + 1:]], default
+    if following in tasks and hasattr(module, "add_task_extras"):
+        module.add_task_extras(command_parser, following)
+    return argv
 
 
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The sub-parsers of ``parser`` by name (empty when it has none)."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
@@ -118,7 +124,7 @@ def error_message(err: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``mmrec`` console script and of ``python -m mmrec``: the exit code."""
     parser = build_parser()
-    argv = with_default_task(parser, list(sys.argv[1:] if argv is None else argv))
+    argv = select_task(parser, list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help, or argparse's own one-line error on a bad argument

@@ -5,6 +5,7 @@ import argparse
 
 from mmrec.cli.common import add_data_argument, add_split_arguments, check_out_folder, emit, load_data, make_split
 from mmrec.io import atomic_write_json
+from mmrec.pretrained import relist_files
 
 NAME = "split"
 HELP = "split interactions (mmrec 8:1:1, temporal, leave-last-out, cold items) and write an MMRec folder"
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         ids = split.train.item_ids
         cold = {"valid": list(ids[split.cold_valid_items]), "test": list(ids[split.cold_test_items])}
         atomic_write_json(out / "cold_items.json", cold, indent=None)
+        relist_files(out, ["cold_items.json"])  # covered by the folder's manifest like the rest
         payload["cold_items"] = {"valid": len(cold["valid"]), "test": len(cold["test"])}
     emit(payload, args.json)
     return 0

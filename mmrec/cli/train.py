@@ -4,7 +4,8 @@ Tasks are nested sub-commands, each with only its own options: ``recommender`` (
 registered model), ``coldstart`` (the VAE fusion model with its item content), ``sequence`` (SASRec on a
 split in time), ``align`` (a `UnifiedSpace`) and ``pipeline`` (where `mmrec.cli.pipeline` is installed).
 The task runners live in their own modules; one that needs options beyond the shared ones adds them with
-``add_task_arguments(parser)``.
+``add_task_arguments(parser)``, called (by `add_task_extras`) only for the task being run, so that parsing
+never imports the heavy runner modules of the other tasks.
 """
 from __future__ import annotations
 
@@ -52,6 +53,23 @@ def registered_models() -> list[str]:
     return sorted(registry.MODELS)
 
 
+def model_name(text: str) -> str:
+    """A registered model's name (argparse type: the registry is searched only when ``--model`` is given,
+    so that other commands never import every model module)."""
+    names = registered_models()
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"unknown model {text!r}; registered: {', '.join(names)}")
+    return text
+
+
+class _ModelsHelp(str):
+    """Help text listing the registered models, filled in only when help is shown (argparse formats every
+    help string with ``%``)."""
+
+    def __mod__(self, params: Any) -> str:
+        return str(self).replace("%s", ", ".join(registered_models()))
+
+
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The run file and the loop overrides every trained task shares, and ``--json``."""
     parser.add_argument("--config", help="YAML with 'model:' and 'train:' sections (unknown keys are errors)")
@@ -73,8 +91,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
     """Options shared by ``train recommender`` and ``evaluate``."""
     add_data_argument(parser, required=data_required)
     add_split_arguments(parser)
-    parser.add_argument("--model", required=model_required, choices=registered_models(), metavar="MODEL",
-                        help="which recommender: " + ", ".join(registered_models()))
+    parser.add_argument("--model", required=model_required, type=model_name, metavar="MODEL",
+                        help=_ModelsHelp("which recommender: %s"))
     add_space_argument(parser)
     add_training_arguments(parser)
 
@@ -125,11 +143,20 @@ def _pipeline() -> Any:
     return importlib.import_module("mmrec.cli.pipeline")
 
 
-def _extra_arguments(parser: argparse.ArgumentParser, module_name: str) -> None:
-    """Options a task's runner module adds beyond the shared ones (its ``add_task_arguments``)."""
-    add = getattr(importlib.import_module(module_name), "add_task_arguments", None)
+RUNNER_MODULES = {"coldstart": "mmrec.cli.coldstart", "sequence": "mmrec.cli.sequence", "align": "mmrec.cli.align"}
+
+
+def add_task_extras(parser: argparse.ArgumentParser, task: str) -> None:
+    """Add the options of ``task``'s runner module beyond the shared ones (its ``add_task_arguments``) to
+    that task's sub-parser of ``parser`` (the ``train`` parser); `mmrec.cli.main` calls it for the task in
+    the command line."""
+    if task not in RUNNER_MODULES:
+        return
+    add = getattr(importlib.import_module(RUNNER_MODULES[task]), "add_task_arguments", None)
     if add is not None:
-        add(parser)
+        from mmrec.cli import subcommands
+
+        add(subcommands(parser)[task])
 
 
 def _add_out(parser: argparse.ArgumentParser, what: str) -> None:
@@ -147,7 +174,6 @@ def _add_coldstart(parser: argparse.ArgumentParser) -> None:
     add_space_argument(parser)
     add_training_arguments(parser)
     _add_out(parser, "model")
-    _extra_arguments(parser, "mmrec.cli.coldstart")
 
 
 def _add_sequence(parser: argparse.ArgumentParser) -> None:
@@ -156,7 +182,6 @@ def _add_sequence(parser: argparse.ArgumentParser) -> None:
     add_space_argument(parser)
     add_training_arguments(parser)
     _add_out(parser, "model")
-    _extra_arguments(parser, "mmrec.cli.sequence")
 
 
 def _add_align(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +192,6 @@ def _add_align(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the hold-out and of training")
     add_training_arguments(parser)
     _add_out(parser, "space")
-    _extra_arguments(parser, "mmrec.cli.align")
 
 
 def _check_paths(args: argparse.Namespace) -> None:
