@@ -6,12 +6,13 @@
 The catalog is the synthetic world's (whose photos repeat: one cut and colour under several names) or
 ``--items`` H&M articles with photos, those of real purchase sequences first (``--catalog hm``).
 
-1. A grounding space is trained for the catalog (`mmrec.screen_space.train_screen_space`: product pages
-   rendered offline, never the recordings; fixed random towers and trained adapters, or with
+1. A grounding space is trained for the catalog (`mmrec.fusion.screen_tower.train_screen_space`: product
+   pages rendered offline, never the recordings; fixed random towers and trained adapters, or with
    ``--train-towers`` towers trained too, which wants a GPU).
-2. Calibration: the similarity threshold is fitted (`calibrate_on_streams`: best F1 per frame, on the screens
-   the processor grounds) on recordings of sessions drawn with seed ``--seed``, rendered with noise setting
-   ``calib``.
+2. Calibration: the similarity threshold is fitted (`mmrec.calibration.calibrate_grounder`, as
+   ``mmrec stream calibrate`` runs it: best F1 per frame, on the screens the processor grounds) on labelled
+   recordings (`mmrec.datasets.app_sim.record_sequence`) of sessions drawn with seed ``--seed``, rendered
+   with noise setting ``calib``.
 3. Measurement on recordings of *other* sessions rendered with the noise settings ``arrow`` and ``clean``
    (never used for calibration), each decoded by `video_frames` and processed by `mmrec.stream.segments`:
 
@@ -59,14 +60,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmrec.datasets.app_sim import (SimConfig, catalog_for_sequences, sessions_from_purchases, simulate_session,
-                                    write_recording)
+from mmrec.calibration import calibrate_grounder
+from mmrec.config import from_dict
+from mmrec.datasets.app_sim import catalog_for_sequences, record_sequence, sessions_from_purchases
 from mmrec.datasets.frames import video_frames
 from mmrec.fusion.augment import ScreenAugment
-from mmrec.grounding import NO_ITEM, Grounder, GroundingSettings, load_grounding, save_grounding
-from mmrec.screen_space import ScreenSpaceConfig, train_screen_space, training_photo_boxes
+from mmrec.fusion.screen_tower import ScreenSpaceConfig, fitted_windows, train_screen_space
+from mmrec.grounding import NO_ITEM, Grounder, GroundingSettings, load_grounder, save_grounding
 from mmrec.screen_windows import PhotoCheck, ScreenWindows
-from mmrec.stream import StreamConfig, StreamStats, calibrate_on_streams, segments
+from mmrec.stream import StreamConfig, StreamStats, segments
 
 NOISE = {  # calibration uses "calib" only; the targets are measured on the others
     "calib": dict(cursor="touch", notification_prob=0.1, jpeg_quality=(50, 90), codec="libx264", crf=23),
@@ -81,7 +83,7 @@ def synthetic_catalog(args: argparse.Namespace, out: Path):
 
     world_cfg = dict(seed=args.seed, n_users=300, n_items=args.items, n_new_items=0,
                      new_interactions_per_user=[0, 0], missing_image_fraction=0.0, missing_text_fraction=0.0)
-    world = make_world(WorldConfig.from_dict(world_cfg), out / "world")
+    world = make_world(from_dict(WorldConfig, world_cfg), out / "world")
     return world.catalog, world.interactions
 
 
@@ -98,13 +100,10 @@ def hm_catalog(args: argparse.Namespace, n_sequences: int):
 
 def record(catalog, sequence, seed: int, noise: str, out: Path, size: tuple[int, int] = (180, 320),
            dwell_scale: float = 1.0):
-    """Render one session; ``dwell_scale`` stretches every dwell range (a user who reads pages longer)."""
-    dwell = {f.name: tuple(x * dwell_scale for x in f.default) for f in dataclasses.fields(SimConfig)
-             if f.name.startswith("dwell_")}
-    config = SimConfig(seed=seed, width=size[0], height=size[1], fps=30, **dwell, **NOISE[noise])
-    session = simulate_session(catalog, sequence.items, config, timestamps=sequence.timestamps)
-    write_recording(session, catalog, config, out)
-    return session, out / "recording.mp4"
+    """Render one session at 30 fps with noise setting ``noise`` as a labelled recording in ``out``;
+    ``dwell_scale`` stretches every dwell range (a user who reads pages longer)."""
+    return record_sequence(catalog, sequence, out, seed=seed, size=size, fps=30, dwell_scale=dwell_scale,
+                           **NOISE[noise])
 
 
 def measure(grounder: Grounder, session, video: Path, config: StreamConfig) -> dict:
@@ -238,13 +237,8 @@ def _source_seconds(video: Path) -> float:
 
 def memory_child(args: argparse.Namespace) -> None:
     """Process the video ``--repeat`` times as one stream; print frames and peak RSS (KiB)."""
-    from mmrec.space import UnifiedSpace
-
     catalog = _catalog(args, Path(args.out))[0]
-    space = UnifiedSpace.from_pretrained(Path(args.out) / "space")
-    settings = load_grounding(Path(args.out) / "space")
-    grounder = Grounder.for_catalog(space, catalog, threshold=settings.threshold, windows=settings.windows,
-                                    check=settings.check)
+    grounder = load_grounder(Path(args.out) / "space", catalog)
     video, duration = Path(args.memory_child), float(args.duration)
     frames = itertools.chain.from_iterable(video_frames(video, start_time=k * duration) for k in range(args.repeat))
     stats = StreamStats()
@@ -355,8 +349,7 @@ def main() -> None:
     if args.windows == "screen":
         windows = ScreenWindows()
     elif args.windows == "fit":  # where the pages trained on put the photo, never the recordings
-        layouts = ScreenSpaceConfig(seed=args.seed, renderings=args.renderings)
-        windows = ScreenWindows.fit(training_photo_boxes(catalog, layouts), layouts.page_size)
+        windows = fitted_windows(catalog, ScreenSpaceConfig(seed=args.seed, renderings=args.renderings))
     if args.reuse_space and (out / "space" / "space.json").is_file():
         report["space"] = "reused"  # trained by an earlier run for this world
     else:
@@ -378,10 +371,11 @@ def main() -> None:
     check = PhotoCheck(candidates=args.check_candidates) if args.photo_check else None
     grounder = Grounder.for_catalog(space, catalog, windows=windows, check=check)
 
-    calib = [record(catalog, s, 1000 + k, "calib", out / f"calib{k}") for k, s in enumerate(calib_seqs)]
+    for k, s in enumerate(calib_seqs):
+        record(catalog, s, 1000 + k, "calib", out / f"calib{k}")
     config = StreamConfig()
-    threshold, fit = calibrate_on_streams(grounder, ((video_frames(v), s.product_per_frame()) for s, v in calib),
-                                          config)
+    threshold, fit = calibrate_grounder(grounder, [out / f"calib{k}" for k in range(len(calib_seqs))], catalog.ids,
+                                        config)
     grounder.threshold = threshold
     save_grounding(out / "space", GroundingSettings(threshold, windows, check), calibration=fit,
                    noise=NOISE["calib"])

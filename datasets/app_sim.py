@@ -40,6 +40,7 @@ from typing import Any, Iterator, Literal, Mapping, Sequence
 import numpy as np
 from PIL import Image
 
+from mmrec.config import to_dict
 from mmrec.data import KINDS, Catalog, Interactions
 from mmrec.datasets import screens
 from mmrec.io import atomic_path, atomic_write_text
@@ -65,7 +66,7 @@ _NOTIFICATION_TEXTS = (
 
 @dataclass(frozen=True)
 class SimConfig:
-    """Settings of a simulated recording; `from_dict` rejects unknown keys.
+    """Settings of a simulated recording; `mmrec.config.from_dict` builds it from a mapping, rejecting unknown keys.
 
     Timeline (what happens when; changes the `Session`): ``seed``; ``fps`` (frames per second, an
     integer so every frame time ``i / fps`` is exact; phones record at 30–60); ``width`` × ``height``
@@ -172,17 +173,6 @@ class SimConfig:
     def size(self) -> tuple[int, int]:
         """``(width, height)`` of the screen in pixels."""
         return (self.width, self.height)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "SimConfig":
-        """Build from a mapping (e.g. parsed YAML); unknown keys raise `ValueError` naming them."""
-        from mmrec.config import from_dict
-
-        return from_dict(cls, dict(values))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The config as JSON-ready values (ranges as lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 # ------------------------------------------------------------------------------------------ session
@@ -866,7 +856,8 @@ def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_d
         "format": TRUTH_FORMAT, "version": TRUTH_VERSION, "video": video.name, "time_base": f"1/{session.fps}",
         **session.to_dict(catalog),
         "notifications": [dataclasses.asdict(x) for x in plan_notifications(session, config)],
-        "shards": [p.name for p in shard_paths], "skipped_photos": dict(photos.skipped), "config": config.to_dict(),
+        "shards": [p.name for p in shard_paths], "skipped_photos": dict(photos.skipped),
+        "config": to_dict(config),
     }
     truth_path = atomic_write_text(out / "truth.json", json.dumps(truth, indent=1))
     return Recording(video, truth_path, shard_paths, session.n_frames, session.fps, session.duration,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mmrec.config import from_dict
 from mmrec.data import Catalog
 from mmrec.datasets import app_sim, screens
 from mmrec.datasets.app_sim import SimConfig
@@ -156,8 +157,8 @@ def test_bad_inputs_raise_clear_errors(world) -> None:
     with pytest.raises(ValueError, match="width"):
         SimConfig(width=181)
     with pytest.raises(ValueError, match="unknown key"):
-        SimConfig.from_dict({"fsp": 30})
-    assert SimConfig.from_dict({"dwell_product": [1, 2], "jpeg_quality": None}).dwell_product == (1.0, 2.0)
+        from_dict(SimConfig, {"fsp": 30})
+    assert from_dict(SimConfig, {"dwell_product": [1, 2], "jpeg_quality": None}).dwell_product == (1.0, 2.0)
     with pytest.raises(ValueError, match="outside the catalog"):
         app_sim.simulate_session(world.catalog, [0, len(world.catalog)], SimConfig(**FAST))
     session = app_sim.simulate_session(world.catalog, [0], SimConfig(**FAST))
