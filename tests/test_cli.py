@@ -117,3 +117,26 @@ def test_train_sequence_with_content_beats_most_popular_and_saves(tmp_path, caps
     assert json.loads((out / "content.json").read_text())["encoder"] == "minilm"
     model = Recommender.from_pretrained(out)
     assert model.name == "sasrec" and model.config.use_content
+
+
+def test_content_models_train_from_the_cli_with_their_recipe(tmp_path, capsys):
+    """``mmrec train --model content_knn`` (a content model, once not trainable from the CLI): MiniLM item
+    vectors are made from the catalog, the recipe is saved, and the folder recommends."""
+    out = tmp_path / "cknn"
+    assert main(["train", "--data", "synthetic", "--model", "content_knn", "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["model"] == "content_knn" and report["test"]["recall@20"] > 0
+    assert json.loads((out / "content.json").read_text())["encoder"] == "minilm"
+    user = json.loads((out / "vocab.json").read_text())["user_ids"][0]
+    assert main(["recommend", "--model", str(out), "--user", user, "--k", "5", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["recommendations"][user]) == 5
+
+
+def test_which_models_need_content():
+    from mmrec.cli.train import needs_content, registered_models
+
+    names = registered_models()
+    assert {"vbpr", "clcrec", "dropoutnet", "content_knn", "vae_fusion"} <= set(names)
+    assert all(needs_content(m, {}) for m in ("vbpr", "clcrec", "dropoutnet", "content_knn", "vae_fusion"))
+    assert not any(needs_content(m, {}) for m in ("most_popular", "itemknn", "bpr", "lightgcn", "random", "sasrec"))
+    assert needs_content("sasrec", {"use_content": True})
