@@ -108,6 +108,12 @@ def test_devices_that_do_not_exist_are_refused(capsys, tmp_path):
     fails(capsys, 2, ("--device", missing, "CUDA"), *base, "--device", missing)
 
 
+def test_stream_threshold_nan_is_refused(capsys, tmp_path):
+    # Before: NaN was taken as the threshold (every similarity compares false) and the run reported success.
+    fails(capsys, 2, ("--threshold", "nan"), "stream", str(tmp_path / "rec.mp4"), "--space", str(tmp_path / "s"),
+          "--catalog", "synthetic", "--out", str(tmp_path / "e.parquet"), "--threshold", "nan")
+
+
 def test_out_that_is_a_file_is_refused_naming_it(capsys, tiny, tmp_path):
     target = tmp_path / "taken"
     target.write_text("not a folder")
