@@ -40,17 +40,17 @@ def recording_truth(folder: str | os.PathLike, item_ids: Sequence[str]) -> tuple
         raise FileNotFoundError(f"{video} (named by {truth_path}) does not exist")
     index = {str(i): k for k, i in enumerate(item_ids)}
     truth = np.full(session.n_frames, NO_ITEM, np.int64)
-    for state in data.get("states", []):
-        if state.get("kind") != "product":
+    for state, written in zip(session.states, data["states"]):
+        if state.kind != "product":
             continue
-        ident = state.get("item_id")
+        ident = written.get("item_id")
         if ident is None:
             raise ValueError(f"{truth_path}: a product page without an 'item_id' (write the recording with its "
                              f"catalog so that items are named)")
         if str(ident) not in index:
             raise ValueError(f"{truth_path}: item {ident!r} is not in the catalog given")
-        start, end = round(state["start"] * session.fps), round(state["end"] * session.fps)
-        truth[start:end] = index[str(ident)]
+        frames = session.frame_range(state)
+        truth[frames.start:frames.stop] = index[str(ident)]
     return video, truth
 
 
@@ -76,8 +76,8 @@ def calibrate_space(space: str | os.PathLike, catalog: Catalog, recordings: Sequ
                     settings: GroundingSettings | None = None, config: StreamConfig | None = None,
                     out: str | os.PathLike | None = None, batch_size: int = 32,
                     device: str | None = None) -> tuple[GroundingSettings, dict[str, Any]]:
-    """Fit a saved space's threshold on labelled ``recordings`` and write ``grounding.json`` (to ``out``, a
-    file path; default: the space's own), keeping the windows and photo check of ``settings`` (default: those
+    """Fit a saved space's threshold on labelled ``recordings`` and write ``grounding.json`` (to ``out``: a
+    ``.json`` file or a folder; default: the space's own), keeping the windows and photo check of ``settings`` (default: those
     of the space's ``grounding.json``, or a whole-screen search without one). Returns the settings written and
     the calibration's fit (with the recordings and the count of catalog photos skipped as undecodable)."""
     if settings is None:

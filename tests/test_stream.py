@@ -408,6 +408,12 @@ def test_cli_calibrate_writes_the_grounding_that_stream_reads(setup, tmp_path, c
     assert set(pd.read_parquet(out)["user"]) <= {"u7"}
     assert main(["stream", "calibrate", "--space", str(space_dir), "--catalog", str(catalog),
                  "--recordings", str(tmp_path)]) == 2  # no truth.json there
+    from mmrec.calibration import recording_truth
+
+    video_path, truth = recording_truth(root / "calib", world.catalog.ids)
+    assert video_path.name == "recording.mp4" and (truth != NO_ITEM).any()
+    with pytest.raises(ValueError, match=r"truth\.json: item .* is not in the catalog"):
+        recording_truth(root / "calib", ["someone-else's-item"])
 
 
 def test_a_broken_catalog_photo_is_skipped_and_counted_not_a_crash(setup, tmp_path, capsys, caplog):
