@@ -141,6 +141,13 @@ def test_config_that_is_not_yaml_names_file_and_line(capsys, tiny, tmp_path):
           "--out", str(tmp_path / "m"))
 
 
+def test_config_that_is_not_utf8_is_named(capsys, tiny, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_bytes("train: {epochs: 1}\n# café\n".encode("latin-1"))
+    fails(capsys, 2, (str(cfg), "UTF-8"), "train", "--data", str(tiny), "--model", "bpr", "--config", str(cfg),
+          "--out", str(tmp_path / "m"))
+
+
 def test_config_with_a_python_tag_is_refused_and_runs_nothing(capsys, tiny, tmp_path):
     flag = tmp_path / "ran"
     cfg = tmp_path / "run.yaml"

@@ -124,6 +124,17 @@ def prepare_checkpoint_dir(path: str | None) -> str | None:
     return str(folder)
 
 
+def load_run_file(cls: type, path: str | Path) -> Any:
+    """``--config``: a YAML run file read into dataclass ``cls`` (`mmrec.config.load_yaml`), a file that is
+    not UTF-8 named (YAML syntax errors name it already, see `mmrec.cli.error_message`)."""
+    from mmrec.config import load_yaml
+
+    try:
+        return load_yaml(cls, path)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
 # -- data and splits ---------------------------------------------------------------------------------------
 
 @dataclass

@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto (CUDA when present), cpu, cuda, cuda:1, mps (refused if absent)")
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                         help="auto: bf16 on CUDA, fp32 on CPU")
-    parser.add_argument("--num-workers", type=non_negative_int, help="image decoding workers (default: by device and cores)")
+    parser.add_argument("--num-workers", type=non_negative_int,
+                        help="image decoding workers (default: by device and cores)")
     parser.add_argument("--decoder", default="auto", choices=("auto", "pil", "tensor"),
                         help="tensor: batched decode_jpeg on the device (nvJPEG on CUDA); auto picks it on CUDA")
     parser.add_argument("--cache", metavar="DIR", help="embedding cache folder (default: OUT/cache)")

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from mmrec.cli.common import (add_data_argument, add_split_arguments, check_out_folder, emit, load_data,
-                              make_split, non_negative_int, positive_int, prepare_checkpoint_dir)
-from mmrec.config import from_dict, load_yaml
+                              load_run_file, make_split, non_negative_int, positive_int, prepare_checkpoint_dir)
+from mmrec.config import from_dict
 from mmrec.train import TrainConfig
 
 NAME = "train"
@@ -100,7 +100,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, model_required: bool = 
 def run_config(args: argparse.Namespace) -> RunConfig:
     """The YAML config (if any) with command-line overrides applied, checked as a whole (a bad key or
     value in the file is an error here, before any data is read)."""
-    config = load_yaml(RunConfig, args.config) if args.config else RunConfig()
+    config = load_run_file(RunConfig, args.config) if args.config else RunConfig()
     overrides: dict[str, Any] = {"seed": args.seed}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
@@ -227,10 +227,7 @@ def fit_recommender(args: argparse.Namespace, config: RunConfig) -> tuple[Any, d
 
         recipe, vectors = split_content(args, data, split)
         model_config = {"content_dim": vectors.shape[1], **model_config}
-
-        def setup(model: Any) -> None:
-            model.set_content(vectors)
-
+        setup = lambda model: model.set_content(vectors)  # noqa: E731 (between building and fitting)
     model, report = run_experiment(split, args.model, model_config=model_config, train_config=config.train,
                                    setup=setup)
     if recipe is not None:
@@ -283,5 +280,5 @@ def run_align(args: argparse.Namespace) -> int:
     if args.config:
         from mmrec.cli.align import AlignRunConfig
 
-        load_yaml(AlignRunConfig, args.config)  # a bad run file is an error before any data is read
+        load_run_file(AlignRunConfig, args.config)  # a bad run file is an error before any data is read
     return run_task(args)
