@@ -157,10 +157,12 @@ def test_config_with_a_python_tag_is_refused_and_runs_nothing(capsys, tiny, tmp_
     assert not flag.exists()
 
 
-def test_config_errors_come_before_training(capsys, tiny, tmp_path):
+@pytest.mark.parametrize("train, fragment", [("{epochs: 0}", "epochs"),
+                                             ("{early_stop_metric: recal@20}", "did you mean recall@20")])
+def test_config_errors_come_before_training(capsys, tiny, tmp_path, train, fragment):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text("train: {epochs: 0}\n")
-    fails(capsys, 2, ("epochs",), "train", "--data", str(tiny), "--model", "bpr", "--config", str(cfg),
+    cfg.write_text(f"train: {train}\n")
+    fails(capsys, 2, (str(cfg), fragment), "train", "--data", str(tiny), "--model", "bpr", "--config", str(cfg),
           "--out", str(tmp_path / "m"))
     assert not (tmp_path / "m").exists()
 

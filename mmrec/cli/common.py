@@ -125,14 +125,18 @@ def prepare_checkpoint_dir(path: str | None) -> str | None:
 
 
 def load_run_file(cls: type, path: str | Path) -> Any:
-    """``--config``: a YAML run file read into dataclass ``cls`` (`mmrec.config.load_yaml`), a file that is
-    not UTF-8 named (YAML syntax errors name it already, see `mmrec.cli.error_message`)."""
+    """``--config``: a YAML run file read into dataclass ``cls`` (`mmrec.config.load_yaml`), every error
+    naming the file (YAML syntax errors name it already, see `mmrec.cli.error_message`)."""
     from mmrec.config import load_yaml
 
     try:
         return load_yaml(cls, path)
     except UnicodeDecodeError as err:
         raise ValueError(f"--config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except ValueError as err:  # a bad value a config's own checks found (they do not know the file)
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"--config {path}: {err}") from None
 
 
 # -- data and splits ---------------------------------------------------------------------------------------
