@@ -140,3 +140,20 @@ def test_which_models_need_content():
     assert all(needs_content(m, {}) for m in ("vbpr", "clcrec", "dropoutnet", "content_knn", "vae_fusion"))
     assert not any(needs_content(m, {}) for m in ("most_popular", "itemknn", "bpr", "lightgcn", "random", "sasrec"))
     assert needs_content("sasrec", {"use_content": True})
+
+
+def test_train_tasks_are_nested_commands(capsys):
+    """``mmrec train TASK``: each task its own sub-parser; ``pipeline`` appears where its module exists;
+    ``mmrec train --model X`` (no task) is ``mmrec train recommender --model X``."""
+    import importlib.util
+
+    from mmrec.cli import select_task, subcommands
+
+    parser = build_parser()
+    tasks = set(subcommands(subcommands(parser)["train"]))
+    assert {"recommender", "coldstart", "sequence", "align"} <= tasks
+    assert ("pipeline" in tasks) == (importlib.util.find_spec("mmrec.cli.pipeline") is not None)
+    assert select_task(parser, ["-v", "train", "--model", "bpr"]) == ["-v", "train", "recommender", "--model", "bpr"]
+    assert select_task(parser, ["train", "align", "--out", "x"]) == ["train", "align", "--out", "x"]
+    assert main(["train", "--help"]) == 0
+    assert "coldstart" in capsys.readouterr().out
