@@ -17,6 +17,7 @@ def test_screen_stream_demo_writes_events_timeline_and_recommendations(tmp_path)
     events = pd.read_parquet(tmp_path / "events.parquet")
     assert set(events["kind"]) <= {"view", "click", "cart", "purchase"}
     assert {"click", "purchase"} <= set(events["kind"])  # the session's app logs, joined by time
+    assert events["user"].nunique() == 1 and f"next items for {events['user'].iloc[0]}" in done.stdout
     with Image.open(tmp_path / "timeline.png") as timeline:
         assert timeline.width > 1000
     ranked = [line for line in done.stdout.splitlines() if line[:3].strip().rstrip(".").isdigit()]
