@@ -51,7 +51,7 @@ def test_shift_moves_content_by_at_most_its_share_of_the_side():
 
 
 def test_augment_needs_trained_towers():
-    from mmrec.screen_space import ScreenSpaceConfig
+    from mmrec.fusion.screen_tower import ScreenSpaceConfig
 
     with pytest.raises(ValueError, match="train_towers=True or augment=None"):
         ScreenSpaceConfig(augment=ScreenAugment())
