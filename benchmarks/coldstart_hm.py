@@ -44,6 +44,7 @@ from mmrec.datasets import hm, mmrec_format
 from mmrec.evaluate import evaluate
 from mmrec.io import atomic_write_text
 from mmrec.recommender import MODELS, create_model
+from mmrec.report import mean_std
 from mmrec.splits import Split, cold_items
 from mmrec.train import TrainConfig
 
@@ -202,11 +203,6 @@ def run_warm(name: str, config: dict, split: Split, content: np.ndarray, seed: i
 
 
 # ------------------------------------------------------------------------------------------- reporting
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and population standard deviation (NaN when empty)."""
-    return (float(np.mean(values)), float(np.std(values))) if values else (math.nan, math.nan)
-
 
 def fmt(values: list[float]) -> str:
     mu, sd = mean_std(values)

@@ -28,75 +28,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate.utils import set_seed
 
-from mmrec.data import Interactions
 from mmrec.datasets import hm
 from mmrec.encoders import create_encoder, embed
-from mmrec.evaluate import EvalResult, evaluate
+from mmrec.evaluate import evaluate
+from mmrec.fusion.sequence import REPORTED, fit_and_test, target_warmth_report
 from mmrec.recommender import create_model
-from mmrec.splits import Split, leave_last_out
-from mmrec.train import TrainConfig
+from mmrec.report import mean_std
+from mmrec.splits import first_purchase_sequences, leave_last_out
 
 log = logging.getLogger("sequence_hm")
-REPORTED = ("hr@10", "ndcg@10")
-
-
-def purchase_sequences(root: str, min_purchases: int):
-    """``(catalog, interactions)`` of customers with ≥ ``min_purchases`` distinct articles, first purchases only."""
-    catalog, inter = hm.load(root, images=False)
-    # First purchase of each (customer, article), rows kept in file order (dates ascending) so that
-    # purchases of one day keep the file's order, as leave_last_out's tie rule expects.
-    _, first = np.unique(inter.users * inter.n_items + inter.items, return_index=True)
-    pairs = inter.select(np.sort(first))
-    keep = pairs.user_counts()[pairs.users] >= min_purchases
-    pairs = pairs.select(keep)
-    users, user_codes = np.unique(pairs.users, return_inverse=True)
-    items, item_codes = np.unique(pairs.items, return_inverse=True)
-    sub = Interactions(user_codes, item_codes, pairs.user_ids[users], pairs.item_ids[items],
-                       timestamps=pairs.timestamps, kinds=pairs.kinds)  # weights (units) are not used
-    return catalog.subset(items), sub
-
-
-def test_report(result: EvalResult, split: Split) -> dict:
-    """Mean test metrics over all users, and over users whose target article is warm / cold in training."""
-    seen = split.train.item_counts() > 0
-    target = np.zeros(split.test.n_users, dtype=np.int64)
-    target[split.test.users] = split.test.items
-    warm = seen[target[result.users]]
-    out = {"all": {m: result.metrics[m] for m in REPORTED}, "users": int(len(result.users)),
-           "cold_target_share": float(1 - warm.mean())}
-    for name, rows in (("warm", warm), ("cold", ~warm)):
-        out[name] = {m: float(result.per_user[m][rows].mean()) for m in REPORTED}
-    return out
-
-
-def run_sasrec(split: Split, config: dict, content: tuple[np.ndarray, np.ndarray] | None, seed: int,
-               train: dict, valid_users: np.ndarray | None, history: Interactions | None = None) -> dict:
-    """Fit one SASRec, early-stopped on valid NDCG@10 (of ``valid_users``); test after ``history`` (default:
-    the train + valid events)."""
-    set_seed(seed)
-    model = create_model("sasrec", split.train.n_users, split.train.n_items, config)
-    if content is not None:
-        model.set_content(*content)
-
-    def validate(m) -> dict[str, float]:
-        return evaluate(m, split, on="valid", ks=(10,), metrics=("hr", "ndcg"), users=valid_users).metrics
-
-    started = time.perf_counter()
-    result = model.fit(split.train, train_config=TrainConfig(seed=seed, early_stop_metric="ndcg@10", **train),
-                       evaluate_fn=validate)
-    seconds = time.perf_counter() - started
-    valid = validate(model)
-    model.set_history(split.train.concat(split.valid) if history is None else history)
-    test = evaluate(model, split, on="test", ks=(10,), metrics=("hr", "ndcg"), mask_valid_at_test=True)
-    return {"valid": {m: valid[m] for m in REPORTED}, "test": test_report(test, split),
-            "best_epoch": result.best_epoch, "epochs": result.epochs_run, "fit_seconds": seconds}
-
-
-def mean_std(runs: list[dict], part: str, metric: str) -> tuple[float, float]:
-    values = [r["test"][part][metric] for r in runs]
-    return float(np.mean(values)), float(np.std(values))
 
 
 def main() -> None:
@@ -127,7 +68,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    catalog, inter = purchase_sequences(args.hm, args.min_purchases)
+    catalog, inter = hm.load(args.hm, images=False)
+    codes, inter = first_purchase_sequences(inter, args.min_purchases)
+    catalog = catalog.subset(codes)
     split = leave_last_out(inter)
     log.info("%d customers, %d articles, %d purchases; train %d, valid %d, test %d", inter.n_users,
              inter.n_items, len(inter), len(split.train), len(split.valid), len(split.test))
@@ -151,11 +94,11 @@ def main() -> None:
 
     popular = create_model("most_popular", split.train.n_users, split.train.n_items)
     popular.fit(split.train)
-    results = {"most_popular": [{"test": test_report(evaluate(popular, split, on="test", ks=(10,),
+    results = {"most_popular": [{"test": target_warmth_report(evaluate(popular, split, on="test", ks=(10,),
                                                               metrics=("hr", "ndcg"), mask_valid_at_test=True), split)}]}
     for seed in args.seeds:  # seed-major: a cut-short run still holds paired comparisons
         for name, config in variants.items():
-            run = run_sasrec(split, config, content if config["use_content"] else None, seed, train, valid_users)
+            run = fit_and_test(split, config, content if config["use_content"] else None, seed, train, valid_users)
             results.setdefault(name, []).append(run)
             log.info("%s seed %d: valid %s, test %s, best epoch %s, %.0f s", name, seed, run["valid"],
                      run["test"]["all"], run["best_epoch"], run["fit_seconds"])
@@ -168,16 +111,18 @@ def main() -> None:
     print("| model | test HR@10 | test NDCG@10 | HR@10 warm targets | HR@10 cold targets | best epochs |")
     print("|---|---|---|---|---|---|")
     for name, runs in results.items():
-        cells = [mean_std(runs, "all", "hr@10"), mean_std(runs, "all", "ndcg@10"),
-                 mean_std(runs, "warm", "hr@10"), mean_std(runs, "cold", "hr@10")]
+        cells = [mean_std([r["test"][part][m] for r in runs])
+                 for part, m in (("all", "hr@10"), ("all", "ndcg@10"), ("warm", "hr@10"), ("cold", "hr@10"))]
         epochs = [r.get("best_epoch") for r in runs]
         print(f"| {name} | " + " | ".join(f"{mu:.4f} ± {sd:.4f}" for mu, sd in cells) + f" | {epochs} |")
     if {"sasrec_ids", "sasrec_content"} <= set(results):
         for part in ("all", "warm", "cold"):
-            ids = {m: mean_std(results["sasrec_ids"], part, m)[0] for m in REPORTED}
-            cells = [f"{m} ×{mean_std(results['sasrec_content'], part, m)[0] / ids[m]:.2f}" if ids[m] > 0 else f"{m} n/a (ID-only 0)"
-                     for m in REPORTED]
+            means = {name: {m: mean_std([r["test"][part][m] for r in results[name]])[0] for m in REPORTED}
+                     for name in ("sasrec_ids", "sasrec_content")}
+            ids, content = means["sasrec_ids"], means["sasrec_content"]
+            cells = [f"{m} ×{content[m] / ids[m]:.2f}" if ids[m] > 0 else f"{m} n/a (ID-only 0)" for m in REPORTED]
             print(f"content / ID-only ({part} targets): " + ", ".join(cells))
+
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """Next purchase from simulated app sessions with dwell (issue 6): SASRec on what the screen showed.
 
 Data: customers of the synthetic world (``--world synthetic``, default: ground truth of taste and sequence
-known, ``--users`` × ``--items``) or of H&M (``--world hm``: those of `sequence_hm.purchase_sequences`, ≥ 5
+known, ``--users`` × ``--items``) or of H&M (``--world hm``: those of `mmrec.splits.first_purchase_sequences`, ≥ 5
 distinct articles), first purchase of each item kept, with ≥ 3 purchase days; each one's last
 ``--max-items`` purchases drive one simulated app
 session (`mmrec.datasets.app_sim.simulate_session`, timeline only, nothing rendered): per basket (a purchase
@@ -39,11 +39,11 @@ from mmrec.datasets.synthetic import WorldConfig, make_world
 from mmrec.encoders import create_encoder, embed
 from mmrec.evaluate import evaluate
 from mmrec.events import dwell_weights
+from mmrec.fusion.sequence import REPORTED, fit_and_test, target_warmth_report
 from mmrec.recommender import create_model
-from mmrec.splits import Split
+from mmrec.report import mean_std
+from mmrec.splits import Split, first_purchase_sequences
 
-# run as a script, this file's folder is on sys.path: the H&M sequence benchmark's helpers import as a module
-from sequence_hm import REPORTED, mean_std, purchase_sequences, run_sasrec, test_report  # noqa: E402
 
 log = logging.getLogger("sequence_sim")
 VIEW, PURCHASE = KINDS.index("view"), KINDS.index("purchase")
@@ -123,7 +123,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     if args.world == "hm":
-        catalog, inter = purchase_sequences(args.hm, 5)
+        catalog, inter = hm.load(args.hm, images=False)
+        codes, inter = first_purchase_sequences(inter, 5)
+        catalog = catalog.subset(codes)
         texts = hm.article_texts(catalog)
     else:
         world = make_world(WorldConfig(seed=0, n_users=args.users, n_items=args.items, n_new_items=0,
@@ -150,10 +152,10 @@ def main() -> None:
         popular = create_model("most_popular", split.train.n_users, split.train.n_items)
         popular.fit(split.train)
         test = evaluate(popular, split, on="test", ks=(10,), metrics=("hr", "ndcg"), mask_valid_at_test=True)
-        results.setdefault("most_popular", []).append({"test": test_report(test, split)})
+        results.setdefault("most_popular", []).append({"test": target_warmth_report(test, split)})
         for name in args.variants:
             config = variants[name]
-            r = run_sasrec(split, config, content if config.get("use_content") else None, seed, train, None,
+            r = fit_and_test(split, config, content if config.get("use_content") else None, seed, train, None,
                            history=history)
             results.setdefault(name, []).append({**r, "data": stats})
             log.info("%s seed %d: %s", name, seed, r)
@@ -161,7 +163,7 @@ def main() -> None:
     print("| model | test HR@10 | test NDCG@10 | seeds |")
     print("|---|---|---|---|")
     for name, runs in results.items():
-        cells = ["{:.4f} ± {:.4f}".format(*mean_std(runs, "all", m)) for m in REPORTED]
+        cells = ["{:.4f} ± {:.4f}".format(*mean_std([r["test"]["all"][m] for r in runs])) for m in REPORTED]
         print(f"| {name} | {cells[0]} | {cells[1]} | {len(runs)} |")
 
 

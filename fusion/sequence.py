@@ -293,3 +293,54 @@ class SASRec(Recommender):
         table = self.item_repr()
         state = self.user_states(users, table)
         return state @ (table if items is None else table[items.to(self.device)]).t()
+
+
+# ------------------------------------------------------------------------ fitting and testing, by target
+
+REPORTED = ("hr@10", "ndcg@10")  # what the next-item benchmarks report
+
+
+def target_warmth_report(result, split, metrics: tuple[str, ...] = REPORTED) -> dict:
+    """Test metrics of an `mmrec.evaluate.EvalResult` over all users, and over users whose test target is
+    warm (bought in training) or cold (not), with the cold share: a content model should gain on cold."""
+    seen = split.train.item_counts() > 0
+    target = np.zeros(split.test.n_users, dtype=np.int64)
+    target[split.test.users] = split.test.items
+    warm = seen[target[result.users]]
+    out = {"all": {m: result.metrics[m] for m in metrics}, "users": int(len(result.users)),
+           "cold_target_share": float(1 - warm.mean())}
+    for name, rows in (("warm", warm), ("cold", ~warm)):
+        out[name] = {m: float(result.per_user[m][rows].mean()) for m in metrics}
+    return out
+
+
+def fit_and_test(split, config: dict, content: tuple[np.ndarray, np.ndarray] | None, seed: int, train: dict,
+                 valid_users: np.ndarray | None = None, history: Interactions | None = None) -> dict:
+    """Fit one `sasrec` through the one loop, early-stopped on valid NDCG@10 (of ``valid_users``, default
+    all), then rank the test targets after ``history`` (default: train + valid events), seen items masked;
+    valid metrics, `target_warmth_report` of test, best epoch and fit seconds."""
+    import time
+
+    from accelerate.utils import set_seed
+
+    from mmrec.evaluate import evaluate
+    from mmrec.recommender import create_model
+    from mmrec.train import TrainConfig
+
+    set_seed(seed)
+    model = create_model("sasrec", split.train.n_users, split.train.n_items, config)
+    if content is not None:
+        model.set_content(*content)
+
+    def validate(m) -> dict[str, float]:
+        return evaluate(m, split, on="valid", ks=(10,), metrics=("hr", "ndcg"), users=valid_users).metrics
+
+    started = time.perf_counter()
+    result = model.fit(split.train, train_config=TrainConfig(seed=seed, early_stop_metric="ndcg@10", **train),
+                       evaluate_fn=validate)
+    seconds = time.perf_counter() - started
+    valid = validate(model)
+    model.set_history(split.train.concat(split.valid) if history is None else history)
+    test = evaluate(model, split, on="test", ks=(10,), metrics=("hr", "ndcg"), mask_valid_at_test=True)
+    return {"valid": {m: valid[m] for m in REPORTED}, "test": target_warmth_report(test, split),
+            "best_epoch": result.best_epoch, "epochs": result.epochs_run, "fit_seconds": seconds}

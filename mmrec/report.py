@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 from PIL import Image
 
 from mmrec.data import Catalog
@@ -70,3 +71,10 @@ def write_page(path: str | os.PathLike, title: str, sections: Sequence[str]) -> 
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>")
     return atomic_write_text(path, page)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and population standard deviation over seeds (NaN, NaN for none), as the README tables give them."""
+    if not len(values):
+        return float("nan"), float("nan")
+    return float(np.mean(values)), float(np.std(values))

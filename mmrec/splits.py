@@ -154,3 +154,19 @@ def horizon(interactions: Interactions, *, days: int = 1, end: int | None = None
         raise ValueError(f"no interactions before the valid period (day {valid_start}); choose a later end")
     return Split(train, interactions.select((day >= valid_start) & (day < test_start)),
                  interactions.select((day >= test_start) & (day <= end)))
+
+
+def first_purchase_sequences(interactions: Interactions, min_items: int) -> tuple[np.ndarray, Interactions]:
+    """Each user's first event per item, for users with at least ``min_items`` distinct items: every later
+    target is then an item the user had not bought, so masking seen items never hides one. Rows keep the
+    table's order (dates ascending in H&M's file, so one day's purchases keep the file's order, as
+    `leave_last_out`'s tie rule expects); vocabularies are cut to those users and items. Returns the kept
+    item codes of the input (to cut a catalog with) and the re-coded interactions (weights not kept)."""
+    inter = interactions
+    _, first = np.unique(inter.users * inter.n_items + inter.items, return_index=True)
+    pairs = inter.select(np.sort(first))
+    pairs = pairs.select(pairs.user_counts()[pairs.users] >= min_items)
+    users, user_codes = np.unique(pairs.users, return_inverse=True)
+    items, item_codes = np.unique(pairs.items, return_inverse=True)
+    return items, Interactions(user_codes, item_codes, pairs.user_ids[users], pairs.item_ids[items],
+                               timestamps=pairs.timestamps, kinds=pairs.kinds)

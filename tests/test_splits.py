@@ -69,3 +69,16 @@ def test_cold_items_withholds_all_interactions_of_cold_items():
     assert np.isin(split.test.items, split.cold_test_items).all()
     assert len(split.valid) + len(split.test) == np.isin(inter.items, cold).sum()
     assert (split.train.user_counts()[split.test.users] > 0).all()
+
+
+def test_first_purchase_sequences_keep_first_events_of_users_with_enough_items():
+    from mmrec.splits import first_purchase_sequences
+
+    inter = Interactions(np.array([0, 0, 0, 0, 1, 1, 2, 2, 2]), np.array([3, 1, 3, 2, 0, 0, 1, 2, 3]),
+                         np.array(["a", "b", "c"], dtype=object), np.array(["i0", "i1", "i2", "i3"], dtype=object),
+                         timestamps=np.arange(9))
+    codes, sub = first_purchase_sequences(inter, 3)
+    assert codes.tolist() == [1, 2, 3] and list(sub.user_ids) == ["a", "c"]  # b bought one item twice
+    assert [(sub.user_ids[u], sub.item_ids[i]) for u, i in zip(sub.users, sub.items)] == [
+        ("a", "i3"), ("a", "i1"), ("a", "i2"), ("c", "i1"), ("c", "i2"), ("c", "i3")]
+    assert sub.timestamps.tolist() == [0, 1, 3, 6, 7, 8]  # the repeat of i3 (time 2) is dropped
