@@ -29,15 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _memory_mb() -> dict[str, float]:
-    fields = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                name, value = line.split(":")
-                fields[name] = int(value.split()[0]) / 1024
-    return fields
+from mmrec.report import process_memory_mib
 
 
 def _page(width: int, height: int, seed: int) -> np.ndarray:
@@ -95,7 +87,7 @@ def child(mode: str, path: str, batch_size: int, stall: float) -> dict[str, floa
     from mmrec.datasets.frames import video_frames
     import decord
 
-    base = _memory_mb()["VmRSS"]
+    base = process_memory_mib()["VmRSS"]
     frames, checksum = 0, 0
     start = time.perf_counter()
     if mode == "video_frames":
@@ -114,7 +106,7 @@ def child(mode: str, path: str, batch_size: int, stall: float) -> dict[str, floa
             checksum += int(batch[:, 0, 0, 0].astype(np.int64).sum())
             frames += len(batch)
     seconds = time.perf_counter() - start - stall
-    memory = _memory_mb()
+    memory = process_memory_mib()
     return {"frames": frames, "seconds": seconds, "fps": frames / seconds, "base_mb": base,
             "peak_mb": memory["VmHWM"], "growth_mb": memory["VmHWM"] - base, "checksum": checksum}
 

@@ -78,3 +78,18 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if not len(values):
         return float("nan"), float("nan")
     return float(np.mean(values)), float(np.std(values))
+
+
+def process_memory_mib() -> dict[str, float]:
+    """This process's resident memory now (``VmRSS``) and at its peak (``VmHWM``), in MiB, from
+    ``/proc/self/status`` (Linux); empty where that file does not exist."""
+    fields: dict[str, float] = {}
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    name, value = line.split(":")
+                    fields[name] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return fields

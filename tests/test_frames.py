@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 from mmrec.datasets import frames as frames_module
 from mmrec.datasets.frames import (Frame, FrameStats, image_folder_frames, iterator_frames, shard_frames,
                                    video_frames, write_frame_shards)
+from mmrec.report import process_memory_mib
 
 av = pytest.importorskip("av")
 pytest.importorskip("decord")
@@ -157,16 +158,6 @@ def test_closing_a_video_stream_early_stops_its_decoding_thread(videos):
     assert not any(t.name.startswith("decord") or t.name == "segments ahead" for t in threading.enumerate())
 
 
-def _memory_mb() -> dict[str, float]:
-    fields = {}
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                name, value = line.split(":")
-                fields[name] = int(value.split()[0]) / 1024
-    return fields
-
-
 def _reset_peak() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -189,7 +180,7 @@ def test_long_stream_memory_stays_bounded_even_with_a_stalled_consumer(tmp_path)
     for _ in video_frames(path, batch_size=batch, segment_frames=segment):  # warm-up: libraries, allocator pools
         pass
     has_peak = _reset_peak()
-    start = _memory_mb()["VmRSS"]
+    start = process_memory_mib()["VmRSS"]
     peak, count = start, 0
     for frame in video_frames(path, batch_size=batch, prefetch=prefetch, segment_frames=segment):
         if count == 0:
@@ -197,9 +188,9 @@ def test_long_stream_memory_stays_bounded_even_with_a_stalled_consumer(tmp_path)
         assert frame.index == count
         count += 1
         if count % 25 == 0:
-            peak = max(peak, _memory_mb()["VmRSS"])
+            peak = max(peak, process_memory_mib()["VmRSS"])
     if has_peak:
-        peak = max(peak, _memory_mb()["VmHWM"])
+        peak = max(peak, process_memory_mib()["VmHWM"])
     assert count == n
     bound = (segment + gop + (prefetch + 2) * batch) * frame_mb + 40  # a segment, queued batches, slack
     assert peak - start < bound, (f"RSS grew {peak - start:.0f} MB (bound {bound:.0f} MB, "
