@@ -14,6 +14,7 @@ Generators (the shape that won the H&M competition, plus content):
   for a customer without history).
 - `CoPurchase`: articles bought by the buyers of the customer's articles (item-to-item co-purchase).
 - `ColourVariants`: other articles of the same ``product_code`` as the customer's purchases.
+- `SegmentTrending`: bestsellers of the sections the customer buys in, weighted by their share there.
 - `ContentSimilar`: nearest articles to the customer's recency-weighted content profile (item vectors,
   e.g. MiniLM text or a UnifiedSpace) among articles sold lately or never sold — the only generator that
   reaches an article nobody bought yet.
@@ -215,6 +216,36 @@ class ColourVariants:
 
 
 @dataclass
+class SegmentTrending:
+    """Bestsellers of the customer's own segments: score(u, i) = the customer's share of purchases in
+    article i's ``attribute`` value (e.g. its section: ladies' basics, kids, men) × i's trending score."""
+
+    n: int = 24
+    window: int = 7
+    attribute: str = "section_name"
+    name: str = "segment_trending"
+
+    def generate(self, history: Purchases, users: np.ndarray, day: int, side: ItemSide) -> pd.DataFrame:
+        if self.attribute not in side.attributes:
+            return empty()
+        values = side.attributes[self.attribute]
+        mask = np.isin(history.users, users)
+        own = pd.DataFrame({"user": history.users[mask], "value": values[history.items[mask]]})
+        if not len(own):
+            return empty()
+        share = own.groupby(["user", "value"]).size() / own.groupby("user").size()
+        share = share.rename("share").reset_index()
+        trend = trending_scores(history, day, self.window)
+        sold = np.flatnonzero(trend > 0)
+        best = pd.DataFrame({"item": sold, "value": values[sold], "trend": trend[sold]})
+        best = best.sort_values(["value", "trend", "item"], ascending=[True, False, True], kind="stable")
+        best = best[best.groupby("value").cumcount() < self.n]
+        frame = share.merge(best, on="value")
+        frame["score"] = frame["share"] * frame["trend"]
+        return top_per_user(frame, self.n)
+
+
+@dataclass
 class ContentSimilar:
     """Articles nearest (cosine) to the customer's recency-weighted mean content vector, among articles
     sold in the last ``window`` days or never sold before ``day`` (new articles). Needs ``side.vectors``;
@@ -256,7 +287,7 @@ def content_pool(history: Purchases, day: int, window: int) -> np.ndarray:
 
 
 GENERATORS = {"repurchase": Repurchase, "trending": Trending, "copurchase": CoPurchase,
-              "colour_variants": ColourVariants, "content": ContentSimilar}
+              "colour_variants": ColourVariants, "segment_trending": SegmentTrending, "content": ContentSimilar}
 
 
 def generate_all(generators: list, history: Purchases, users: np.ndarray, day: int,

@@ -24,6 +24,8 @@ import pandas as pd
 from mmrec.fusion.candidates import ItemSide, Purchases, distinct, recency_weight, trending_scores
 
 FEATURE_GROUPS = ("generators", "customer", "article", "affinity", "content")
+# Column prefixes of the groups other than "generators" (whose columns are <generator>_score / _rank).
+FEATURE_PREFIXES = {"customer": ("c_",), "article": ("a_",), "affinity": ("ui_",), "content": ("content_sim",)}
 CATEGORICAL = ("product_type_name", "product_group_name", "colour_group_name", "index_name", "garment_group_name",
                "graphical_appearance_name", "section_name")
 
@@ -160,13 +162,13 @@ def group_sizes(users: np.ndarray) -> np.ndarray:
 class RankerConfig:
     """LightGBM lambdarank settings; ``seed`` drives bagging and feature sampling."""
 
-    n_estimators: int = 300
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_child_samples: int = 50
+    n_estimators: int = 500
+    learning_rate: float = 0.03
+    num_leaves: int = 15
+    min_child_samples: int = 20
     subsample: float = 0.8
     colsample_bytree: float = 0.8
-    early_stopping_rounds: int = 30
+    early_stopping_rounds: int = 50
     seed: int = 0
     n_jobs: int = 1
 

@@ -53,13 +53,13 @@ class PipelineConfig:
     """
 
     candidates: dict[str, int] = field(default_factory=lambda: {
-        "repurchase": 24, "trending": 48, "copurchase": 24, "colour_variants": 12, "content": 24})
+        "repurchase": 24, "trending": 48, "copurchase": 32, "colour_variants": 12, "content": 24})
     trending_window: int = 7
     copurchase_window: int = 28
     features: tuple[str, ...] = FEATURE_GROUPS
     content: str = "minilm"
     horizon_days: int = 1
-    label_windows: int = 1
+    label_windows: int = 3
     ranker: RankerConfig = field(default_factory=RankerConfig)
 
     def __post_init__(self) -> None:
@@ -77,7 +77,8 @@ class PipelineConfig:
 
     def generators(self) -> list:
         """The enabled generators, in a fixed order."""
-        windows = {"trending": {"window": self.trending_window}, "copurchase": {"window": self.copurchase_window}}
+        windows = {"trending": {"window": self.trending_window}, "copurchase": {"window": self.copurchase_window},
+                   "segment_trending": {"window": self.trending_window}}
         return [GENERATORS[name](n=n, **windows.get(name, {})) for name, n in self.candidates.items() if n > 0]
 
 
@@ -97,7 +98,12 @@ def customer_ages(customers: pd.DataFrame | None, user_ids: np.ndarray) -> np.nd
 
 
 class NextPurchase:
-    """A fitted pipeline: generators, ranker and the purchase history it recommends from."""
+    """A fitted pipeline: generators, ranker and the purchase history it recommends from.
+
+    Only customers with purchase history are ranked (and are the ranker's training rows): for a customer
+    without any, the candidates are the trending list and the ranker could only reorder it by article
+    features, which on valid did worse than the trending order itself; they get trending.
+    """
 
     def __init__(self, config: PipelineConfig, side: ItemSide, ages: np.ndarray | None = None,
                  ranker: Ranker | None = None) -> None:
@@ -115,48 +121,84 @@ class NextPurchase:
         return features(cands, history, day, self.side, self.ages, self.config.features)
 
     def labelled(self, purchases: Purchases, day: int) -> pd.DataFrame:
-        """The training table of the label window starting on ``day``: its buyers' candidates and features,
-        ``label`` 1 where the customer bought the article in the window."""
+        """The table of the label window starting on ``day``: candidates and features of its buyers who have
+        history, ``label`` 1 where the customer bought the article in the window."""
         truth = window(purchases, day, self.config.horizon_days)
-        frame = self.table(purchases, np.unique(truth.users), day)
+        users = with_history(purchases, np.unique(truth.users), day)
+        frame = self.table(purchases, users, day)
         bought = pd.DataFrame({"user": truth.users, "item": truth.items, "label": 1}).drop_duplicates()
         frame = frame.merge(bought, on=["user", "item"], how="left")
         frame["label"] = frame["label"].fillna(0).astype(np.int32)
         return frame
 
-    def training_set(self, purchases: Purchases, last_day: int) -> pd.DataFrame:
-        """Label windows ending with the one starting on ``last_day`` (``label_windows`` of them), stacked;
-        users are offset per window so each window's customers are their own query groups."""
-        h, frames = self.config.horizon_days, []
-        for j in range(self.config.label_windows):
-            frame = self.labelled(purchases, last_day - j * h)
-            frame["user"] = frame["user"] + j * purchases.n_users
-            frames.append(frame)
-        return pd.concat(frames[::-1], ignore_index=True)
+    def label_days(self, last_day: int) -> list[int]:
+        """Starts of the ``label_windows`` label windows ending with the one starting on ``last_day``."""
+        h = self.config.horizon_days
+        return [last_day - j * h for j in range(self.config.label_windows)][::-1]
 
     # -- fitting and ranking ------------------------------------------------------------------------
     def fit(self, purchases: Purchases, last_label_day: int, *, valid_day: int | None = None,
-            rounds: int | None = None) -> "NextPurchase":
+            rounds: int | None = None, tables: dict[int, pd.DataFrame] | None = None) -> "NextPurchase":
         """Train the ranker on the label windows up to ``last_label_day``; with ``valid_day`` stop early on
-        that window, with ``rounds`` use that many trees."""
-        train = self.training_set(purchases, last_label_day)
-        valid = self.labelled(purchases, valid_day) if valid_day is not None else None
+        that window, with ``rounds`` use that many trees. ``tables`` reuses `labelled` tables by day."""
+        tables = {} if tables is None else tables
+        for day in self.label_days(last_label_day) + ([valid_day] if valid_day is not None else []):
+            if day not in tables:
+                tables[day] = self.labelled(purchases, day)
+        train = stack([tables[d] for d in self.label_days(last_label_day)], purchases.n_users)
+        valid = tables[valid_day] if valid_day is not None else None
         self.ranker = Ranker(self.config.ranker).fit(train, valid, rounds=rounds)
         return self
 
     def recommend(self, purchases: Purchases, users: np.ndarray, day: int, k: int = K) -> np.ndarray:
-        """``[len(users), k]`` item codes for the window starting on ``day`` (purchases before it are read),
-        ranker order, then trending to fill; -1 only where nothing at all is known."""
+        """``[len(users), k]`` item codes for the window starting on ``day`` (purchases before it are read):
+        ranker order for customers with history, then trending to fill (trending alone for the others)."""
+        users = np.asarray(users, dtype=np.int64)
         scored = self.scored(purchases, users, day)
         fill, _ = Trending(n=k, window=self.config.trending_window).top_items(purchases.before(day), day)
-        return top_k(scored, np.asarray(users, dtype=np.int64), k, fill)
+        return top_k(scored, users, k, fill)
 
-    def scored(self, purchases: Purchases, users: np.ndarray, day: int) -> pd.DataFrame:
-        """``user, item, score`` of every candidate (ranker scores)."""
+    def scored(self, purchases: Purchases, users: np.ndarray, day: int,
+               table: pd.DataFrame | None = None) -> pd.DataFrame:
+        """``user, item, score`` (ranker scores) of the candidates of ``users`` who have history."""
         if self.ranker is None:
             raise ValueError("the pipeline's ranker is not fitted")
-        frame = self.table(purchases, users, day)
-        return pd.DataFrame({"user": frame["user"], "item": frame["item"], "score": self.ranker.predict(frame)})
+        if table is None:
+            table = self.table(purchases, with_history(purchases, users, day), day)
+        return pd.DataFrame({"user": table["user"], "item": table["item"], "score": self.ranker.predict(table)})
+
+
+def with_history(purchases: Purchases, users: np.ndarray, day: int) -> np.ndarray:
+    """The customers of ``users`` with at least one purchase before ``day``."""
+    users = np.asarray(users, dtype=np.int64)
+    return users[np.isin(users, purchases.users[purchases.days < day])]
+
+
+def stack(tables: list[pd.DataFrame], n_users: int) -> pd.DataFrame:
+    """Label windows' tables stacked, user codes offset per window so each window's customers are their own
+    query groups."""
+    frames = []
+    for j, table in enumerate(tables):
+        table = table.copy()
+        table["user"] = table["user"] + j * n_users
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True)
+
+
+def restrict(table: pd.DataFrame, generators: list[str], groups: tuple[str, ...]) -> pd.DataFrame:
+    """``table`` as a pipeline with only ``generators`` and feature ``groups`` would have built it: rows no
+    kept generator proposed are dropped with the other generators' columns and the other groups' features
+    (every non-generator feature depends on its own row only, so this equals a fresh build; tested)."""
+    from mmrec.fusion.ranker import FEATURE_PREFIXES
+
+    gens = sorted({c.rsplit("_", 1)[0] for c in table.columns if c.endswith("_rank")})
+    kept = table[table[[f"{g}_rank" for g in generators]].notna().any(axis=1)] if generators else table.iloc[:0]
+    drop = [c for g in gens if g not in generators for c in (f"{g}_score", f"{g}_rank")]
+    if "generators" not in groups:
+        drop += [c for g in generators for c in (f"{g}_score", f"{g}_rank")]
+    drop += [c for group, prefixes in FEATURE_PREFIXES.items() if group not in groups
+             for c in table.columns if c.startswith(prefixes)]
+    return kept.drop(columns=drop).reset_index(drop=True)
 
 
 def window(purchases: Purchases, start: int, days: int) -> Purchases:
@@ -234,16 +276,17 @@ def run(purchases: Purchases, side: ItemSide, config: PipelineConfig, *, test_st
     report: dict[str, Any] = {"config": {"valid_start": str(np.datetime64(valid_start, "D")),
                                          "test_start": str(np.datetime64(test_start, "D")), "horizon_days": h}}
     started = time.perf_counter()
-    chosen = NextPurchase(config, side, ages).fit(purchases, valid_start - h, valid_day=valid_start)
+    tables: dict[int, pd.DataFrame] = {}
+    chosen = NextPurchase(config, side, ages).fit(purchases, valid_start - h, valid_day=valid_start, tables=tables)
     rounds = chosen.ranker.best_iteration
     report["ranker"] = {"best_iteration": rounds, "importances": chosen.ranker.importances()}
-    tested = NextPurchase(config, side, ages).fit(purchases, valid_start, rounds=rounds)
+    tested = NextPurchase(config, side, ages).fit(purchases, valid_start, rounds=rounds, tables=tables)
     for name, start, model in (("valid", valid_start, chosen), ("test", test_start, tested)):
         report[name] = day_report(model, purchases, start)
     report["fit_seconds"] = time.perf_counter() - started
     if not refit_all:
         return tested, report
-    deployed = NextPurchase(config, side, ages).fit(purchases, test_start, rounds=rounds)
+    deployed = NextPurchase(config, side, ages).fit(purchases, test_start, rounds=rounds, tables=tables)
     report["refit"] = {"last_label_day": str(np.datetime64(test_start, "D")), "rounds": rounds,
                        "history_rows": len(purchases)}
     return deployed, report

@@ -195,3 +195,18 @@ def test_refit_all_fits_a_fresh_model_on_every_row(name):
     if report.get("best_epoch") is not None:
         assert refit["refit"]["epochs"] == report["best_epoch"] + 1
     assert refit["test"] == report["test"]  # the reported metrics are those of the chosen point
+
+
+def test_restrict_equals_a_pipeline_built_without_those_generators_and_features():
+    from mmrec.pipeline import restrict
+
+    inter, catalog = shop()
+    purchases = Purchases.from_interactions(inter)
+    side = item_side(catalog, vectors())
+    day = DAY0 + 6
+    full = NextPurchase(small_config(), side).labelled(purchases, day)
+    fewer = small_config(candidates={"repurchase": 10, "trending": 10, "content": 5},
+                         features=("generators", "customer", "affinity"))
+    built = NextPurchase(fewer, side).labelled(purchases, day)
+    cut = restrict(full, ["repurchase", "trending", "content"], fewer.features)
+    pd.testing.assert_frame_equal(cut, built, check_dtype=False)
