@@ -44,6 +44,7 @@ from mmrec.config import to_dict
 from mmrec.data import KINDS, Catalog, Interactions
 from mmrec.datasets import screens
 from mmrec.io import atomic_path, atomic_write_text
+from mmrec.skips import Skips
 
 logger = logging.getLogger(__name__)
 
@@ -395,7 +396,7 @@ class PhotoCache:
     def __init__(self, catalog: Catalog, max_size: tuple[int, int], capacity: int = 64) -> None:
         self.catalog, self.max_size, self.capacity = catalog, max_size, capacity
         self._cache: OrderedDict[int, Image.Image | None] = OrderedDict()
-        self.skipped: dict[str, int] = {}
+        self.skipped = Skips(max_examples=1)  # {item id: photo loads that failed}
 
     def __call__(self, code: int) -> Image.Image | None:
         if code in self._cache:
@@ -421,7 +422,7 @@ class PhotoCache:
             item_id = str(self.catalog.ids[code])
             if item_id not in self.skipped:
                 logger.warning("item %s: image %s does not load (%s); drawing a placeholder", item_id, path, err)
-            self.skipped[item_id] = self.skipped.get(item_id, 0) + 1
+            self.skipped.add(item_id, f"{path}: {err}")
             return None
 
 

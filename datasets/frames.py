@@ -37,6 +37,7 @@ from PIL import Image
 
 from mmrec.datasets.shards import _expand_urls, _tar_samples, _write_tar, decode_rgb, shard_name
 from mmrec.io import atomic_write
+from mmrec.skips import Skips
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,7 @@ class FrameStats:
     def __init__(self, name: str = "frames", max_logged: int = 5) -> None:
         self.name, self.max_logged = name, max_logged
         self.read = 0
-        self.skips: dict[str, int] = {}
-        self.examples: list[tuple[str, str]] = []
+        self.skips = Skips(max_examples=max_logged)  # {reason: count}, first details per reason
         self._lock = threading.Lock()
 
     def record_read(self) -> None:
@@ -94,9 +94,7 @@ class FrameStats:
             raise ValueError(f"unknown skip reason {reason!r}; known: {sorted(SKIP_REASONS)}")
         with self._lock:
             seen = self.skips.get(reason, 0)
-            self.skips[reason] = seen + count
-            if len(self.examples) < self.max_logged:
-                self.examples.append((reason, detail))
+            self.skips.add(reason, detail, count)
         where = " ".join(f"{k}={v}" for k, v in (("key", key), ("url", url)) if v is not None)
         if seen < self.max_logged:
             logger.warning("%s: skipped %d (%s: %s) %s %s", self.name, count, reason, SKIP_REASONS[reason], where,
@@ -107,7 +105,7 @@ class FrameStats:
     @property
     def skipped(self) -> int:
         """All skipped frames (a damaged or unreadable shard counts one)."""
-        return sum(self.skips.values())
+        return self.skips.total
 
     def log_summary(self) -> None:
         """Log frames read and skips by reason (at warning level when anything was skipped)."""

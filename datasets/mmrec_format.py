@@ -82,7 +82,10 @@ def load(folder: str | os.PathLike, name: str | None = None) -> MMRecData:
                                 timestamps=table.get("timestamp"))
     features = {}
     for path in sorted(folder.glob("*.npy")):
-        array = np.load(path, allow_pickle=False)
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, EOFError, OSError) as err:  # empty, truncated, garbled or a pickle
+            raise ValueError(f"{path}: not a readable .npy feature matrix ({err})") from None
         _check_features(path, array, len(item_ids))
         features[path.name] = array
     logger.info("MMRec %s: %d interactions, %d users, %d items, features %s", inter_path, len(interactions),

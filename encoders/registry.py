@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -196,7 +198,14 @@ def create_encoder(spec: str, modality: str | None = None, *, device: str | torc
     dtype = resolve_dtype(dev, precision)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = family.builder(parsed, modality=build_modality, device=dev, dtype=dtype, seed=seed, **options)
+        try:
+            encoder = family.builder(parsed, modality=build_modality, device=dev, dtype=dtype, seed=seed, **options)
+        except pickle.UnpicklingError as err:  # torch.load(weights_only=True) met a pickled callable
+            blocked = next((part.strip() for part in re.split(r"[;\n]", str(err)) if "GLOBAL" in part), "")
+            raise EncoderSourceError(
+                f"encoder spec {spec!r}: the weights file {parsed.weights} holds Python objects that could run "
+                f"code, and the weights-only loader refused it{f' ({blocked})' if blocked else ''}; give a "
+                f"safetensors file or a plain tensor state dict") from None
     logger.info("built %r on %s (%s)", encoder, dev, dtype)
     if wanted == "screen":
         from mmrec.encoders.screenshot import ScreenshotEncoder

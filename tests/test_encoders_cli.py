@@ -87,3 +87,28 @@ def test_errors_are_reported_with_exit_code_2(hm_folder, tmp_path, capsys, monke
     assert main(["embed", "--data", str(tmp_path / "nowhere"), "--encoder", "timm:resnet18@random",
                  "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("echo should-never-run",))
+
+
+def test_weights_the_weights_only_loader_blocks_are_one_line_exit_2(hm_folder, tmp_path, capsys):
+    """A checkpoint holding a pickled callable: the weights-only loader refuses it, the CLI says so in one
+    line naming the file (no traceback), and nothing runs."""
+    import torch
+
+    data, _, spec = hm_folder
+    evil = tmp_path / "evil.pt"
+    torch.save({"visual.proj": torch.zeros(1), "payload": _Evil()}, evil)
+    config = spec.removeprefix("openclip:").removesuffix("@random")
+    assert main(["embed", "--data", str(data), "--encoder", f"openclip:{config}@{evil}", "--modality", "image",
+                 "--out", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mmrec embed: error:") and "Traceback" not in captured.err
+    assert str(evil) in lines[0] and "weights-only loader refused" in lines[0]
+    assert "should-never-run" not in captured.out + captured.err

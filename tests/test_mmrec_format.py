@@ -204,3 +204,15 @@ def test_saving_over_a_split_is_atomic_and_a_damaged_one_is_refused(tmp_path: Pa
     (tmp_path / "s" / "toy.inter").write_text("userID\titemID\ttimestamp\tx_label\n0\t0\t0\t0\n")
     with pytest.raises(ValueError, match=r"toy\.inter"):
         mf.load(tmp_path / "s")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", None])
+def test_a_damaged_feature_file_is_named(tmp_path: Path, content) -> None:
+    mf.save(tmp_path / "s", "toy", small_split())
+    path = tmp_path / "s" / "image_feat.npy"
+    if content is None:  # a pickled object array: never loaded
+        np.save(path, np.array([{"a": 1}] * 4, dtype=object), allow_pickle=True)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"image_feat\.npy: not a readable \.npy"):
+        mf.load(tmp_path / "s")

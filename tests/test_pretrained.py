@@ -203,3 +203,20 @@ def test_library_only_cold_start_save_load_add_items_from_a_plain_catalog(tmp_pa
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert set(out.stdout.strip().split(",")) == {"n1", "n2"}
+
+
+def test_saved_files_get_the_modes_a_plain_write_would(tmp_path):
+    """Weights and JSON alike follow the umask (a temporary file is made 0600; the rename must not keep it)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        model = create_model("bpr", 12, 9, {"dim": 4})
+        model.remember(tiny_interactions())
+        folder = model.save_pretrained(tmp_path / "model")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {
+        name: 0o644 for name in ("config.json", "vocab.json", "model.safetensors", MANIFEST_FILE)}
