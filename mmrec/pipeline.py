@@ -10,12 +10,16 @@ and keeps every purchase as history, so the saved model answers for the day afte
 
 Library use::
 
-    from mmrec.pipeline import NextPurchase, PipelineConfig, run, item_side
-    model, report = run(purchases, side, config, test_start=day, refit_all=True)
-    model.recommend(users, k=12)
+    from mmrec.datasets import hm
+    from mmrec.pipeline import PipelineConfig, train
+    catalog, interactions = hm.load("../shared/data/hm", images=False)
+    model, report = train(interactions, catalog, PipelineConfig(), refit_all=True)
+    codes, scores = model.recommend(user_codes, k=12)
+    model.save_pretrained("out/pipeline")   # Recommender.from_pretrained("out/pipeline") loads it
 
-``PipelineModel`` (registered as ``pipeline``) is that model as a `Recommender`, saved and loaded like
-every other model (``mmrec train pipeline``, ``mmrec recommend``).
+`train` returns ``PipelineModel`` (registered as ``pipeline``): the pipeline as a `Recommender`, saved
+and loaded like every other model (``mmrec train pipeline``, ``mmrec recommend``). `run` is the same
+protocol on `Purchases` and an `ItemSide`, returning the `NextPurchase` object itself.
 """
 from __future__ import annotations
 
@@ -47,17 +51,20 @@ class PipelineConfig:
     ``candidates``: generator name → candidates per customer (0 or absent = generator off; names in
     `mmrec.fusion.candidates.GENERATORS`). ``trending_window`` / ``copurchase_window``: days of purchases the
     trending and co-purchase generators count. ``features``: the ranker's feature groups. ``content``: the
-    encoder of the item content vectors (``"minilm"``; ``""`` = no content). ``horizon_days``: the length of
-    a label window (a day here; a week on the full download). ``label_windows``: label windows the ranker
-    trains on.
+    encoder of the item content vectors (``"minilm"``; ``""`` = no content). The defaults are what was
+    chosen on the H&M valid day (benchmarks/next_purchase.py): segment trending and content (MiniLM
+    candidates and similarity feature) did not add there, so they are off; ``{"content": 24}`` in
+    ``candidates``, ``"content"`` in ``features`` and ``content: minilm`` turn content on.
+    ``horizon_days``: the length of a label window (a day here; a week on the full download).
+    ``label_windows``: label windows the ranker trains on.
     """
 
     candidates: dict[str, int] = field(default_factory=lambda: {
-        "repurchase": 24, "trending": 48, "copurchase": 32, "colour_variants": 12, "content": 24})
+        "repurchase": 24, "trending": 48, "copurchase": 32, "colour_variants": 12})
     trending_window: int = 7
     copurchase_window: int = 28
-    features: tuple[str, ...] = FEATURE_GROUPS
-    content: str = "minilm"
+    features: tuple[str, ...] = ("generators", "customer", "article", "affinity")
+    content: str = ""
     horizon_days: int = 1
     label_windows: int = 3
     ranker: RankerConfig = field(default_factory=RankerConfig)
@@ -328,6 +335,8 @@ class PipelineModel(Recommender):
     """
 
     config_class = PipelineConfig
+    # Callers choosing a default for exclude_seen (the CLI) should keep bought articles for this model.
+    excludes_seen_by_default = False
 
     def __init__(self, config: PipelineConfig, n_users: int, n_items: int) -> None:
         super().__init__(config, n_users, n_items)
@@ -480,8 +489,12 @@ def train(interactions: Interactions, catalog: Catalog, config: PipelineConfig |
         raise ValueError("no purchases to train the pipeline on")
     last = int(purchases.days.max())
     test_start = last - config.horizon_days + 1 if test_start is None else int(test_start)
-    if vectors is None and config.content and ("content" in config.features or config.candidates.get("content")):
-        from mmrec.fusion.cold_vae import content_vectors
+    wants_content = "content" in config.features or config.candidates.get("content", 0) > 0
+    if wants_content and vectors is None and not config.content:
+        raise ValueError("the pipeline config asks for content (a content generator or feature) but names no "
+                         "content encoder: set content: minilm (or pass vectors)")
+    if vectors is None and config.content and wants_content:
+        from mmrec.content import content_vectors
 
         vectors = content_vectors(catalog, config.content, cache=content_cache)
     side = item_side(catalog, vectors)

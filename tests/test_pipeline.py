@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mmrec.data import Catalog, Interactions
-from mmrec.fusion.candidates import (ContentSimilar, ItemSide, Purchases, Repurchase, Trending, empty,
+from mmrec.fusion.candidates import (ContentSimilar, Purchases, Repurchase, Trending, empty,
                                      generate_all)
 from mmrec.fusion.ranker import RankerConfig, features
 from mmrec.pipeline import NextPurchase, PipelineConfig, PipelineModel, item_side, train
@@ -210,3 +210,57 @@ def test_restrict_equals_a_pipeline_built_without_those_generators_and_features(
     built = NextPurchase(fewer, side).labelled(purchases, day)
     cut = restrict(full, ["repurchase", "trending", "content"], fewer.features)
     pd.testing.assert_frame_equal(cut, built, check_dtype=False)
+
+
+def write_hm_folder(root, inter: Interactions, catalog: Catalog) -> None:
+    """The synthetic shop in H&M's file layout (articles.csv, transactions_train.csv)."""
+    import csv
+
+    from conftest import ARTICLE_HEADER
+
+    root.mkdir()
+    with open(root / "articles.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(ARTICLE_HEADER)
+        for i, item_id in enumerate(catalog.ids):
+            row = {h: "x" for h in ARTICLE_HEADER}
+            row.update(article_id=item_id, product_code=catalog.attributes["product_code"][i],
+                       prod_name=catalog.titles[i], product_group_name=catalog.attributes["product_group_name"][i],
+                       index_name=catalog.attributes["index_name"][i], detail_desc="")
+            w.writerow([row[h] for h in ARTICLE_HEADER])
+    with open(root / "transactions_train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["t_dat", "customer_id", "article_id", "price", "sales_channel_id"])
+        for u, i, t in zip(inter.users, inter.items, inter.timestamps):
+            w.writerow([str(np.datetime64(int(t), "s").astype("datetime64[D]")), inter.user_ids[u], inter.item_ids[i],
+                        "0.01", "2"])
+
+
+def test_cli_train_pipeline_refit_all_then_recommend_answers_everyone(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    inter, catalog = shop()
+    write_hm_folder(tmp_path / "hm", inter, catalog)
+    (tmp_path / "run.yaml").write_text(
+        "candidates: {repurchase: 10, trending: 12, copurchase: 10, colour_variants: 5}\n"
+        "ranker: {n_estimators: 20, min_child_samples: 5, early_stopping_rounds: 5}\n")
+    out = tmp_path / "model"
+    cmd = [sys.executable, "-m", "mmrec", "train", "pipeline", "--data", str(tmp_path / "hm"), "--refit-all",
+           "--no-content", "--config", str(tmp_path / "run.yaml"), "--out", str(out), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["refit"]["rounds"] >= 1 and "map@12" in report["test"]["pipeline"]
+    wanted = ["c000", "c007", "ghost", "never-seen-customer"]
+    (tmp_path / "users.txt").write_text("\n".join(wanted) + "\n")
+    done = subprocess.run([sys.executable, "-m", "mmrec", "recommend", "--model", str(out), "--users",
+                           str(tmp_path / "users.txt"), "--k", "12", "--json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    assert set(answer["recommendations"]) == set(wanted)
+    assert all(len(items) == 12 for items in answer["recommendations"].values())
+    # 'ghost' bought nothing, so it is not in the transactions file either: both are unknown to the model
+    assert answer["fallback"]["kind"] == "trending"
+    assert answer["fallback"]["users"] == ["ghost", "never-seen-customer"]
