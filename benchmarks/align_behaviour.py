@@ -30,20 +30,11 @@ from mmrec.datasets import hm, mmrec_format
 from mmrec.encoders import create_encoder, embed
 from mmrec.evaluate import evaluate
 from mmrec.experiment import run
-from mmrec.fusion.alignment import CatalogPairs, align, retrieval_metrics
-from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+from mmrec.fusion.alignment import CatalogPairs, align, retrieval_metrics, split_by_group
+from mmrec.space import TowerConfig, UnifiedSpace, space_preset
 from mmrec.train import TrainConfig
 
 log = logging.getLogger("align_behaviour")
-
-
-def product_split(products: np.ndarray, seed: int, shares: tuple[float, float] = (0.1, 0.1)):
-    """Row indices of align-train / valid / test, disjoint by product code."""
-    unique = np.random.default_rng(seed).permutation(np.unique(products))
-    n_valid, n_test = (int(len(unique) * s) for s in shares)
-    valid_p, test_p = set(unique[:n_valid]), set(unique[n_valid:n_valid + n_test])
-    where = np.array([2 if p in test_p else 1 if p in valid_p else 0 for p in products])
-    return np.flatnonzero(where == 0), np.flatnonzero(where == 1), np.flatnonzero(where == 2)
 
 
 def one_seed(seed: int, split, text: torch.Tensor, products: np.ndarray, epochs: int) -> dict:
@@ -53,14 +44,15 @@ def one_seed(seed: int, split, text: torch.Tensor, products: np.ndarray, epochs:
                                                   progress=False))
     with torch.no_grad():
         behaviour = lightgcn.embeddings()[1].detach().clone()
-    train_rows, valid_rows, test_rows = product_split(products, seed)
+    held = split_by_group(products, {"valid": 0.1, "test": 0.1}, seed=seed)  # shares of the products
+    train_rows, valid_rows, test_rows = (np.sort(held[name]) for name in ("train", "valid", "test"))
     mask = np.zeros(len(text), dtype=bool)
     mask[train_rows] = True
 
     torch.manual_seed(seed)
-    space = UnifiedSpace(SpaceConfig(towers={"text": TowerConfig(input_dim=text.shape[1]),
-                                             "behaviour": TowerConfig(input_dim=behaviour.shape[1])},
-                                     dim=256, adapter="mlp", pairs=("text-behaviour",)))
+    # MiniLM's vectors are computed once outside (cached), so the text modality takes them as inputs
+    space = UnifiedSpace(space_preset("text-behaviour", towers={"text": TowerConfig(input_dim=text.shape[1]),
+                                                                "behaviour": TowerConfig(input_dim=behaviour.shape[1])}))
     data = CatalogPairs({}, {}, {}, vectors={"text": (text, np.ones(len(text), bool)), "behaviour": (behaviour, mask)},
                         pairs=["text-behaviour"])
 

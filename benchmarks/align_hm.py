@@ -27,26 +27,11 @@ import torch.nn.functional as F
 
 from mmrec.datasets import hm, mmrec_format
 from mmrec.evaluate import evaluate
-from mmrec.fusion.alignment import CatalogPairs, align, retrieval_metrics
-from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+from mmrec.fusion.alignment import CatalogPairs, RetrievalValidator, align, retrieval_metrics, space_vectors, split_by_group
+from mmrec.space import UnifiedSpace, space_preset
 from mmrec.train import TrainConfig
 
 log = logging.getLogger("align_hm")
-
-
-def split_by_product(catalog, n_test: int, n_valid: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Item codes (with a photo) of train / valid / test, disjoint by product_code."""
-    has_image = np.array([p is not None for p in catalog.image_paths])
-    products = catalog.attributes["product_code"]
-    order = np.random.default_rng(seed).permutation(np.unique(products[has_image]))
-    by_product: dict[str, list[int]] = {}
-    for code in np.flatnonzero(has_image):
-        by_product.setdefault(products[code], []).append(code)
-    test, valid, train = [], [], []
-    for product in order:
-        target = test if len(test) < n_test else valid if len(valid) < n_valid else train
-        target.extend(by_product[product])
-    return np.array(train), np.array(valid), np.array(test)
 
 
 def zero_shot(space: UnifiedSpace, image_vectors: torch.Tensor, labels: np.ndarray, template: str) -> dict:
@@ -102,43 +87,31 @@ def main() -> None:
 
     catalog, _ = hm.load(args.hm, transactions=False)
     texts = hm.article_texts(catalog)
-    train, valid, test = split_by_product(catalog, 2000, 1000, args.seed)
+    has_image = np.array([p is not None for p in catalog.image_paths])
+    held = split_by_group(catalog.attributes["product_code"], {"test": 2000, "valid": 1000}, seed=args.seed,
+                          eligible=has_image)
+    train, valid, test = held["train"], held["valid"], held["test"]
     log.info("items with photo: train %d, valid %d, test %d", len(train), len(valid), len(test))
 
-    vit = {"model_kwargs": {"img_size": [96, 64], "patch_size": 8, "embed_dim": 192, "depth": 4, "num_heads": 3}}
-    config = SpaceConfig(towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", vit, True),
-                                 "text": TowerConfig("minilm")}, dim=256, adapter="mlp")
-    space = UnifiedSpace(config)
+    space = UnifiedSpace(space_preset("lit-tiny-vit"))
     started = time.perf_counter()
     data = CatalogPairs.from_catalog(space, catalog, texts=texts, cache=args.cache)
     log.info("decoded photos and embedded texts in %.0f s", time.perf_counter() - started)
-    text_features, _ = data.features["text"]
-    pixels, _ = data.pixels["image"]
-    normalize = data.normalize["image"]
     data.rows = train
 
-    def image_vectors(s: UnifiedSpace, codes: np.ndarray) -> torch.Tensor:
-        with torch.no_grad():
-            out_ = [s.project("image", s.encoders["image"].encode(normalize(pixels[codes[i:i + 512]].float() / 255)))
-                    for i in range(0, len(codes), 512)]
-        return torch.cat(out_)
-
-    def validate(s: UnifiedSpace) -> dict[str, float]:
-        with torch.no_grad():
-            found = retrieval_metrics(s.project("text", text_features[valid]), image_vectors(s, valid))
-        return {f"t2i_{k}": v for k, v in found.items()}
+    def vectors(s: UnifiedSpace, modality: str, codes: np.ndarray) -> torch.Tensor:
+        return space_vectors(s, data.batches(codes), modality)[0]
 
     started = time.perf_counter()
     result = align(space, data, TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                             seed=args.seed, patience=3,
                                             early_stop_metric="t2i_recall@10", progress=False),
-                   evaluate_fn=validate)
+                   evaluate_fn=RetrievalValidator(data.batches(valid), [("text", "image")]))
     train_seconds = time.perf_counter() - started
     space.save_pretrained(out / "space")
 
-    with torch.no_grad():
-        img_test, txt_test = image_vectors(space, test), space.project("text", text_features[test])
-        img_train = image_vectors(space, train)
+    img_test, txt_test = vectors(space, "image", test), vectors(space, "text", test)
+    img_train = vectors(space, "image", train)
     report = {"items": {"train": len(train), "valid": len(valid), "test": len(test)},
               "train_seconds": train_seconds, "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
               "samples_per_s": [h["samples_per_s"] for h in result.history],
@@ -156,11 +129,10 @@ def main() -> None:
     folder = Path(args.hm) / "mmrec" / "hm5core"
     split = mmrec_format.to_split(mmrec_format.load(folder))
     codes = catalog.index_of(mmrec_format.read_item_mapping(folder))
-    with torch.no_grad():
-        text_vec = space.project("text", text_features[codes])
-        has_image = torch.as_tensor(np.array([catalog.image_paths[c] is not None for c in codes]))
-        image_vec = torch.zeros_like(text_vec)
-        image_vec[has_image] = image_vectors(space, codes[has_image.numpy()])
+    text_vec = vectors(space, "text", codes)
+    has_photo = torch.as_tensor(has_image[codes])
+    image_vec = torch.zeros_like(text_vec)
+    image_vec[has_photo] = vectors(space, "image", codes[has_photo.numpy()])
     fused = F.normalize(text_vec + image_vec, dim=-1)
     knn = {}
     for name, vectors in (("image_only", image_vec), ("text_only", text_vec), ("fused", fused)):

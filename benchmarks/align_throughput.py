@@ -33,20 +33,18 @@ import numpy as np
 import torch
 
 from mmrec.fusion.alignment import CatalogPairs
-from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+from mmrec.space import TowerConfig, UnifiedSpace, space_preset, tiny_vit
 from mmrec.train import TrainConfig, fit
 
 TEXT_DIM = 384
 
 
 def build_space(args: argparse.Namespace) -> UnifiedSpace:
-    """A trainable tiny-ViT image tower + a tower-less 384-d text input, MLP adapters into ``args.dim``."""
-    vit = {"model_kwargs": {"img_size": args.image_size, "patch_size": args.patch_size,
-                            "embed_dim": args.embed_dim, "depth": args.depth, "num_heads": args.heads}}
+    """The ``lit-tiny-vit`` space sized by ``args``, its text a tower-less 384-d input, adapters into ``args.dim``."""
+    image = tiny_vit(args.image_size, patch=args.patch_size, width=args.embed_dim, depth=args.depth, heads=args.heads)
     torch.manual_seed(0)
-    return UnifiedSpace(SpaceConfig(towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", vit, True),
-                                            "text": TowerConfig(input_dim=TEXT_DIM)},
-                                    dim=args.dim, adapter="mlp", adapter_options={"hidden": 2 * args.dim}))
+    return UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": image, "text": TowerConfig(input_dim=TEXT_DIM)},
+                                     dim=args.dim, adapter_options={"hidden": 2 * args.dim}))
 
 
 def random_pairs(space: UnifiedSpace, n: int) -> CatalogPairs:

@@ -18,7 +18,7 @@ import torch
 
 from mmrec.fusion.alignment import CatalogPairs, align
 from mmrec.report import item_cards, write_page
-from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+from mmrec.space import UnifiedSpace, space_preset, tiny_vit
 from mmrec.train import TrainConfig
 
 DEFAULT_QUERIES = ("red floral summer dress", "black striped t-shirt", "blue checked jacket", "warm beige coat")
@@ -29,10 +29,9 @@ def synthetic_space(seed: int):
     from mmrec.datasets.synthetic import WorldConfig, make_world
 
     world = make_world(WorldConfig(seed=seed), Path(tempfile.gettempdir()) / "mmrec-synthetic")
-    vit = {"model_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
     torch.manual_seed(seed)
-    space = UnifiedSpace(SpaceConfig(towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", vit, True),
-                                             "text": TowerConfig("minilm")}, dim=64, adapter_options={"hidden": 128}))
+    space = UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": tiny_vit(32, width=64, depth=2, heads=2)},
+                                      dim=64, adapter_options={"hidden": 128}))
     data = CatalogPairs.from_catalog(space, world.catalog)
     align(space, data, TrainConfig(epochs=20, batch_size=32, lr=2e-3, seed=seed, progress=True))
     return world.catalog, space

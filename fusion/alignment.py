@@ -1,15 +1,21 @@
-"""Alignment training data and `align`, which fits a `UnifiedSpace` through the one training loop.
+"""Alignment in the library: training data, the hold-out by group, the retrieval validator, and `align`,
+which fits a `UnifiedSpace` through the one training loop (its `training_step`, the objective in
+`mmrec.fusion.clip_losses`).
 
 `CatalogPairs` holds, per catalog item, the pixels of its photo already resized to the image tower's input
 size (uint8, decoded once — decoding, not the model, is the cost on a CPU) and the outputs of the frozen
 towers (e.g. locked MiniLM text features, computed once and cached). A batch is a dict in the form
-`UnifiedSpace.training_step` reads. For catalogs too large for memory, the webdataset reader
-`mmrec.datasets.shards.catalog_samples` yields the same samples from shards.
+`UnifiedSpace.training_step` reads. For catalogs too large for memory, `mmrec.fusion.shard_pairs.ShardPairs`
+streams the same batches from catalog shards.
+
+`split_by_group` holds items out by group (e.g. a product's colour variants never straddle splits);
+`RetrievalValidator` scores a space on held-out batches (text→image Recall@K and the like) as ``evaluate_fn``
+of `align`; `space_vectors` embeds batches' rows. `mmrec train align` and the benchmarks use these.
 """
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -138,11 +144,22 @@ class CatalogPairs(Dataset):
         return int(self.rows[index])
 
     def collate(self, rows: list[int]) -> dict[str, torch.Tensor]:
-        """One batch dict: normalised float pixels, feature and vector rows, and masks, gathered by index."""
-        idx = torch.as_tensor(rows)
+        """One training batch dict: normalised float pixels (augmented where ``augment`` says), feature and
+        vector rows, and the masks of modalities some training row lacks, gathered by index."""
+        return self._batch(rows, train=True)
+
+    def batches(self, rows: Sequence[int], batch_size: int = 512) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of ``rows`` (any items, e.g. held-out ones) in the training form, without augmentation and
+        with every modality's mask: what a validation or `space_vectors` embeds."""
+        rows = [int(r) for r in rows]
+        for start in range(0, len(rows), batch_size):
+            yield self._batch(rows[start:start + batch_size], train=False)
+
+    def _batch(self, rows: list[int], train: bool) -> dict[str, torch.Tensor]:
+        idx = torch.as_tensor(rows, dtype=torch.long)
         batch = {}
         for modality, (images, _) in self.pixels.items():
-            augment = self.augment.get(modality)
+            augment = self.augment.get(modality) if train else None
             pixels = augment(images[idx]) if augment is not None else images[idx].float().div_(255)
             batch[f"{modality}:pixels"] = self.normalize[modality](pixels)
         for modality, (values, _) in self.features.items():
@@ -150,7 +167,7 @@ class CatalogPairs(Dataset):
         for modality, (values, _) in self.vectors.items():
             batch[f"{modality}:vectors"] = torch.as_tensor(values)[idx].float()
         for modality, mask in self.masks.items():
-            if not mask[self.rows].all():
+            if not train or not mask[self.rows].all():
                 batch[f"{modality}:mask"] = torch.as_tensor(mask[idx.numpy()])
         return batch
 
@@ -221,3 +238,118 @@ def retrieval_metrics(queries: torch.Tensor, targets: torch.Tensor, ks: Sequence
     true = sims.diagonal()[:, None]
     rank = (sims > true).sum(1)
     return {f"recall@{k}": float((rank < k).float().mean()) for k in ks}
+
+
+def split_by_group(groups: Sequence[Any] | np.ndarray, sizes: Mapping[str, int | float], *, seed: int,
+                   eligible: Sequence[bool] | np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Item codes of held-out sets and ``"train"``, no group (e.g. a product's colour variants) in two sets.
+
+    ``groups[code]`` is item ``code``'s group. The groups of the ``eligible`` items (all by default) are
+    shuffled with ``seed`` and dealt in that order to the sets of ``sizes``, in the mapping's order: each
+    set takes whole groups until it is full, and the groups left make ``"train"``. A size is a number of
+    items (an int: the set takes groups until it has at least that many) or a share of the groups (a
+    float in (0, 1): that many groups, rounded down). Each set lists its groups in the dealt order, a
+    group's items ascending.
+    """
+    groups = np.asarray(groups)
+    if "train" in sizes:
+        raise ValueError("split_by_group sizes: 'train' is what is left, not a size to give")
+    for name, size in sizes.items():
+        if isinstance(size, bool) or not (isinstance(size, (int, np.integer)) and size >= 0
+                                          or isinstance(size, float) and 0 < size < 1):
+            raise ValueError(f"split_by_group sizes[{name!r}] = {size!r}: expected a number of items (int >= 0) "
+                             f"or a share of the groups (float in (0, 1))")
+    if eligible is not None and len(eligible) != len(groups):
+        raise ValueError(f"split_by_group: eligible has {len(eligible)} entries, groups {len(groups)}")
+    items = np.arange(len(groups)) if eligible is None else np.flatnonzero(np.asarray(eligible, dtype=bool))
+    order = np.random.default_rng(seed).permutation(np.unique(groups[items]))
+    members: dict[Any, list[int]] = {}
+    for code in items:
+        members.setdefault(groups[code], []).append(int(code))
+    quota = {name: (int(size), "items") if isinstance(size, (int, np.integer)) else (int(len(order) * size), "groups")
+             for name, size in sizes.items()}
+    dealt: dict[str, list[int]] = {name: [] for name in sizes}
+    taken = dict.fromkeys(sizes, 0)
+    train: list[int] = []
+
+    def full(name: str) -> bool:
+        size, unit = quota[name]
+        return (len(dealt[name]) if unit == "items" else taken[name]) >= size
+
+    for group in order:
+        target = next((name for name in sizes if not full(name)), None)
+        if target is None:
+            train.extend(members[group])
+        else:
+            dealt[target].extend(members[group])
+            taken[target] += 1
+    return {**{name: np.array(codes, dtype=np.int64) for name, codes in dealt.items()},
+            "train": np.array(train, dtype=np.int64)}
+
+
+@torch.no_grad()
+def space_vectors(space: UnifiedSpace, batches: Iterable[dict[str, torch.Tensor]],
+                  modality: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``modality``'s space vectors ``[N, D]`` of every row of ``batches`` (dicts in the training form, e.g.
+    `CatalogPairs.batches`), and which rows have the modality (``[N]`` bool). Pixels run through the
+    modality's tower a batch at a time; features and vectors go through the adapter all at once."""
+    towered, inputs, masks = [], [], []
+    for batch in batches:
+        if f"{modality}:pixels" in batch:
+            value = batch[f"{modality}:pixels"]
+            towered.append(space.project(modality, space.encoders[modality].encode(value)))
+        else:
+            value = batch.get(f"{modality}:features", batch.get(f"{modality}:vectors"))
+            if value is None:
+                raise KeyError(f"the batches have no {modality!r} input; they have {sorted(batch)}")
+            inputs.append(value)
+        mask = batch.get(f"{modality}:mask")
+        masks.append(torch.ones(len(value), dtype=torch.bool) if mask is None else mask.bool().cpu())
+    if not masks:
+        return torch.zeros(0, space.config.dim, device=space.device), torch.zeros(0, dtype=torch.bool)
+    vectors = torch.cat(towered) if towered else space.project(modality, torch.cat(inputs))
+    return vectors, torch.cat(masks)
+
+
+class RetrievalValidator:
+    """Retrieval between modalities over held-out rows: a space's validation, as ``evaluate_fn`` of `align`.
+
+    For each ``(query, target)`` of ``directions``, row i's query vector must find row i's target vector
+    among the rows that have both (cosine, Recall@k for ``ks``). Metrics are named
+    ``"<q>2<t>_recall@<k>"`` by the modalities' first letters, e.g. ``t2i_recall@10`` for text→image.
+    ``batches`` (kept in memory, embedded at every call) are in the training form, e.g.
+    ``CatalogPairs.batches(held_out_rows)`` or a `ShardPairs` collate of held-out items.
+    """
+
+    def __init__(self, batches: Iterable[dict[str, torch.Tensor]], directions: Sequence[tuple[str, str]],
+                 ks: Sequence[int] = (1, 10)) -> None:
+        self.batches, self.directions, self.ks = list(batches), [tuple(d) for d in directions], tuple(ks)
+        self.names = [f"{query[0]}2{target[0]}" for query, target in self.directions]
+        if not self.directions or len(set(self.names)) != len(self.names):
+            raise ValueError(f"RetrievalValidator directions {self.directions}: need at least one, with distinct "
+                             f"first letters per direction (metric names {self.names})")
+        self.modalities = list(dict.fromkeys(m for direction in self.directions for m in direction))
+
+    @property
+    def n_rows(self) -> int:
+        """Held-out rows that have every modality the directions use."""
+        has = None
+        for batch in self.batches:
+            rows = torch.ones(len(next(iter(batch.values()))), dtype=torch.bool)
+            for modality in self.modalities:
+                mask = batch.get(f"{modality}:mask")
+                if mask is not None:
+                    rows &= mask.bool().cpu()
+            has = rows if has is None else torch.cat([has, rows])
+        return 0 if has is None else int(has.sum())
+
+    def __call__(self, space: UnifiedSpace) -> dict[str, float]:
+        """Every direction's Recall@k on ``space`` as it is now."""
+        vectors = {m: space_vectors(space, self.batches, m) for m in self.modalities}
+        out = {}
+        for name, (query, target) in zip(self.names, self.directions):
+            (q, q_has), (t, t_has) = vectors[query], vectors[target]
+            keep = (q_has & t_has).to(q.device)
+            found = retrieval_metrics(q[keep], t[keep.to(t.device)], self.ks)
+            out.update({f"{name}_{k}": v for k, v in found.items()})
+        return out

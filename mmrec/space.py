@@ -2,14 +2,21 @@
 
 Every modality (``image``, ``text``, ``screen``, and tower-less ones such as ``behaviour`` whose inputs
 are vectors, e.g. a warm model's item ID embeddings) has a tower (or none) and an adapter into the same
-space. Training aligns pairs of modalities with open_clip's `ClipLoss` (symmetric InfoNCE, learnable
-temperature, features gathered across processes) through the one loop, `mmrec.train.fit`.
+space. `UnifiedSpace.training_step` is what the one loop, `mmrec.train.fit`, calls: it encodes a batch
+into the space and hands the vectors to the alignment objective, `mmrec.fusion.clip_losses.PairObjective`
+(open_clip's `ClipLoss` per configured pair, one learnable temperature, features gathered across
+processes). Dependencies run one way: this module uses the building blocks `mmrec.fusion.adapters` and
+`mmrec.fusion.clip_losses`, which know nothing of it; `mmrec.fusion.alignment` (training data, hold-out,
+validation, `align`) builds on it.
 
 A training batch is a dict whose keys name a modality and its input form:
 ``"<modality>:pixels"`` (``[B, 3, H, W]`` from the tower's `Preprocess`; the tower runs, with gradients
 when it is trainable), ``"<modality>:features"`` (``[B, tower.dim]`` precomputed outputs of a frozen
 tower, e.g. locked MiniLM text features), or ``"<modality>:vectors"`` (inputs of a tower-less modality).
 Optional ``"<modality>:mask"`` marks rows that have that modality; a pair's loss uses rows with both.
+
+Named presets (`space_preset`, `SPACE_PRESETS`) give the space configurations the toolkit uses, e.g.
+``"lit-tiny-vit"``; `tiny_vit` is the one definition of the small from-scratch ViT tower.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -71,13 +78,62 @@ class SpaceConfig:
             raise ValueError("SpaceConfig.pair_weights needs one weight per pair")
 
 
+# -- presets -----------------------------------------------------------------------------------------
+TINY_VIT_SPEC = "timm:vit_tiny_patch16_224@random"  # timm's ViT, sized by its model_kwargs, seeded random init
+
+
+def tiny_vit(size: int | Sequence[int], *, patch: int = 8, width: int = 192, depth: int = 4, heads: int = 3,
+             trainable: bool = True, **model_kwargs: Any) -> TowerConfig:
+    """A small timm ViT trained from scratch (needs no pretrained weights, so it works offline): input
+    ``size`` (an int, or ``(height, width)``; multiples of ``patch``), ``width`` channels, ``depth``
+    blocks of ``heads`` heads. Further ``model_kwargs`` go to ``timm.create_model`` (e.g.
+    ``global_pool="avg"``)."""
+    img_size = list(size) if isinstance(size, (tuple, list)) else size
+    kwargs = {"img_size": img_size, "patch_size": patch, "embed_dim": width, "depth": depth, "num_heads": heads,
+              **model_kwargs}
+    return TowerConfig(TINY_VIT_SPEC, {"model_kwargs": kwargs}, trainable)
+
+
+def _lit_tiny_vit() -> SpaceConfig:
+    return SpaceConfig(towers={"image": tiny_vit((96, 64)), "text": TowerConfig("minilm")})
+
+
+def _text_behaviour() -> SpaceConfig:
+    return SpaceConfig(towers={"text": TowerConfig("minilm"), "behaviour": TowerConfig(input_dim=64)},
+                       pairs=("text-behaviour",))
+
+
+SPACE_PRESETS: dict[str, Callable[[], SpaceConfig]] = {
+    # LiT: a tiny ViT image tower (96x64 input, patch 8, width 192, depth 4) trained from scratch against the
+    # locked all-MiniLM-L6-v2 text tower; MLP adapters into D 256
+    "lit-tiny-vit": _lit_tiny_vit,
+    # the locked MiniLM text tower aligned to a warm model's item embeddings (the tower-less ``behaviour``
+    # modality, 64-d: override its input_dim for other models); MLP adapters into D 256
+    "text-behaviour": _text_behaviour,
+}
+
+
+def space_preset(name: str, **overrides: Any) -> SpaceConfig:
+    """The `SpaceConfig` of preset ``name`` (see `SPACE_PRESETS`) with ``overrides`` of its fields applied;
+    ``towers`` entries replace the preset's towers of those modalities and keep the others. Unknown
+    presets, fields and ill-typed values are a `ValueError`."""
+    if name not in SPACE_PRESETS:
+        raise ValueError(f"space preset {name!r} is unknown; presets: {', '.join(SPACE_PRESETS)}")
+    base = asdict(SPACE_PRESETS[name]())
+    towers = {m: asdict(t) if isinstance(t, TowerConfig) else t for m, t in (overrides.pop("towers", None) or {}).items()}
+    return from_dict(SpaceConfig, {**base, **overrides, "towers": {**base["towers"], **towers}},
+                     where=f"space preset {name!r}")
+
+
 class UnifiedSpace(Pretrained, nn.Module):
-    """Towers and adapters mapping every modality into one space; `fit` aligns them, `embed_*` use them."""
+    """Towers and adapters mapping every modality into one space; `embed_*` use them, `training_step` is
+    what `mmrec.train.fit` minimises (`mmrec.fusion.alignment.align` runs it on alignment data)."""
 
     def __init__(self, config: SpaceConfig, device: str | torch.device = "cpu", *,
                  trust_remote_code: bool = False) -> None:
         super().__init__()
         from mmrec.encoders import create_encoder
+        from mmrec.fusion.clip_losses import PairObjective  # imports open_clip: only when a space is built
 
         self.config = config
         self.encoders: dict[str, Any] = {}
@@ -106,7 +162,7 @@ class UnifiedSpace(Pretrained, nn.Module):
             self.adapters[modality] = create_adapter(adapter_cfg)
         self.adapters.to(device)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.init_temperature), device=device))
-        self._loss = None
+        self.objective = PairObjective(config.pairs, config.pair_weights, config.unpaired_negatives)
 
     def _apply(self, fn, *args, **kwargs):  # what .to() / .cuda() / accelerate's prepare go through
         super()._apply(fn, *args, **kwargs)
@@ -219,66 +275,11 @@ class UnifiedSpace(Pretrained, nn.Module):
         return out
 
     def training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Weighted sum of `ClipLoss` over the configured modality pairs present in the batch."""
+        """The alignment objective on the batch's space vectors: the weighted sum of `ClipLoss` over the
+        configured pairs present in the batch (``loss``), the temperature, and each pair's loss."""
         vectors = self.encode_batch(batch)
         scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        weights = self.config.pair_weights or (1.0,) * len(self.config.pairs)
-        losses: dict[str, torch.Tensor] = {}
-        total = torch.zeros((), device=self.device)
-        for pair, weight in zip(self.config.pairs, weights):
-            a, _, b = pair.partition("-")
-            if a not in vectors or b not in vectors:
-                continue
-            (va, ma), (vb, mb) = vectors[a], vectors[b]
-            ma = None if ma is None else ma.to(va.device).bool()
-            mb = None if mb is None else mb.to(va.device).bool()
-            keep = ma if mb is None else mb if ma is None else ma & mb
-            only_a = only_b = None
-            if self.config.unpaired_negatives:
-                only_a = None if mb is None else ~mb if ma is None else ma & ~mb
-                only_b = None if ma is None else ~ma if mb is None else mb & ~ma
-            loss = self.clip_loss(va, vb, scale, keep, only_a, only_b)
-            losses[pair] = loss.detach()
-            total = total + weight * loss
-        return {"loss": total, "temperature": (1.0 / scale).detach(), **losses}
-
-    def clip_loss(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor, keep: torch.Tensor | None = None,
-                  only_a: torch.Tensor | None = None, only_b: torch.Tensor | None = None) -> torch.Tensor:
-        """open_clip's `ClipLoss` over the rows of ``a`` and ``b`` that ``keep`` marks (all rows without it).
-
-        ``only_a`` / ``only_b`` mark rows with that side alone (``unpaired_negatives``): they join the other
-        side's softmax as negatives (``b`` rows are then scored against the kept ``a`` rows and the ``only_a``
-        ones), and the loss, the same symmetric cross-entropy, is computed here.
-        When training is distributed, features (with gradients) and row masks of every process are gathered
-        first and the loss is taken over the global batch, so processes may keep different numbers of rows.
-        """
-        from open_clip.loss import ClipLoss, gather_features
-
-        if self._loss is None:
-            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-            self._rank = torch.distributed.get_rank() if dist else 0
-            self._world = torch.distributed.get_world_size() if dist else 1
-            self._loss = ClipLoss()  # it sees features already gathered from every process
-        if self._world > 1:
-            a, b = gather_features(a, b, gather_with_grad=True, rank=self._rank, world_size=self._world)
-            keep, only_a, only_b = (None if m is None else self._gather_mask(m) for m in (keep, only_a, only_b))
-        extra_a = a[only_a] if only_a is not None and bool(only_a.any()) else None
-        extra_b = b[only_b] if only_b is not None and bool(only_b.any()) else None
-        if keep is not None:
-            if not bool(keep.any()):  # no row has both sides: no signal, but keep the graph connected
-                return (a.sum() + b.sum()) * 0.0
-            a, b = a[keep], b[keep]
-        if extra_a is None and extra_b is None:
-            return self._loss(a, b, scale)
-        labels = torch.arange(len(a), device=a.device)
-        all_a = a if extra_a is None else torch.cat([a, extra_a])
-        all_b = b if extra_b is None else torch.cat([b, extra_b])
-        return (F.cross_entropy(scale * a @ all_b.t(), labels) + F.cross_entropy(scale * b @ all_a.t(), labels)) / 2
-
-    def _gather_mask(self, mask: torch.Tensor) -> torch.Tensor:
-        parts = [torch.empty_like(mask, dtype=torch.uint8) for _ in range(self._world)]
-        torch.distributed.all_gather(parts, mask.to(torch.uint8))
-        return torch.cat(parts).bool()
+        return self.objective(vectors, scale)
 
     # -- persistence (data, never code: `mmrec.pretrained`) ------------------------------------------
     folder_kind = "space"

@@ -6,10 +6,10 @@ import torch
 from mmrec.datasets.shards import write_catalog_shards
 from mmrec.fusion.alignment import align, retrieval_metrics
 from mmrec.fusion.shard_pairs import ShardPairs
-from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+from mmrec.space import UnifiedSpace, space_preset, tiny_vit
 from mmrec.train import TrainConfig
 
-TINY_VIT = {"model_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
+TINY_VIT = tiny_vit(32, width=64, depth=2, heads=2)
 
 
 def test_alignment_trains_from_shards_and_skips_a_damaged_photo(tmp_path, caplog):
@@ -29,9 +29,7 @@ def test_alignment_trains_from_shards_and_skips_a_damaged_photo(tmp_path, caplog
     assert len(shards) == 4
 
     torch.manual_seed(0)
-    space = UnifiedSpace(SpaceConfig(towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", TINY_VIT, True),
-                                             "text": TowerConfig("minilm")}, dim=32, adapter="mlp",
-                                     adapter_options={"hidden": 64}))
+    space = UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": TINY_VIT}, dim=32, adapter_options={"hidden": 64}))
     data = ShardPairs(space, shards, shuffle_buffer=100, seed=0)
     batch = data.collate([next(iter(data)) for _ in range(1)])
     assert batch["image:pixels"].shape == (1, 3, 32, 32) and batch["text:features"].shape == (1, 384)
@@ -62,8 +60,7 @@ def test_samples_per_epoch_resamples_a_fixed_number(tmp_path):
                        tmp_path / "world")
     shards = write_catalog_shards(world.catalog, tmp_path / "shards", items_per_shard=10)
     torch.manual_seed(0)
-    space = UnifiedSpace(SpaceConfig(towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", TINY_VIT, True),
-                                             "text": TowerConfig("minilm")}, dim=16))
+    space = UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": TINY_VIT}, dim=16))
     data = ShardPairs(space, shards, shuffle_buffer=0, seed=1, samples_per_epoch=25)
     first = [item["id"] for item in data]
     assert len(first) == 25 and first == [item["id"] for item in data]

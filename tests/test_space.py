@@ -5,11 +5,12 @@ import torch
 import torch.nn.functional as F
 
 from mmrec.fusion.adapters import AdapterConfig, create_adapter
-from mmrec.fusion.alignment import CatalogPairs, align, retrieval_metrics
-from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+from mmrec.fusion.alignment import CatalogPairs, RetrievalValidator, align, retrieval_metrics
+from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace, space_preset, tiny_vit
 from mmrec.train import TrainConfig
 
-TINY_VIT = {"model_kwargs": {"img_size": 32, "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
+TINY_VIT = tiny_vit(32, width=64, depth=2, heads=2)
+SMALL = {"dim": 32, "adapter_options": {"hidden": 64}}  # the lit-tiny-vit preset at test size, with TINY_VIT
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp", "query"])
@@ -40,9 +41,7 @@ def world(tmp_path_factory):
 
 def _space() -> UnifiedSpace:
     torch.manual_seed(0)
-    return UnifiedSpace(SpaceConfig(towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", TINY_VIT, True),
-                                            "text": TowerConfig("minilm")}, dim=32, adapter="mlp",
-                                    adapter_options={"hidden": 64}))
+    return UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": TINY_VIT}, **SMALL))
 
 
 def test_lit_alignment_on_the_synthetic_world(world, tmp_path):
@@ -51,16 +50,8 @@ def test_lit_alignment_on_the_synthetic_world(world, tmp_path):
     data = CatalogPairs.from_catalog(space, catalog)
     texts = [catalog.full_text(i) for i in range(len(catalog))]
     paths = catalog.image_paths
-
-    text_features, _ = data.features["text"]
-    pixels = data.normalize["image"](data.pixels["image"][0].float() / 255)
-
-    def t2i(s: UnifiedSpace) -> dict[str, float]:
-        # Validation on the training items from cached tower outputs (the loop's evaluate_fn hook).
-        with torch.no_grad():
-            image_vectors = s.project("image", s.encoders["image"].encode(pixels))
-            found = retrieval_metrics(s.project("text", text_features), image_vectors)
-        return {f"t2i_{k}": v for k, v in found.items()}
+    # Validation on the training items from cached tower inputs (the loop's evaluate_fn hook).
+    t2i = RetrievalValidator(data.batches(data.rows), [("text", "image")])
 
     before = t2i(space)
     result = align(space, data, TrainConfig(epochs=20, batch_size=32, lr=2e-3, seed=0, progress=False,
@@ -93,8 +84,7 @@ def test_content_behaviour_alignment_places_unseen_items_by_their_text():
     behaviour = bpr.item_emb.detach()[: len(world.catalog)]
 
     torch.manual_seed(0)
-    space = UnifiedSpace(SpaceConfig(towers={"text": TowerConfig("minilm"), "behaviour": TowerConfig(input_dim=32)},
-                                     dim=32, adapter="mlp", adapter_options={"hidden": 64}, pairs=("text-behaviour",)))
+    space = UnifiedSpace(space_preset("text-behaviour", towers={"behaviour": TowerConfig(input_dim=32)}, **SMALL))
     held_out = np.random.default_rng(0).permutation(len(world.catalog))[:60]
     mask = np.ones(len(world.catalog), dtype=bool)
     mask[held_out] = False
@@ -171,8 +161,8 @@ def test_unpaired_rows_are_negatives_only_when_asked():
                 by_hand = (F.cross_entropy(scale * t[:3] @ b[:3].t(), labels)
                            + F.cross_entropy(scale * b[:3] @ t.t(), labels)) / 2
                 assert losses[True] == pytest.approx(float(by_hand), rel=1e-5)
-                close = space.clip_loss(t[:3], b[:3], scale, only_a=None, only_b=None)
-                lookalike = space.clip_loss(torch.cat([t[:3], t[:1]]), torch.cat([b[:3], b[:1]]), scale,
+                close = space.objective.loss(t[:3], b[:3], scale, only_a=None, only_b=None)
+                lookalike = space.objective.loss(torch.cat([t[:3], t[:1]]), torch.cat([b[:3], b[:1]]), scale,
                                             keep=torch.tensor([True, True, True, False]),
                                             only_a=torch.tensor([False, False, False, True]))
                 assert float(lookalike) > float(close)
@@ -185,12 +175,9 @@ def test_screen_image_alignment_finds_the_item_on_a_new_rendering_of_its_page(wo
     from mmrec.fusion.alignment import product_pages
 
     torch.manual_seed(0)
-    screen_vit = {"model_kwargs": {"img_size": [64, 40], "patch_size": 8, "embed_dim": 64, "depth": 2, "num_heads": 2}}
-    space = UnifiedSpace(SpaceConfig(
-        towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", TINY_VIT, True),
-                "text": TowerConfig("minilm"),
-                "screen": TowerConfig("timm:vit_tiny_patch16_224@random", screen_vit, True)},
-        dim=32, adapter="mlp", adapter_options={"hidden": 64}, pairs=("image-text", "screen-image")))
+    space = UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": TINY_VIT,
+                                                              "screen": tiny_vit((64, 40), width=64, depth=2, heads=2)},
+                                      pairs=("image-text", "screen-image"), **SMALL))
     catalog = world.catalog
     data = CatalogPairs.from_catalog(space, catalog, renderers={"screen": product_pages(catalog, size=(120, 200))})
     assert data.pixels["screen"][0].shape[-2:] == (64, 40)
@@ -214,8 +201,9 @@ def test_locked_screen_tower_tiles_screens_of_any_size_into_the_space():
     from PIL import Image
 
     torch.manual_seed(0)
-    space = UnifiedSpace(SpaceConfig(towers={"screen": TowerConfig("timm:vit_tiny_patch16_224@random", TINY_VIT),
-                                             "text": TowerConfig(input_dim=4)}, dim=16, pairs=("screen-text",)))
+    locked = tiny_vit(32, width=64, depth=2, heads=2, trainable=False)
+    space = UnifiedSpace(SpaceConfig(towers={"screen": locked, "text": TowerConfig(input_dim=4)}, dim=16,
+                                     pairs=("screen-text",)))
     screens = [Image.new("RGB", (90, 200), (200, 30, 30)), Image.new("RGB", (120, 260), (20, 20, 220))]
     out = space.embed_screens(screens)
     assert out.shape == (2, 16)
@@ -226,8 +214,8 @@ def test_locked_screen_tower_tiles_screens_of_any_size_into_the_space():
 def test_moving_the_space_moves_what_its_trained_towers_are_fed():
     """``.to()`` (what accelerate's prepare calls) keeps each trained tower's encoder pointed at the tower's
     weights, so embedding after training on a GPU feeds the GPU; adapters and temperature move too."""
-    space = UnifiedSpace(SpaceConfig(towers={"image": TowerConfig("timm:vit_tiny_patch16_224@random", TINY_VIT, True),
-                                             "text": TowerConfig(input_dim=4)}, dim=8, pairs=("image-text",)))
+    space = UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": TINY_VIT, "text": TowerConfig(input_dim=4)},
+                                      dim=8))
     assert space.encoders["image"].device.type == "cpu"
     space.to("meta")
     assert space.encoders["image"].device.type == "meta" and space.device.type == "meta"
