@@ -160,8 +160,10 @@ def group_sizes(users: np.ndarray) -> np.ndarray:
 
 @dataclass
 class RankerConfig:
-    """LightGBM lambdarank settings; ``seed`` drives bagging and feature sampling."""
+    """LightGBM settings; ``objective`` is ``lambdarank`` (pairwise, per customer) or ``binary`` (pointwise
+    purchase probability); ``seed`` drives bagging and feature sampling."""
 
+    objective: str = "lambdarank"
     n_estimators: int = 500
     learning_rate: float = 0.03
     num_leaves: int = 15
@@ -193,7 +195,9 @@ class Ranker:
         if not len(train):
             raise ValueError("no training customer has a purchase among their candidates; cannot train the ranker")
         self.columns = feature_columns(train)
-        params = {"objective": "lambdarank", "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
+        if cfg.objective not in ("lambdarank", "binary"):
+            raise ValueError(f"RankerConfig.objective must be 'lambdarank' or 'binary', got {cfg.objective!r}")
+        params = {"objective": cfg.objective, "learning_rate": cfg.learning_rate, "num_leaves": cfg.num_leaves,
                   "min_data_in_leaf": cfg.min_child_samples, "bagging_fraction": cfg.subsample, "bagging_freq": 1,
                   "feature_fraction": cfg.colsample_bytree, "seed": cfg.seed, "num_threads": cfg.n_jobs,
                   "deterministic": True, "force_row_wise": True, "verbose": -1,

@@ -161,6 +161,11 @@ def test_pipeline_config_errors_are_clear():
         PipelineConfig(candidates={"repurchase": 5})
     with pytest.raises(ValueError, match="unknown group"):
         PipelineConfig(features=("customer", "horoscope"))
+    inter, catalog = shop()
+    with pytest.raises(ValueError, match="objective"):
+        train(inter, catalog, small_config(candidates={"trending": 5}, ranker=RankerConfig(objective="softmax")))
+    with pytest.raises(ValueError, match="content encoder"):
+        train(inter, catalog, small_config())  # asks for content candidates with no encoder and no vectors
 
 
 def test_horizon_split_keeps_days_apart():
