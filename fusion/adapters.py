@@ -5,22 +5,28 @@
 - ``query``: a lightweight querying transformer (the Q-Former idea at small scale): a few learned
   queries cross-attend to the tower's token or patch features, then are pooled and projected. Given
   pooled features ``[N, C]`` it treats them as a single token.
+
+Adapters are registered by name in `ADAPTERS` (`mmrec.registry.Registry`, the shape models and encoder
+families use): ``@ADAPTERS.register("name")`` above a class taking an `AdapterConfig` adds one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mmrec.registry import Registry
+
+ADAPTERS: Registry[type[nn.Module]] = Registry("adapter")
 
 
 @dataclass
 class AdapterConfig:
     """Which adapter, its input size (the tower's ``dim``) and the space's size ``out_dim``."""
 
-    kind: Literal["linear", "mlp", "query"] = "mlp"
+    kind: str = "mlp"  # a name in ADAPTERS: linear, mlp, query
     in_dim: int = 384
     out_dim: int = 256
     hidden: int = 1024
@@ -31,12 +37,15 @@ class AdapterConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.kind not in ADAPTERS:
+            raise ValueError(f"AdapterConfig.kind {self.kind!r} is not a registered adapter; known: {ADAPTERS.names()}")
         if self.in_dim < 1 or self.out_dim < 1:
             raise ValueError(f"AdapterConfig dims must be positive, got in_dim={self.in_dim}, out_dim={self.out_dim}")
         if self.kind == "query" and self.out_dim % self.n_heads:
             raise ValueError(f"query adapter: out_dim {self.out_dim} must be divisible by n_heads {self.n_heads}")
 
 
+@ADAPTERS.register("linear")
 class LinearAdapter(nn.Module):
     """``normalize(W x + b)``."""
 
@@ -58,6 +67,7 @@ class _Block(nn.Module):
         return x + self.mlp(self.norm(x))
 
 
+@ADAPTERS.register("mlp")
 class MLPAdapter(nn.Module):
     """Projection into ``D`` followed by residual pre-LayerNorm MLP blocks and a final LayerNorm."""
 
@@ -72,6 +82,7 @@ class MLPAdapter(nn.Module):
         return F.normalize(self.norm(self.blocks(self.proj(x))), dim=-1)
 
 
+@ADAPTERS.register("query")
 class QueryAdapter(nn.Module):
     """Learned queries cross-attending to token features ``[N, T, C]`` (optionally masked), pooled to ``D``."""
 
@@ -95,9 +106,6 @@ class QueryAdapter(nn.Module):
         return F.normalize(self.out(hidden.mean(1)), dim=-1)
 
 
-ADAPTERS = {"linear": LinearAdapter, "mlp": MLPAdapter, "query": QueryAdapter}
-
-
 def create_adapter(config: AdapterConfig) -> nn.Module:
-    """The adapter named by ``config.kind``."""
-    return ADAPTERS[config.kind](config)
+    """The adapter registered as ``config.kind``."""
+    return ADAPTERS.get(config.kind)(config)

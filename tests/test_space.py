@@ -25,6 +25,17 @@ def test_adapters_map_to_unit_vectors(kind):
         assert tokens.shape == (5, 8)
 
 
+def test_adapters_are_registered_by_name():
+    from mmrec.fusion.adapters import ADAPTERS
+
+    assert ADAPTERS.names() == ["linear", "mlp", "query"]
+    with pytest.raises(ValueError, match="'mlpp' is not a registered adapter; known: .'linear', 'mlp', 'query'."):
+        AdapterConfig(kind="mlpp")
+    with pytest.raises(ValueError, match="'mlpp' is not a registered adapter"):
+        UnifiedSpace(SpaceConfig(towers={"text": TowerConfig(input_dim=4), "image": TowerConfig(input_dim=4)},
+                                 adapter="mlpp"))
+
+
 def test_space_config_rejects_unknown_pair():
     with pytest.raises(ValueError, match="pairs"):
         SpaceConfig(towers={"text": TowerConfig(spec="minilm")}, pairs=("image-text",))
