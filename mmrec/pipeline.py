@@ -23,7 +23,6 @@ protocol on `Purchases` and an `ItemSide`, returning the `NextPurchase` object i
 """
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,6 @@ from mmrec.fusion.ranker import FEATURE_GROUPS, CATEGORICAL, Ranker, RankerConfi
 from mmrec.metrics import next_purchase_metrics
 from mmrec.recommender import Recommender, register_model
 
-log = logging.getLogger(__name__)
 K = 12
 
 
