@@ -25,7 +25,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from align_hm import content_knn
 from mmrec.datasets import hm, mmrec_format
 from mmrec.encoders import create_encoder, embed
 from mmrec.evaluate import evaluate
@@ -66,7 +65,7 @@ def one_seed(seed: int, split, text: torch.Tensor, products: np.ndarray, epochs:
                    evaluate_fn=lambda s: t2b(s, valid_rows))
     with torch.no_grad():
         aligned_text = space.project("text", text)
-    knn = {name: evaluate(content_knn(split, vectors), split, on="test", ks=(20,)).metrics
+    knn = {name: run(split, "content_knn", setup=lambda model, v=vectors: model.set_content(v), ks=(20,))[1]["test"]
            for name, vectors in (("raw_minilm", F.normalize(text, dim=-1)), ("behaviour_aligned_text", aligned_text))}
     pop = torch.as_tensor(split.train.item_counts(), dtype=torch.float32)
     knn["most_popular"] = evaluate(lambda u: pop.expand(len(u), -1), split, on="test", ks=(20,)).metrics

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from mmrec.datasets import hm, mmrec_format
 from mmrec.evaluate import evaluate
+from mmrec.experiment import run
 from mmrec.fusion.alignment import CatalogPairs, RetrievalValidator, align, retrieval_metrics, space_vectors, split_by_group
 from mmrec.space import UnifiedSpace, space_preset
 from mmrec.train import TrainConfig
@@ -59,15 +60,10 @@ def linear_probe(train_x: torch.Tensor, train_y: np.ndarray, test_x: torch.Tenso
     return float((predicted == test_y).mean())
 
 
-def content_knn(split, item_vectors: torch.Tensor):
-    """Scorer: user vector = mean of the user's training item vectors; score = cosine with every item."""
-    indptr = np.zeros(split.train.n_users + 1, dtype=np.int64)
-    np.cumsum(np.bincount(split.train.users, minlength=split.train.n_users), out=indptr[1:])
-    users = torch.as_tensor(split.train.users)
-    items = torch.as_tensor(split.train.items)
-    profile = torch.zeros(split.train.n_users, item_vectors.shape[1]).index_add_(0, users, item_vectors[items])
-    profile = F.normalize(profile, dim=-1)
-    return lambda u: profile[u] @ item_vectors.t()
+def content_knn_test(split, item_vectors: torch.Tensor, ks=(10, 20)) -> dict[str, float]:
+    """Test metrics of the registered ``content_knn`` recommender (user = mean of her training items'
+    vectors, score = cosine) on ``item_vectors``."""
+    return run(split, "content_knn", setup=lambda model: model.set_content(item_vectors), ks=ks)[1]["test"]
 
 
 def main() -> None:
@@ -136,7 +132,7 @@ def main() -> None:
     fused = F.normalize(text_vec + image_vec, dim=-1)
     knn = {}
     for name, vectors in (("image_only", image_vec), ("text_only", text_vec), ("fused", fused)):
-        knn[name] = evaluate(content_knn(split, vectors), split, on="test", ks=(10, 20)).metrics
+        knn[name] = content_knn_test(split, vectors)
     pop = torch.as_tensor(split.train.item_counts(), dtype=torch.float32)
     knn["most_popular"] = evaluate(lambda u: pop.expand(len(u), -1), split, on="test", ks=(10, 20)).metrics
     generator = torch.Generator().manual_seed(args.seed)
