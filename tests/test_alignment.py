@@ -152,3 +152,31 @@ def test_presets_are_the_configs_the_toolkit_wrote_out():
         space_preset("lit-tiny-vit", dimension=3)
     with pytest.raises(ValueError, match="pairs"):
         space_preset("lit-tiny-vit", pairs=("image-screen",))
+
+
+def test_align_run_file_is_a_preset_with_settings_over_it(tmp_path):
+    from mmrec.cli.align import AlignRunConfig
+    from mmrec.config import load_yaml
+
+    run_file = tmp_path / "align.yaml"
+    run_file.write_text("space:\n  dim: 32\n  towers:\n    image: {spec: 'timm:vit_tiny_patch16_224@random', "
+                        "trainable: true, options: {model_kwargs: {img_size: 32}}}\n")
+    config = load_yaml(AlignRunConfig, run_file).space_config()
+    assert config == space_preset("lit-tiny-vit", dim=32, towers={"image": TowerConfig(
+        "timm:vit_tiny_patch16_224@random", {"model_kwargs": {"img_size": 32}}, True)})
+    assert AlignRunConfig().space_config() == space_preset("lit-tiny-vit")
+    run_file.write_text("preset: null\nspace: {towers: {a: {input_dim: 3}, b: {input_dim: 2}}, pairs: [a-b]}\n")
+    assert load_yaml(AlignRunConfig, run_file).space_config().pairs == ("a-b",)
+    for text, error in (("space: {dimm: 3}\n", "unknown key"), ("preset: lit\n", "space preset 'lit' is unknown"),
+                        ("valid_fraction: 1.5\n", "valid_fraction")):
+        run_file.write_text(text)
+        with pytest.raises(ValueError, match=error):
+            load_yaml(AlignRunConfig, run_file)
+
+
+def test_train_align_refuses_pairs_a_catalog_cannot_give(tmp_path, capsys):
+    from mmrec.cli import main
+
+    code = main(["train", "align", "--preset", "text-behaviour", "--data", "synthetic", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert code == 2 and "['behaviour']" in err and "vectors=" in err and len(err.strip().splitlines()) == 1

@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mmrec.cli.common import emit, load_data
-from mmrec.config import load_yaml
+from mmrec.cli.common import emit, load_data, load_run_file
 from mmrec.content import DEFAULT_FIELDS
 from mmrec.space import SPACE_PRESETS, SpaceConfig, space_preset
 from mmrec.train import TrainConfig
@@ -73,6 +72,18 @@ def _pairs_of(config: SpaceConfig) -> list[tuple[str, str]]:
     return [tuple(pair.split("-", 1)) for pair in config.pairs]
 
 
+def _check_pairs(config: SpaceConfig, streamed: bool) -> None:
+    """Refuse pairs this command cannot make data for, before any tower is built or data read."""
+    if streamed and tuple(config.pairs) != ("image-text",):
+        raise ValueError(f"--shards streams photo-text pairs: the space's pairs must be ['image-text'], got "
+                         f"{list(config.pairs)}")
+    unusable = sorted({m for pair in _pairs_of(config) for m in pair} - set(CATALOG_MODALITIES))
+    if unusable:
+        raise ValueError(f"the space's pairs {list(config.pairs)} need {unusable}, which a catalog does not give "
+                         f"(mmrec train align makes {', '.join(CATALOG_MODALITIES)}); align tower-less modalities "
+                         f"from the library (CatalogPairs.from_catalog(..., vectors=...))")
+
+
 def _directions(config: SpaceConfig) -> list[tuple[str, str]]:
     """Both directions of every pair, ``b→a`` first (``t2i`` for ``image-text``)."""
     return [direction for a, b in _pairs_of(config) for direction in ((b, a), (a, b))]
@@ -83,11 +94,6 @@ def _in_memory(space, args, config):
     from mmrec.content import item_texts
     from mmrec.fusion.alignment import CatalogPairs, RetrievalValidator, product_pages, split_by_group
 
-    unusable = sorted({m for pair in _pairs_of(space.config) for m in pair} - set(CATALOG_MODALITIES))
-    if unusable:
-        raise ValueError(f"the space's pairs {list(space.config.pairs)} need {unusable}, which a catalog does not "
-                         f"give (mmrec train align makes {', '.join(CATALOG_MODALITIES)}); align tower-less "
-                         f"modalities from the library (CatalogPairs.from_catalog(..., vectors=...))")
     data = load_data(args.data)
     if data.catalog is None:
         raise ValueError(f"--data {args.data}: alignment needs a catalog (an H&M folder or 'synthetic')")
@@ -115,9 +121,6 @@ def _streamed(space, args, config):
     from mmrec.fusion.alignment import RetrievalValidator
     from mmrec.fusion.shard_pairs import ShardPairs
 
-    if tuple(space.config.pairs) != ("image-text",):
-        raise ValueError(f"--shards streams photo-text pairs: the space's pairs must be ['image-text'], got "
-                         f"{list(space.config.pairs)}")
     urls = wds.shardlists.expand_urls(args.shards)
     if len(urls) < 2:
         raise ValueError(f"--shards {args.shards}: needs at least 2 shards (the last one is held out for validation)")
@@ -135,7 +138,7 @@ def run_align(args: argparse.Namespace) -> int:
     from mmrec.fusion.alignment import align
     from mmrec.space import UnifiedSpace
 
-    config = load_yaml(AlignRunConfig, args.config) if args.config else AlignRunConfig()
+    config = load_run_file(AlignRunConfig, args.config) if args.config else AlignRunConfig()
     if getattr(args, "preset", None):
         config.preset = args.preset
     config.train.seed = args.seed
@@ -148,6 +151,7 @@ def run_align(args: argparse.Namespace) -> int:
     if not (args.data or args.shards):
         raise ValueError("mmrec train align needs --data (a catalog) or --shards (catalog shards)")
     space_config = config.space_config()
+    _check_pairs(space_config, streamed=bool(args.shards))
     torch.manual_seed(args.seed)
     space = UnifiedSpace(space_config)
     data, validator, counts = (_streamed if args.shards else _in_memory)(space, args, config)
