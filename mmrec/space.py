@@ -133,6 +133,7 @@ class UnifiedSpace(Pretrained, nn.Module):
                  trust_remote_code: bool = False) -> None:
         super().__init__()
         from mmrec.encoders import create_encoder
+        from mmrec.encoders.screenshot import screen_tower_modality
         from mmrec.fusion.clip_losses import PairObjective  # imports open_clip: only when a space is built
 
         self.config = config
@@ -141,9 +142,8 @@ class UnifiedSpace(Pretrained, nn.Module):
         self.adapters = nn.ModuleDict()
         for modality, tower in config.towers.items():
             if tower.spec:
-                # A trainable screen tower sees the whole screen resized to its input (give it a screen's
-                # aspect ratio); a locked one tiles the screen (`ScreenshotEncoder`).
-                build_as = "image" if modality == "screen" and tower.trainable else modality
+                # tiles or the whole screen resized: decided by `screen_tower_modality` alone
+                build_as = screen_tower_modality(tower.trainable) if modality == "screen" else modality
                 trusted = trust_remote_code and tower.spec.startswith("hf:")  # only transformers towers take it
                 options = {**tower.options, **({"trust_remote_code": True} if trusted else {})}
                 encoder = create_encoder(tower.spec, build_as, device=device, precision="fp32", **options)
