@@ -6,6 +6,7 @@ is unambiguous (``"1e-3"`` → float, list → tuple), and nested dataclasses ar
 from __future__ import annotations
 
 import dataclasses
+import io
 import types
 import typing
 from pathlib import Path
@@ -83,12 +84,17 @@ def from_dict(cls: type[T], data: dict | None, where: str | None = None) -> T:
 
 def load_yaml(cls: type[T], path: str | Path) -> T:
     """Read a YAML file into dataclass ``cls`` (see `from_dict`)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    with path.open() as f:
-        data = yaml.safe_load(f)
-    return from_dict(cls, data, where=str(path))
+    from mmrec.io import read_text
+
+    stream = io.StringIO(read_text(path, str(path)))
+    stream.name = str(path)  # YAML errors name the file
+    data = yaml.safe_load(stream)  # data only: a !!python tag is a YAML error, never an object
+    try:
+        return from_dict(cls, data, where=str(path))
+    except ValueError as err:  # a config's own checks (__post_init__) do not know the file
+        if str(path) in str(err):
+            raise
+        raise ValueError(f"{path}: {err}") from None
 
 
 def to_dict(config: Any) -> dict:

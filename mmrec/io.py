@@ -140,16 +140,22 @@ def inside(root: str | os.PathLike, relative: str, what: str) -> Path:
     return target
 
 
-def read_json(path: str | os.PathLike, what: str | None = None) -> Any:
-    """Parse a JSON file, naming the file in every error (missing, not UTF-8, not JSON, NaN)."""
+def read_text(path: str | os.PathLike, what: str | None = None) -> str:
+    """A UTF-8 text file's contents; missing or not UTF-8 is an error naming ``what`` (default: the path)."""
     path = Path(path)
     label = what or str(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{label} is missing")
+        raise FileNotFoundError(f"{label} is missing" if what is None else f"{label} does not exist")
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise ValueError(f"{label}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def read_json(path: str | os.PathLike, what: str | None = None) -> Any:
+    """Parse a JSON file, naming the file in every error (missing, not UTF-8, not JSON, NaN)."""
+    label = what or str(path)
+    text = read_text(path, what)
     try:
         return json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as err:

@@ -131,12 +131,8 @@ def load_run_file(cls: type, path: str | Path) -> Any:
 
     try:
         return load_yaml(cls, path)
-    except UnicodeDecodeError as err:
-        raise ValueError(f"--config {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except ValueError as err:  # a bad value a config's own checks found (they do not know the file)
-        if str(path) in str(err):
-            raise
-        raise ValueError(f"--config {path}: {err}") from None
+    except ValueError as err:
+        raise ValueError(f"--config {err}") from None
 
 
 # -- data and splits ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mmrec.cli.common import emit, positive_int
+from mmrec.io import read_text
 
 NAME = "recommend"
 HELP = "print the top-k items for users of a saved model (optionally after adding new articles)"
@@ -48,12 +49,7 @@ def read_user_ids(args: argparse.Namespace) -> list[str]:
     if args.user:
         return list(args.user)
     path = Path(args.users)
-    if not path.is_file():
-        raise FileNotFoundError(f"--users {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"--users {path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    text = read_text(path, f"--users {path}")
     users = [line.strip() for line in text.splitlines() if line.strip()]
     if not users:
         raise ValueError(f"--users {path}: no user ids (one per line)")
