@@ -333,8 +333,7 @@ class PipelineModel(Recommender):
     """
 
     config_class = PipelineConfig
-    # Callers choosing a default for exclude_seen (the CLI) should keep bought articles for this model.
-    excludes_seen_by_default = False
+    excludes_seen_by_default = False  # repurchase is the strongest signal
 
     def __init__(self, config: PipelineConfig, n_users: int, n_items: int) -> None:
         super().__init__(config, n_users, n_items)

@@ -54,6 +54,9 @@ class Recommender(Pretrained, nn.Module):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type] = object
+    # Whether answers leave out what the user already bought unless told otherwise (a next-purchase model,
+    # for which repurchase is a signal, sets False; `mmrec recommend` follows it).
+    excludes_seen_by_default: ClassVar[bool] = True
 
     def __init__(self, config: Any, n_users: int, n_items: int) -> None:
         super().__init__()

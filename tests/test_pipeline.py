@@ -269,3 +269,13 @@ def test_cli_train_pipeline_refit_all_then_recommend_answers_everyone(tmp_path):
     # 'ghost' bought nothing, so it is not in the transactions file either: both are unknown to the model
     assert answer["fallback"]["kind"] == "trending"
     assert answer["fallback"]["users"] == ["ghost", "never-seen-customer"]
+    # a pipeline keeps what a customer bought (repurchase is its strongest signal) unless told otherwise
+    from mmrec.recommender import Recommender
+
+    model = Recommender.from_pretrained(out)
+    code = {u: i for i, u in enumerate(model.user_ids)}["c000"]
+    bought = set(model.item_ids[model.seen_indices[model.seen_indptr[code]:model.seen_indptr[code + 1]].numpy()])
+    assert bought & set(answer["recommendations"]["c000"])
+    done = subprocess.run([sys.executable, "-m", "mmrec", "recommend", "--model", str(out), "--user", "c000",
+                           "--k", "12", "--exclude-seen", "--json"], capture_output=True, text=True)
+    assert done.returncode == 0 and not bought & set(json.loads(done.stdout)["recommendations"]["c000"])

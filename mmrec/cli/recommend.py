@@ -6,8 +6,9 @@ first — no retraining — and ``--candidates new`` ranks only them.
 
 The JSON answer is ``{"recommendations": {user: [item ids]}, "fallback": {"kind", "users"} | null,
 "unknown_users": [...]}``: metadata never shares a namespace with user ids. A user's list holds at most
-``--k`` items and never an item masked for them (seen in training, without ``--include-seen``), so it can
-be shorter than ``--k`` when few candidates are left.
+``--k`` items and never an item masked for them, so it can be shorter than ``--k`` when few candidates are
+left. Items seen in training are masked unless ``--include-seen`` is given or the model keeps them by
+default (a next-purchase pipeline, for which repurchase is a signal; ``--exclude-seen`` masks them there).
 """
 from __future__ import annotations
 
@@ -31,7 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     who.add_argument("--user", action="append", help="a user id (repeatable)")
     parser.add_argument("--k", type=positive_int, default=10,
                         help="how many items per user (at most: fewer when fewer candidates are left)")
-    parser.add_argument("--include-seen", action="store_true", help="allow items the user bought in training")
+    seen = parser.add_mutually_exclusive_group()
+    seen.add_argument("--include-seen", dest="include_seen", action="store_true", default=None,
+                      help="allow items the user bought in training (the default for next-purchase pipelines)")
+    seen.add_argument("--exclude-seen", dest="include_seen", action="store_false",
+                      help="leave out items the user bought in training (the default for other models)")
     parser.add_argument("--add-items", help="catalog of items to add before recommending (cold-start models only): "
                                             "a CSV with id,title,text[,image] columns, a file in the layout of "
                                             "H&M's articles.csv, or an H&M folder")
@@ -108,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = [u for u in dict.fromkeys(wanted) if u not in index]
     recommendations: dict[str, list[str]] = {}
     if known:
+        exclude = model.excludes_seen_by_default if args.include_seen is None else not args.include_seen
         codes, scores = model.recommend(np.array([index[u] for u in known]), args.k, candidates=candidates,
-                                        exclude_seen=not args.include_seen)
+                                        exclude_seen=exclude)
         for user, row, row_scores in zip(known, codes.cpu().numpy(), scores.float().cpu().numpy()):
             recommendations[user] = ranked_ids(model, row, row_scores)
     fallback = None
