@@ -157,3 +157,15 @@ def test_train_tasks_are_nested_commands(capsys):
     assert select_task(parser, ["train", "align", "--out", "x"]) == ["train", "align", "--out", "x"]
     assert main(["train", "--help"]) == 0
     assert "coldstart" in capsys.readouterr().out
+
+
+def test_refit_all_saves_the_model_refitted_on_every_split(tmp_path, capsys):
+    """Deploy mode from the command line: chosen on valid, then refitted on train + valid + test (issue 17)."""
+    assert main(["train", "--data", "synthetic", "--model", "bpr", "--epochs", "2", "--refit-all", "--no-progress",
+                 "--out", str(tmp_path / "bpr"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["refit"]["epochs"] >= 1 and report["refit"]["rows"] > 0
+    from mmrec.recommender import Recommender
+
+    model = Recommender.from_pretrained(tmp_path / "bpr")
+    assert len(model.seen_indices) == report["refit"]["rows"]  # every unique pair is now seen

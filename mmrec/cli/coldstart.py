@@ -40,7 +40,7 @@ def run_coldstart(args: argparse.Namespace, model_config: dict, train_config: An
     recipe, vectors = split_content(args, data, split)
     model_config = {"content_dim": vectors.shape[1], **model_config}
     model, report = run(split, "vae_fusion", model_config=model_config, train_config=train_config,
-                        setup=lambda m: m.set_content(vectors, recipe=recipe))
+                        setup=lambda m: m.set_content(vectors, recipe=recipe), refit_all=args.refit_all)
     out = Path(args.out)
     model.save_pretrained(out)
     emit({"model": "vae_fusion", "out": str(out), **report}, args.json)

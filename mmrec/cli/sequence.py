@@ -62,7 +62,7 @@ def run_sequence(args: argparse.Namespace, model_config: dict, train_config: Any
     if vectors is not None:
         model_config = {"content_dim": vectors.shape[1], **model_config}
     model, report = run(split, "sasrec", model_config=model_config, train_config=train_config,
-                        setup=None if vectors is None else (lambda m: m.set_content(vectors)))
+                        setup=None if vectors is None else (lambda m: m.set_content(vectors)), refit_all=args.refit_all)
     out = Path(args.out)
     model.content_recipe = recipe  # saved as content.json with the model
     model.save_pretrained(out)

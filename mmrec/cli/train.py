@@ -159,12 +159,21 @@ def add_task_extras(parser: argparse.ArgumentParser, task: str) -> None:
         add(subcommands(parser)[task])
 
 
+def add_refit_argument(parser: argparse.ArgumentParser) -> None:
+    """``--refit-all``: deploy mode of `mmrec.experiment.run` (choose and report on valid/test, then refit
+    on every interaction up to the cutoff for the chosen epoch count, and save that model)."""
+    parser.add_argument("--refit-all", action="store_true",
+                        help="after choosing on valid and reporting test, refit on all data (train + valid + test) "
+                             "for the chosen number of epochs and save that model, to answer for tomorrow")
+
+
 def _add_out(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--out", required=True, help=f"folder for the trained {what} (created; safetensors + JSON)")
 
 
 def _add_recommender(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
+    add_refit_argument(parser)
     _add_out(parser, "model")
 
 
@@ -173,6 +182,7 @@ def _add_coldstart(parser: argparse.ArgumentParser) -> None:
     add_split_arguments(parser)
     add_space_argument(parser)
     add_training_arguments(parser)
+    add_refit_argument(parser)
     _add_out(parser, "model")
 
 
@@ -181,6 +191,7 @@ def _add_sequence(parser: argparse.ArgumentParser) -> None:
     add_split_arguments(parser)
     add_space_argument(parser)
     add_training_arguments(parser)
+    add_refit_argument(parser)
     _add_out(parser, "model")
 
 
@@ -229,7 +240,7 @@ def fit_recommender(args: argparse.Namespace, config: RunConfig) -> tuple[Any, d
         model_config = {"content_dim": vectors.shape[1], **model_config}
         setup = lambda model: model.set_content(vectors)  # noqa: E731 (between building and fitting)
     model, report = run_experiment(split, args.model, model_config=model_config, train_config=config.train,
-                                   setup=setup)
+                                   setup=setup, refit_all=getattr(args, "refit_all", False))
     if recipe is not None:
         model.content_recipe = recipe  # saved as content.json beside the weights
     return model, report
