@@ -22,7 +22,7 @@ from mmrec.data import Catalog
 from mmrec.datasets.training_pages import TrainingPages
 from mmrec.fusion.augment import ScreenAugment
 from mmrec.screen_windows import ScreenWindows
-from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace, tiny_vit
 
 logger = logging.getLogger(__name__)
 
@@ -125,11 +125,10 @@ def fitted_windows(catalog: Catalog, config: ScreenSpaceConfig) -> ScreenWindows
 
 
 def _vit(size: tuple[int, int], config: ScreenSpaceConfig) -> TowerConfig:
-    kwargs = {"img_size": list(size), "patch_size": config.patch, "embed_dim": config.width,
-              "depth": config.depth, "num_heads": config.heads, "global_pool": "avg"}
     # trainable: the screen tower takes the whole screen or window resized (`screen_tower_modality`), as it
     # is trained; without ``train_towers`` the weights stay at their seeded random init, only adapters train
-    return TowerConfig("timm:vit_tiny_patch16_224@random", {"model_kwargs": kwargs}, True)
+    return tiny_vit(size, patch=config.patch, width=config.width, depth=config.depth, heads=config.heads,
+                    global_pool="avg")
 
 
 @torch.no_grad()

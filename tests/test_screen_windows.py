@@ -11,7 +11,7 @@ from PIL import Image
 from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
 from mmrec.grounding import Grounder, GroundingSettings, load_grounding, save_grounding
 from mmrec.screen_windows import PhotoCheck, ScreenWindows, crop_windows, iou, jittered_windows
-from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+from mmrec.space import SpaceConfig, UnifiedSpace, tiny_vit
 
 
 @pytest.mark.parametrize("size", [(180, 320), (360, 640), (320, 180)])
@@ -80,8 +80,7 @@ def test_jittered_windows_stay_as_near_the_photo_as_the_grid_can_be():
 def _twin_space() -> UnifiedSpace:
     """A space whose screen tower and adapter are copies of the image ones: a window that is exactly an item's
     photo lands on that photo's vector."""
-    kwargs = {"img_size": [48, 32], "patch_size": 8, "embed_dim": 48, "depth": 1, "num_heads": 2, "global_pool": "avg"}
-    tower = TowerConfig("timm:vit_tiny_patch16_224@random", {"model_kwargs": kwargs}, True)
+    tower = tiny_vit((48, 32), width=48, depth=1, heads=2, global_pool="avg")
     torch.manual_seed(0)
     space = UnifiedSpace(SpaceConfig(towers={"image": tower, "screen": tower}, dim=32, pairs=("screen-image",)))
     space.towers["screen"].load_state_dict(space.towers["image"].state_dict())

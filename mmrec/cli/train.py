@@ -28,7 +28,7 @@ TASK_HELP = {
     "recommender": "any registered recommender (--model); content models get MiniLM (or --space) item vectors",
     "coldstart": "the VAE fusion cold-start model with its item content (--space or MiniLM text)",
     "sequence": "SASRec on a leave-last-out split (content with 'model: {use_content: true}')",
-    "align": "a UnifiedSpace aligned on a catalog's photo-text pairs (--config with 'space:')",
+    "align": "a UnifiedSpace aligned on a catalog (--preset NAME, or --config with 'preset:' / 'space:')",
 }
 # Registered models that have set_content but do not use the vectors (their scores ignore content).
 CONTENT_UNUSED = ("random",)
