@@ -64,3 +64,15 @@ def random_interactions(n_users: int = 60, n_items: int = 40, per_user: int = 8,
         items += list(chosen)
     return Interactions(np.array(users), np.array(items), [f"u{u}" for u in range(n_users)],
                         [f"i{i}" for i in range(n_items)], timestamps=np.arange(len(users)) + 1_600_000_000)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Every test starts with the thread count the session started with: an in-process CLI run or a tower
+    test that sets it and fails to restore it would otherwise slow every later test (one thread on two cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
