@@ -128,8 +128,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _tasks() -> dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]]:
-    tasks = {"recommender": (_add_recommender, run_recommender), "coldstart": (_add_coldstart, run_coldstart),
-             "sequence": (_add_sequence, run_sequence), "align": (_add_align, run_align)}
+    tasks = {"recommender": (_add_recommender, run_recommender), "coldstart": (_add_content_task, run_coldstart),
+             "sequence": (_add_content_task, run_sequence), "align": (_add_align, run_align)}
     pipeline = _pipeline()
     if pipeline is not None:
         tasks["pipeline"] = (pipeline.add_arguments, pipeline.run)
@@ -177,16 +177,8 @@ def _add_recommender(parser: argparse.ArgumentParser) -> None:
     _add_out(parser, "model")
 
 
-def _add_coldstart(parser: argparse.ArgumentParser) -> None:
-    add_data_argument(parser)
-    add_split_arguments(parser)
-    add_space_argument(parser)
-    add_training_arguments(parser)
-    add_refit_argument(parser)
-    _add_out(parser, "model")
-
-
-def _add_sequence(parser: argparse.ArgumentParser) -> None:
+def _add_content_task(parser: argparse.ArgumentParser) -> None:
+    """Options of the tasks that train one fixed model on item content (coldstart, sequence)."""
     add_data_argument(parser)
     add_split_arguments(parser)
     add_space_argument(parser)
