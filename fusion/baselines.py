@@ -6,6 +6,7 @@ layers of a symmetric-normalised user–item graph propagation).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,8 +159,18 @@ class LightGCN(BPRMF):
 
     def __init__(self, config: LightGCNConfig, n_users: int, n_items: int) -> None:
         super().__init__(config, n_users, n_items)
-        self.adjacency: torch.Tensor | None = None
+        self._graph: tuple[torch.Tensor, ...] | None = None
         self._cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def adjacency(self) -> torch.Tensor | None:
+        """The normalised graph as a sparse CSR tensor (kept as its dense parts, which copy and move like
+        any tensor; a CSR tensor itself cannot be deep-copied)."""
+        return None if self._graph is None else csr_tensor(*self._graph)
+
+    @adjacency.setter
+    def adjacency(self, value: torch.Tensor | None) -> None:
+        self._graph = None if value is None else (value.crow_indices(), value.col_indices(), value.values())
 
     def prepare(self, train: Interactions) -> None:
         """Build D^-1/2 A D^-1/2 of the bipartite graph from the training pairs."""
@@ -175,8 +186,8 @@ class LightGCN(BPRMF):
 
     def _apply(self, fn, recurse=True):
         module = super()._apply(fn, recurse)
-        if self.adjacency is not None:
-            self.adjacency = fn(self.adjacency)
+        if self._graph is not None:
+            self._graph = tuple(fn(part) for part in self._graph)
         return module
 
     def train(self, mode: bool = True) -> "LightGCN":
@@ -189,10 +200,11 @@ class LightGCN(BPRMF):
         if not self.training and self._cache is not None:
             return self._cache
         ego = torch.cat([self.user_emb, self.item_emb])
-        layers = [ego]
+        final, layer = ego, ego
         for _ in range(self.config.n_layers):
-            layers.append(torch.sparse.mm(self.adjacency, layers[-1]))
-        final = torch.stack(layers).mean(0)
+            layer = propagate(self.adjacency, layer)
+            final = final + layer
+        final = final / (self.config.n_layers + 1)
         out = (final[: self.n_users], final[self.n_users:])
         if not self.training:
             self._cache = out
@@ -200,12 +212,53 @@ class LightGCN(BPRMF):
 
 
 def normalized_adjacency(train: Interactions, n_users: int, n_items: int) -> torch.Tensor:
-    """Sparse ``[U+I, U+I]`` symmetric-normalised adjacency of the user–item bipartite graph."""
+    """Sparse CSR ``[U+I, U+I]`` symmetric-normalised adjacency of the user–item bipartite graph.
+
+    Built row by row with a counting sort (no COO coalesce, whose sort of every edge doubles the peak
+    memory at full catalogue size); column indices are int32 where the node count fits."""
     pairs = train.unique_pairs()
-    rows = np.concatenate([pairs.users, pairs.items + n_users])
-    cols = np.concatenate([pairs.items + n_users, pairs.users])
-    degree = np.bincount(rows, minlength=n_users + n_items).astype(np.float32)
-    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1e-12)), 0.0)
-    values = inv_sqrt[rows] * inv_sqrt[cols]
-    return torch.sparse_coo_tensor(np.stack([rows, cols]), values.astype(np.float32),
-                                   (n_users + n_items, n_users + n_items), check_invariants=False).coalesce()
+    n = n_users + n_items
+    users = pairs.users.astype(np.int64)
+    items = pairs.items.astype(np.int64) + n_users
+    rows = np.concatenate([users, items])
+    cols = np.concatenate([items, users])
+    del users, items
+    degree = np.bincount(rows, minlength=n)
+    inv_sqrt = np.where(degree > 0, 1.0 / np.sqrt(np.maximum(degree, 1)), 0.0).astype(np.float32)
+    order = np.argsort(rows, kind="stable")
+    index_type = np.int32 if n < 2 ** 31 and len(rows) < 2 ** 31 else np.int64
+    cols = cols[order]
+    values = inv_sqrt[rows[order]] * inv_sqrt[cols]
+    del rows, order
+    crow = np.zeros(n + 1, dtype=index_type)
+    np.cumsum(degree, out=crow[1:])
+    return csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols.astype(index_type)), torch.from_numpy(values))
+
+
+def csr_tensor(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A square sparse CSR tensor from its parts (no copy), without torch's beta-feature warning."""
+    n = len(crow) - 1
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, cols, values, (n, n), check_invariants=False)
+
+
+class _SymmetricSpmm(torch.autograd.Function):
+    """``A @ X`` for a symmetric sparse ``A``: the gradient is ``A @ grad``, so backward reuses ``A``
+    instead of building its transpose at every step (torch's generic sparse backward does)."""
+
+    @staticmethod
+    def forward(ctx, adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.adjacency = adjacency
+        return torch.sparse.mm(adjacency, dense)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return None, torch.sparse.mm(ctx.adjacency, grad)
+
+
+def propagate(adjacency: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """One graph-convolution layer ``adjacency @ dense`` for a symmetric (normalised) adjacency."""
+    if torch.is_grad_enabled() and dense.requires_grad:
+        return _SymmetricSpmm.apply(adjacency, dense)
+    return torch.sparse.mm(adjacency, dense)

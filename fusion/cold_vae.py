@@ -170,14 +170,22 @@ def history_affinity(indptr: torch.Tensor, indices: torch.Tensor, users: torch.T
 
 
 def history_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
-                           content: torch.Tensor, power: float) -> torch.Tensor:
+                           content: torch.Tensor, power: float, chunk: int = 1 << 16) -> torch.Tensor:
     """`history_affinity` for the pairs ``(users[r], items[r])``, leaving the item itself out of the
-    user's history (a training positive must not explain itself)."""
+    user's history (a training positive must not explain itself).
+
+    The content is fixed, so this is computed without autograd, ``chunk`` history entries at a time: a
+    large batch of users with long histories would otherwise gather two history × content-width tensors."""
     rows, hist, _ = history_rows(indptr, indices, users)
-    other = hist != items[rows]
-    sims = (content[hist] * content[items[rows]]).sum(1).clamp(min=0).pow(power) * other
-    n = content.new_zeros(len(users)).index_add_(0, rows, other.to(content.dtype))
-    return content.new_zeros(len(users)).index_add_(0, rows, sims) / n.clamp(min=1)
+    with torch.no_grad():
+        other = hist != items[rows]
+        sums = content.new_zeros(len(users))
+        for start in range(0, len(hist), chunk):
+            r, h = rows[start:start + chunk], hist[start:start + chunk]
+            sims = (content[h] * content[items[r]]).sum(1).clamp_(min=0).pow_(power) * other[start:start + chunk]
+            sums.index_add_(0, r, sims)
+        n = content.new_zeros(len(users)).index_add_(0, rows, other.to(content.dtype))
+        return sums / n.clamp(min=1)
 
 
 class AffinityWeight(nn.Module):

@@ -49,3 +49,26 @@ def test_from_pretrained_missing_folder(tmp_path):
         Recommender.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         Recommender.from_pretrained(tmp_path / "nothing")
+
+
+def test_graph_propagation_matches_a_dense_graph_and_its_gradient():
+    """LightGCN's CSR graph equals D^-1/2 A D^-1/2 built densely, and the symmetric spmm's gradient (A @ grad,
+    no transpose built) equals autograd's through the dense matrix."""
+    from mmrec.fusion.baselines import normalized_adjacency, propagate
+
+    train = random_interactions(n_users=30, n_items=20, per_user=5, seed=3)
+    graph = normalized_adjacency(train, 30, 20)
+    pairs = train.unique_pairs()
+    dense = torch.zeros(50, 50)
+    dense[pairs.users, pairs.items + 30] = 1.0
+    dense[pairs.items + 30, pairs.users] = 1.0
+    inv = dense.sum(1).pow(-0.5).nan_to_num(posinf=0.0)
+    dense = inv[:, None] * dense * inv[None, :]
+    assert torch.allclose(graph.to_dense(), dense, atol=1e-6)
+
+    x = torch.randn(50, 4, requires_grad=True)
+    weights = torch.randn(50, 4)
+    (propagate(graph, propagate(graph, x)) * weights).sum().backward()
+    sparse_grad, x.grad = x.grad.clone(), None
+    ((dense @ (dense @ x)) * weights).sum().backward()
+    assert torch.allclose(sparse_grad, x.grad, atol=1e-5)
