@@ -411,7 +411,7 @@ class _Loop:
     def __init__(self, model: nn.Module, data: Dataset, config: TrainConfig,
                  evaluate_fn: Callable[[nn.Module], dict[str, float]] | None, fingerprint: str | None) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import DistributedDataParallelKwargs, set_seed
 
         if not isinstance(config, TrainConfig):
             raise TypeError(f"fit needs a TrainConfig, got {type(config).__name__}")
@@ -420,8 +420,12 @@ class _Loop:
             raise TypeError(f"{type(model).__name__} has no training_step(batch) -> dict of losses")
         self.root = _prepare_checkpoint_dir(config.checkpoint_dir) if config.checkpoint_dir else None
         self.config, self.data, self.evaluate_fn, self.model = config, data, evaluate_fn, model
+        # find_unused_parameters: a model may leave parameters out of its loss (vae_fusion with its gate
+        # or affinity switched off); DistributedDataParallel then waits for their gradients forever unless
+        # told to look for them each step (it costs one walk over the step's autograd graph).
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=config.cpu,
-                                       gradient_accumulation_steps=config.grad_accum_steps)
+                                       gradient_accumulation_steps=config.grad_accum_steps,
+                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         self.identity = run_identity(model, data, config, fingerprint=fingerprint,
                                      processes=self.accelerator.num_processes)
         set_seed(config.seed)
