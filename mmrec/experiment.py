@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable, Sequence
 
@@ -23,7 +24,9 @@ def run(split: Split, model_name: str, *, model_config: Any = None, train_config
     keeps them (the history it recommends from).
 
     Returns the fitted model and ``{"valid": {...}, "test": {...}, "best_epoch", "epochs",
-    "seconds_per_epoch", "fit_seconds"}``. Test metrics are computed once, at the chosen point.
+    "seconds_per_epoch", "fit_seconds"}``. Test metrics are computed once, at the chosen point. Under
+    ``accelerate launch`` (several processes) only the main process evaluates (`is_main_process`); the
+    others' report has no ``valid`` and ``test``.
 
     ``refit_all`` (deploy mode): after choosing and reporting as above, a fresh model with the same settings
     is fitted on *all* rows of the split (train + valid + test) for the chosen number of epochs without
@@ -43,10 +46,13 @@ def run(split: Split, model_name: str, *, model_config: Any = None, train_config
     result = model.fit(split.train, train_config=train_config, evaluate_fn=validate)
     fit_seconds = time.perf_counter() - started
     model.eval()
-    report: dict[str, Any] = {"valid": validate(model)}
+    main = is_main_process()  # under `accelerate launch` every process holds the same model: one evaluates it
+    report: dict[str, Any] = {"valid": validate(model)} if main else {}
     if hasattr(model, "set_history"):  # a sequence model predicts test from train + valid events
         model.set_history(split.train.concat(split.valid))
-    report |= {"test": evaluate(model, split, on="test", ks=ks).metrics, "fit_seconds": fit_seconds}
+    if main:
+        report["test"] = evaluate(model, split, on="test", ks=ks).metrics
+    report["fit_seconds"] = fit_seconds
     if result is not None:
         epochs = [h["seconds"] for h in result.history]
         report |= {"best_epoch": result.best_epoch, "epochs": result.epochs_run,
@@ -57,6 +63,17 @@ def run(split: Split, model_name: str, *, model_config: Any = None, train_config
         model, report["refit"] = refit(split, model_name, model_config=model_config, train_config=train_config,
                                        epochs=chosen, setup=setup)
     return model, report
+
+
+def is_main_process() -> bool:
+    """Whether this is the process that evaluates, writes and reports: the only one, or rank 0 of several
+    (``accelerate launch``; the training loop shards the batches over all of them). Before the loop has
+    joined the processes into a torch.distributed group, the launcher's ``RANK`` says."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
 
 
 def refit(split: Split, model_name: str, *, model_config: Any = None, train_config: TrainConfig | None = None,

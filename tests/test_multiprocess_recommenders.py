@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,7 +31,7 @@ def launch(tmp_path: Path, *args: str, timeout: int = 240) -> subprocess.Complet
     a free port, no GPU looked for, 1 thread each, no user ``accelerate config`` (the recipe of
     test_multiprocess.py)."""
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "HF_HOME": str(tmp_path / "hf_home"), "TMPDIR": str(tmp_path),
+           "HF_HOME": str(tmp_path / "hf_home"),
            "PYTHONPATH": os.pathsep.join([str(SCRIPT.parent), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -79,3 +80,55 @@ def test_two_processes_equal_one_process_on_the_global_batch(two_process_steps, 
                 if (key.startswith("gate.") and config.get("gate") is False)
                 or (key.startswith("affinity.") and config.get("affinity") is False)}
     assert still == expected
+
+
+# -- `mmrec train` under `accelerate launch` --------------------------------------------------------------
+def _write_mmrec_folder(root: Path, n_users: int = 60, n_items: int = 40) -> Path:
+    """An MMRec folder: every user buys 8 distinct items, 6 train, 1 valid, 1 test (360 training pairs, an
+    even count, so neither of 2 processes pads its share with a repeated pair)."""
+    rng = np.random.default_rng(0)
+    lines = ["userID\titemID\ttimestamp\tx_label"]
+    for user in range(n_users):
+        for k, item in enumerate(rng.choice(n_items, size=8, replace=False)):
+            lines.append(f"{user}\t{item}\t{k}\t{0 if k < 6 else k - 5}")
+    root.mkdir(parents=True)
+    (root / "tiny.inter").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _run_file(path: Path, batch_size: int) -> Path:
+    path.write_text(f"model: {{dim: 16, n_layers: 2}}\n"
+                    f"train: {{batch_size: {batch_size}, epochs: 3, lr: 0.01, progress: false}}\n")
+    return path
+
+
+def test_mmrec_train_under_two_processes_equals_one_process(tmp_path, capsys):
+    from mmrec.cli import main
+    from mmrec.recommender import Recommender
+    from safetensors.torch import load_file
+
+    data = _write_mmrec_folder(tmp_path / "data")
+    two, one = tmp_path / "two", tmp_path / "one"
+    # The batch size is per process: 2 processes × 64 is one process's 128 (3 steps an epoch, the last of 104).
+    run = launch(tmp_path, "-m", "mmrec", "train", "--model", "lightgcn", "--data", str(data), "--config",
+                 str(_run_file(tmp_path / "two.yaml", 64)), "--out", str(two), "--json")
+    assert run.returncode == 0, run.stderr[-4000:]
+    lines = run.stdout.splitlines()
+    assert len(lines) == 1, run.stdout  # one report, printed by the main process only
+    report_two = json.loads(lines[0])
+    assert {p.name for p in tmp_path.iterdir()} - {"hf_home"} == {"data", "two", "two.yaml"}  # nothing else written
+
+    assert main(["train", "--model", "lightgcn", "--data", str(data), "--config",
+                 str(_run_file(tmp_path / "one.yaml", 128)), "--out", str(one), "--json"]) == 0
+    report_one = json.loads(capsys.readouterr().out)
+    assert report_two["best_epoch"] == report_one["best_epoch"] and report_two["epochs"] == 3
+    for part in ("valid", "test"):
+        assert report_two[part] == pytest.approx(report_one[part], abs=1e-9), part
+    weights_two, weights_one = load_file(str(two / "model.safetensors")), load_file(str(one / "model.safetensors"))
+    assert set(weights_two) == set(weights_one)
+    for key, value in weights_one.items():
+        torch.testing.assert_close(weights_two[key], value, rtol=0, atol=TOLERANCE, msg=key)
+
+    model = Recommender.from_pretrained(two)
+    codes, scores = model.recommend([0, 1, 2], k=5)
+    assert codes.shape == (3, 5) and bool((codes >= 0).all()) and bool(torch.isfinite(scores).all())

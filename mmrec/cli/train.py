@@ -204,10 +204,16 @@ def _check_paths(args: argparse.Namespace) -> None:
 
 
 def run_recommender(args: argparse.Namespace) -> int:
-    """Train, report valid/test metrics at the chosen point, save the model."""
+    """Train, report valid/test metrics at the chosen point, save the model. Under ``accelerate launch``
+    every process trains its share of each batch and holds the same model; the main one evaluates, saves
+    and reports (see `mmrec.experiment.is_main_process`)."""
+    from mmrec.experiment import is_main_process
+
     _check_paths(args)
     config = run_config(args)
     model, report = fit_recommender(args, config)
+    if not is_main_process():
+        return 0
     model.save_pretrained(args.out)
     emit({"model": args.model, "out": args.out, **report}, args.json)
     return 0
@@ -263,7 +269,7 @@ def run_coldstart(args: argparse.Namespace) -> int:
 
     _check_paths(args)
     config = run_config(args)
-    return run_task(args, config.model, config.train)
+    return _main_process_writes(run_task, args, config)
 
 
 def run_sequence(args: argparse.Namespace) -> int:
@@ -272,7 +278,25 @@ def run_sequence(args: argparse.Namespace) -> int:
 
     _check_paths(args)
     config = run_config(args)
-    return run_task(args, config.model, config.train)
+    return _main_process_writes(run_task, args, config)
+
+
+def _main_process_writes(run_task: Callable[..., int], args: argparse.Namespace, config: RunConfig) -> int:
+    """Run a task runner that trains, saves to ``--out`` and reports. Under ``accelerate launch`` only the
+    main process writes ``--out`` and prints: every other one (which trains its share of each batch and
+    holds the same model) saves into a temporary folder that is deleted, and its report is dropped."""
+    import contextlib
+    import io
+    import tempfile
+    from pathlib import Path
+
+    from mmrec.experiment import is_main_process
+
+    if is_main_process():
+        return run_task(args, config.model, config.train)
+    with tempfile.TemporaryDirectory(prefix="mmrec-train-rank-") as scratch, contextlib.redirect_stdout(io.StringIO()):
+        return run_task(argparse.Namespace(**{**vars(args), "out": str(Path(scratch) / "out")}), config.model,
+                        config.train)
 
 
 def run_align(args: argparse.Namespace) -> int:
