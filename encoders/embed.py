@@ -381,3 +381,50 @@ def embed(catalog: Catalog, encoder: Encoder, *, texts: Sequence[str] | None = N
         raise ValueError(f"cannot embed a catalog with {encoder!r}")
     return embed_images(catalog.image_paths, encoder, ids=catalog.ids, batch_size=batch_size or 64,
                         num_workers=num_workers, decoder=decoder, cache=cache, progress=progress)
+
+
+# -- several processes (``accelerate launch``): a contiguous shard of the catalog each -------------------
+def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of an ``n``-row catalog that process ``rank`` of ``world_size`` embeds: contiguous
+    shards in rank order whose sizes differ by at most one (rank r: ``n·r // N`` to ``n·(r+1) // N``)."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"process rank {rank} is outside 0..{world_size - 1}")
+    return n * rank // world_size, n * (rank + 1) // world_size
+
+
+def merge_results(parts: Sequence[EmbedResult]) -> EmbedResult:
+    """One result from the results of consecutive shards (in shard order): rows concatenated, counts
+    summed, failures listed in row order, the time of the slowest shard."""
+    if not parts:
+        raise ValueError("merge_results needs at least one shard's result")
+    counts = {key: sum(p.counts[key] for p in parts) for key in parts[0].counts}
+    return EmbedResult(np.concatenate([p.ids for p in parts]), np.concatenate([p.vectors for p in parts]),
+                       np.concatenate([p.valid for p in parts]), counts, [f for p in parts for f in p.failures],
+                       max(p.seconds for p in parts), parts[0].modality, parts[0].spec)
+
+
+def gather_result(part: EmbedResult, device: torch.device | str = "cpu") -> EmbedResult:
+    """Every process's `EmbedResult` of its shard (`shard_bounds`), merged in rank order, on every process
+    of the torch.distributed group. Vectors and masks travel as tensors on ``device`` (a CUDA device under
+    NCCL), padded to the longest shard; counts and failure reasons as small objects."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size()
+    lengths = [0] * world
+    dist.all_gather_object(lengths, len(part.ids))
+    longest = max(lengths)
+    rows = torch.zeros(longest, part.vectors.shape[1] + 1, dtype=torch.float32, device=device)
+    rows[: len(part.ids), :-1] = torch.from_numpy(part.vectors).to(device)
+    rows[: len(part.ids), -1] = torch.from_numpy(part.valid.astype(np.float32)).to(device)
+    gathered = [torch.empty_like(rows) for _ in range(world)]
+    dist.all_gather(gathered, rows)
+    meta: list[Any] = [None] * world
+    dist.all_gather_object(meta, {"ids": [str(i) for i in part.ids], "counts": part.counts,
+                                  "failures": [list(f) for f in part.failures], "seconds": part.seconds})
+    parts = []
+    for length, block, info in zip(lengths, gathered, meta):
+        block = block[:length].cpu().numpy()
+        parts.append(EmbedResult(np.asarray(info["ids"], dtype=object), np.ascontiguousarray(block[:, :-1]),
+                                 block[:, -1] > 0.5, info["counts"], [tuple(f) for f in info["failures"]],
+                                 info["seconds"], part.modality, part.spec))
+    return merge_results(parts)

@@ -5,11 +5,19 @@ Writes to ``--out``: ``item_ids.npy`` (article ids, catalog order), ``<modality>
 (encoder, preprocessing, counts, time). With ``--mmrec-folder`` it also writes ``image_feat.npy`` or
 ``text_feat.npy`` with one row per itemID of that folder's ``i_id_mapping.csv`` (rows without a vector
 get the mean vector; the count is reported). Rerunning resumes from the cache in ``--out/cache``.
+
+Under ``accelerate launch`` (N processes, on one machine or several) each process embeds one contiguous
+shard of the catalog, rows ``n·r // N`` to ``n·(r+1) // N`` for rank r (`mmrec.encoders.embed.shard_bounds`),
+on its own device (``--device auto`` or ``cuda``: the launcher's ``cuda:<local rank>``); the shards are
+gathered in rank order and the main process writes the same files one process writes (vectors equal up to
+float rounding: a row's batch companions differ) and prints the one report. Every process adds its new rows
+to the shared cache folder (its own shard files, so they never overwrite one another).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,6 +79,24 @@ def _mmrec_features(folder: str, rows: np.ndarray, vectors: np.ndarray, valid: n
     return features, int((~ok).sum())
 
 
+def _processes(device: str) -> tuple[int, int, str]:
+    """``(rank, process count, device)`` of this process: ``(0, 1, device)`` alone; under ``accelerate
+    launch`` (``WORLD_SIZE`` > 1) the processes join a torch.distributed group and ``auto`` / ``cuda`` become
+    this process's own device (``cuda:<local rank>``, or the CPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, device
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    # On the CPU (asked for, forced by ACCELERATE_USE_CPU, or no GPU) the group is gloo, on CUDA NCCL.
+    cpu = device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
+    if device == "auto" or (device == "cuda" and state.device.type == "cuda"):
+        device = str(state.device)
+    return state.process_index, state.num_processes, device
+
+
 def run(args: argparse.Namespace) -> int:
     """Embed, write the files, report counts."""
     from mmrec.datasets import hm
@@ -82,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         check_out_folder(args.cache, "--cache")
     if args.limit is not None and args.mmrec_folder:
         raise ValueError("--limit and --mmrec-folder cannot be combined: the features must cover every mapped item")
-    encoder = create_encoder(args.encoder, args.modality, device=args.device, precision=args.precision)
+    rank, world, device = _processes(args.device)
+    encoder = create_encoder(args.encoder, args.modality, device=device, precision=args.precision)
     modality = encoder.modality
     if args.mmrec_folder and modality == "screen":
         raise ValueError("--mmrec-folder writes image_feat.npy or text_feat.npy; use --modality image or text")
@@ -92,15 +119,26 @@ def run(args: argparse.Namespace) -> int:
     mmrec_rows = _mmrec_rows(args.mmrec_folder, catalog) if args.mmrec_folder else None
     out.mkdir(parents=True, exist_ok=True)
     cache = None if args.no_cache else EmbeddingCache.for_encoder(args.cache or out / "cache", encoder)
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
-    result = embed(catalog, encoder, texts=hm.article_texts(catalog) if modality == "text" else None,
-                   batch_size=args.batch_size, num_workers=args.num_workers, decoder=args.decoder, cache=cache,
-                   progress=progress)
+    progress = (sys.stderr.isatty() if args.progress is None else args.progress) and rank == 0
+    texts = hm.article_texts(catalog) if modality == "text" else None
+    if world > 1:
+        from mmrec.encoders.embed import gather_result, shard_bounds
+
+        start, stop = shard_bounds(len(catalog), rank, world)
+        part = embed(catalog.subset(np.arange(start, stop)), encoder, texts=None if texts is None else texts[start:stop],
+                     batch_size=args.batch_size, num_workers=args.num_workers, decoder=args.decoder, cache=cache,
+                     progress=progress)
+        result = gather_result(part, device=encoder.device if encoder.device.type == "cuda" else "cpu")
+        if rank != 0:  # the main process writes the files and reports
+            return 0
+    else:
+        result = embed(catalog, encoder, texts=texts, batch_size=args.batch_size, num_workers=args.num_workers,
+                       decoder=args.decoder, cache=cache, progress=progress)
 
     atomic_save_npy(out / "item_ids.npy", np.asarray(catalog.ids, dtype=str))
     atomic_save_npy(out / f"{modality}_vectors.npy", result.vectors)
     atomic_save_npy(out / f"{modality}_valid.npy", result.valid)
-    report: dict[str, Any] = {**result.summary(), "device": str(encoder.device),
+    report: dict[str, Any] = {**result.summary(), "processes": world, "device": str(encoder.device),
                               "dtype": str(encoder.dtype).replace("torch.", ""),
                               "data": str(Path(args.data).resolve()), "out": str(out.resolve())}
     if args.mmrec_folder:
