@@ -342,20 +342,24 @@ def test_state_dir_must_not_be_the_model_folder_or_foreign_data(folders, tmp_pat
 
 # -- command line -------------------------------------------------------------------------------------------
 
-def _mmrec(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mmrec", *args], capture_output=True, text=True, timeout=300)
+def _refusal(capsys, *args: str) -> str:
+    """Run ``mmrec serve`` in this process (it stops before serving); its exit code must be 2, its stderr one line."""
+    from mmrec.cli import main
+
+    code = main(["serve", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("mmrec serve"), err
+    return err
 
 
-def test_cli_refuses_a_bad_folder_in_one_line(tmp_path, folders):
-    bad = _mmrec("serve", "--model", str(tmp_path / "missing"), "--port", "0")
-    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--model" in bad.stderr, bad.stderr
+def test_cli_refuses_a_bad_folder_or_state_dir_in_one_line(tmp_path, folders, capsys):
+    assert "--model" in _refusal(capsys, "--model", str(tmp_path / "missing"), "--port", "0")
     (tmp_path / "empty").mkdir()
-    bad = _mmrec("serve", "--model", str(tmp_path / "empty"), "--port", "0")
-    assert bad.returncode == 2 and "manifest.json" in bad.stderr, bad.stderr
-    bad = _mmrec("serve", "--model", str(folders["bpr"]), "--state-dir", str(folders["bpr"]), "--port", "0")
-    assert bad.returncode == 2 and "--state-dir" in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
-    bad = _mmrec("serve", "--model", str(folders["bpr"]), "--port", "70000")
-    assert bad.returncode == 2 and "--port" in bad.stderr, bad.stderr
+    assert "manifest.json" in _refusal(capsys, "--model", str(tmp_path / "empty"), "--port", "0")
+    assert "--state-dir" in _refusal(capsys, "--model", str(folders["bpr"]), "--state-dir", str(folders["bpr"]),
+                                     "--port", "0")
+    assert "--port" in _refusal(capsys, "--model", str(folders["bpr"]), "--port", "70000")
+    assert "--index" in _refusal(capsys, "--model", str(folders["bpr"]), "--index", "annoy")
 
 
 def test_cli_serves_until_stopped(folders):
@@ -388,3 +392,19 @@ def test_cli_serves_until_stopped(folders):
         process.send_signal(signal.SIGINT)
         process.wait(timeout=60)
     assert f"127.0.0.1:{port}" in process.stderr.read()
+
+
+def test_the_listening_socket_is_tcp_so_answers_are_not_held_by_nagle():
+    """asyncio sets TCP_NODELAY only on accepted sockets whose proto is TCP; a socket made with proto 0 made
+    every answer wait for the client's delayed ACK (~40 ms)."""
+    import socket
+
+    from mmrec.serve import bind
+
+    sock = bind("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP and sock.getsockname()[1] > 0
+        with pytest.raises(OSError, match="--port"):
+            bind("127.0.0.1", sock.getsockname()[1])
+    finally:
+        sock.close()
