@@ -110,6 +110,7 @@ class Snapshot:
     index: Any
     version: int
     item_index: dict[str, int]
+    popularity: np.ndarray | None  # known purchases per item: the fallback of models without their own
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,14 @@ class NewItem:
 
 
 class ModelService:
-    """A loaded model behind a lock-free read path and one write lock (see the module docstring)."""
+    """A loaded model behind a lock-free read path and one write lock (see the module docstring). The
+    model given is served as it is (version 0); changes are made to copies, so that object is never changed."""
 
     def __init__(self, model: Recommender, config: ServeConfig | None = None, *, source: str | None = None) -> None:
         self.config = config or ServeConfig()
         if model.user_ids is None or model.item_ids is None:
-            raise ValueError(f"{source or 'the model'} was saved without id vocabularies; cannot answer in external ids")
+            raise ValueError(f"{source or 'the model'} was saved without id vocabularies; cannot answer in "
+                             f"external ids")
         self.source = source
         self.state_dir = _check_state_dir(self.config.state_dir, source)
         self._user_index = {str(u): i for i, u in enumerate(model.user_ids)}  # users never change here
@@ -155,7 +158,10 @@ class ModelService:
             from mmrec.index import index_for
 
             index = index_for(model, self.config.index)
-        return Snapshot(model, index, version, {str(i): c for c, i in enumerate(model.item_ids)})
+        popularity = None
+        if not hasattr(model, "recommend_for_unknown"):
+            popularity = np.bincount(model.seen_indices.cpu().numpy(), minlength=model.n_items).astype(np.float64)
+        return Snapshot(model, index, version, {str(i): c for c, i in enumerate(model.item_ids)}, popularity)
 
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to a counter (thread-safe)."""
@@ -202,12 +208,13 @@ class ModelService:
         with torch.no_grad():
             if code is not None:
                 index = snap.index if candidates == "all" else None
-                options = {"index": index, "index_candidates": self.config.index_candidates} if index is not None else {}
+                options = {} if index is None else {"index": index,
+                                                    "index_candidates": self.config.index_candidates}
                 codes, scores = model.recommend(np.array([code]), k, candidates=candidates,
                                                 exclude_seen=model.excludes_seen_by_default, **options)
                 codes, scores = codes[0].cpu().numpy(), scores[0].float().cpu().numpy()
             else:
-                codes, scores, fallback = _fallback(model, k, candidates)
+                codes, scores, fallback = _fallback(snap, k, candidates)
         keep = np.isfinite(scores) & (codes >= 0)
         self.count("recommend")
         if fallback is not None:
@@ -349,13 +356,15 @@ def _copy(model: Recommender) -> Recommender:
     return copy.deepcopy(model, memo)
 
 
-def _fallback(model: Recommender, k: int, candidates: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """Codes, scores and name of the answer for a user the model does not know."""
-    if hasattr(model, "recommend_for_unknown"):
+def _fallback(snap: Snapshot, k: int, candidates: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """Codes, scores and name of the answer for a user the model does not know: the model's own
+    ``recommend_for_unknown``, else the items with the most known purchases ("most_popular")."""
+    model = snap.model
+    if snap.popularity is None:
         answer = model.recommend_for_unknown(k, candidates)
         return (np.asarray(answer["items"], dtype=np.int64), np.asarray(answer["scores"], dtype=np.float64),
                 str(answer["fallback"]))
-    counts = np.bincount(model.seen_indices.cpu().numpy(), minlength=model.n_items).astype(np.float64)
+    counts = snap.popularity
     cand = model.candidate_codes(candidates)
     pool = np.arange(model.n_items) if cand is None else cand
     order = pool[np.argsort(-counts[pool], kind="stable")][:k]

@@ -106,7 +106,8 @@ def test_health_and_recommend_for_a_known_user(folders):
     assert health["can_add_items"] and health["can_update"]
     answer = client.get("/recommend", params={"user": "u3", "k": 3}).json()
     assert answer["user"] == "u3" and answer["fallback"] is None
-    assert len(answer["items"]) == 3 == len(answer["scores"]) and answer["scores"] == sorted(answer["scores"], reverse=True)
+    assert len(answer["items"]) == 3 == len(answer["scores"])
+    assert answer["scores"] == sorted(answer["scores"], reverse=True)
     # The same as the model's own answer, seen items excluded.
     from mmrec.recommender import Recommender
 
@@ -191,7 +192,8 @@ def test_bad_items_are_refused_and_change_nothing(folders, encoder, monkeypatch)
     _assert_error(post("/items", json={"items": [{"id": "a", "title": "x", "image": "@@not base64@@"}]}), 422,
                   "items[0].image", "base64")
     not_image = base64.b64encode(b"hello, not a picture").decode()
-    _assert_error(post("/items", json={"items": [{"id": "a", "title": "x", "image": not_image}]}), 422, "items[0].image")
+    _assert_error(post("/items", json={"items": [{"id": "a", "title": "x", "image": not_image}]}), 422,
+                  "items[0].image")
     _assert_error(post("/items", json={"items": [{"id": "a", "title": "x", "image": _png(fmt="GIF")}]}), 422,
                   "GIF", "JPEG or PNG")
     # Pillow's decompression-bomb guard stays on: an image over its limit is refused, not decoded.
@@ -262,7 +264,8 @@ def test_concurrent_item_posts_and_recommends_all_succeed_and_agree(folders, enc
         def writer(w: int) -> None:
             with httpx.Client(base_url=url, timeout=120) as http:
                 for p in range(posts_each):
-                    r = http.post("/items", json={"items": [{"id": f"w{w}p{p}", "title": f"{TITLES[(w + p) % 9]} {w}{p}"}]})
+                    item = {"id": f"w{w}p{p}", "title": f"{TITLES[(w + p) % 9]} {w}{p}"}
+                    r = http.post("/items", json={"items": [item]})
                     if r.status_code != 200:
                         failures.append(r.text)
 
@@ -298,11 +301,46 @@ def test_concurrent_item_posts_and_recommends_all_succeed_and_agree(folders, enc
             assert answer["items"] == first["items"] and answer["scores"] == first["scores"]
     # The final model gives the answer a fresh sequential request gives.
     last = service.recommend("u4", 30)
-    assert last["version"] == final["version"] and len(last["items"]) == min(30, final["n_items"] - len(_seen_ids(service, 4)))
+    assert last["version"] == final["version"]
+    assert len(last["items"]) == min(30, final["n_items"] - len(_seen_ids(service, 4)))
 
 
 def _seen_ids(service, user: int) -> list[str]:
     return _seen(service.snapshot.model, user)
+
+
+# -- retrieval index ----------------------------------------------------------------------------------------
+
+def test_an_index_gives_the_exact_answers_and_follows_new_items(folders, encoder):
+    """``index="flat"`` (exact search, re-ranked by the model) answers as scoring every item does, also after
+    POST /items (the index is rebuilt with each change)."""
+    pytest.importorskip("faiss")
+    pytest.importorskip("mmrec.index")
+    indexed, plain = _client(folders["vae"], encoder, index="flat"), _client(folders["vae"], encoder)
+    assert indexed.get("/health").json()["index"] == "flat"
+    users = [f"u{i}" for i in range(12)]
+
+    def answers(client):
+        return [client.get("/recommend", params={"user": u, "k": 5}).json()["items"] for u in users]
+
+    assert answers(indexed) == answers(plain)
+    body = {"items": [{"id": "n1", "title": "red silk dress"}, {"id": "n2", "title": "black leather boots"}]}
+    assert indexed.post("/items", json=body).status_code == plain.post("/items", json=body).status_code == 200
+    after = answers(indexed)
+    assert after == answers(plain)
+    big = indexed.get("/recommend", params={"user": "u0", "k": 20}).json()["items"]
+    assert {"n1", "n2"} <= set(big)
+
+
+def test_an_index_needs_a_factorised_model(tmp_path):
+    from mmrec.recommender import create_model
+    from mmrec.serve import ServeConfig, create_app
+
+    pytest.importorskip("mmrec.index")
+    model = create_model("most_popular", 12, 9)
+    model.remember(_interactions())
+    with pytest.raises(ValueError, match="--index flat.*--index none"):
+        create_app(model, ServeConfig(index="flat"))
 
 
 # -- state folder ---------------------------------------------------------------------------------------------
