@@ -12,6 +12,9 @@ Images are decoded in DataLoader workers. Two decoders:
 A missing or undecodable image is skipped and counted; the item keeps its other modalities. Texts are
 encoded longest first so each batch pads little. With an `EmbeddingCache`, rows whose input hash is
 cached are not encoded, and finished rows reach disk even when the run is interrupted.
+
+Several processes (``accelerate launch``) each embed a contiguous shard of the catalog (`shard_bounds`);
+`gather_result` joins the shards' results in rank order into the one result a single process makes.
 """
 from __future__ import annotations
 
