@@ -20,7 +20,7 @@ import pickle
 import sys
 import traceback
 
-COMMANDS = ("data_info", "split", "train", "evaluate", "recommend", "embed", "shards", "stream", "serve")
+COMMANDS = ("data_info", "split", "train", "evaluate", "recommend", "embed", "shards", "stream", "world", "serve")
 
 
 class Parser(argparse.ArgumentParser):
