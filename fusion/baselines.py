@@ -141,6 +141,18 @@ class BPRMF(Recommender):
         item_vecs = items_all if items is None else items_all[items]
         return users_all[users] @ item_vecs.t()
 
+    @torch.no_grad()
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The final user and item vectors (for vae_fusion the fused items; its affinity is re-ranked)."""
+        users_all, items_all = self.embeddings()
+        return users_all.detach(), items_all.detach()
+
+    def score_candidates(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        if type(self).score is not BPRMF.score:  # a subclass adds terms: score the pairs through them
+            return super().score_candidates(users, items)
+        users_all, items_all = self.embeddings()
+        return torch.einsum("ud,ucd->uc", users_all[users], items_all[items])
+
 
 @dataclass
 class LightGCNConfig:

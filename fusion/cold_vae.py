@@ -169,14 +169,39 @@ def history_affinity(indptr: torch.Tensor, indices: torch.Tensor, users: torch.T
     return out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
 
 
+@torch.no_grad()
+def history_affinity_candidates(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor,
+                                items: torch.Tensor, content: torch.Tensor, power: float) -> torch.Tensor:
+    """`history_affinity` of each user's own candidates ``items [len(users), c]`` → ``[len(users), c]``: the
+    histories padded to the longest one in ``users`` and multiplied in one batch, so a retrieval index's
+    candidates are re-ranked without scoring the whole catalogue (pass users of similar history length)."""
+    rows, hist, lengths = history_rows(indptr, indices, users)
+    longest = int(lengths.max()) if len(users) else 0
+    if longest == 0:
+        return content.new_zeros(items.shape)
+    position = torch.arange(len(hist), device=hist.device) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths)
+    padded = content.new_zeros(len(users), longest, content.shape[1])
+    padded[rows, position] = content[hist]
+    sims = torch.bmm(padded, content[items].transpose(1, 2)).clamp_(min=0).pow_(power)  # [u, longest, c]
+    return sims.sum(1) / lengths.clamp(min=1).unsqueeze(1).to(content.dtype)
+
+
 def history_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
-                           content: torch.Tensor, power: float, chunk: int = 1 << 16) -> torch.Tensor:
+                           content: torch.Tensor, power: float, chunk: int = 1 << 16, sample: int = 0) -> torch.Tensor:
     """`history_affinity` for the pairs ``(users[r], items[r])``, leaving the item itself out of the
     user's history (a training positive must not explain itself).
 
     The content is fixed, so this is computed without autograd, ``chunk`` history entries at a time: a
-    large batch of users with long histories would otherwise gather two history × content-width tensors."""
-    rows, hist, _ = history_rows(indptr, indices, users)
+    large batch of users with long histories would otherwise gather two history × content-width tensors.
+    With ``sample`` > 0, a history longer than that is replaced by a stratified random sample of ``sample``
+    of its items (one from each of ``sample`` equal stretches): the mean over it estimates the mean over the
+    whole history without bias, and a pair costs at most ``sample`` rows however long the history is — the
+    cost that dominates a training epoch at full shop size, where pairs come from heavy buyers most."""
+    if sample > 0:
+        rows, hist = _sampled_history_rows(indptr, indices, users, sample)
+    else:
+        rows, hist, _ = history_rows(indptr, indices, users)
     with torch.no_grad():
         other = hist != items[rows]
         sums = content.new_zeros(len(users))
@@ -186,6 +211,22 @@ def history_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: t
             sums.index_add_(0, r, sims)
         n = content.new_zeros(len(users)).index_add_(0, rows, other.to(content.dtype))
         return sums / n.clamp(min=1)
+
+
+def _sampled_history_rows(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor,
+                          sample: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`history_rows` with at most ``sample`` items per user: all of a short history, else item
+    ``floor((t + U) · L / sample)`` for ``t`` < ``sample`` with one uniform ``U`` per row (stratified)."""
+    lengths = indptr[users + 1] - indptr[users]
+    counts = lengths.clamp(max=sample)
+    rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
+    t = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts,
+                                                                                         counts)
+    length = lengths[rows]
+    shift = torch.rand(len(users), device=users.device)[rows]
+    strided = ((t + shift) * length / sample).long().clamp(max=length - 1)
+    offset = torch.where(length <= sample, t, strided)
+    return rows, indices[indptr[users][rows] + offset]
 
 
 class AffinityWeight(nn.Module):

@@ -56,6 +56,7 @@ from mmrec.data import Catalog, Interactions
 from mmrec.fusion.baselines import LightGCN, normalized_adjacency
 from mmrec.content import ContentRecipe
 from mmrec.fusion.cold_vae import (AffinityWeight, ContentRegressor, ContentVAE, CountGate, history_affinity,
+                                   history_affinity_candidates,
                                    history_affinity_pairs, history_mean, knn_rows, normalize_rows)
 from mmrec.recommender import register_model
 from mmrec.sampling import TripletDataset
@@ -86,6 +87,7 @@ class VAEFusionConfig:
     affinity: bool = True           # add the user's history content affinity to every item's score
     affinity_power: float = 6.0
     affinity_init: float = 20.0
+    affinity_sample: int = 0        # training: a history's affinity from ≤ this many sampled items (0: all)
 
     def __post_init__(self) -> None:
         for name in ("dim", "latent_dim", "hidden_dim"):
@@ -99,6 +101,8 @@ class VAEFusionConfig:
         if self.affinity_power <= 0 or self.affinity_init <= 0:
             raise ValueError(f"VAEFusionConfig.affinity_power and affinity_init must be > 0, got "
                              f"{self.affinity_power}, {self.affinity_init}")
+        if self.affinity_sample < 0:
+            raise ValueError(f"VAEFusionConfig.affinity_sample must be ≥ 0, got {self.affinity_sample}")
         if self.gate_a_init <= 0:
             raise ValueError(f"VAEFusionConfig.gate_a_init must be > 0, got {self.gate_a_init}")
 
@@ -226,6 +230,17 @@ class VAEFusion(LightGCN):
                                     self.config.affinity_power, items)
         return scores + self.affinity(self._gate(counts)) * affinity
 
+    def score_candidates(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """`score` of each user's own candidates ``items [len(users), c]``, the affinity over the candidates
+        only (what re-ranks a retrieval index's proposals)."""
+        users_all, fused = self.embeddings()
+        scores = torch.einsum("ud,ucd->uc", users_all[users], fused[items])
+        if not self.config.affinity:
+            return scores
+        affinity = history_affinity_candidates(self.seen_indptr, self.seen_indices, users, items, self.content,
+                                               self.config.affinity_power)
+        return scores + self.affinity(self._gate(self.trained_counts()[items])) * affinity
+
     def _invalidate(self) -> None:
         self._cache, self._fused = None, None
 
@@ -272,7 +287,8 @@ class VAEFusion(LightGCN):
             score = (u * self._fuse(lgcn + knn, generated, counts)).sum(1)
             if cfg.affinity:
                 score = score + self.affinity(self._gate(counts)) * history_affinity_pairs(
-                    self.seen_indptr, self.seen_indices, batch["users"], idx, self.content, cfg.affinity_power)
+                    self.seen_indptr, self.seen_indices, batch["users"], idx, self.content, cfg.affinity_power,
+                    sample=cfg.affinity_sample)
             vectors.append((generated, score))
         (gen_p, score_p), (gen_n, score_n) = vectors
         bpr = -F.logsigmoid(score_p - score_n).mean()

@@ -121,19 +121,41 @@ class Recommender(Pretrained, nn.Module):
             raise ValueError(f"candidate item codes must be in 0..{self.n_items - 1}")
         return codes
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(user_vectors [n_users, d], item_vectors [n_items, d])`` whose inner products are the model's
+        scores, or its factorised part (a retrieval index searches them; `score_candidates` re-ranks).
+        Models that are not factorised raise `NotImplementedError`."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} has no user and item factors to index")
+
+    def score_candidates(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores ``[len(users), c]`` of each user's own candidate items ``items [len(users), c]`` (the same
+        values `score` gives those pairs). This default scores the union of the candidates once and gathers."""
+        union, inverse = torch.unique(items, return_inverse=True)
+        return self.score(users, union).gather(1, inverse)
+
     @torch.no_grad()
     def recommend(self, users: Sequence[int] | torch.Tensor, k: int = 10, *,
                   candidates: str | Sequence[int] | np.ndarray | None = None,
-                  exclude_seen: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  exclude_seen: bool = True, index: Any = None,
+                  index_candidates: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-``k`` item codes and scores per user, among ``candidates`` (see `candidate_codes`; default all).
 
         ``k`` is capped at the number of candidates; where fewer than ``k`` are left for a user once the
-        items they saw are excluded, the row ends in code -1 with score -inf (never a seen item)."""
+        items they saw are excluded, the row ends in code -1 with score -inf (never a seen item). With
+        ``index`` (a `mmrec.index.Index` over `factors`), every item is not scored: the index proposes
+        ``index_candidates`` per user and `score_candidates` re-ranks them (`mmrec.index.recommend_with_index`)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         users_np = np.asarray(users.cpu() if isinstance(users, torch.Tensor) else users, dtype=np.int64)
         if len(users_np) and (users_np.min() < 0 or users_np.max() >= self.n_users):
             raise ValueError(f"user codes must be in 0..{self.n_users - 1}")
+        if index is not None:
+            from mmrec.index import recommend_with_index
+
+            if self.candidate_codes(candidates) is not None:
+                raise ValueError("an index ranks the whole catalogue: pass candidates only without an index")
+            return recommend_with_index(self, users_np, int(k), index, candidates=index_candidates,
+                                        exclude_seen=exclude_seen)
         scores = self.score(torch.as_tensor(users_np, device=self.device)).float().clone()
         if exclude_seen:
             rows, cols = csr_rows(self.seen_indptr.cpu().numpy(), self.seen_indices.cpu().numpy(), users_np)
