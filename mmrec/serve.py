@@ -256,7 +256,10 @@ class ModelService:
             model.add_items([item.id for item in items], vectors)
             new = self._publish(model, snap)
         self.count("items_added", len(items))
-        return {"added": [item.id for item in items], "n_items": new.model.n_items, "version": new.version}
+        # A text recipe reads the text fields only: say whether the photos sent counted.
+        images_used = reads_images and any(item.image is not None for item in items)
+        return {"added": [item.id for item in items], "n_items": new.model.n_items, "version": new.version,
+                "images_used": images_used}
 
     def add_events(self, events: list[tuple[str, str]]) -> dict[str, Any]:
         """Fold purchases ``(user id, item id)`` into the model with its ``update`` (no retraining)."""
@@ -333,21 +336,18 @@ class ModelService:
                               [item.text for item in items], paths,
                               {name: np.array([item.attributes.get(name, "") for item in items], dtype=object)
                                for name in names})
-            if recipe.space is not None:
-                return recipe.embed(catalog)
-            # A text recipe: the same as ``recipe.embed`` with the encoder built once, not per request.
-            from mmrec.encoders import embed
+            # One embedding at a time: encoders are not made for concurrent calls (a fast tokenizer raises
+            # "Already borrowed"; the space switches its towers to eval mode and back).
+            with self._encoder_lock:
+                if recipe.space is not None:
+                    return recipe.embed(catalog)
+                # A text recipe: as ``recipe.embed`` does, with the encoder built once, not per request.
+                from mmrec.encoders import create_encoder, embed
 
-            return normalize_rows(embed(catalog, self._text_encoder(recipe.encoder), texts=recipe.texts(catalog),
-                                        progress=False).vectors)
-
-    def _text_encoder(self, spec: str) -> Any:
-        with self._encoder_lock:
-            if self._encoder is None:
-                from mmrec.encoders import create_encoder
-
-                self._encoder = create_encoder(spec)
-            return self._encoder
+                if self._encoder is None:
+                    self._encoder = create_encoder(recipe.encoder)
+                return normalize_rows(embed(catalog, self._encoder, texts=recipe.texts(catalog),
+                                            progress=False).vectors)
 
 
 def _copy(model: Recommender) -> Recommender:

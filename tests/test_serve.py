@@ -165,7 +165,8 @@ def test_new_items_are_recommended_at_once(folders, encoder):
                        "image": _png(fmt="JPEG")}]}
     response = client.post("/items", json=body)
     assert response.status_code == 200, response.text
-    assert response.json() == {"added": ["n1", "n2", "n3"], "n_items": 12, "version": 1}
+    # The model's recipe is MiniLM on text: the photos are checked, but not what the vectors are made from.
+    assert response.json() == {"added": ["n1", "n2", "n3"], "n_items": 12, "version": 1, "images_used": False}
     assert client.get("/health").json()["n_items"] == 12
     cold = client.get("/recommend", params={"user": "u0", "k": 20, "candidates": "cold"}).json()
     assert {"n1", "n2", "n3"} <= set(cold["items"])
@@ -173,6 +174,42 @@ def test_new_items_are_recommended_at_once(folders, encoder):
     assert {"n1", "n2", "n3"} <= set(everything["items"])
     fallback = client.get("/recommend", params={"user": "nobody", "k": 20, "candidates": "cold"}).json()
     assert {"n1", "n2", "n3"} <= set(fallback["items"]) and fallback["fallback"] == "popular_by_content"
+
+
+def test_a_photo_only_item_is_embedded_by_a_space_recipe(tmp_path):
+    """A model whose content came from a UnifiedSpace (photo and text towers) embeds a posted photo: an item
+    with only a photo is accepted and gets a content vector of its own."""
+    import torch
+
+    from mmrec.content import ContentRecipe
+    from mmrec.data import Catalog
+    from mmrec.recommender import create_model
+    from mmrec.serve import ServeConfig, create_app
+    from mmrec.space import UnifiedSpace, space_preset, tiny_vit
+    from mmrec.train import TrainConfig
+
+    torch.manual_seed(0)
+    space = UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": tiny_vit(32, width=32, depth=1, heads=2)},
+                                      dim=16, adapter_options={"hidden": 32}))
+    recipe = ContentRecipe(space=space)
+    train = _interactions()
+    model = create_model("vae_fusion", train.n_users, train.n_items, {"dim": 8, "latent_dim": 4, "hidden_dim": 16})
+    model.set_content(recipe.embed(Catalog(train.item_ids, TITLES, [""] * 9, [None] * 9)), recipe=recipe)
+    model.fit(train, train_config=TrainConfig(epochs=1, batch_size=64, progress=False))
+    model.save_pretrained(tmp_path / "model")
+    from fastapi.testclient import TestClient
+
+    client = TestClient(create_app(tmp_path / "model", ServeConfig()))
+    body = {"items": [{"id": "p1", "image": _png(size=(40, 40), colour=(10, 200, 10))},
+                      {"id": "p2", "title": "red silk dress", "image": _png(size=(40, 40), fmt="JPEG")}]}
+    response = client.post("/items", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json()["images_used"] is True
+    served = client.app.state.service.snapshot.model
+    content = served.content[-2:]
+    assert bool((content.norm(dim=1) > 0.99).all()) and not torch.allclose(content[0], content[1])
+    cold = client.get("/recommend", params={"user": "u0", "k": 20, "candidates": "cold"}).json()
+    assert {"p1", "p2"} <= set(cold["items"])
 
 
 def test_bad_items_are_refused_and_change_nothing(folders, encoder, monkeypatch):
