@@ -489,6 +489,11 @@ def create_app(model: Recommender | str | os.PathLike, config: ServeConfig | Non
     def _http(request: Request, err: HTTPException) -> JSONResponse:
         return error(err.status_code, f"{request.method} {request.url.path}: {err.detail}")
 
+    @app.exception_handler(Exception)
+    def _bug(request: Request, err: Exception) -> JSONResponse:  # not bad input: a bug, still answered in JSON
+        return error(500, f"{request.method} {request.url.path}: internal error: {type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}".rstrip(": "))
+
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes, on_refusal=lambda: service.count("errors"))
 
     @app.get("/health")

@@ -257,6 +257,26 @@ def test_a_model_without_add_items_or_update_says_so(folders):
     assert not health["can_add_items"] and not health["can_update"]
 
 
+def test_a_bug_is_a_json_500_and_the_model_is_unchanged(folders, encoder, monkeypatch):
+    """Not bad input: an error inside add_items is answered in JSON with a 500, and the change is not applied."""
+    from fastapi.testclient import TestClient
+
+    from mmrec.serve import ServeConfig, create_app
+
+    app = create_app(folders["vae"], ServeConfig())
+    app.state.service._encoder = encoder
+    client = TestClient(app, raise_server_exceptions=False)
+    from mmrec.fusion.coldstart import VAEFusion
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("boom\nsecond line")
+
+    monkeypatch.setattr(VAEFusion, "add_items", broken)
+    _assert_error(client.post("/items", json={"items": [{"id": "n1", "title": "x"}]}), 500, "internal error",
+                  "RuntimeError: boom")
+    assert client.get("/health").json()["n_items"] == 9
+
+
 # -- events ---------------------------------------------------------------------------------------------------
 
 def test_events_fold_in_and_bought_items_are_then_excluded(folders, encoder):
