@@ -199,9 +199,8 @@ def history_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: t
     whole history without bias, and a pair costs at most ``sample`` rows however long the history is — the
     cost that dominates a training epoch at full shop size, where pairs come from heavy buyers most."""
     if sample > 0:
-        rows, hist = _sampled_history_rows(indptr, indices, users, sample)
-    else:
-        rows, hist, _ = history_rows(indptr, indices, users)
+        return _sampled_affinity_pairs(indptr, indices, users, items, content, power, sample, chunk)
+    rows, hist, _ = history_rows(indptr, indices, users)
     with torch.no_grad():
         other = hist != items[rows]
         sums = content.new_zeros(len(users))
@@ -213,20 +212,28 @@ def history_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: t
         return sums / n.clamp(min=1)
 
 
-def _sampled_history_rows(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor,
-                          sample: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`history_rows` with at most ``sample`` items per user: all of a short history, else item
-    ``floor((t + U) · L / sample)`` for ``t`` < ``sample`` with one uniform ``U`` per row (stratified)."""
-    lengths = indptr[users + 1] - indptr[users]
-    counts = lengths.clamp(max=sample)
-    rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
-    t = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts,
-                                                                                         counts)
-    length = lengths[rows]
-    shift = torch.rand(len(users), device=users.device)[rows]
-    strided = ((t + shift) * length / sample).long().clamp(max=length - 1)
-    offset = torch.where(length <= sample, t, strided)
-    return rows, indices[indptr[users][rows] + offset]
+@torch.no_grad()
+def _sampled_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
+                            content: torch.Tensor, power: float, sample: int, chunk: int) -> torch.Tensor:
+    """`history_affinity_pairs` over ``sample`` history slots per pair: all of a short history, else item
+    ``floor((t + U) · L / sample)`` of slot ``t`` with one uniform ``U`` per pair (stratified). Each pair's
+    item vector is read once and multiplied with its slots in a batched product."""
+    lengths = (indptr[users + 1] - indptr[users]).unsqueeze(1)
+    slot = torch.arange(sample, device=users.device).unsqueeze(0)
+    shift = torch.rand(len(users), 1, device=users.device)
+    strided = ((slot + shift) * lengths / sample).long().clamp(max=(lengths - 1).clamp(min=0))
+    offset = torch.where(lengths <= sample, slot, strided)
+    hist = indices[(indptr[users].unsqueeze(1) + offset).clamp(max=max(len(indices) - 1, 0))] if len(indices) \
+        else torch.zeros_like(offset)
+    other = (slot < lengths) & (hist != items.unsqueeze(1))
+    sums = content.new_zeros(len(users))
+    per = max(1, chunk // sample)
+    for start in range(0, len(users), per):
+        h, i = hist[start:start + per], items[start:start + per]
+        vectors = content.index_select(0, h.reshape(-1)).view(len(h), sample, -1)
+        sims = torch.bmm(vectors, content.index_select(0, i).unsqueeze(2)).squeeze(2)
+        sums[start:start + per] = (sims.clamp_(min=0).pow_(power) * other[start:start + per]).sum(1)
+    return sums / other.sum(1).clamp(min=1).to(content.dtype)
 
 
 class AffinityWeight(nn.Module):
