@@ -207,14 +207,14 @@ class LightGCN(BPRMF):
         return super().train(mode)
 
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.adjacency is None:
-            raise RuntimeError("LightGCN has no graph: call fit() or from_pretrained() first")
         if not self.training and self._cache is not None:
             return self._cache
+        if self._graph is None:
+            raise RuntimeError("LightGCN has no graph: call fit() or from_pretrained() first")
         ego = torch.cat([self.user_emb, self.item_emb])
-        final, layer = ego, ego
+        final, layer, adjacency = ego, ego, self.adjacency
         for _ in range(self.config.n_layers):
-            layer = propagate(self.adjacency, layer)
+            layer = propagate(adjacency, layer)
             final = final + layer
         final = final / (self.config.n_layers + 1)
         out = (final[: self.n_users], final[self.n_users:])

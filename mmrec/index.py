@@ -231,7 +231,10 @@ def _search_and_rerank(model: "Recommender", index: Index, users: np.ndarray, ro
         if exclude_seen:
             position, cols = csr_rows(ptr, idx, users[batch])
             n = model.n_items
-            invalid |= np.isin(np.arange(len(batch))[:, None] * n + found, position * n + cols)
+            seen = np.sort(position * n + cols)
+            keys = np.arange(len(batch))[:, None] * n + found
+            at = np.minimum(np.searchsorted(seen, keys), max(len(seen) - 1, 0))
+            invalid |= (seen[at] == keys) if len(seen) else np.zeros_like(invalid)
         scores[torch.as_tensor(invalid)] = -math.inf
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         chosen = np.take_along_axis(found, top.indices.numpy(), axis=1)
