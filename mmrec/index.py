@@ -147,6 +147,17 @@ class Index:
         self.index.add(x)
         return np.arange(start, len(self))
 
+    def copy(self) -> "Index":
+        """An independent copy (FAISS's ``clone_index``): add to it while others search the original."""
+        faiss = _faiss()
+        index = self.index if not self.config.gpu else faiss.index_gpu_to_cpu(self.index)
+        clone = faiss.clone_index(index)
+        if self.config.gpu:
+            clone = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, clone)
+        elif self.config.kind == "hnsw":
+            clone.hnsw.efSearch = self.config.ef_search
+        return Index(clone, self.config, self.dim, self.max_norm)
+
     def save(self, folder: str | Path) -> None:
         """Write ``index.faiss`` (FAISS's binary format) and ``index.json`` into ``folder``, atomically each."""
         faiss = _faiss()

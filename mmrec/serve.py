@@ -152,12 +152,23 @@ class ModelService:
         """The model answers come from now (never changed after it is published)."""
         return self._snapshot
 
-    def _publishable(self, model: Recommender, version: int) -> Snapshot:
+    def _publishable(self, model: Recommender, version: int, grown_from: Snapshot | None = None) -> Snapshot:
+        """A snapshot of ``model`` with its index. ``grown_from``: the model only gained items (``add_items``
+        leaves every other vector as it was), so a copy of that snapshot's index takes the new items' vectors
+        instead of a rebuild (seconds at full catalogue size); anything else rebuilds."""
         index = None
         if self.config.index != "none":
             from mmrec.index import index_for
 
-            index = index_for(model, self.config.index)
+            old = None if grown_from is None else grown_from.index
+            if old is not None:
+                index = old.copy()
+                try:
+                    index.add(model.factors()[1][len(index):])
+                except ValueError:  # a new vector longer than every indexed one: the transform needs a rebuild
+                    index = None
+            if index is None:
+                index = index_for(model, self.config.index)
         popularity = None
         if not hasattr(model, "recommend_for_unknown"):
             popularity = np.bincount(model.seen_indices.cpu().numpy(), minlength=model.n_items).astype(np.float64)
@@ -254,7 +265,7 @@ class ModelService:
             self._check_new_ids([item.id for item in items], snap)  # again: a concurrent request may have added them
             model = _copy(snap.model)
             model.add_items([item.id for item in items], vectors)
-            new = self._publish(model, snap)
+            new = self._publish(model, snap, grown=True)
         self.count("items_added", len(items))
         # A text recipe reads the text fields only: say whether the photos sent counted.
         images_used = reads_images and any(item.image is not None for item in items)
@@ -292,10 +303,11 @@ class ModelService:
         self.count("pairs_added", added)
         return {"events": len(events), "new_pairs": added, "version": new.version}
 
-    def _publish(self, model: Recommender, old: Snapshot) -> Snapshot:
-        """Index and save the changed copy, then make it the served model (the caller holds the write lock)."""
+    def _publish(self, model: Recommender, old: Snapshot, grown: bool = False) -> Snapshot:
+        """Index and save the changed copy, then make it the served model (the caller holds the write lock);
+        ``grown``: the change only added items (see `_publishable`)."""
         model.eval()
-        snap = self._publishable(model, old.version + 1)
+        snap = self._publishable(model, old.version + 1, old if grown else None)
         if self.state_dir is not None:
             try:
                 model.save_pretrained(self.state_dir)

@@ -154,3 +154,14 @@ def test_sampled_history_affinity_estimates_the_full_mean_without_bias():
     assert torch.equal(draws[:, 0], exact[0].expand(400))      # a history of 3 ≤ 5 is used whole
     assert draws[:, 1].std() > 0                               # 35 items: 5 sampled, so the value varies ...
     assert abs(draws[:, 1].mean() - exact[1]) < 3 * draws[:, 1].std() / 20  # ... around the exact mean
+
+
+def test_a_copy_grows_without_touching_the_original(vectors):
+    items, queries = vectors
+    index = Index.build(items[:-5], IndexConfig(kind="hnsw", ef_search=400))
+    before = index.search(queries, 5)
+    grown = index.copy()
+    grown.add(items[-5:] * 0.1)
+    assert (len(index), len(grown)) == (N_ITEMS - 5, N_ITEMS)
+    for a, b in zip(before, index.search(queries, 5)):
+        np.testing.assert_array_equal(a, b)

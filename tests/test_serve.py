@@ -370,7 +370,7 @@ def _seen_ids(service, user: int) -> list[str]:
 
 def test_an_index_gives_the_exact_answers_and_follows_new_items(folders, encoder):
     """``index="flat"`` (exact search, re-ranked by the model) answers as scoring every item does, also after
-    POST /items (the index is rebuilt with each change)."""
+    POST /items (the index grows by the new items; other changes rebuild it)."""
     pytest.importorskip("faiss")
     pytest.importorskip("mmrec.index")
     indexed, plain = _client(folders["vae"], encoder, index="flat"), _client(folders["vae"], encoder)
