@@ -104,7 +104,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for model in ("load", *MODELS):
-        mine = sorted((r for r in rows if r.get("model") == model and "error" not in r), key=lambda r: r["purchases"])
+        # One point per size: the last measurement of it (a run may repeat the load-only floor).
+        latest = {r["purchases"]: r for r in rows if r.get("model") == model and "error" not in r}
+        mine = [latest[n] for n in sorted(latest)]
         if not mine:
             continue
         x = [r["purchases"] for r in mine]

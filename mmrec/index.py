@@ -44,10 +44,10 @@ class IndexConfig:
 
     kind: str = "hnsw"
     nlist: int = 0
-    nprobe: int = 32
+    nprobe: int = 64
     hnsw_m: int = 32
     ef_construction: int = 200
-    ef_search: int = 128
+    ef_search: int = 256
     mips_to_l2: bool | None = None
     gpu: bool = False
 
