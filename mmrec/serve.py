@@ -111,6 +111,9 @@ class Snapshot:
     version: int
     item_index: dict[str, int]
     popularity: np.ndarray | None  # known purchases per item: the fallback of models without their own
+    # The unknown-user answer per candidate set, computed once per snapshot (the same for every unknown user;
+    # at full catalogue size it scores every item). Filling it from two threads at once only repeats work.
+    fallbacks: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -373,9 +376,12 @@ def _fallback(snap: Snapshot, k: int, candidates: str) -> tuple[np.ndarray, np.n
     ``recommend_for_unknown``, else the items with the most known purchases ("most_popular")."""
     model = snap.model
     if snap.popularity is None:
-        answer = model.recommend_for_unknown(k, candidates)
-        return (np.asarray(answer["items"], dtype=np.int64), np.asarray(answer["scores"], dtype=np.float64),
-                str(answer["fallback"]))
+        if candidates not in snap.fallbacks:  # every unknown user gets the same list: rank it once, as long as
+            answer = model.recommend_for_unknown(model.n_items, candidates)  # any k can ask for
+            snap.fallbacks[candidates] = (np.asarray(answer["items"], dtype=np.int64),
+                                          np.asarray(answer["scores"], dtype=np.float64), str(answer["fallback"]))
+        codes, scores, name = snap.fallbacks[candidates]
+        return codes[:k], scores[:k], name
     counts = snap.popularity
     cand = model.candidate_codes(candidates)
     pool = np.arange(model.n_items) if cand is None else cand
