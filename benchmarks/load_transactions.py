@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mmrec.datasets.hm_world import digit_matrix, hex_ids, write_fixed
+
 FULL_ROWS, FULL_CUSTOMERS, FULL_ARTICLES = 31_788_324, 1_371_980, 105_542
 FIRST_DAY, LAST_DAY = np.datetime64("2018-09-20"), np.datetime64("2020-09-22")
 TARGET_RSS_BYTES = 3_000_000_000
-HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 WRITE_ROWS = 1_000_000
 # Fixed-width transaction line: date, customer, article, price ("0.0" + 15 digits), channel.
 FIELDS = (("date", 10), ("customer", 64), ("article", 10), ("price", 18), ("channel", 1))
@@ -59,34 +60,6 @@ NAME_VALUES = {
     "garment_group_name": ["Jersey Fancy", "Accessories", "Jersey Basic", "Knitwear", "Under-, Nightwear"],
 }
 WORDS = np.array("soft cotton jersey top with narrow straps a lined dress in woven fabric and pockets".split())
-
-
-def hex_ids(rng: np.random.Generator, n: int) -> np.ndarray:
-    """``n`` random 64-hex-character ids as a [n, 64] byte matrix."""
-    raw = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
-    out = np.empty((n, 64), np.uint8)
-    out[:, 0::2], out[:, 1::2] = HEX[raw >> 4], HEX[raw & 15]
-    return out
-
-
-def digit_matrix(values: np.ndarray, width: int) -> np.ndarray:
-    """Non-negative integers as zero-padded ASCII digits, [n, width]."""
-    powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
-    return ((values.astype(np.int64)[:, None] // powers) % 10 + ord("0")).astype(np.uint8)
-
-
-def write_fixed(f, columns: list[np.ndarray]) -> None:
-    """Write rows whose fields are byte matrices, comma-separated, newline-terminated."""
-    n = len(columns[0])
-    width = sum(c.shape[1] for c in columns) + len(columns)
-    buf = np.empty((n, width), np.uint8)
-    pos = 0
-    for c in columns:
-        buf[:, pos:pos + c.shape[1]] = c
-        buf[:, pos + c.shape[1]] = ord(",")
-        pos += c.shape[1] + 1
-    buf[:, -1] = ord("\n")
-    f.write(buf.tobytes())
 
 
 def generate(root: Path, rows: int, customers: int, articles: int, seed: int) -> None:

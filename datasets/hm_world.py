@@ -21,7 +21,6 @@ files.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -231,7 +230,7 @@ def _draw_customers(config: HMWorldConfig) -> dict[str, np.ndarray]:
     rng = np.random.default_rng([config.seed, 2])
     segment = rng.choice(len(SEGMENTS), size=config.users, p=SEGMENT_SHARE)
     age = np.where(segment == 1, rng.integers(16, 30, config.users), rng.integers(18, 80, config.users))
-    return {"ids": _hex_ids(rng, config.users), "segment": segment, "activity": rng.lognormal(0.0, 1.2, config.users),
+    return {"ids": hex_ids(rng, config.users), "segment": segment, "activity": rng.lognormal(0.0, 1.2, config.users),
             "age": age}
 
 
@@ -241,8 +240,8 @@ def _write_customers(path: Path, customers: Mapping[str, np.ndarray], config: HM
     middle = np.frombuffer(b",,ACTIVE,NONE", np.uint8)
     with open(path, "wb") as f:
         f.write(b"customer_id,FN,Active,club_member_status,fashion_news_frequency,age\n")
-        _write_rows(f, [customers["ids"][listed], np.broadcast_to(middle, (len(listed), len(middle))),
-                        _digits(customers["age"][listed], 2)])
+        write_fixed(f, [customers["ids"][listed], np.broadcast_to(middle, (len(listed), len(middle))),
+                        digit_matrix(customers["age"][listed], 2)])
 
 
 # ------------------------------------------------------------------------------------------ transactions
@@ -273,7 +272,7 @@ def _write_transactions(f: BinaryIO, config: HMWorldConfig, catalog: Mapping[str
     days_text = np.array([str(np.datetime64(config.start_date, "D") + d) for d in range(config.days)], dtype="S10")
     day_bytes = np.frombuffer(days_text.tobytes(), np.uint8).reshape(config.days, 10)
     article_bytes = np.frombuffer(np.array(catalog["ids"], dtype="S10").tobytes(), np.uint8).reshape(-1, 10)
-    price_bytes = _digits(np.round(catalog["price"] * 1e6), 6)
+    price_bytes = digit_matrix(np.round(catalog["price"] * 1e6), 6)
     f.write(b"t_dat,customer_id,article_id,price,sales_channel_id\n")
     starts = np.searchsorted(day, np.arange(config.days + 1))
     written = 0
@@ -286,7 +285,7 @@ def _write_transactions(f: BinaryIO, config: HMWorldConfig, catalog: Mapping[str
         n = len(items)
         price = np.concatenate([np.broadcast_to(np.frombuffer(b"0.", np.uint8), (n, 2)), price_bytes[items]], axis=1)
         channel = np.where(rng.random((n, 1)) < 0.7, ord("2"), ord("1")).astype(np.uint8)
-        _write_rows(f, [np.broadcast_to(day_bytes[d], (n, 10)), customers["ids"][who], article_bytes[items],
+        write_fixed(f, [np.broadcast_to(day_bytes[d], (n, 10)), customers["ids"][who], article_bytes[items],
                         price, channel])
         written += n
     return written
@@ -346,7 +345,7 @@ def _write_photos(folder: Path, catalog: Mapping[str, Any], config: HMWorldConfi
 
 # ------------------------------------------------------------------------------------- fixed-width rows
 
-def _hex_ids(rng: np.random.Generator, n: int) -> np.ndarray:
+def hex_ids(rng: np.random.Generator, n: int) -> np.ndarray:
     """``n`` random 64-hex-character ids as a ``[n, 64]`` byte matrix (H&M's customer id form)."""
     raw = rng.integers(0, 256, size=(n, 32), dtype=np.uint8)
     out = np.empty((n, 64), np.uint8)
@@ -354,13 +353,13 @@ def _hex_ids(rng: np.random.Generator, n: int) -> np.ndarray:
     return out
 
 
-def _digits(values: np.ndarray, width: int) -> np.ndarray:
+def digit_matrix(values: np.ndarray, width: int) -> np.ndarray:
     """Non-negative integers as zero-padded ASCII digits, ``[n, width]`` bytes."""
     powers = 10 ** np.arange(width - 1, -1, -1, dtype=np.int64)
     return ((np.asarray(values).astype(np.int64)[:, None] // powers) % 10 + ord("0")).astype(np.uint8)
 
 
-def _write_rows(f: BinaryIO, columns: list[np.ndarray]) -> None:
+def write_fixed(f: BinaryIO, columns: list[np.ndarray]) -> None:
     """Write rows whose fields are byte matrices, comma-separated and newline-terminated."""
     n = len(columns[0])
     buf = np.empty((n, sum(c.shape[1] for c in columns) + len(columns)), np.uint8)
@@ -371,8 +370,3 @@ def _write_rows(f: BinaryIO, columns: list[np.ndarray]) -> None:
         pos += column.shape[1] + 1
     buf[:, -1] = ord("\n")
     f.write(buf.tobytes())
-
-
-def config_fields() -> list[str]:
-    """The config's field names (the CLI maps its options onto them)."""
-    return [f.name for f in dataclasses.fields(HMWorldConfig)]
