@@ -127,9 +127,39 @@ def cold_items(interactions: Interactions, *, fraction: float = 0.2, seed: int =
     if n_cold >= len(active):
         raise ValueError(f"only {len(active)} items have interactions; cannot withhold {n_cold}")
     cold = rng.permutation(active)[:n_cold]
-    cold_valid, cold_test = np.sort(cold[: n_cold // 2]), np.sort(cold[n_cold // 2:])
+    return _withhold(interactions, np.sort(cold[: n_cold // 2]), np.sort(cold[n_cold // 2:]))
+
+
+def cold_groups(interactions: Interactions, groups: np.ndarray, *, fraction: float = 0.2, seed: int = 0) -> Split:
+    """The new-product protocol: withhold ``fraction`` of the item *groups* that have interactions (e.g.
+    H&M's ``product_code``: every colour variant of a product together), with all their interactions.
+
+    ``groups[i]`` is item code ``i``'s group (any hashable labels, ``[n_items]``). Withheld groups are halved
+    into valid and test groups; the cold item sets are the items with interactions in each half, so no
+    group has items on two sides (train, cold valid, cold test) and a cold item has no sibling in training
+    whose content it could lean on. Otherwise as `cold_items`.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+    groups = np.asarray(groups)
+    if groups.shape != (interactions.n_items,):
+        raise ValueError(f"groups must have one label per item ({interactions.n_items}), got shape {groups.shape}")
+    _, group_codes = np.unique(groups, return_inverse=True)
+    active = interactions.item_counts() > 0
+    active_groups = np.unique(group_codes[active])
+    n_cold = max(2, int(round(fraction * len(active_groups))))
+    if n_cold >= len(active_groups):
+        raise ValueError(f"only {len(active_groups)} groups have interactions; cannot withhold {n_cold}")
+    cold = np.random.default_rng(seed).permutation(active_groups)[:n_cold]
+    valid = active & np.isin(group_codes, cold[: n_cold // 2])
+    test = active & np.isin(group_codes, cold[n_cold // 2:])
+    return _withhold(interactions, np.flatnonzero(valid), np.flatnonzero(test))
+
+
+def _withhold(interactions: Interactions, cold_valid: np.ndarray, cold_test: np.ndarray) -> Split:
+    """Train without the cold items; valid/test = their interactions by users who keep training history."""
     is_cold = np.zeros(interactions.n_items, dtype=bool)
-    is_cold[cold] = True
+    is_cold[cold_valid] = is_cold[cold_test] = True
     train = interactions.select(~is_cold[interactions.items])
     has_history = train.user_counts() > 0
     withheld = interactions.select(is_cold[interactions.items] & has_history[interactions.users])

@@ -1,10 +1,11 @@
-"""Split protocols: MMRec 8:1:1 with the n-2/1/1 rule, k-core, temporal, leave-last-out, cold items."""
+"""Split protocols: MMRec 8:1:1 with the n-2/1/1 rule, k-core, temporal, leave-last-out, cold items, new
+products (cold item groups)."""
 import numpy as np
 import pytest
 
 from conftest import random_interactions
 from mmrec import Interactions
-from mmrec.splits import cold_items, from_labels, k_core, leave_last_out, mmrec_protocol, temporal
+from mmrec.splits import cold_groups, cold_items, from_labels, k_core, leave_last_out, mmrec_protocol, temporal
 
 
 def test_k_core_is_iterative():
@@ -69,6 +70,29 @@ def test_cold_items_withholds_all_interactions_of_cold_items():
     assert np.isin(split.test.items, split.cold_test_items).all()
     assert len(split.valid) + len(split.test) == np.isin(inter.items, cold).sum()
     assert (split.train.user_counts()[split.test.users] > 0).all()
+
+
+def test_cold_groups_withholds_whole_products():
+    inter = random_interactions(n_users=60, n_items=40, per_user=8, seed=4)
+    groups = np.array([f"p{i // 3}" for i in range(40)])  # 14 products of up to 3 colour variants
+    split = cold_groups(inter, groups, fraction=0.3, seed=1)
+    valid_groups, test_groups = set(groups[split.cold_valid_items]), set(groups[split.cold_test_items])
+    train_groups = set(groups[split.train.items])
+    assert len(valid_groups | test_groups) == 4 and len(valid_groups) == len(test_groups) == 2
+    # No product code on two sides: train, cold valid and cold test share none.
+    assert not (valid_groups & test_groups) and not (train_groups & (valid_groups | test_groups))
+    # Every variant (with interactions) of a withheld product is withheld, and all its interactions.
+    cold = np.r_[split.cold_valid_items, split.cold_test_items]
+    withheld = np.isin(groups, list(valid_groups | test_groups)) & (inter.item_counts() > 0)
+    assert sorted(cold.tolist()) == np.flatnonzero(withheld).tolist()
+    assert not np.isin(split.train.items, cold).any()
+    assert np.isin(split.valid.items, split.cold_valid_items).all()
+    assert np.isin(split.test.items, split.cold_test_items).all()
+    assert len(split.valid) + len(split.test) == np.isin(inter.items, cold).sum()
+    again = cold_groups(inter, groups, fraction=0.3, seed=1)
+    assert np.array_equal(again.cold_test_items, split.cold_test_items)
+    with pytest.raises(ValueError, match="one label per item"):
+        cold_groups(inter, groups[:5])
 
 
 def test_first_purchase_sequences_keep_first_events_of_users_with_enough_items():
