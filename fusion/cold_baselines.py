@@ -5,6 +5,13 @@ that had no training interactions ("cold" items) from their content alone:
 
 - ``random``: seeded random user and item factors, independent of the data — the floor.
 - ``content_knn``: a user is the mean of her training items' (L2-normalised) content vectors; score = cosine.
+- ``affinity``: the history content affinity alone, training-free — score(u, i) = mean over the user's
+  training items j of max(0, cos(c_j, c_i))^power (`mmrec.fusion.cold_vae.history_affinity`, the term
+  ``vae_fusion`` adds to its scores).
+- ``affinity_pop``: ``affinity`` + ``weight`` × the item's *content-neighbour popularity*: the mean
+  log(1 + training buyers) of its ``neighbours`` nearest items with training interactions (cosine of the
+  content; itself excluded), divided by its largest value. A new item has no buyers of its own, but its
+  look-alikes do; warm items get the same neighbour-based value, so cold and warm items share one scale.
 - ``dropoutnet``: DropoutNet (Volkovs et al., NeurIPS 2017). A BPR-MF (`mmrec.fusion.baselines.BPRMF`) is
   trained first for the ID preference vectors; then two MLPs map ``user pref`` and ``[item pref, content]``
   into one space, trained to reproduce the BPR scores while the item preference input is dropped (zeroed)
@@ -37,7 +44,7 @@ from torch import nn
 
 from mmrec.data import Interactions
 from mmrec.fusion.baselines import BPRConfig, BPRMF
-from mmrec.fusion.cold_vae import history_mean
+from mmrec.fusion.cold_vae import history_affinity, history_mean, knn_rows
 from mmrec.recommender import Recommender, register_model
 from mmrec.sampling import TripletDataset
 from mmrec.train import TrainConfig, TrainResult
@@ -235,6 +242,88 @@ class ContentKNN(ContentRecommender):
     def user_vectors(self, users: torch.Tensor) -> torch.Tensor:
         mean, _ = history_mean(self.seen_indptr, self.seen_indices, users, self.item_vectors())
         return F.normalize(mean, dim=1)
+
+
+# ------------------------------------------------------------------------- history content affinity
+
+@dataclass
+class AffinityConfig:
+    """The power ``p`` of max(0, cos)^p; ``content_dim`` is set by ``set_content``."""
+
+    power: float = 6.0
+    content_dim: int = 0
+
+
+@register_model("affinity")
+class HistoryAffinity(ContentRecommender):
+    """Training-free: the mean over a user's training items of max(0, cos(c_j, c_i))^power for every item i
+    (a high power keeps only near-duplicates in content, e.g. colour variants of one product)."""
+
+    config_class = AffinityConfig
+
+    def __init__(self, config: Any, n_users: int, n_items: int) -> None:
+        if not config.power > 0:
+            raise ValueError(f"{type(config).__name__}.power must be > 0, got {config.power}")
+        super().__init__(config, n_users, n_items)
+
+    def fit(self, train: Interactions, **_) -> None:
+        """Nothing to learn: remember the users' training items (their histories)."""
+        self.remember(train)
+        self.prepare(train)
+
+    def compute_item_vectors(self) -> torch.Tensor:
+        return F.normalize(self.content, dim=1)
+
+    def affinity(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """``[len(users), n]`` history content affinity (all items, or the codes ``items``)."""
+        return history_affinity(self.seen_indptr, self.seen_indices, users, self.item_vectors(),
+                                self.config.power, items)
+
+    def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.affinity(users, items)
+
+
+@dataclass
+class AffinityPopConfig:
+    """``affinity``'s power, the weight of the content-neighbour popularity (in [0, 1]) added to it, and
+    how many neighbours with training interactions make an item's popularity."""
+
+    power: float = 6.0
+    weight: float = 0.01
+    neighbours: int = 20
+    content_dim: int = 0
+
+
+def neighbour_popularity(content: torch.Tensor, counts: torch.Tensor, k: int) -> torch.Tensor:
+    """Per item the mean log(1 + count) of its ``k`` nearest (cosine of ``content``, itself excluded) items
+    with ``counts`` > 0, divided by the largest such value; items without content get 0."""
+    rows = torch.arange(len(content), device=content.device)
+    (src, dst), weights = knn_rows(content, rows, torch.nonzero(counts > 0).flatten(), k)
+    pop = content.new_zeros(len(content)).index_add_(0, src, torch.log1p(counts[dst]) * weights.to(content))
+    return pop / pop.max().clamp(min=1e-12)
+
+
+@register_model("affinity_pop")
+class AffinityPopularity(HistoryAffinity):
+    """``affinity`` + ``weight`` × content-neighbour popularity (see the module docstring); training-free."""
+
+    config_class = AffinityPopConfig
+
+    def __init__(self, config: AffinityPopConfig, n_users: int, n_items: int) -> None:
+        if config.weight < 0 or config.neighbours < 1:
+            raise ValueError(f"AffinityPopConfig: weight must be ≥ 0 and neighbours ≥ 1, got {config.weight}, "
+                             f"{config.neighbours}")
+        super().__init__(config, n_users, n_items)
+        self.register_buffer("popularity", torch.zeros(n_items))
+
+    def prepare(self, train: Interactions) -> None:
+        super().prepare(train)
+        self.popularity = neighbour_popularity(F.normalize(self.content, dim=1), self.item_counts,
+                                               self.config.neighbours)
+
+    def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        pop = self.popularity if items is None else self.popularity[items]
+        return self.affinity(users, items) + self.config.weight * pop.unsqueeze(0)
 
 
 # -------------------------------------------------------------------------------------------- DropoutNet
