@@ -245,6 +245,11 @@ def run_warm(name: str, config: dict, split: Split, content: np.ndarray, seed: i
 
 # ------------------------------------------------------------------------------------------- reporting
 
+def _json_default(value):
+    """JSON for what ``json`` does not know: paths as text, numpy numbers as floats."""
+    return str(value) if isinstance(value, Path) else float(value)
+
+
 def fmt(values: list[float]) -> str:
     mu, sd = mean_std(values)
     return "–" if math.isnan(mu) else f"{mu:.4f} ± {sd:.4f}"
@@ -492,7 +497,7 @@ def main() -> None:
               "warm_hm5core": warm, "lightgcn_reference": reference, "summary": summary}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps(report, indent=2, default=float))
+    atomic_write_text(out, json.dumps(report, indent=2, default=_json_default))
 
     print(f"\n{args.split} split, seeds {args.seeds}; cold = rank cold items only; hybrid = all items; "
           f"warm = hm5core test\n")
