@@ -16,8 +16,13 @@ from mmrec.train import TrainConfig
 
 def run(split: Split, model_name: str, *, model_config: Any = None, train_config: TrainConfig | None = None,
         ks: Sequence[int] = (10, 20, 50), select_on: str = "recall@20",
-        setup: Callable[[Recommender], None] | None = None, refit_all: bool = False) -> tuple[Recommender, dict]:
-    """Fit ``model_name`` on ``split.train``; early stopping and the reported point use valid ``select_on``.
+        setup: Callable[[Recommender], None] | None = None, refit_all: bool = False,
+        candidates: Any = "all") -> tuple[Recommender, dict]:
+    """Fit ``model_name`` on ``split.train``; early stopping and the reported point use valid ``select_on``
+    ranking ``candidates`` (`mmrec.evaluate.evaluate`'s: ``"all"``, or ``"cold"`` for a cold split, where
+    Recall@20 over all items says little about cold items). The reported valid and test metrics rank the
+    same candidates; with candidates other than ``"all"`` the report adds ``"test_all"`` (every item
+    ranked, the hybrid view). ``"selected_on"`` says which metric and candidates chose the point.
 
     ``setup(model)`` runs between building and fitting (e.g. ``model.set_content(vectors)``). A model with
     ``set_history`` (a sequence model) is given the train + valid events before the test evaluation, and
@@ -40,18 +45,23 @@ def run(split: Split, model_name: str, *, model_config: Any = None, train_config
         setup(model)
 
     def validate(m: Recommender) -> dict[str, float]:
-        return evaluate(m, split, on="valid", ks=ks).metrics
+        return evaluate(m, split, on="valid", ks=ks, candidates=candidates).metrics
 
     started = time.perf_counter()
     result = model.fit(split.train, train_config=train_config, evaluate_fn=validate)
     fit_seconds = time.perf_counter() - started
     model.eval()
     main = is_main_process()  # under `accelerate launch` every process holds the same model: one evaluates it
-    report: dict[str, Any] = {"valid": validate(model)} if main else {}
+    where = candidates if isinstance(candidates, str) else f"{len(candidates)} given items"
+    report: dict[str, Any] = {"selected_on": f"valid {train_config.early_stop_metric}, ranking {where} items"}
+    if main:
+        report["valid"] = validate(model)
     if hasattr(model, "set_history"):  # a sequence model predicts test from train + valid events
         model.set_history(split.train.concat(split.valid))
     if main:
-        report["test"] = evaluate(model, split, on="test", ks=ks).metrics
+        report["test"] = evaluate(model, split, on="test", ks=ks, candidates=candidates).metrics
+        if not (isinstance(candidates, str) and candidates == "all"):
+            report["test_all"] = evaluate(model, split, on="test", ks=ks).metrics
     report["fit_seconds"] = fit_seconds
     if result is not None:
         epochs = [h["seconds"] for h in result.history]

@@ -1,5 +1,7 @@
 """``mmrec train coldstart`` then ``mmrec recommend --add-items … --candidates new``: articles the model
-never saw (one without a photo) become recommendable with no retraining; bad input gets clear answers."""
+never saw (one without a photo) become recommendable with no retraining; bad input gets clear answers.
+With a cold protocol the command chooses the epoch on cold valid (the benchmark's validation) with the
+benchmark's schedule as defaults, and reports the time it took."""
 import csv
 import json
 import shutil
@@ -88,3 +90,52 @@ def test_duplicate_or_known_article_ids_are_errors_naming_them(trained, tmp_path
     assert bad.returncode == 2 and vocab["item_ids"][0] in bad.stderr
     no_items = _mmrec("recommend", "--model", str(model_dir), "--user", "x", "--candidates", "new", check=False)
     assert no_items.returncode == 2 and "--add-items" in no_items.stderr
+
+
+def test_cold_protocol_selects_on_cold_valid_with_the_benchmark_schedule(tmp_path):
+    """``--protocol cold``: the epoch is chosen on valid Recall@20 ranking the cold items (the benchmark's
+    validation), the benchmark's schedule fills what the run file leaves out, and the time is reported."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: {dim: 16, hidden_dim: 32, latent_dim: 8}\ntrain: {epochs: 2, batch_size: 1024}\n")
+    report = json.loads(_mmrec("train", "coldstart", "--data", "synthetic", "--protocol", "cold", "--config", str(cfg),
+                               "--out", str(tmp_path / "model"), "--no-progress", "--threads", "1", "--json").stdout)
+    assert report["selected_on"] == "valid recall@20, ranking cold items"
+    assert report["train"] == {"epochs": 2, "eval_every": 2, "patience": 1, "batch_size": 1024, "lr": 0.005}
+    assert report["best_epoch"] == 1 and report["seconds"] > 0  # validated after epoch 2 (every 2)
+    assert {"valid", "test", "test_all"} <= set(report) and report["protocol"] == "cold"
+
+
+def test_chosen_epoch_follows_the_cold_valid_metric(monkeypatch):
+    """`mmrec.experiment.run` with ``candidates="cold"`` validates every epoch on the cold items only and
+    keeps the epoch with the best of those values."""
+    import numpy as np
+
+    import mmrec.experiment as experiment
+    from mmrec.datasets.synthetic import WorldConfig, make_world
+    from mmrec.splits import cold_items
+    from mmrec.train import TrainConfig
+
+    world = make_world(WorldConfig(seed=2, n_users=60, n_items=40, n_new_items=10), None)
+    split = cold_items(world.interactions.unique_pairs(), fraction=0.25, seed=0)
+    rng = np.random.default_rng(0)
+    content = rng.standard_normal((split.train.n_items, 8)).astype(np.float32)
+    seen = []
+    real = experiment.evaluate
+
+    def spy(model, split_, **kwargs):
+        result = real(model, split_, **kwargs)
+        seen.append((kwargs["on"], kwargs.get("candidates", "all"), result["recall@20"]))
+        return result
+
+    monkeypatch.setattr(experiment, "evaluate", spy)
+    model, report = experiment.run(split, "vae_fusion", model_config={"dim": 8, "hidden_dim": 16, "latent_dim": 4},
+                                   train_config=TrainConfig(epochs=4, batch_size=256, lr=5e-3, patience=10,
+                                                            progress=False),
+                                   setup=lambda m: m.set_content(content), candidates="cold")
+    valid = [(c, value) for on, c, value in seen if on == "valid"]
+    assert [c for c, _ in valid] == ["cold"] * 5  # 4 epochs, then the chosen point
+    per_epoch = [value for _, value in valid[:4]]
+    assert report["best_epoch"] == int(np.argmax(per_epoch)) and report["epochs"] == 4
+    assert valid[4][1] == pytest.approx(max(per_epoch))  # the best epoch's weights were kept
+    assert [(on, c) for on, c, _ in seen if on == "test"] == [("test", "cold"), ("test", "all")]
+    assert report["selected_on"] == "valid recall@20, ranking cold items"

@@ -18,9 +18,9 @@ import numpy as np
 
 from mmrec.data import Catalog, Interactions
 from mmrec.io import dumps_json
-from mmrec.splits import Split, cold_items, from_labels, leave_last_out, mmrec_protocol, temporal
+from mmrec.splits import Split, cold_groups, cold_items, from_labels, leave_last_out, mmrec_protocol, temporal
 
-PROTOCOLS = ("mmrec", "temporal", "leave-last-out", "cold")
+PROTOCOLS = ("mmrec", "temporal", "leave-last-out", "cold", "new-products")
 DAY = 86_400
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,8 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-start", type=date_arg,
                         help="temporal protocol: first day of the test period (YYYY-MM-DD)")
     parser.add_argument("--cold-fraction", type=fraction_arg, default=0.2,
-                        help="cold protocol: fraction of items withheld")
+                        help="cold protocol: fraction of items withheld (new-products: of products, every "
+                             "colour variant of a product_code together)")
 
 
 def load_data(spec: str) -> Data:
@@ -209,6 +210,11 @@ def make_split(data: Data, args: argparse.Namespace, *, default_protocol: str = 
         split = temporal(data.interactions, test_start=_unix_day(args.test_start))
     elif protocol == "leave-last-out":
         split = leave_last_out(data.interactions)
+    elif protocol == "new-products":
+        if data.catalog is None or "product_code" not in data.catalog.attributes:
+            raise ValueError(f"--data {args.data}: --protocol new-products needs a catalog with product_code")
+        groups = data.catalog.attributes["product_code"][data.catalog.index_of(data.interactions.item_ids)]
+        split = cold_groups(data.interactions, groups, fraction=args.cold_fraction, seed=args.seed)
     else:
         split = cold_items(data.interactions, fraction=args.cold_fraction, seed=args.seed)
     _check_evaluable(split, data, args, protocol)
