@@ -44,7 +44,7 @@ from torch import nn
 
 from mmrec.data import Interactions
 from mmrec.fusion.baselines import BPRConfig, BPRMF
-from mmrec.fusion.cold_vae import history_affinity, history_mean, knn_rows
+from mmrec.fusion.cold_vae import history_affinity, history_mean, history_rows, knn_rows
 from mmrec.recommender import Recommender, register_model
 from mmrec.sampling import TripletDataset
 from mmrec.train import TrainConfig, TrainResult
@@ -248,9 +248,12 @@ class ContentKNN(ContentRecommender):
 
 @dataclass
 class AffinityConfig:
-    """The power ``p`` of max(0, cos)^p; ``content_dim`` is set by ``set_content``."""
+    """The power ``p`` of max(0, cos)^p; ``dense_mb``: the item × item matrix of max(0, cos)^p is kept in
+    memory (scoring is then a sum of its rows) when it fits in this many MiB, else each score is computed
+    from the content (`history_affinity`); ``content_dim`` is set by ``set_content``."""
 
     power: float = 6.0
+    dense_mb: int = 4096
     content_dim: int = 0
 
 
@@ -274,10 +277,37 @@ class HistoryAffinity(ContentRecommender):
     def compute_item_vectors(self) -> torch.Tensor:
         return F.normalize(self.content, dim=1)
 
-    def affinity(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+    def set_content(self, vectors: np.ndarray | torch.Tensor, recipe: Any = None) -> None:
+        super().set_content(vectors, recipe)
+        self._pairs = None
+
+    @torch.no_grad()
+    def pair_affinity(self) -> torch.Tensor | None:
+        """``[n_items, n_items]`` max(0, cos)^power, built once, or None when it exceeds ``dense_mb``."""
+        n = self.n_items
+        if n * n * 4 > self.config.dense_mb * 2**20:
+            return None
+        if getattr(self, "_pairs", None) is None:
+            unit = F.normalize(self.content, dim=1)
+            pairs = unit.new_empty(n, n)
+            for start in range(0, n, 2048):
+                pairs[start:start + 2048] = (unit[start:start + 2048] @ unit.t()).clamp_(min=0).pow_(self.config.power)
+            self._pairs = pairs
+        return self._pairs
+
+    @torch.no_grad()
+    def affinity(self, users: torch.Tensor, items: torch.Tensor | None = None, chunk: int = 2048) -> torch.Tensor:
         """``[len(users), n]`` history content affinity (all items, or the codes ``items``)."""
-        return history_affinity(self.seen_indptr, self.seen_indices, users, self.item_vectors(),
-                                self.config.power, items)
+        pairs = self.pair_affinity()
+        if pairs is None:
+            return history_affinity(self.seen_indptr, self.seen_indices, users, self.item_vectors(),
+                                    self.config.power, items)
+        rows, hist, lengths = history_rows(self.seen_indptr, self.seen_indices, users)
+        out = pairs.new_zeros(len(users), self.n_items if items is None else len(items))
+        for start in range(0, len(hist), chunk):
+            block = pairs[hist[start:start + chunk]]
+            out.index_add_(0, rows[start:start + chunk], block if items is None else block[:, items])
+        return out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
 
     def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         return self.affinity(users, items)
@@ -291,6 +321,7 @@ class AffinityPopConfig:
     power: float = 6.0
     weight: float = 0.01
     neighbours: int = 20
+    dense_mb: int = 4096
     content_dim: int = 0
 
 

@@ -122,11 +122,13 @@ def _tiny():
     return train, content
 
 
-def test_affinity_equals_brute_force():
+@pytest.mark.parametrize("dense_mb", [0, 1])  # scored from the content, or from the item × item matrix
+def test_affinity_equals_brute_force(dense_mb):
     train, content = _tiny()
-    model = create_model("affinity", 4, 6, {"power": 3.0})
+    model = create_model("affinity", 4, 6, {"power": 3.0, "dense_mb": dense_mb})
     model.set_content(content)
     model.fit(train)
+    assert (model.pair_affinity() is None) == (dense_mb == 0)
     unit = content / np.maximum(np.linalg.norm(content, axis=1, keepdims=True), 1e-12)
     expected = np.zeros((4, 6))
     for u in range(4):
