@@ -246,6 +246,15 @@ class ContentKNN(ContentRecommender):
 
 # ------------------------------------------------------------------------- history content affinity
 
+_PAIRS: dict[str, Any] = {}  # the last item × item affinity matrix built, with its key
+
+
+def _fingerprint(content: torch.Tensor) -> tuple[float, float]:
+    """Two sums that tell content matrices apart (with the shape, the key of the shared matrix)."""
+    flat = content.reshape(-1).double()
+    return float(flat.sum()), float((flat * torch.arange(1, len(flat) + 1, dtype=torch.float64).remainder(977)).sum())
+
+
 @dataclass
 class AffinityConfig:
     """The power ``p`` of max(0, cos)^p; ``dense_mb``: the item × item matrix of max(0, cos)^p is kept in
@@ -283,16 +292,23 @@ class HistoryAffinity(ContentRecommender):
 
     @torch.no_grad()
     def pair_affinity(self) -> torch.Tensor | None:
-        """``[n_items, n_items]`` max(0, cos)^power, built once, or None when it exceeds ``dense_mb``."""
+        """``[n_items, n_items]`` max(0, cos)^power, or None when it exceeds ``dense_mb``. Built once per
+        content and power: the last one built is shared by every model with equal content and power (a
+        grid search or several seeds on one catalogue build it once)."""
         n = self.n_items
         if n * n * 4 > self.config.dense_mb * 2**20:
             return None
         if getattr(self, "_pairs", None) is None:
-            unit = F.normalize(self.content, dim=1)
-            pairs = unit.new_empty(n, n)
-            for start in range(0, n, 2048):
-                pairs[start:start + 2048] = (unit[start:start + 2048] @ unit.t()).clamp_(min=0).pow_(self.config.power)
-            self._pairs = pairs
+            key = (tuple(self.content.shape), float(self.config.power), _fingerprint(self.content))
+            if _PAIRS.get("key") != key:
+                _PAIRS.clear()
+                unit = F.normalize(self.content, dim=1)
+                pairs = unit.new_empty(n, n)
+                for start in range(0, n, 2048):
+                    block = unit[start:start + 2048] @ unit.t()
+                    pairs[start:start + 2048] = block.clamp_(min=0).pow_(self.config.power)
+                _PAIRS.update(key=key, pairs=pairs)
+            self._pairs = _PAIRS["pairs"]
         return self._pairs
 
     @torch.no_grad()
