@@ -246,7 +246,7 @@ class ContentKNN(ContentRecommender):
 
 # ------------------------------------------------------------------------- history content affinity
 
-_PAIRS: dict[str, Any] = {}  # the last item × item affinity matrix built, with its key
+_PAIRS: dict[str, Any] = {}  # the last item × item max(0, cos) and its ^power built, with their keys
 
 
 def _fingerprint(content: torch.Tensor) -> tuple[float, float]:
@@ -292,22 +292,24 @@ class HistoryAffinity(ContentRecommender):
 
     @torch.no_grad()
     def pair_affinity(self) -> torch.Tensor | None:
-        """``[n_items, n_items]`` max(0, cos)^power, or None when it exceeds ``dense_mb``. Built once per
-        content and power: the last one built is shared by every model with equal content and power (a
-        grid search or several seeds on one catalogue build it once)."""
+        """``[n_items, n_items]`` max(0, cos)^power, or None when it exceeds ``dense_mb``. The last content's
+        max(0, cos) and its last power are kept and shared by every model with equal content (and power):
+        a grid search or several seeds on one catalogue multiply the content once (memory: two matrices)."""
         n = self.n_items
         if n * n * 4 > self.config.dense_mb * 2**20:
             return None
         if getattr(self, "_pairs", None) is None:
-            key = (tuple(self.content.shape), float(self.config.power), _fingerprint(self.content))
-            if _PAIRS.get("key") != key:
+            content_key = (tuple(self.content.shape), _fingerprint(self.content))
+            if _PAIRS.get("content_key") != content_key:
                 _PAIRS.clear()
                 unit = F.normalize(self.content, dim=1)
-                pairs = unit.new_empty(n, n)
+                cos = unit.new_empty(n, n)
                 for start in range(0, n, 2048):
-                    block = unit[start:start + 2048] @ unit.t()
-                    pairs[start:start + 2048] = block.clamp_(min=0).pow_(self.config.power)
-                _PAIRS.update(key=key, pairs=pairs)
+                    cos[start:start + 2048] = (unit[start:start + 2048] @ unit.t()).clamp_(min=0)
+                _PAIRS.update(content_key=content_key, cos=cos)
+            if _PAIRS.get("power") != float(self.config.power):
+                _PAIRS.pop("pairs", None)
+                _PAIRS.update(power=float(self.config.power), pairs=_PAIRS["cos"].pow(self.config.power))
             self._pairs = _PAIRS["pairs"]
         return self._pairs
 
