@@ -246,7 +246,7 @@ class ContentKNN(ContentRecommender):
 
 # ------------------------------------------------------------------------- history content affinity
 
-_PAIRS: dict[str, Any] = {}  # the last item × item max(0, cos) and its ^power built, with their keys
+_PAIRS: dict[str, Any] = {}  # the last item × item max(0, cos)^power built, with its key
 
 
 def _fingerprint(content: torch.Tensor) -> tuple[float, float]:
@@ -288,30 +288,26 @@ class HistoryAffinity(ContentRecommender):
 
     def set_content(self, vectors: np.ndarray | torch.Tensor, recipe: Any = None) -> None:
         super().set_content(vectors, recipe)
-        self._pairs = None
+        self._pairs_key = None
 
     @torch.no_grad()
     def pair_affinity(self) -> torch.Tensor | None:
-        """``[n_items, n_items]`` max(0, cos)^power, or None when it exceeds ``dense_mb``. The last content's
-        max(0, cos) and its last power are kept and shared by every model with equal content (and power):
-        a grid search or several seeds on one catalogue multiply the content once (memory: two matrices)."""
+        """``[n_items, n_items]`` max(0, cos)^power, or None when it exceeds ``dense_mb``. Only the last one
+        built is kept, shared by every model with equal content and power (several seeds on one catalogue,
+        or the points of a grid with one power, build it once)."""
         n = self.n_items
         if n * n * 4 > self.config.dense_mb * 2**20:
             return None
-        if getattr(self, "_pairs", None) is None:
-            content_key = (tuple(self.content.shape), _fingerprint(self.content))
-            if _PAIRS.get("content_key") != content_key:
-                _PAIRS.clear()
-                unit = F.normalize(self.content, dim=1)
-                cos = unit.new_empty(n, n)
-                for start in range(0, n, 2048):
-                    cos[start:start + 2048] = (unit[start:start + 2048] @ unit.t()).clamp_(min=0)
-                _PAIRS.update(content_key=content_key, cos=cos)
-            if _PAIRS.get("power") != float(self.config.power):
-                _PAIRS.pop("pairs", None)
-                _PAIRS.update(power=float(self.config.power), pairs=_PAIRS["cos"].pow(self.config.power))
-            self._pairs = _PAIRS["pairs"]
-        return self._pairs
+        if getattr(self, "_pairs_key", None) is None:
+            self._pairs_key = (tuple(self.content.shape), _fingerprint(self.content), float(self.config.power))
+        if _PAIRS.get("key") != self._pairs_key:
+            _PAIRS.clear()  # one matrix at a time (the models hold its key, not the matrix)
+            unit = F.normalize(self.content, dim=1)
+            pairs = unit.new_empty(n, n)
+            for start in range(0, n, 2048):
+                pairs[start:start + 2048] = (unit[start:start + 2048] @ unit.t()).clamp_(min=0).pow_(self.config.power)
+            _PAIRS.update(key=self._pairs_key, pairs=pairs)
+        return _PAIRS["pairs"]
 
     @torch.no_grad()
     def affinity(self, users: torch.Tensor, items: torch.Tensor | None = None, chunk: int = 2048) -> torch.Tensor:
