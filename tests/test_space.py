@@ -5,12 +5,14 @@ import torch
 import torch.nn.functional as F
 
 from mmrec.fusion.adapters import AdapterConfig, create_adapter
-from mmrec.fusion.alignment import CatalogPairs, RetrievalValidator, align, retrieval_metrics
+from mmrec.fusion.alignment import CatalogPairs, RetrievalValidator, align, decode_resized, retrieval_metrics
 from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace, space_preset, tiny_vit
 from mmrec.train import TrainConfig
+from text_memo import memoize_text
 
 TINY_VIT = tiny_vit(32, width=64, depth=2, heads=2)
 SMALL = {"dim": 32, "adapter_options": {"hidden": 64}}  # the lit-tiny-vit preset at test size, with TINY_VIT
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only waits on a busy machine
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp", "query"])
@@ -50,9 +52,12 @@ def world(tmp_path_factory):
                       tmp_path_factory.mktemp("world"))
 
 
-def _space() -> UnifiedSpace:
+def _space(**overrides) -> UnifiedSpace:
+    """The lit-tiny-vit preset at test size; its locked MiniLM encodes each text once per session."""
     torch.manual_seed(0)
-    return UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": TINY_VIT}, **SMALL))
+    space = UnifiedSpace(space_preset("lit-tiny-vit", **{"towers": {"image": TINY_VIT}, **SMALL, **overrides}))
+    memoize_text(space.encoders["text"])
+    return space
 
 
 def test_lit_alignment_on_the_synthetic_world(world, tmp_path):
@@ -75,6 +80,7 @@ def test_lit_alignment_on_the_synthetic_world(world, tmp_path):
 
     space.save_pretrained(tmp_path / "space")
     loaded = UnifiedSpace.from_pretrained(tmp_path / "space")
+    memoize_text(loaded.encoders["text"])  # memoised per tower description: a different tower would miss
     torch.testing.assert_close(loaded.embed_texts(texts[:20]), space.embed_texts(texts[:20]), rtol=0, atol=1e-6)
     torch.testing.assert_close(loaded.embed_images(paths[:20]), space.embed_images(paths[:20]), rtol=0, atol=1e-6)
     items, has = loaded.embed_items(catalog.subset(np.arange(20)))
@@ -185,10 +191,8 @@ def test_screen_image_alignment_finds_the_item_on_a_new_rendering_of_its_page(wo
     with layouts it never saw in training."""
     from mmrec.fusion.alignment import product_pages
 
-    torch.manual_seed(0)
-    space = UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": TINY_VIT,
-                                                              "screen": tiny_vit((64, 40), width=64, depth=2, heads=2)},
-                                      pairs=("image-text", "screen-image"), **SMALL))
+    space = _space(towers={"image": TINY_VIT, "screen": tiny_vit((64, 40), width=64, depth=2, heads=2)},
+                   pairs=("image-text", "screen-image"))
     catalog = world.catalog
     data = CatalogPairs.from_catalog(space, catalog, renderers={"screen": product_pages(catalog, size=(120, 200))})
     assert data.pixels["screen"][0].shape[-2:] == (64, 40)
@@ -196,14 +200,20 @@ def test_screen_image_alignment_finds_the_item_on_a_new_rendering_of_its_page(wo
     valid_pages, test_pages = ([product_pages(catalog, size=(120, 200), seed=seed)(code) for code in range(len(catalog))]
                                for seed in (5_000, 10_000))
 
-    def s2i(s: UnifiedSpace, pages=valid_pages) -> dict[str, float]:
+    def s2i(s: UnifiedSpace, pages) -> dict[str, float]:
         found = retrieval_metrics(s.embed_screens(pages), s.embed_images(catalog.image_paths))
         return {f"s2i_{k}": v for k, v in found.items()}
 
+    # Per-epoch validation from the valid pages and photos decoded once (the loop's evaluate_fn hook).
+    screen, image = (space.encoders[m].preprocess for m in ("screen", "image"))
+    validate = RetrievalValidator([{"screen:pixels": screen.normalize(decode_resized(valid_pages, screen)[0] / 255),
+                                    "image:pixels": image.normalize(data.pixels["image"][0] / 255)}],
+                                  [("screen", "image")])
     before = s2i(space, test_pages)
     align(space, data, TrainConfig(epochs=15, batch_size=32, lr=2e-3, seed=0, progress=False, patience=15,
-                                   early_stop_metric="s2i_recall@10"), evaluate_fn=s2i)
+                                   early_stop_metric="s2i_recall@10"), evaluate_fn=validate)
     after = s2i(space, test_pages)
+    assert validate(space) == pytest.approx(s2i(space, valid_pages), abs=0.05), "validation tracks embed_screens"
     chance = 10 / len(catalog)
     assert after["s2i_recall@10"] > 4 * chance and after["s2i_recall@10"] > before["s2i_recall@10"] + 0.1, (before, after)
 

@@ -1,36 +1,38 @@
-"""Test helper: a locked text tower that runs each distinct text through its model once.
+"""Test helper: a locked text tower that runs each distinct text through its model once per test session.
 
-Alignment tests call a frozen tower (MiniLM) on the same catalog texts every epoch — in `ShardPairs.collate`
-and in per-epoch validation — and on a CPU that, not the training, is where their time goes. The tower is
-frozen, so its output for a text never changes: `MemoText` wraps it, encodes only texts it has not seen and
-answers the rest from memory. Everything else (``dim``, ``preprocess``, ``describe`` ...) is the wrapped
-encoder's.
+Alignment tests call a frozen tower (MiniLM) on the same catalog texts again and again — in
+`ShardPairs.collate` on every batch of every epoch, in `CatalogPairs.from_catalog`, in validation — and
+several tests share a catalog; on a CPU that, not the training, was where their time went. A frozen
+tower's output for a text never changes, so `memoize_text` makes an encoder answer texts it has seen
+from memory. Each new text is encoded on its own (a batch of one, no padding), so a text's vector does not
+depend on which texts shared its batch nor on which test asked first: results are the same whether a test
+runs alone or in the suite. The store is keyed by the encoder's `describe()` (spec, weights, preprocessing).
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import torch
 
+_KNOWN: dict[tuple[str, str], torch.Tensor] = {}
 
-class MemoText:
-    """``encoder`` with `encode` memoised per text (the wrapped tower must be frozen)."""
 
-    def __init__(self, encoder: Any) -> None:
-        self.encoder = encoder
-        self.known: dict[str, torch.Tensor] = {}
-        self.encoded = 0  # texts the wrapped tower actually ran on
+def memoize_text(encoder: Any) -> Any:
+    """``encoder`` (a frozen text tower) with its ``encode`` memoised per text; returns the same object, so
+    ``isinstance`` checks and every other attribute are unchanged."""
+    fingerprint = json.dumps(encoder.describe(), sort_keys=True, default=str)
+    plain = encoder.encode
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.encoder, name)
-
-    def encode(self, batch: Sequence[str]) -> torch.Tensor:
-        """Strings → the wrapped tower's ``[N, dim]``; new texts go through the tower in one batch."""
+    def encode(batch: Sequence[str]) -> torch.Tensor:
+        """Strings → ``[N, dim]``, each new text through the tower once."""
         texts = list(batch)
-        new = [t for t in dict.fromkeys(texts) if t not in self.known]
-        if new:
-            self.known.update(zip(new, self.encoder.encode(new).clone()))
-            self.encoded += len(new)
         if not texts:
-            return self.encoder.encode([])
-        return torch.stack([self.known[t] for t in texts])
+            return plain([])
+        for text in dict.fromkeys(texts):
+            if (fingerprint, text) not in _KNOWN:
+                _KNOWN[fingerprint, text] = plain([text])[0].clone()
+        return torch.stack([_KNOWN[fingerprint, text] for text in texts])
+
+    encoder.encode = encode
+    return encoder
