@@ -155,11 +155,15 @@ def history_mean(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tenso
 
 
 def history_affinity(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, content: torch.Tensor,
-                     power: float, items: torch.Tensor | None = None, chunk: int = 2048) -> torch.Tensor:
+                     power: float, items: torch.Tensor | None = None, chunk: int = 2048,
+                     graph: "AffinityGraph | None" = None) -> torch.Tensor:
     """``[len(users), n]`` mean over each user's history items ``j`` of max(0, c_j · c_i)^power, for every
     item (or the item codes ``items``). A high power keeps only near-duplicates in content (an H&M
     article's colour variants share their text), so the score asks "did the user buy something that
-    looks like this?" rather than "is this like the average of what she bought?"."""
+    looks like this?" rather than "is this like the average of what she bought?". With ``graph`` (an
+    `AffinityGraph` of this content and power) the weights are its truncated ones."""
+    if graph is not None:
+        return graph.affinity(indptr, indices, users, items)
     rows, hist, lengths = history_rows(indptr, indices, users)
     target = content if items is None else content[items]
     out = content.new_zeros(len(users), len(target))
@@ -171,7 +175,8 @@ def history_affinity(indptr: torch.Tensor, indices: torch.Tensor, users: torch.T
 
 @torch.no_grad()
 def history_affinity_candidates(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor,
-                                items: torch.Tensor, content: torch.Tensor, power: float) -> torch.Tensor:
+                                items: torch.Tensor, content: torch.Tensor, power: float,
+                                graph: "AffinityGraph | None" = None) -> torch.Tensor:
     """`history_affinity` of each user's own candidates ``items [len(users), c]`` → ``[len(users), c]``: the
     histories padded to the longest one in ``users`` and multiplied in one batch, so a retrieval index's
     candidates are re-ranked without scoring the whole catalogue (pass users of similar history length)."""
@@ -181,6 +186,11 @@ def history_affinity_candidates(indptr: torch.Tensor, indices: torch.Tensor, use
         return content.new_zeros(items.shape)
     position = torch.arange(len(hist), device=hist.device) - torch.repeat_interleave(
         torch.cumsum(lengths, 0) - lengths, lengths)
+    if graph is not None:
+        slots = hist.new_full((len(users), longest), -1)
+        slots[rows, position] = hist
+        sims = graph.lookup(items.unsqueeze(1), slots.clamp(min=0).unsqueeze(2)) * (slots >= 0).unsqueeze(2)
+        return sims.sum(1) / lengths.clamp(min=1).unsqueeze(1).to(content.dtype)
     padded = content.new_zeros(len(users), longest, content.shape[1])
     padded[rows, position] = content[hist]
     sims = torch.bmm(padded, content[items].transpose(1, 2)).clamp_(min=0).pow_(power)  # [u, longest, c]
@@ -188,7 +198,8 @@ def history_affinity_candidates(indptr: torch.Tensor, indices: torch.Tensor, use
 
 
 def history_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
-                           content: torch.Tensor, power: float, chunk: int = 1 << 16, sample: int = 0) -> torch.Tensor:
+                           content: torch.Tensor, power: float, chunk: int = 1 << 16, sample: int = 0,
+                           graph: "AffinityGraph | None" = None) -> torch.Tensor:
     """`history_affinity` for the pairs ``(users[r], items[r])``, leaving the item itself out of the
     user's history (a training positive must not explain itself).
 
@@ -197,16 +208,20 @@ def history_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: t
     With ``sample`` > 0, a history longer than that is replaced by a stratified random sample of ``sample``
     of its items (one from each of ``sample`` equal stretches): the mean over it estimates the mean over the
     whole history without bias, and a pair costs at most ``sample`` rows however long the history is — the
-    cost that dominates a training epoch at full shop size, where pairs come from heavy buyers most."""
+    cost that dominates a training epoch at full shop size, where pairs come from heavy buyers most. With
+    ``graph`` a pair's weights are looked up in it (no content products)."""
     if sample > 0:
-        return _sampled_affinity_pairs(indptr, indices, users, items, content, power, sample, chunk)
+        return _sampled_affinity_pairs(indptr, indices, users, items, content, power, sample, chunk, graph)
     rows, hist, _ = history_rows(indptr, indices, users)
     with torch.no_grad():
         other = hist != items[rows]
         sums = content.new_zeros(len(users))
         for start in range(0, len(hist), chunk):
             r, h = rows[start:start + chunk], hist[start:start + chunk]
-            sims = (content[h] * content[items[r]]).sum(1).clamp_(min=0).pow_(power) * other[start:start + chunk]
+            if graph is not None:
+                sims = graph.lookup(items[r], h) * other[start:start + chunk]
+            else:
+                sims = (content[h] * content[items[r]]).sum(1).clamp_(min=0).pow_(power) * other[start:start + chunk]
             sums.index_add_(0, r, sims)
         n = content.new_zeros(len(users)).index_add_(0, rows, other.to(content.dtype))
         return sums / n.clamp(min=1)
@@ -214,7 +229,8 @@ def history_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: t
 
 @torch.no_grad()
 def _sampled_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, items: torch.Tensor,
-                            content: torch.Tensor, power: float, sample: int, chunk: int) -> torch.Tensor:
+                            content: torch.Tensor, power: float, sample: int, chunk: int,
+                            graph: "AffinityGraph | None" = None) -> torch.Tensor:
     """`history_affinity_pairs` over ``sample`` history slots per pair: all of a short history, else item
     ``floor((t + U) · L / sample)`` of slot ``t`` with one uniform ``U`` per pair (stratified). Each pair's
     item vector is read once and multiplied with its slots in a batched product."""
@@ -226,6 +242,8 @@ def _sampled_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: 
     hist = indices[(indptr[users].unsqueeze(1) + offset).clamp(max=max(len(indices) - 1, 0))] if len(indices) \
         else torch.zeros_like(offset)
     other = (slot < lengths) & (hist != items.unsqueeze(1))
+    if graph is not None:
+        return (graph.lookup(items.unsqueeze(1), hist) * other).sum(1) / other.sum(1).clamp(min=1).to(content.dtype)
     sums = content.new_zeros(len(users))
     per = max(1, chunk // sample)
     for start in range(0, len(users), per):
@@ -248,3 +266,120 @@ class AffinityWeight(nn.Module):
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         return g * self.log_warm.exp() + (1 - g) * self.log_cold.exp()
+
+
+# ------------------------------------------------------------------------------ sparse affinity graph
+
+class AffinityGraph:
+    """The history content affinity's item × item weights, truncated: for each item ``i`` its ``k`` most
+    content-similar items ``j`` (itself included — today's exact affinity counts a user's own item 1.0)
+    with weight w(j, i) = max(0, c_j · c_i)^power, stored as ``[n, k]`` tensors (memory O(n·k); built
+    ``block`` rows at a time, never an n × n matrix). With a high power the weights below the k-th
+    neighbour are tiny, so the affinity barely moves, and scoring a user costs her history length × k
+    instead of history length × n × content width. ``k ≥ n`` keeps every pair: the exact affinity."""
+
+    def __init__(self, content: torch.Tensor, power: float, k: int, block: int = 1024) -> None:
+        self.power, self.k, self.block = float(power), int(k), int(block)
+        self.n = 0
+        self.neighbours = torch.zeros(0, 0, dtype=torch.long, device=content.device)
+        self.weights = content.new_zeros(0, 0)
+        self._by_source: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._keys: torch.Tensor | None = None
+        self.extend(content)
+
+    def _top(self, content: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` best sources of the items ``rows`` among all of ``content``, block by block."""
+        k = min(self.k, len(content))
+        neighbours, weights = [], []
+        for start in range(0, len(rows), self.block):
+            sims = content[rows[start:start + self.block]] @ content.t()          # [block, n]
+            values, index = torch.topk(sims, k, dim=1)
+            neighbours.append(index)
+            weights.append(values.clamp_(min=0).pow_(self.power))
+        if not neighbours:
+            return rows.new_zeros(0, k), content.new_zeros(0, k)
+        return torch.cat(neighbours), torch.cat(weights)
+
+    @torch.no_grad()
+    def extend(self, content: torch.Tensor) -> None:
+        """Grow to the items of ``content`` (its first ``n`` rows are the items already in the graph):
+        the new items get their ``k`` best sources among all items, and an old item's list takes a new
+        item in where it beats its current ``k``-th (the same lists as a build from scratch, up to ties)."""
+        n_old, n = self.n, len(content)
+        if n == n_old:
+            return
+        new = torch.arange(n_old, n, device=content.device)
+        k = min(self.k, n)
+        top_new, w_new = self._top(content, new)
+        if n_old:
+            merged_n, merged_w = [], []
+            for start in range(0, n_old, self.block):
+                stop = min(start + self.block, n_old)
+                sims = (content[start:stop] @ content[n_old:].t()).clamp_(min=0).pow_(self.power)
+                w = torch.cat([self.weights[start:stop], sims], 1)
+                idx = torch.cat([self.neighbours[start:stop], new.expand(stop - start, -1)], 1)
+                w, pick = torch.topk(w, k, dim=1)
+                merged_n.append(torch.gather(idx, 1, pick))
+                merged_w.append(w)
+            top_new, w_new = torch.cat(merged_n + [top_new]), torch.cat(merged_w + [w_new])
+        order = torch.argsort(top_new, dim=1)  # sources sorted per row: one sorted key array for lookups
+        self.neighbours, self.weights = torch.gather(top_new, 1, order), torch.gather(w_new, 1, order)
+        self.n, self._by_source, self._keys = n, None, None
+
+    def nnz(self) -> int:
+        """Stored (target, source) pairs."""
+        return self.neighbours.numel()
+
+    def lookup(self, targets: torch.Tensor, sources: torch.Tensor) -> torch.Tensor:
+        """w(source, target) for broadcast-compatible code tensors; 0 where the source is not among the
+        target's ``k`` neighbours."""
+        if self._keys is None:
+            rows = torch.arange(self.n, device=self.neighbours.device).unsqueeze(1)
+            self._keys = (rows * self.n + self.neighbours).flatten()
+        targets, sources = torch.broadcast_tensors(targets, sources)
+        query = (targets * self.n + sources).flatten()
+        if not len(self._keys):
+            return self.weights.new_zeros(targets.shape)
+        at = torch.searchsorted(self._keys, query).clamp_(max=len(self._keys) - 1)
+        found = self._keys[at] == query
+        return torch.where(found, self.weights.flatten()[at], self.weights.new_zeros(())).view(targets.shape)
+
+    def by_source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The graph as CSR by source item: ``(indptr, targets, weights)``."""
+        if self._by_source is None:
+            sources = self.neighbours.flatten()
+            order = torch.argsort(sources, stable=True)
+            targets = torch.arange(self.n, device=sources.device).repeat_interleave(self.neighbours.shape[1])
+            indptr = torch.zeros(self.n + 1, dtype=torch.long, device=sources.device)
+            indptr[1:] = torch.cumsum(torch.bincount(sources, minlength=self.n), 0)
+            self._by_source = (indptr, targets[order], self.weights.flatten()[order])
+        return self._by_source
+
+    def affinity(self, indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor,
+                 items: torch.Tensor | None = None) -> torch.Tensor:
+        """`history_affinity` through the graph: each history item adds its out-edges' weights (an
+        ItemKNN-style sparse product), ``[len(users), n]`` or ``[len(users), len(items)]``."""
+        rows, hist, lengths = history_rows(indptr, indices, users)
+        src_ptr, src_targets, src_weights = self.by_source()
+        edge_rows, _, _ = history_rows(src_ptr, src_targets, hist)
+        edge = _csr_positions(src_ptr, hist)
+        targets, weights, owner = src_targets[edge], src_weights[edge], rows[edge_rows]
+        width = self.n
+        if items is not None:
+            column = torch.full((self.n,), -1, dtype=torch.long, device=targets.device)
+            column[items] = torch.arange(len(items), device=targets.device)
+            targets = column[targets]
+            keep = targets >= 0
+            targets, weights, owner = targets[keep], weights[keep], owner[keep]
+            width = len(items)
+        out = self.weights.new_zeros(len(users) * width)
+        out.index_add_(0, owner * width + targets, weights)
+        return out.view(len(users), width) / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
+
+
+def _csr_positions(indptr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Positions in a CSR's index array of every entry of ``rows``, row after row."""
+    lengths = indptr[rows + 1] - indptr[rows]
+    offsets = torch.arange(int(lengths.sum()), device=rows.device) - \
+        torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    return torch.repeat_interleave(indptr[rows], lengths) + offsets

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from mmrec.data import Catalog, Interactions
 from mmrec.fusion.baselines import LightGCN, normalized_adjacency
 from mmrec.content import ContentRecipe
-from mmrec.fusion.cold_vae import (AffinityWeight, ContentRegressor, ContentVAE, CountGate, history_affinity,
+from mmrec.fusion.cold_vae import (AffinityGraph, AffinityWeight, ContentRegressor, ContentVAE, CountGate, history_affinity,
                                    history_affinity_candidates,
                                    history_affinity_pairs, history_mean, knn_rows, normalize_rows)
 from mmrec.recommender import register_model
@@ -88,6 +88,7 @@ class VAEFusionConfig:
     affinity_power: float = 6.0
     affinity_init: float = 20.0
     affinity_sample: int = 0        # training: a history's affinity from ≤ this many sampled items (0: all)
+    affinity_k: int = 0             # affinity over each item's k most content-similar items (sparse graph; 0: exact)
 
     def __post_init__(self) -> None:
         for name in ("dim", "latent_dim", "hidden_dim"):
@@ -101,6 +102,8 @@ class VAEFusionConfig:
         if self.affinity_power <= 0 or self.affinity_init <= 0:
             raise ValueError(f"VAEFusionConfig.affinity_power and affinity_init must be > 0, got "
                              f"{self.affinity_power}, {self.affinity_init}")
+        if self.affinity_k < 0:
+            raise ValueError(f"VAEFusionConfig.affinity_k must be ≥ 0, got {self.affinity_k}")
         if self.affinity_sample < 0:
             raise ValueError(f"VAEFusionConfig.affinity_sample must be ≥ 0, got {self.affinity_sample}")
         if self.gate_a_init <= 0:
@@ -130,6 +133,7 @@ class VAEFusion(LightGCN):
         self.gate = CountGate(config.gate_a_init, config.gate_b_init)
         self.affinity = AffinityWeight(config.affinity_init)
         self._fused: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._affinity_graph: AffinityGraph | None = None
 
     def _make_generator(self) -> ContentVAE | ContentRegressor:
         cfg = self.config
@@ -151,6 +155,7 @@ class VAEFusion(LightGCN):
             raise ValueError(f"content vectors have shape {array.shape}, the model needs "
                              f"({self.n_items}, {self.config.content_dim}) (n_items, config.content_dim)")
         self.content = torch.as_tensor(array, device=self.device)
+        self._affinity_graph = None
         self.content_set = True
         self.content_recipe = recipe
         self._invalidate()
@@ -184,6 +189,19 @@ class VAEFusion(LightGCN):
         knn = torch.sparse_coo_tensor(self.knn_indices, self.knn_values, (self.n_items, self.n_items),
                                       check_invariants=False)
         return users, items, torch.sparse.mm(knn, self.item_emb)
+
+    def affinity_graph(self) -> AffinityGraph | None:
+        """The sparse top-``affinity_k`` affinity graph of the content, or None for the exact affinity. It is
+        derived from the content (so not saved) and built on first use, again after `add_items`: a build from
+        the same content is the same graph, ties included, so a saved and loaded model scores identically
+        (growing it in place, `AffinityGraph.extend`, can break ties between equal weights differently)."""
+        if not self.config.affinity_k:
+            return None
+        graph = self._affinity_graph
+        if graph is None or graph.n != len(self.content) or graph.neighbours.device != self.content.device:
+            graph = self._affinity_graph = AffinityGraph(self.content, self.config.affinity_power,
+                                                         self.config.affinity_k)
+        return graph
 
     def trained_counts(self) -> torch.Tensor:
         """The gate's input per item: its interaction count where its ID embedding was trained, else 0.
@@ -227,7 +245,7 @@ class VAEFusion(LightGCN):
             return scores
         counts = self.trained_counts() if items is None else self.trained_counts()[items]
         affinity = history_affinity(self.seen_indptr, self.seen_indices, users, self.content,
-                                    self.config.affinity_power, items)
+                                    self.config.affinity_power, items, graph=self.affinity_graph())
         return scores + self.affinity(self._gate(counts)) * affinity
 
     def score_candidates(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -238,7 +256,7 @@ class VAEFusion(LightGCN):
         if not self.config.affinity:
             return scores
         affinity = history_affinity_candidates(self.seen_indptr, self.seen_indices, users, items, self.content,
-                                               self.config.affinity_power)
+                                               self.config.affinity_power, graph=self.affinity_graph())
         return scores + self.affinity(self._gate(self.trained_counts()[items])) * affinity
 
     def _invalidate(self) -> None:
@@ -288,7 +306,7 @@ class VAEFusion(LightGCN):
             if cfg.affinity:
                 score = score + self.affinity(self._gate(counts)) * history_affinity_pairs(
                     self.seen_indptr, self.seen_indices, batch["users"], idx, self.content, cfg.affinity_power,
-                    sample=cfg.affinity_sample)
+                    sample=cfg.affinity_sample, graph=self.affinity_graph())
             vectors.append((generated, score))
         (gen_p, score_p), (gen_n, score_n) = vectors
         bpr = -F.logsigmoid(score_p - score_n).mean()
@@ -441,4 +459,5 @@ class VAEFusion(LightGCN):
     def load_pretrained_state(self, state: dict[str, torch.Tensor]) -> None:
         super().load_pretrained_state(state)  # LightGCN rebuilds its graph from the seen pairs
         self.content_set = True
+        self._affinity_graph = None
         self._invalidate()

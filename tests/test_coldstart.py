@@ -239,3 +239,80 @@ def test_history_affinity_matrix_and_pairs_agree_and_a_positive_never_explains_i
     # Item 3 is in user 2's history: it is left out, so the mean runs over items 4 and 5 only.
     own = history_affinity_pairs(indptr, indices, torch.tensor([2]), torch.tensor([3]), content, 3.0)
     torch.testing.assert_close(own, (content[[4, 5]] @ content[3]).clamp(min=0).pow(3).mean().reshape(1))
+
+
+def _random_history(n_items: int, n_users: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 6, (n_users,), generator=gen)
+    indptr = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+    indices = torch.cat([torch.randperm(n_items, generator=gen)[:int(length)] for length in lengths])
+    return indptr, indices
+
+
+def test_affinity_graph_is_exact_when_k_covers_every_item_and_close_when_truncated():
+    from mmrec.fusion.cold_vae import (AffinityGraph, history_affinity, history_affinity_candidates,
+                                       history_affinity_pairs)
+
+    n, power = 40, 6.0
+    content = torch.nn.functional.normalize(torch.randn(n, 5, generator=torch.Generator().manual_seed(1)), dim=1)
+    indptr, indices = _random_history(n, 12, seed=2)
+    users = torch.arange(12)
+    exact = history_affinity(indptr, indices, users, content, power)
+    graph = AffinityGraph(content, power, k=n, block=7)  # blocks of 7 rows: never n × n at once
+    assert graph.neighbours.shape == (n, n) and graph.nnz() == n * n
+    torch.testing.assert_close(history_affinity(indptr, indices, users, content, power, graph=graph), exact)
+    items = torch.tensor([3, 0, 17])
+    torch.testing.assert_close(history_affinity(indptr, indices, users, content, power, items, graph=graph),
+                               exact[:, items])
+    pair_items = torch.randint(0, n, (12,), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(history_affinity_pairs(indptr, indices, users, pair_items, content, power, graph=graph),
+                               history_affinity_pairs(indptr, indices, users, pair_items, content, power))
+    torch.manual_seed(0)
+    sampled_graph = history_affinity_pairs(indptr, indices, users, pair_items, content, power, sample=2, graph=graph)
+    torch.manual_seed(0)
+    torch.testing.assert_close(sampled_graph, history_affinity_pairs(indptr, indices, users, pair_items, content,
+                                                                     power, sample=2))
+    # Truncated: each (history item, item) weight lost is at most the item's k-th neighbour weight.
+    k = 8
+    small = AffinityGraph(content, power, k=k, block=7)
+    assert small.neighbours.shape == (n, k) and small.nnz() == n * k
+    torch.testing.assert_close(small.lookup(torch.arange(n), torch.arange(n)), torch.ones(n))  # counts itself
+    approx = history_affinity(indptr, indices, users, content, power, graph=small)
+    bound = small.weights.min(1).values  # per item: its k-th weight bounds any pair left out
+    assert (approx <= exact + 1e-6).all() and (exact - approx <= bound.unsqueeze(0) + 1e-6).all()
+    candidates = torch.randint(0, n, (12, 4), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(history_affinity_candidates(indptr, indices, users, candidates, content, power,
+                                                           graph=small), torch.gather(approx, 1, candidates))
+
+
+def test_affinity_graph_grows_like_a_fresh_build():
+    from mmrec.fusion.cold_vae import AffinityGraph
+
+    content = torch.nn.functional.normalize(torch.randn(30, 6, generator=torch.Generator().manual_seed(5)), dim=1)
+    grown = AffinityGraph(content[:22], 4.0, k=5, block=4)
+    grown.extend(content)  # 8 new items: their own lists, and a place in old lists they beat
+    fresh = AffinityGraph(content, 4.0, k=5, block=4)
+    assert torch.equal(grown.neighbours, fresh.neighbours)
+    torch.testing.assert_close(grown.weights, fresh.weights)
+
+
+def test_vae_fusion_with_affinity_graph(tmp_path, world, warm_only, content):
+    model = train(warm_only, content[:N_WARM], epochs=2, affinity_k=12)
+    users = torch.arange(N_USERS)
+    exact = copy.deepcopy(model)
+    exact.config = type(model.config)(**{**vars(model.config), "affinity_k": 0})
+    with torch.no_grad():
+        scores, reference = model.score(users), exact.score(users)
+        assert (scores <= reference + 1e-4).all()  # truncation only drops non-negative terms
+        candidates = torch.randint(0, N_WARM, (N_USERS, 7), generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(model.score_candidates(users, candidates), torch.gather(scores, 1, candidates))
+    codes = torch.as_tensor(model.add_items(world.catalog.ids[N_WARM:], content[N_WARM:]))
+    graph = model.affinity_graph()
+    assert graph.n == N_WARM + N_NEW and graph.neighbours.shape == (N_WARM + N_NEW, 12)
+    assert all(int(c) in graph.neighbours[c].tolist() for c in codes)  # each new item has its own list
+    model.update(world.new_item_interactions.select(np.arange(20)))
+    model.save_pretrained(tmp_path / "m")
+    loaded = Recommender.from_pretrained(tmp_path / "m")
+    assert loaded.config.affinity_k == 12
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
