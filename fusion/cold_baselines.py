@@ -246,6 +246,7 @@ class ContentKNN(ContentRecommender):
 
 # ------------------------------------------------------------------------- history content affinity
 
+_POPULARITY: dict[str, Any] = {}  # the last content-neighbour popularity computed, with its key
 _PAIRS: dict[str, Any] = {}  # the last item × item max(0, cos)^power built, with its key
 
 
@@ -363,8 +364,12 @@ class AffinityPopularity(HistoryAffinity):
 
     def prepare(self, train: Interactions) -> None:
         super().prepare(train)
-        self.popularity = neighbour_popularity(F.normalize(self.content, dim=1), self.item_counts,
-                                               self.config.neighbours)
+        key = (tuple(self.content.shape), _fingerprint(self.content), _fingerprint(self.item_counts),
+               self.config.neighbours)
+        if _POPULARITY.get("key") != key:  # the points of a grid search share it
+            _POPULARITY.update(key=key, popularity=neighbour_popularity(
+                F.normalize(self.content, dim=1), self.item_counts, self.config.neighbours))
+        self.popularity = _POPULARITY["popularity"].clone()
 
     def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         pop = self.popularity if items is None else self.popularity[items]
