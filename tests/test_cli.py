@@ -6,6 +6,9 @@ import sys
 import pytest
 
 from mmrec.cli import COMMANDS, build_parser, main
+from text_memo import memoize_hf_text
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only waits on a busy machine
 
 
 def _mmrec(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -67,35 +70,43 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     assert code == 2 and "unknown key" in capsys.readouterr().err
 
 
-def test_train_align_saves_a_space_that_loads(tmp_path):
+ALIGN_YAML = ("space:\n  dim: 32\n  towers:\n    image: {spec: 'timm:vit_tiny_patch16_224@random', trainable: true,\n"
+              "            options: {model_kwargs: {img_size: 32, patch_size: 8, embed_dim: 64, depth: 1, num_heads: 2}}}\n"
+              "    text: {spec: minilm}\ntrain: {epochs: 1, batch_size: 64, early_stop_metric: t2i_recall@10}\n")
+
+
+def test_train_align_saves_a_space_that_loads(tmp_path, capsys, monkeypatch):
     from mmrec.space import UnifiedSpace
 
+    # In process (``python -m mmrec`` is run by the tests above), MiniLM once per text for the session's
+    # alignment tests: the locked text tower is what a CPU spends this command's time on.
+    memoize_hf_text(monkeypatch)
     cfg = tmp_path / "align.yaml"
-    cfg.write_text("space:\n  dim: 32\n  towers:\n    image: {spec: 'timm:vit_tiny_patch16_224@random', trainable: true,\n"
-                   "            options: {model_kwargs: {img_size: 32, patch_size: 8, embed_dim: 64, depth: 1, num_heads: 2}}}\n"
-                   "    text: {spec: minilm}\ntrain: {epochs: 1, batch_size: 64, early_stop_metric: t2i_recall@10}\n")
-    out = json.loads(_mmrec("train", "align", "--data", "synthetic", "--config", str(cfg), "--out",
-                            str(tmp_path / "space"), "--no-progress", "--json").stdout)
+    cfg.write_text(ALIGN_YAML)
+    assert main(["train", "align", "--data", "synthetic", "--config", str(cfg), "--out", str(tmp_path / "space"),
+                 "--no-progress", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert out["train_items"] > out["valid_items"] > 0 and "t2i_recall@10" in out["valid"]
     space = UnifiedSpace.from_pretrained(tmp_path / "space")
     assert space.embed_texts(["red dress"]).shape == (1, 32)
 
 
-def test_shards_then_train_align_streams_them(tmp_path):
-    written = json.loads(_mmrec("shards", "--data", "synthetic", "--out", str(tmp_path / "shards"),
-                                "--items-per-shard", "90", "--json").stdout)
+def test_shards_then_train_align_streams_them(tmp_path, capsys, monkeypatch):
+    memoize_hf_text(monkeypatch)
+    assert main(["shards", "--data", "synthetic", "--out", str(tmp_path / "shards"), "--items-per-shard", "90",
+                 "--json"]) == 0
+    written = json.loads(capsys.readouterr().out)
     assert written["shards"] == 4 and written["items"] == 360
     cfg = tmp_path / "align.yaml"
-    cfg.write_text("space:\n  dim: 32\n  towers:\n    image: {spec: 'timm:vit_tiny_patch16_224@random', trainable: true,\n"
-                   "            options: {model_kwargs: {img_size: 32, patch_size: 8, embed_dim: 64, depth: 1, num_heads: 2}}}\n"
-                   "    text: {spec: minilm}\ntrain: {epochs: 1, batch_size: 64, early_stop_metric: t2i_recall@10}\n"
-                   "shuffle_buffer: 50\n")
-    out = json.loads(_mmrec("train", "align", "--shards", written["urls"], "--config", str(cfg), "--out",
-                            str(tmp_path / "space"), "--no-progress", "--json").stdout)
+    cfg.write_text(ALIGN_YAML + "shuffle_buffer: 50\n")
+    assert main(["train", "align", "--shards", written["urls"], "--config", str(cfg), "--out", str(tmp_path / "space"),
+                 "--no-progress", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert out["valid_items"] > 0 and "t2i_recall@10" in out["valid"] and out["best_epoch"] == 0
     assert sum(out["skipped_samples"].values()) == 0
-    missing = _mmrec("train", "align", "--out", str(tmp_path / "x"), check=False)
-    assert missing.returncode == 2 and "--data" in missing.stderr and "--shards" in missing.stderr
+    assert main(["train", "align", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "--data" in err and "--shards" in err
 
 
 def test_train_sequence_with_content_beats_most_popular_and_saves(tmp_path, capsys):
