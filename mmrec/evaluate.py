@@ -53,7 +53,9 @@ def _grouped_columns(inter: Interactions, users: np.ndarray, column: np.ndarray)
 
 
 def candidate_items(split: Split, candidates: Candidates, n_items: int) -> np.ndarray:
-    """Item codes that may be ranked: all items, the cold items of the evaluated half, the warm rest, or a list."""
+    """Item codes that may be ranked: all items, the cold items (the valid and test halves together, on
+    either side: none of them is seen in training, and the same pool on both sides keeps valid and test
+    figures comparable), the warm rest, or a list."""
     cold = np.concatenate([c for c in (split.cold_valid_items, split.cold_test_items) if c is not None] or
                           [np.empty(0, np.int64)]).astype(np.int64)
     if isinstance(candidates, str):
