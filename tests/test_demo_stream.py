@@ -14,7 +14,7 @@ def test_screen_stream_demo_writes_events_timeline_and_recommendations(tmp_path)
     # 30 items: the smallest world the demo's purchases allow (its users buy up to 30 distinct items); one
     # torch thread: its towers and SASRec are tiny, and a second thread only waits on a busy machine.
     done = subprocess.run([sys.executable, str(DEMO), "--out", str(tmp_path), "--items", "30"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "session" / "recording.mp4").is_file()
     events = pd.read_parquet(tmp_path / "events.parquet")

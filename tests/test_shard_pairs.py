@@ -12,7 +12,6 @@ from mmrec.train import TrainConfig
 from text_memo import memoize_text
 
 TINY_VIT = tiny_vit(32, width=64, depth=2, heads=2)
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only waits on a busy machine
 
 
 def test_alignment_trains_from_shards_and_skips_a_damaged_photo(tmp_path, caplog):

@@ -12,7 +12,6 @@ from text_memo import memoize_text
 
 TINY_VIT = tiny_vit(32, width=64, depth=2, heads=2)
 SMALL = {"dim": 32, "adapter_options": {"hidden": 64}}  # the lit-tiny-vit preset at test size, with TINY_VIT
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only waits on a busy machine
 
 
 @pytest.mark.parametrize("kind", ["linear", "mlp", "query"])

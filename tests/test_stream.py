@@ -17,7 +17,6 @@ from mmrec.stream import (Segmenter, StreamConfig, StreamStats, calibrate_on_str
                           process, segments, thumbnail, write_events)
 
 SIM = dict(fps=15, width=120, height=208, notification_prob=0.0, jpeg_quality=(60, 90))
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: a second thread only waits on a busy machine
 
 
 @pytest.fixture(scope="module")
