@@ -48,6 +48,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
+from mmrec.cli.coldstart import COLDSTART_TRAIN, WARM_TRAIN
 from mmrec.datasets import hm, mmrec_format
 from mmrec.evaluate import evaluate
 from mmrec.io import atomic_write_text
@@ -149,16 +150,17 @@ def build(name: str, config: dict, split: Split, content: np.ndarray, seed: int)
 
 
 def train(name: str, config: dict, split: Split, content: np.ndarray, seed: int, args,
-          valid_candidates: str, schedule: tuple[int, int, int] | None = None) -> tuple[object, dict]:
+          valid_candidates: str, schedule: tuple[int, int, int, int] | None = None) -> tuple[object, dict]:
     """Fit with early stopping on valid Recall@20 over ``valid_candidates``; timing of epochs and fit.
-    ``schedule`` is (epochs, eval_every, patience), by default the cold split's from ``args``."""
+    ``schedule`` is (epochs, eval_every, patience, batch_size), by default the cold split's from ``args``."""
     model = build(name, config, split, content, seed)
 
     def validate(m) -> dict:
         return evaluate(m, split, on="valid", ks=KS, candidates=valid_candidates).metrics
 
-    epochs, eval_every, patience = schedule or (args.epochs, args.eval_every, args.patience)
-    tc = TrainConfig(epochs=epochs, batch_size=args.batch_size, lr=args.lr, eval_every=eval_every,
+    epochs, eval_every, patience, batch_size = schedule or (args.epochs, args.eval_every, args.patience,
+                                                            args.batch_size)
+    tc = TrainConfig(epochs=epochs, batch_size=batch_size, lr=args.lr, eval_every=eval_every,
                      patience=patience, seed=seed, progress=False)
     started = time.perf_counter()
     result = model.fit(split.train, train_config=tc, evaluate_fn=validate)
@@ -239,7 +241,7 @@ def run_seed(name: str, config: dict, split: Split, content: np.ndarray, seed: i
 def run_warm(name: str, config: dict, split: Split, content: np.ndarray, seed: int, args) -> dict:
     """hm5core: early stopping on valid Recall@20 over all items; test at that point."""
     model, info = train(name, config, split, content, seed, args, "all",
-                        (args.warm_epochs, args.warm_eval_every, args.warm_patience))
+                        (args.warm_epochs, args.warm_eval_every, args.warm_patience, args.warm_batch_size))
     return {"seed": seed, **info, "test": evaluate(model, split, on="test", ks=KS).metrics}
 
 
@@ -414,17 +416,20 @@ def main() -> None:
     parser.add_argument("--split", choices=SPLITS, default="items",
                         help="cold protocol: withheld items, or withheld products (every colour variant)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--eval-every", type=int, default=2)
-    parser.add_argument("--patience", type=int, default=2, help="validations without improvement before stopping")
-    parser.add_argument("--lr", type=float, default=5e-3)
-    parser.add_argument("--batch-size", type=int, default=2048)
+    # The cold-split schedule defaults to `mmrec train coldstart`'s, so the command trains what the tables report.
+    parser.add_argument("--epochs", type=int, default=COLDSTART_TRAIN["epochs"])
+    parser.add_argument("--eval-every", type=int, default=COLDSTART_TRAIN["eval_every"])
+    parser.add_argument("--patience", type=int, default=COLDSTART_TRAIN["patience"],
+                        help="validations without improvement before stopping")
+    parser.add_argument("--lr", type=float, default=COLDSTART_TRAIN["lr"])
+    parser.add_argument("--batch-size", type=int, default=COLDSTART_TRAIN["batch_size"])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared box)")
     parser.add_argument("--no-warm", action="store_true", help="skip hm5core")
     parser.add_argument("--no-cold", action="store_true", help="skip the cold split (hm5core only)")
-    parser.add_argument("--warm-epochs", type=int, default=100, help="hm5core: at most this many epochs")
-    parser.add_argument("--warm-eval-every", type=int, default=5)
-    parser.add_argument("--warm-patience", type=int, default=4)
+    parser.add_argument("--warm-epochs", type=int, default=WARM_TRAIN["epochs"], help="hm5core: at most this many epochs")
+    parser.add_argument("--warm-eval-every", type=int, default=WARM_TRAIN["eval_every"])
+    parser.add_argument("--warm-patience", type=int, default=WARM_TRAIN["patience"])
+    parser.add_argument("--warm-batch-size", type=int, default=WARM_TRAIN["batch_size"])
     parser.add_argument("--no-curve", action="store_true", help="skip the warm-up curve")
     parser.add_argument("--lightgcn-epochs", type=int, default=3,
                         help="epochs timed for the LightGCN reference (0: no reference)")

@@ -140,9 +140,7 @@ def history_rows(indptr: torch.Tensor, indices: torch.Tensor,
     ``row[j]`` is the position in ``users`` of the user who has ``item[j]``."""
     lengths = indptr[users + 1] - indptr[users]
     rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), lengths)
-    offsets = torch.arange(int(lengths.sum()), device=users.device) - \
-        torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
-    return rows, indices[torch.repeat_interleave(indptr[users], lengths) + offsets], lengths
+    return rows, indices[_csr_positions(indptr, users)], lengths
 
 
 def history_mean(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor,
@@ -361,9 +359,9 @@ class AffinityGraph:
         ItemKNN-style sparse product), ``[len(users), n]`` or ``[len(users), len(items)]``."""
         rows, hist, lengths = history_rows(indptr, indices, users)
         src_ptr, src_targets, src_weights = self.by_source()
-        edge_rows, _, _ = history_rows(src_ptr, src_targets, hist)
-        edge = _csr_positions(src_ptr, hist)
-        targets, weights, owner = src_targets[edge], src_weights[edge], rows[edge_rows]
+        edge = _csr_positions(src_ptr, hist)  # every out-edge of every history entry, entry after entry
+        owner = rows.repeat_interleave(src_ptr[hist + 1] - src_ptr[hist])
+        targets, weights = src_targets[edge], src_weights[edge]
         width = self.n
         if items is not None:
             column = torch.full((self.n,), -1, dtype=torch.long, device=targets.device)
