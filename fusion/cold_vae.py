@@ -31,6 +31,25 @@ def normalize_rows(vectors: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.where(norms > 1e-12, array / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
 
 
+def power_(x: torch.Tensor, power: float) -> torch.Tensor:
+    """``x ** power`` in place. A whole power up to 64 goes by repeated squaring (a few multiplications):
+    torch's ``pow`` with an exponent other than 2 or 3 calls the general power per element, several times
+    slower, and the affinity applies it to every (history item, item) product."""
+    n = int(power)
+    if n != power or not 1 <= n <= 64:
+        return x.pow_(power)
+    while not n & 1:            # x^(2^t) for the trailing zero bits of n
+        x.mul_(x)
+        n >>= 1
+    base = x.clone() if n > 1 else x
+    while n > 1:                # the remaining bits, lowest first: x collects base^(2^b) where bit b is set
+        n >>= 1
+        base.mul_(base)
+        if n & 1:
+            x.mul_(base)
+    return x
+
+
 # --------------------------------------------------------------------------------- content kNN graph
 
 def knn_rows(content: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor, k: int,
@@ -147,9 +166,58 @@ def history_mean(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tenso
                  table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per user the mean of ``table`` rows over the user's items in the CSR ``(indptr, indices)``, and
     the item counts; users without items get a zero row."""
-    rows, items, lengths = history_rows(indptr, indices, users)
-    sums = table.new_zeros(len(users), table.shape[1]).index_add_(0, rows, table[items])
-    return sums / lengths.clamp(min=1).unsqueeze(1).to(table.dtype), lengths
+    lengths = indptr[users + 1] - indptr[users]
+    return csr_row_sums(indptr, indices, users, table) / lengths.clamp(min=1).unsqueeze(1).to(table.dtype), lengths
+
+
+def csr_row_sums(indptr: torch.Tensor, indices: torch.Tensor, rows: torch.Tensor, table: torch.Tensor,
+                 values: torch.Tensor | None = None) -> torch.Tensor:
+    """``(S @ table)[rows]`` for the sparse matrix S of the CSR ``(indptr, indices, values)`` (all ones
+    without ``values``), touching only those rows' entries; gradients reach ``table``."""
+    positions = _csr_positions(indptr, rows)
+    lengths = indptr[rows + 1] - indptr[rows]
+    owner = torch.repeat_interleave(torch.arange(len(rows), device=rows.device), lengths)
+    gathered = table[indices[positions]]
+    if values is not None:
+        gathered = gathered * values[positions].unsqueeze(1).to(table.dtype)
+    return table.new_zeros(len(rows), table.shape[1]).index_add(0, owner, gathered)
+
+
+def layer_mean_(adjacency: torch.Tensor, dense: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """LightGCN's propagation in place: ``dense`` ← mean of A^l · dense over l = 0..n_layers."""
+    layer = dense
+    for _ in range(n_layers):
+        layer = torch.sparse.mm(adjacency, layer)
+        dense.add_(layer)
+    return dense.div_(n_layers + 1)
+
+
+class _LayerMeanRows(torch.autograd.Function):
+    """Rows of LightGCN's output M·E, M = mean of A^l over l = 0..L, for a symmetric A. M is symmetric
+    too, so the gradient of E is M · (the rows' gradient scattered into a full table): one running sum
+    each way, no per-layer tensor kept for backward and no full-size gradient per slice or gather."""
+
+    @staticmethod
+    def forward(ctx, adjacency: torch.Tensor, n_layers: int, rows: torch.Tensor,  # type: ignore[override]
+                *tables: torch.Tensor) -> torch.Tensor:
+        ctx.adjacency, ctx.n_layers, ctx.rows = adjacency, n_layers, rows
+        ctx.sizes = [len(t) for t in tables]
+        return layer_mean_(adjacency, torch.cat(tables), n_layers)[rows]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        full = grad.new_zeros(sum(ctx.sizes), grad.shape[1]).index_add_(0, ctx.rows, grad)
+        return (None, None, None, *layer_mean_(ctx.adjacency, full, ctx.n_layers).split(ctx.sizes))
+
+
+def lightgcn_rows(adjacency: torch.Tensor, user_emb: torch.Tensor, item_emb: torch.Tensor, n_layers: int,
+                  users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """LightGCN's final vectors of ``users`` and ``items`` (the same values as `LightGCN.embeddings` at
+    those rows) for a training step that needs only its batch's rows: ``adjacency`` is the symmetric
+    normalised [U+I, U+I] graph, gradients reach both embedding tables."""
+    rows = torch.cat([users, items + len(user_emb)])
+    out = _LayerMeanRows.apply(adjacency, n_layers, rows, user_emb, item_emb)
+    return out[:len(users)], out[len(users):]
 
 
 def history_affinity(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor, content: torch.Tensor,
@@ -166,7 +234,7 @@ def history_affinity(indptr: torch.Tensor, indices: torch.Tensor, users: torch.T
     target = content if items is None else content[items]
     out = content.new_zeros(len(users), len(target))
     for start in range(0, len(hist), chunk):
-        sims = (content[hist[start:start + chunk]] @ target.t()).clamp_(min=0).pow_(power)
+        sims = power_((content[hist[start:start + chunk]] @ target.t()).clamp_(min=0), power)
         out.index_add_(0, rows[start:start + chunk], sims)
     return out / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
 
@@ -191,7 +259,7 @@ def history_affinity_candidates(indptr: torch.Tensor, indices: torch.Tensor, use
         return sims.sum(1) / lengths.clamp(min=1).unsqueeze(1).to(content.dtype)
     padded = content.new_zeros(len(users), longest, content.shape[1])
     padded[rows, position] = content[hist]
-    sims = torch.bmm(padded, content[items].transpose(1, 2)).clamp_(min=0).pow_(power)  # [u, longest, c]
+    sims = power_(torch.bmm(padded, content[items].transpose(1, 2)).clamp_(min=0), power)  # [u, longest, c]
     return sims.sum(1) / lengths.clamp(min=1).unsqueeze(1).to(content.dtype)
 
 
@@ -219,7 +287,7 @@ def history_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: t
             if graph is not None:
                 sims = graph.lookup(items[r], h) * other[start:start + chunk]
             else:
-                sims = (content[h] * content[items[r]]).sum(1).clamp_(min=0).pow_(power) * other[start:start + chunk]
+                sims = power_((content[h] * content[items[r]]).sum(1).clamp_(min=0), power) * other[start:start + chunk]
             sums.index_add_(0, r, sims)
         n = content.new_zeros(len(users)).index_add_(0, rows, other.to(content.dtype))
         return sums / n.clamp(min=1)
@@ -248,7 +316,7 @@ def _sampled_affinity_pairs(indptr: torch.Tensor, indices: torch.Tensor, users: 
         h, i = hist[start:start + per], items[start:start + per]
         vectors = content.index_select(0, h.reshape(-1)).view(len(h), sample, -1)
         sims = torch.bmm(vectors, content.index_select(0, i).unsqueeze(2)).squeeze(2)
-        sums[start:start + per] = (sims.clamp_(min=0).pow_(power) * other[start:start + per]).sum(1)
+        sums[start:start + per] = (power_(sims.clamp_(min=0), power) * other[start:start + per]).sum(1)
     return sums / other.sum(1).clamp(min=1).to(content.dtype)
 
 
@@ -293,7 +361,7 @@ class AffinityGraph:
             sims = content[rows[start:start + self.block]] @ content.t()          # [block, n]
             values, index = torch.topk(sims, k, dim=1)
             neighbours.append(index)
-            weights.append(values.clamp_(min=0).pow_(self.power))
+            weights.append(power_(values.clamp_(min=0), self.power))
         if not neighbours:
             return rows.new_zeros(0, k), content.new_zeros(0, k)
         return torch.cat(neighbours), torch.cat(weights)
@@ -313,7 +381,7 @@ class AffinityGraph:
             merged_n, merged_w = [], []
             for start in range(0, n_old, self.block):
                 stop = min(start + self.block, n_old)
-                sims = (content[start:stop] @ content[n_old:].t()).clamp_(min=0).pow_(self.power)
+                sims = power_((content[start:stop] @ content[n_old:].t()).clamp_(min=0), self.power)
                 w = torch.cat([self.weights[start:stop], sims], 1)
                 idx = torch.cat([self.neighbours[start:stop], new.expand(stop - start, -1)], 1)
                 w, pick = torch.topk(w, k, dim=1)
@@ -357,22 +425,40 @@ class AffinityGraph:
                  items: torch.Tensor | None = None) -> torch.Tensor:
         """`history_affinity` through the graph: each history item adds its out-edges' weights (an
         ItemKNN-style sparse product), ``[len(users), n]`` or ``[len(users), len(items)]``."""
+        width = self.n if items is None else len(items)
+        return self.add_affinity_(self.weights.new_zeros(len(users), width), indptr, indices, users, items)
+
+    def add_affinity_(self, scores: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor,
+                      items: torch.Tensor | None = None, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``scores += weight * affinity`` in place (``weight`` per column, default 1) and returned: only the
+        history items' out-edges are touched, so scoring a batch costs its history length × k on top of the
+        scores themselves (no second users × items matrix)."""
         rows, hist, lengths = history_rows(indptr, indices, users)
         src_ptr, src_targets, src_weights = self.by_source()
         edge = _csr_positions(src_ptr, hist)  # every out-edge of every history entry, entry after entry
         owner = rows.repeat_interleave(src_ptr[hist + 1] - src_ptr[hist])
-        targets, weights = src_targets[edge], src_weights[edge]
-        width = self.n
+        targets, values = src_targets[edge], src_weights[edge]
         if items is not None:
             column = torch.full((self.n,), -1, dtype=torch.long, device=targets.device)
             column[items] = torch.arange(len(items), device=targets.device)
             targets = column[targets]
             keep = targets >= 0
-            targets, weights, owner = targets[keep], weights[keep], owner[keep]
-            width = len(items)
-        out = self.weights.new_zeros(len(users) * width)
-        out.index_add_(0, owner * width + targets, weights)
-        return out.view(len(users), width) / lengths.clamp(min=1).unsqueeze(1).to(out.dtype)
+            targets, values, owner = targets[keep], values[keep], owner[keep]
+        values = values / lengths[owner].to(values.dtype)
+        if weight is not None:
+            values = values * weight[targets]
+        scores.view(-1).index_add_(0, owner * scores.shape[1] + targets, values.to(scores.dtype))
+        return scores
+
+
+def add_history_affinity_(scores: torch.Tensor, indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor,
+                          content: torch.Tensor, power: float, weight: torch.Tensor,
+                          items: torch.Tensor | None = None, graph: AffinityGraph | None = None) -> torch.Tensor:
+    """``scores += weight * history_affinity(...)`` in place, ``weight`` per column of ``scores`` (the
+    model's per-item affinity weight); through ``graph`` without building the affinity matrix."""
+    if graph is not None:
+        return graph.add_affinity_(scores, indptr, indices, users, items, weight)
+    return scores.addcmul_(history_affinity(indptr, indices, users, content, power, items), weight)
 
 
 def _csr_positions(indptr: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

@@ -53,11 +53,11 @@ import torch
 import torch.nn.functional as F
 
 from mmrec.data import Catalog, Interactions
-from mmrec.fusion.baselines import LightGCN, normalized_adjacency
+from mmrec.fusion.baselines import LightGCN, csr_tensor, normalized_adjacency
 from mmrec.content import ContentRecipe
-from mmrec.fusion.cold_vae import (AffinityGraph, AffinityWeight, ContentRegressor, ContentVAE, CountGate, history_affinity,
-                                   history_affinity_candidates,
-                                   history_affinity_pairs, history_mean, knn_rows, normalize_rows)
+from mmrec.fusion.cold_vae import (AffinityGraph, AffinityWeight, ContentRegressor, ContentVAE, CountGate,
+                                   add_history_affinity_, csr_row_sums, history_affinity_candidates,
+                                   history_affinity_pairs, history_mean, knn_rows, lightgcn_rows, normalize_rows)
 from mmrec.recommender import register_model
 from mmrec.sampling import TripletDataset
 
@@ -134,6 +134,7 @@ class VAEFusion(LightGCN):
         self.affinity = AffinityWeight(config.affinity_init)
         self._fused: tuple[torch.Tensor, torch.Tensor] | None = None
         self._affinity_graph: AffinityGraph | None = None
+        self._knn_csr: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
     def _make_generator(self) -> ContentVAE | ContentRegressor:
         cfg = self.config
@@ -171,6 +172,8 @@ class VAEFusion(LightGCN):
             self.item_emb[~self.has_id] = 0.0  # never a positive or a negative: stays zero
         self.knn_indices, self.knn_values = self.knn_indices[:, :0], self.knn_values[:0]
         self._build_knn(torch.arange(self.n_items, device=self.device))
+        if self.config.affinity:
+            self.affinity_graph()  # built before the training loop, not inside its first step
 
     def _build_knn(self, rows: torch.Tensor) -> None:
         """Append the content-graph edges of ``rows`` (rows already in the graph keep theirs)."""
@@ -179,6 +182,26 @@ class VAEFusion(LightGCN):
         self.knn_indices = torch.cat([self.knn_indices, indices.to(self.device)], 1)
         self.knn_values = torch.cat([self.knn_values, values.to(self.device)])
 
+    def _knn_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The content graph's edges as CSR parts ``(indptr, columns, values)``, rebuilt when the edge
+        buffers change (replaced, loaded into in place, moved)."""
+        key = tuple((t.data_ptr(), t._version, t.shape, t.device) for t in (self.knn_indices, self.knn_values))
+        if self._knn_csr is None or self._knn_csr[0] != key or len(self._knn_csr[1][0]) != self.n_items + 1:
+            rows, cols = self.knn_indices
+            order = torch.argsort(rows, stable=True)
+            indptr = torch.zeros(self.n_items + 1, dtype=torch.long, device=rows.device)
+            indptr[1:] = torch.cumsum(torch.bincount(rows, minlength=self.n_items), 0)
+            self._knn_csr = (key, (indptr, cols[order], self.knn_values[order]))
+        return self._knn_csr[1]
+
+    def _content_neighbours(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The content-graph propagation of ID embeddings (mean ID embedding of each item's ``knn_k``
+        nearest items), for every item or at ``items`` only (a training step's)."""
+        indptr, cols, values = self._knn_parts()
+        if items is None:
+            return torch.sparse.mm(csr_tensor(indptr, cols, values), self.item_emb)
+        return csr_row_sums(indptr, cols, items, self.item_emb, values)
+
     def training_data(self, train: Interactions, seed: int) -> TripletDataset:
         return TripletDataset(train, seed, item_pool=torch.nonzero(self.has_id).flatten().cpu().numpy())
 
@@ -186,9 +209,7 @@ class VAEFusion(LightGCN):
     def _parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """LightGCN users, LightGCN items, content-graph propagation of item ID embeddings."""
         users, items = LightGCN.embeddings(self)
-        knn = torch.sparse_coo_tensor(self.knn_indices, self.knn_values, (self.n_items, self.n_items),
-                                      check_invariants=False)
-        return users, items, torch.sparse.mm(knn, self.item_emb)
+        return users, items, self._content_neighbours()
 
     def affinity_graph(self) -> AffinityGraph | None:
         """The sparse top-``affinity_k`` affinity graph of the content, or None for the exact affinity. It is
@@ -244,9 +265,9 @@ class VAEFusion(LightGCN):
         if not self.config.affinity:
             return scores
         counts = self.trained_counts() if items is None else self.trained_counts()[items]
-        affinity = history_affinity(self.seen_indptr, self.seen_indices, users, self.content,
-                                    self.config.affinity_power, items, graph=self.affinity_graph())
-        return scores + self.affinity(self._gate(counts)) * affinity
+        return add_history_affinity_(scores, self.seen_indptr, self.seen_indices, users, self.content,
+                                     self.config.affinity_power, self.affinity(self._gate(counts)), items,
+                                     graph=self.affinity_graph())
 
     def score_candidates(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """`score` of each user's own candidates ``items [len(users), c]``, the affinity over the candidates
@@ -287,16 +308,18 @@ class VAEFusion(LightGCN):
         return self._training_step(batch)
 
     def _training_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        users_all, items_all, knn_all = self._parts()
-        u = users_all[batch["users"]]
         cfg = self.config
-        # The content networks run once per distinct item of the batch.
+        # Every item vector (LightGCN, content graph, content networks) is made once per distinct item of
+        # the batch, and only for those: the rest of the catalogue gets no gradient anyway.
         items, inverse = torch.unique(torch.cat([batch["pos"], batch["neg"]]), return_inverse=True)
+        u, lgcn_items = lightgcn_rows(self.adjacency, self.user_emb, self.item_emb, cfg.n_layers,
+                                      batch["users"], items)
+        knn_items = self._content_neighbours(items)
         generated_all = self.generator.generate(self.content[items])
         vectors = []
         for key, rows in (("pos", inverse[: len(u)]), ("neg", inverse[len(u):])):
             idx = batch[key]
-            lgcn, knn, counts = items_all[idx], knn_all[idx], self.counts[idx]
+            lgcn, knn, counts = lgcn_items[rows], knn_items[rows], self.counts[idx]
             if cfg.cold_dropout > 0:
                 cold = torch.rand(len(idx), device=idx.device) < cfg.cold_dropout
                 lgcn = torch.where(cold[:, None], torch.zeros_like(lgcn), lgcn)
@@ -312,9 +335,9 @@ class VAEFusion(LightGCN):
         bpr = -F.logsigmoid(score_p - score_n).mean()
         ego = (self.user_emb[batch["users"]], self.item_emb[batch["pos"]], self.item_emb[batch["neg"]])
         reg = sum(e.norm(2).pow(2) for e in ego) / len(batch["users"])
-        positives = torch.unique(batch["pos"])
-        target = (items_all[positives] + knn_all[positives]).detach()
-        vae = self.generator.losses(target, self.content[positives])
+        positives = torch.unique(inverse[: len(u)])  # rows of the distinct positives in `items`
+        target = (lgcn_items[positives] + knn_items[positives]).detach()
+        vae = self.generator.losses(target, self.content[items[positives]])
         loss = bpr + cfg.reg_weight * reg + cfg.recon_weight * vae["recon"] + cfg.beta * vae["kl"]
         out = {"bpr": bpr.detach(), "reg": reg.detach(), "recon": vae["recon"].detach(), "kl": vae["kl"].detach()}
         if cfg.ranking_loss:
