@@ -8,6 +8,7 @@ can be read and tested on its own.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -104,19 +105,41 @@ class ContentVAE(nn.Module):
         self.prior = mlp([content_dim, hidden_dim, 2 * latent_dim])
         self.decoder = mlp([latent_dim + content_dim, hidden_dim, dim])
 
+    def _content_terms(self, content: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What depends on the content alone: the prior's mean and log-variance, and the decoder's first
+        layer applied to the content half of its input (bias included)."""
+        mu, logvar = self.prior(content).chunk(2, dim=-1)
+        first = self.decoder[0]
+        return mu, logvar, F.linear(content, first.weight[:, mu.shape[1]:], first.bias)
+
+    def _decode(self, z: torch.Tensor, content_term: torch.Tensor) -> torch.Tensor:
+        """The decoder on ``[z, c]``, its first layer's content half given as ``content_term``."""
+        hidden = F.linear(z, self.decoder[0].weight[:, : z.shape[1]]) + content_term
+        return self.decoder[1:](hidden)
+
     def generate(self, content: torch.Tensor) -> torch.Tensor:
         """Content → collaborative vector through the prior mean."""
-        mu, _ = self.prior(content).chunk(2, dim=-1)
-        return self.decoder(torch.cat([mu, content], -1))
+        mu, _, term = self._content_terms(content)
+        return self._decode(mu, term)
 
     def losses(self, target: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
         """Reconstruction (squared error per item, summed over dims) of ``target`` through a posterior
         sample, and KL(q(z | target, c) || p(z | c)), both averaged over the batch."""
+        return self._losses(target, content, *self._content_terms(content))
+
+    def generate_with_losses(self, content: torch.Tensor, target: torch.Tensor,
+                             rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`generate` (``content``) and `losses` (``target`` of the items ``content[rows]``) with the
+        content-only terms computed once, as a training step needs both for overlapping items."""
+        mu_p, logvar_p, term = self._content_terms(content)
+        return self._decode(mu_p, term), self._losses(target, content[rows], mu_p[rows], logvar_p[rows], term[rows])
+
+    def _losses(self, target: torch.Tensor, content: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor,
+                content_term: torch.Tensor) -> dict[str, torch.Tensor]:
         mu_q, logvar_q = self.encoder(torch.cat([target, content], -1)).chunk(2, dim=-1)
-        mu_p, logvar_p = self.prior(content).chunk(2, dim=-1)
         logvar_q, logvar_p = logvar_q.clamp(-10, 10), logvar_p.clamp(-10, 10)
         z = mu_q + torch.randn_like(mu_q) * (0.5 * logvar_q).exp()
-        recon = (self.decoder(torch.cat([z, content], -1)) - target).pow(2).sum(-1).mean()
+        recon = (self._decode(z, content_term) - target).pow(2).sum(-1).mean()
         kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1).sum(-1).mean()
         return {"recon": recon, "kl": kl}
 
@@ -134,7 +157,13 @@ class ContentRegressor(nn.Module):
 
     def losses(self, target: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
         """Squared error to ``target``; no KL term."""
-        return {"recon": (self.generate(content) - target).pow(2).sum(-1).mean(), "kl": target.new_zeros(())}
+        return self.generate_with_losses(content, target, torch.arange(len(content), device=content.device))[1]
+
+    def generate_with_losses(self, content: torch.Tensor, target: torch.Tensor,
+                             rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`generate` (``content``) and `losses` (``target`` of the items ``content[rows]``) from one pass."""
+        generated = self.generate(content)
+        return generated, {"recon": (generated[rows] - target).pow(2).sum(-1).mean(), "kl": target.new_zeros(())}
 
 
 class CountGate(nn.Module):
@@ -202,12 +231,30 @@ class _LayerMeanRows(torch.autograd.Function):
                 *tables: torch.Tensor) -> torch.Tensor:
         ctx.adjacency, ctx.n_layers, ctx.rows = adjacency, n_layers, rows
         ctx.sizes = [len(t) for t in tables]
-        return layer_mean_(adjacency, torch.cat(tables), n_layers)[rows]
+        layer = torch.cat(tables)
+        out = layer[rows]
+        for depth in range(1, n_layers + 1):  # the last layer is needed at ``rows`` only
+            layer = torch.sparse.mm(adjacency if depth < n_layers else _csr_select(adjacency, rows), layer)
+            out.add_(layer if depth == n_layers else layer[rows])
+        return out.div_(n_layers + 1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
         full = grad.new_zeros(sum(ctx.sizes), grad.shape[1]).index_add_(0, ctx.rows, grad)
         return (None, None, None, *layer_mean_(ctx.adjacency, full, ctx.n_layers).split(ctx.sizes))
+
+
+def _csr_select(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The rows ``rows`` of a sparse CSR matrix, as a ``[len(rows), n_columns]`` CSR matrix."""
+    indptr = matrix.crow_indices().long()
+    lengths = indptr[rows + 1] - indptr[rows]
+    positions = _csr_positions(indptr, rows)
+    crow = torch.zeros(len(rows) + 1, dtype=torch.long, device=rows.device)
+    crow[1:] = torch.cumsum(lengths, 0)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, matrix.col_indices()[positions].long(), matrix.values()[positions],
+                                       (len(rows), matrix.shape[1]), check_invariants=False)
 
 
 def lightgcn_rows(adjacency: torch.Tensor, user_emb: torch.Tensor, item_emb: torch.Tensor, n_layers: int,

@@ -215,11 +215,13 @@ class VAEFusion(LightGCN):
         """The sparse top-``affinity_k`` affinity graph of the content, or None for the exact affinity. It is
         derived from the content (so not saved) and built on first use, again after `add_items`: a build from
         the same content is the same graph, ties included, so a saved and loaded model scores identically
-        (growing it in place, `AffinityGraph.extend`, can break ties between equal weights differently)."""
+        (growing it in place, `AffinityGraph.extend`, can break ties between equal weights differently). A
+        changed ``affinity_k`` or ``affinity_power`` in the config also rebuilds it."""
         if not self.config.affinity_k:
             return None
-        graph = self._affinity_graph
-        if graph is None or graph.n != len(self.content) or graph.neighbours.device != self.content.device:
+        graph, cfg = self._affinity_graph, self.config
+        if graph is None or graph.n != len(self.content) or graph.neighbours.device != self.content.device \
+                or graph.k != cfg.affinity_k or graph.power != float(cfg.affinity_power):
             graph = self._affinity_graph = AffinityGraph(self.content, self.config.affinity_power,
                                                          self.config.affinity_k)
         return graph
@@ -315,7 +317,9 @@ class VAEFusion(LightGCN):
         u, lgcn_items = lightgcn_rows(self.adjacency, self.user_emb, self.item_emb, cfg.n_layers,
                                       batch["users"], items)
         knn_items = self._content_neighbours(items)
-        generated_all = self.generator.generate(self.content[items])
+        positives = torch.unique(inverse[: len(u)])  # rows of the distinct positives in `items`
+        target = (lgcn_items[positives] + knn_items[positives]).detach()
+        generated_all, vae = self.generator.generate_with_losses(self.content[items], target, positives)
         vectors = []
         for key, rows in (("pos", inverse[: len(u)]), ("neg", inverse[len(u):])):
             idx = batch[key]
@@ -335,9 +339,6 @@ class VAEFusion(LightGCN):
         bpr = -F.logsigmoid(score_p - score_n).mean()
         ego = (self.user_emb[batch["users"]], self.item_emb[batch["pos"]], self.item_emb[batch["neg"]])
         reg = sum(e.norm(2).pow(2) for e in ego) / len(batch["users"])
-        positives = torch.unique(inverse[: len(u)])  # rows of the distinct positives in `items`
-        target = (lgcn_items[positives] + knn_items[positives]).detach()
-        vae = self.generator.losses(target, self.content[items[positives]])
         loss = bpr + cfg.reg_weight * reg + cfg.recon_weight * vae["recon"] + cfg.beta * vae["kl"]
         out = {"bpr": bpr.detach(), "reg": reg.detach(), "recon": vae["recon"].detach(), "kl": vae["kl"].detach()}
         if cfg.ranking_loss:

@@ -316,3 +316,77 @@ def test_vae_fusion_with_affinity_graph(tmp_path, world, warm_only, content):
     assert loaded.config.affinity_k == 12
     with torch.no_grad():
         torch.testing.assert_close(loaded.score(users), model.score(users), rtol=0, atol=0)
+
+
+def test_lightgcn_rows_match_the_full_propagation_in_values_and_gradients():
+    from mmrec.fusion.baselines import normalized_adjacency
+    from mmrec.fusion.cold_vae import lightgcn_rows
+
+    gen = torch.Generator().manual_seed(6)
+    n_users, n_items, dim = 30, 25, 4
+    pairs = Interactions(torch.randint(0, n_users, (120,), generator=gen).numpy(),
+                         torch.randint(0, n_items, (120,), generator=gen).numpy(),
+                         np.arange(n_users).astype(str), np.arange(n_items).astype(str))
+    adjacency = normalized_adjacency(pairs, n_users, n_items)
+    users, items = torch.tensor([3, 3, 0, 29]), torch.tensor([24, 1, 7])  # repeats allowed
+    weights = torch.randn(len(users) + len(items), dim, generator=gen)
+    for n_layers in (0, 1, 2, 3):
+        tables = [torch.randn(n, dim, generator=gen, requires_grad=True) for n in (n_users, n_items)]
+        ego = torch.cat(tables)  # the reference: every layer in full, autograd through each
+        layer, final = ego, ego
+        for _ in range(n_layers):
+            layer = adjacency @ layer
+            final = final + layer
+        final = final / (n_layers + 1)
+        reference = torch.cat([final[users], final[n_users + items]])
+        expected = torch.autograd.grad((reference * weights).sum(), tables)
+        u, i = lightgcn_rows(adjacency, *tables, n_layers, users, items)
+        torch.testing.assert_close(torch.cat([u, i]), reference)
+        for got, want in zip(torch.autograd.grad((torch.cat([u, i]) * weights).sum(), tables), expected):
+            torch.testing.assert_close(got, want)
+
+
+def test_generate_with_losses_is_generate_plus_losses():
+    from mmrec.fusion.cold_vae import ContentRegressor, ContentVAE
+
+    gen = torch.Generator().manual_seed(7)
+    content, target = torch.randn(9, 6, generator=gen), torch.randn(4, 5, generator=gen)
+    rows = torch.tensor([0, 2, 5, 8])
+    for network in (ContentVAE(6, 5, 3, 8), ContentRegressor(6, 5, 8)):
+        torch.manual_seed(0)
+        generated, losses = network.generate_with_losses(content, target, rows)
+        torch.manual_seed(0)
+        reference = network.losses(target, content[rows])
+        torch.testing.assert_close(generated, network.generate(content))
+        for name in ("recon", "kl"):
+            torch.testing.assert_close(losses[name], reference[name])
+
+
+def test_affinity_is_added_in_place_with_a_weight_per_column():
+    from mmrec.fusion.cold_vae import AffinityGraph, add_history_affinity_, history_affinity
+
+    n, power = 30, 6.0
+    content = torch.nn.functional.normalize(torch.randn(n, 5, generator=torch.Generator().manual_seed(8)), dim=1)
+    indptr, indices = _random_history(n, 10, seed=9)
+    users, items = torch.arange(10), torch.tensor([4, 0, 29, 11])
+    base, weight = torch.randn(10, len(items)), torch.rand(len(items)) + 0.5
+    expected = base + weight * history_affinity(indptr, indices, users, content, power, items)
+    for graph in (None, AffinityGraph(content, power, k=n), AffinityGraph(content, power, k=n + 5, block=4)):
+        got = add_history_affinity_(base.clone(), indptr, indices, users, content, power, weight, items, graph=graph)
+        torch.testing.assert_close(got, expected)
+
+
+def test_vae_fusion_scores_equal_with_a_graph_that_keeps_every_pair(warm_only, content):
+    model = train(warm_only, content[:N_WARM], epochs=1, affinity_k=N_WARM)
+    exact = copy.deepcopy(model)
+    exact.config = type(model.config)(**{**vars(model.config), "affinity_k": 0})
+    users = torch.arange(N_USERS)
+    with torch.no_grad():
+        torch.testing.assert_close(model.score(users), exact.score(users))
+
+
+def test_affinity_graph_follows_the_config(warm_only, content):
+    model = train(warm_only, content[:N_WARM], epochs=1, affinity_k=5)
+    assert model.affinity_graph().k == 5
+    model.config = type(model.config)(**{**vars(model.config), "affinity_k": 9})
+    assert model.affinity_graph().k == 9 and model.affinity_graph().neighbours.shape == (N_WARM, 9)
