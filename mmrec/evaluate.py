@@ -84,6 +84,8 @@ def evaluate(model: Scorer | Callable[[torch.Tensor], torch.Tensor], split: Spli
     ``model`` is a `Scorer` or a function ``users -> scores``. Only users with at least one relevant item
     among the candidates are evaluated (MMRec's rule); ``users`` restricts them further (e.g. to users with
     training history). ``mask_train=False`` lets items seen in training be ranked (repeat purchases). Metric names are ``"<metric>@<k>"``.
+    ``device`` is where masking and metrics run (the CPU by default); a model with a ``device`` (e.g. one
+    trained on a GPU) gets the user ids on its own device, so its scoring never mixes devices.
     """
     if on not in ("valid", "test"):
         raise ValueError(f"on must be 'valid' or 'test', got {on!r}")
@@ -114,6 +116,8 @@ def evaluate(model: Scorer | Callable[[torch.Tensor], torch.Tensor], split: Spli
     n_relevant = np.diff(rel_ptr)
 
     dev = torch.device(device) if device is not None else torch.device("cpu")
+    model_device = getattr(model, "device", None)
+    user_dev = torch.device(model_device) if isinstance(model_device, (str, torch.device)) else dev
     max_k = max(ks)
     top = min(max_k, len(cand))
     # scores (float32) + mask + relevance block per user row, with room for the model's own temporaries.
@@ -125,7 +129,7 @@ def evaluate(model: Scorer | Callable[[torch.Tensor], torch.Tensor], split: Spli
     with torch.no_grad():
         for start in range(0, len(eval_users), batch):
             stop = min(start + batch, len(eval_users))
-            user_t = torch.as_tensor(eval_users[start:stop], device=dev)
+            user_t = torch.as_tensor(eval_users[start:stop], device=user_dev)
             scores = score_fn(user_t)
             if scores.shape != (stop - start, n_items):
                 raise ValueError(f"score() returned shape {tuple(scores.shape)}, expected ({stop - start}, {n_items})")

@@ -72,6 +72,22 @@ def test_evaluator_masks_train_items_and_matches_hand_values():
     assert masked["recall@1"] == pytest.approx((0.5 + 1.0) / 2)
 
 
+def test_evaluator_hands_user_ids_to_a_model_on_its_own_device():
+    # A model trained on a GPU scores user ids on its device (vae_fusion's history affinity failed on CUDA when
+    # they came on the CPU); "meta" stands in for a device this CPU machine does not have.
+    split = _tiny_split()
+    scores = torch.tensor([[6.0, 5, 4, 3, 2, 1]]).repeat(2, 1)
+
+    class OnMeta:
+        device = torch.device("meta")
+
+        def score(self, users):
+            assert users.device.type == "meta"
+            return scores[: len(users)]
+
+    assert evaluate(OnMeta(), split, on="test", ks=(1,))["users"] == 2
+
+
 def test_evaluator_candidate_sets_and_batching_invariance():
     split = _tiny_split()
     split.cold_valid_items, split.cold_test_items = np.array([3]), np.array([4])
