@@ -89,6 +89,7 @@ class VAEFusionConfig:
     affinity_init: float = 20.0
     affinity_sample: int = 0        # training: a history's affinity from ≤ this many sampled items (0: all)
     affinity_k: int = 0             # affinity over each item's k most content-similar items (sparse graph; 0: exact)
+    affinity_train_exact: bool = False  # train on the exact affinity; the affinity_k graph then serves scoring only
 
     def __post_init__(self) -> None:
         for name in ("dim", "latent_dim", "hidden_dim"):
@@ -320,6 +321,7 @@ class VAEFusion(LightGCN):
         positives = torch.unique(inverse[: len(u)])  # rows of the distinct positives in `items`
         target = (lgcn_items[positives] + knn_items[positives]).detach()
         generated_all, vae = self.generator.generate_with_losses(self.content[items], target, positives)
+        train_graph = None if cfg.affinity_train_exact else self.affinity_graph()
         vectors = []
         for key, rows in (("pos", inverse[: len(u)]), ("neg", inverse[len(u):])):
             idx = batch[key]
@@ -333,7 +335,7 @@ class VAEFusion(LightGCN):
             if cfg.affinity:
                 score = score + self.affinity(self._gate(counts)) * history_affinity_pairs(
                     self.seen_indptr, self.seen_indices, batch["users"], idx, self.content, cfg.affinity_power,
-                    sample=cfg.affinity_sample, graph=self.affinity_graph())
+                    sample=cfg.affinity_sample, graph=train_graph)
             vectors.append((generated, score))
         (gen_p, score_p), (gen_n, score_n) = vectors
         bpr = -F.logsigmoid(score_p - score_n).mean()

@@ -390,3 +390,14 @@ def test_affinity_graph_follows_the_config(warm_only, content):
     assert model.affinity_graph().k == 5
     model.config = type(model.config)(**{**vars(model.config), "affinity_k": 9})
     assert model.affinity_graph().k == 9 and model.affinity_graph().neighbours.shape == (N_WARM, 9)
+
+
+def test_affinity_train_exact_trains_as_exact_and_scores_through_the_graph(warm_only, content):
+    exact = train(warm_only, content[:N_WARM], epochs=2)
+    served = train(warm_only, content[:N_WARM], epochs=2, affinity_k=12, affinity_train_exact=True)
+    for name, value in exact.state_dict().items():
+        torch.testing.assert_close(served.state_dict()[name], value, rtol=0, atol=0)
+    users = torch.arange(N_USERS)
+    with torch.no_grad():
+        assert (served.score(users) <= exact.score(users) + 1e-4).all()  # the graph drops non-negative terms
+        assert not torch.allclose(served.score(users), exact.score(users))
