@@ -1,6 +1,7 @@
 """Parts of the cold-start fusion recommender: the frozen content kNN graph, the conditional VAE (or plain
-regression) from content into the collaborative space, and the count gate (item content vectors come from
-`mmrec.content`).
+regression) from content into the collaborative space, the count gate, the history content affinity (exact,
+or through the sparse `AffinityGraph`) and LightGCN's propagation at a training batch's rows only (item
+content vectors come from `mmrec.content`).
 
 `mmrec.fusion.coldstart.VAEFusion` puts them together; they are plain functions and modules here so each
 can be read and tested on its own.

@@ -17,7 +17,10 @@ affinity*: the mean over u's items j of max(0, c_j · c_i)^p (``affinity_power``
 power only near-duplicates in content count, which on H&M means colour variants of what the user
 bought. Its weight w(g) = g·w_warm + (1 − g)·w_cold is learned (log-parametrised), so cold items may lean
 on it more than warm ones. Users are LightGCN's user
-vectors.
+vectors. Exact, a(u, i) multiplies every history item's content with every item's; ``affinity_k`` > 0 sums
+instead over each item's k most content-similar items (`AffinityGraph`, built once), which makes scoring
+cost little more than the dot products; ``affinity_train_exact`` keeps training on the exact term (the
+README's cold-start "Cost" paragraph has the measured trade-off).
 
 One ``training_step`` sums: BPR on these scores (the positive left out of its own affinity) + LightGCN's
 L2 term, the VAE's reconstruction of the (detached) learned vectors of the batch's positives and
