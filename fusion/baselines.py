@@ -247,12 +247,15 @@ def normalized_adjacency(train: Interactions, n_users: int, n_items: int) -> tor
     return csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols.astype(index_type)), torch.from_numpy(values))
 
 
-def csr_tensor(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """A square sparse CSR tensor from its parts (no copy), without torch's beta-feature warning."""
+def csr_tensor(crow: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
+               n_columns: int | None = None) -> torch.Tensor:
+    """A sparse CSR tensor from its parts (no copy), without torch's beta-feature warning: square unless
+    ``n_columns`` is given (e.g. a few rows of a square matrix)."""
     n = len(crow) - 1
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, cols, values, (n, n), check_invariants=False)
+        return torch.sparse_csr_tensor(crow, cols, values, (n, n if n_columns is None else n_columns),
+                                       check_invariants=False)
 
 
 class _SymmetricSpmm(torch.autograd.Function):

@@ -9,13 +9,14 @@ can be read and tested on its own.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mmrec.fusion.baselines import csr_tensor
 
 
 
@@ -252,10 +253,7 @@ def _csr_select(matrix: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     positions = _csr_positions(indptr, rows)
     crow = torch.zeros(len(rows) + 1, dtype=torch.long, device=rows.device)
     crow[1:] = torch.cumsum(lengths, 0)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, matrix.col_indices()[positions].long(), matrix.values()[positions],
-                                       (len(rows), matrix.shape[1]), check_invariants=False)
+    return csr_tensor(crow, matrix.col_indices()[positions].long(), matrix.values()[positions], matrix.shape[1])
 
 
 def lightgcn_rows(adjacency: torch.Tensor, user_emb: torch.Tensor, item_emb: torch.Tensor, n_layers: int,
