@@ -112,12 +112,18 @@ def leave_last_out(interactions: Interactions, *, min_length: int = 3) -> Split:
     return Split(interactions.select(~(test | valid)), interactions.select(valid), interactions.select(test))
 
 
-def cold_items(interactions: Interactions, *, fraction: float = 0.2, seed: int = 0) -> Split:
+def cold_items(interactions: Interactions, *, fraction: float = 0.2, seed: int = 0,
+               warm_fraction: float = 0.0) -> Split:
     """Withhold ``fraction`` of the items that have interactions, with all their interactions.
 
     Cold items are halved into valid and test item sets; valid/test hold the withheld interactions of
     users who keep training history, so a model sees only the cold items' content. Evaluate with
     ``candidates="cold"`` (rank cold items only) or ``"all"`` (hybrid: cold among all items).
+
+    ``warm_fraction`` > 0 also holds out that share of the warm (user, item) pairs into valid and the same
+    share into test (ColdRec's hybrid protocol): without warm targets a hybrid figure only counts cold
+    purchases, so a model that pushed every cold item above every warm one would score as well as its cold
+    ranking. With them, ``candidates="all"`` weighs both, ``"warm"`` ranks the warm items alone.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
@@ -127,17 +133,18 @@ def cold_items(interactions: Interactions, *, fraction: float = 0.2, seed: int =
     if n_cold >= len(active):
         raise ValueError(f"only {len(active)} items have interactions; cannot withhold {n_cold}")
     cold = rng.permutation(active)[:n_cold]
-    return _withhold(interactions, np.sort(cold[: n_cold // 2]), np.sort(cold[n_cold // 2:]))
+    return _withhold(interactions, np.sort(cold[: n_cold // 2]), np.sort(cold[n_cold // 2:]), warm_fraction, seed)
 
 
-def cold_groups(interactions: Interactions, groups: np.ndarray, *, fraction: float = 0.2, seed: int = 0) -> Split:
+def cold_groups(interactions: Interactions, groups: np.ndarray, *, fraction: float = 0.2, seed: int = 0,
+                warm_fraction: float = 0.0) -> Split:
     """The new-product protocol: withhold ``fraction`` of the item *groups* that have interactions (e.g.
     H&M's ``product_code``: every colour variant of a product together), with all their interactions.
 
     ``groups[i]`` is item code ``i``'s group (any hashable labels, ``[n_items]``). Withheld groups are halved
     into valid and test groups; the cold item sets are the items with interactions in each half, so no
     group has items on two sides (train, cold valid, cold test) and a cold item has no sibling in training
-    whose content it could lean on. Otherwise as `cold_items`.
+    whose content it could lean on. Otherwise as `cold_items` (``warm_fraction`` included).
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
@@ -153,18 +160,45 @@ def cold_groups(interactions: Interactions, groups: np.ndarray, *, fraction: flo
     cold = np.random.default_rng(seed).permutation(active_groups)[:n_cold]
     valid = active & np.isin(group_codes, cold[: n_cold // 2])
     test = active & np.isin(group_codes, cold[n_cold // 2:])
-    return _withhold(interactions, np.flatnonzero(valid), np.flatnonzero(test))
+    return _withhold(interactions, np.flatnonzero(valid), np.flatnonzero(test), warm_fraction, seed)
 
 
-def _withhold(interactions: Interactions, cold_valid: np.ndarray, cold_test: np.ndarray) -> Split:
-    """Train without the cold items; valid/test = their interactions by users who keep training history."""
+def _withhold(interactions: Interactions, cold_valid: np.ndarray, cold_test: np.ndarray,
+              warm_fraction: float = 0.0, seed: int = 0) -> Split:
+    """Train without the cold items; valid/test = their interactions by users who keep training history,
+    plus (``warm_fraction`` > 0) held-out warm pairs, every row of a pair on one side."""
+    if not 0 <= warm_fraction < 0.5:
+        raise ValueError(f"warm_fraction must be in [0, 0.5), got {warm_fraction}")
     is_cold = np.zeros(interactions.n_items, dtype=bool)
     is_cold[cold_valid] = is_cold[cold_test] = True
-    train = interactions.select(~is_cold[interactions.items])
+    side = np.where(is_cold[interactions.items], -1, 0)   # -1 cold, 0 train, 1 warm valid, 2 warm test
+    if warm_fraction > 0:
+        side = _hold_out_warm_pairs(interactions, side, warm_fraction, seed)
+    train = interactions.select(side == 0)
     has_history = train.user_counts() > 0
-    withheld = interactions.select(is_cold[interactions.items] & has_history[interactions.users])
-    return Split(train, withheld.select(np.isin(withheld.items, cold_valid)),
-                 withheld.select(np.isin(withheld.items, cold_test)), cold_valid, cold_test)
+    kept = has_history[interactions.users]
+    withheld = interactions.select((side == -1) & kept)
+    valid = withheld.select(np.isin(withheld.items, cold_valid))
+    test = withheld.select(np.isin(withheld.items, cold_test))
+    if warm_fraction > 0:
+        valid = valid.concat(interactions.select((side == 1) & kept))
+        test = test.concat(interactions.select((side == 2) & kept))
+    return Split(train, valid, test, cold_valid, cold_test)
+
+
+def _hold_out_warm_pairs(interactions: Interactions, side: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``side`` with a random ``fraction`` of the warm (user, item) pairs marked 1 (valid) and as many 2
+    (test), drawn only among users with at least 3 warm pairs so each keeps training history."""
+    warm = np.flatnonzero(side == 0)
+    pair_keys = interactions.users[warm].astype(np.int64) * interactions.n_items + interactions.items[warm]
+    pairs, pair_of_row = np.unique(pair_keys, return_inverse=True)
+    pair_users = pairs // interactions.n_items
+    eligible = np.bincount(pair_users, minlength=interactions.n_users)[pair_users] >= 3
+    draw = np.random.default_rng([seed, 1]).random(len(pairs))
+    pair_side = np.where(eligible & (draw < fraction), 1, np.where(eligible & (draw < 2 * fraction), 2, 0))
+    side = side.copy()
+    side[warm] = pair_side[pair_of_row]
+    return side
 
 
 def horizon(interactions: Interactions, *, days: int = 1, end: int | None = None) -> Split:

@@ -1,6 +1,7 @@
 """Split protocols: MMRec 8:1:1 with the n-2/1/1 rule, k-core, temporal, leave-last-out, cold items, new
 products (cold item groups)."""
 import numpy as np
+import torch
 import pytest
 
 from conftest import random_interactions
@@ -93,6 +94,32 @@ def test_cold_groups_withholds_whole_products():
     assert np.array_equal(again.cold_test_items, split.cold_test_items)
     with pytest.raises(ValueError, match="one label per item"):
         cold_groups(inter, groups[:5])
+
+
+def test_cold_split_with_warm_targets_holds_out_whole_warm_pairs():
+    from mmrec.evaluate import evaluate
+
+    inter = random_interactions(n_users=80, n_items=40, per_user=10, seed=5)
+    plain = cold_items(inter, fraction=0.2, seed=3)
+    split = cold_items(inter, fraction=0.2, seed=3, warm_fraction=0.15)
+    cold = np.r_[split.cold_valid_items, split.cold_test_items]
+    assert np.array_equal(cold, np.r_[plain.cold_valid_items, plain.cold_test_items])  # same cold items
+    for side, cold_side in ((split.valid, split.cold_valid_items), (split.test, split.cold_test_items)):
+        warm_rows = ~np.isin(side.items, cold)
+        assert 0 < warm_rows.sum() < len(side)                      # both kinds of target
+        assert np.isin(side.items[~warm_rows], cold_side).all()     # cold targets as before
+    keys = lambda x: set(zip(x.users.tolist(), x.items.tolist()))
+    assert not keys(split.train) & (keys(split.valid) | keys(split.test)) and not keys(split.valid) & keys(split.test)
+    assert len(split.train) + len(split.valid) + len(split.test) == len(inter)  # every user keeps history here
+    assert (split.train.user_counts()[np.r_[split.valid.users, split.test.users]] > 0).all()
+    # The cold ranking sees the same targets as without warm targets; the warm ranking only warm ones.
+    cold_targets = lambda s: sorted(keys(s.test.select(np.isin(s.test.items, cold))))
+    assert cold_targets(split) == cold_targets(plain)
+    scores = lambda users: torch.zeros(len(users), inter.n_items)
+    assert evaluate(scores, split, candidates="warm")["users"] > 0
+    assert evaluate(scores, plain, candidates="warm")["users"] == 0
+    with pytest.raises(ValueError, match="warm_fraction"):
+        cold_items(inter, warm_fraction=0.6)
 
 
 def test_first_purchase_sequences_keep_first_events_of_users_with_enough_items():
