@@ -1,11 +1,12 @@
-"""Frame sources of a screen stream: a video, an image folder, webdataset shards or a live iterator.
+"""Frame sources of a screen stream: a video, an image folder, webdataset shards, an iterator or a live capture.
 
 Every source yields the same records, `Frame` (index, timestamp in seconds, HxWx3 uint8 image, source)::
 
     video file ── keyframe segments, decord get_batch in order, bounded queue ─┐
     image folder (timestamp in the file name or in timestamps.json) ──────────┤
     frame shards (<key>.jpg + <key>.json {"timestamp", "index"}) ─────────────┼─► checks ─► Frame
-    any iterator of (timestamp, PIL image or ndarray) (live capture) ─────────┘
+    any iterator of (timestamp, PIL image or ndarray) ────────────────────────┤
+    live capture: a producer pushes (timestamp, image), bounded buffer ───────┘
 
 Each source function returns a `FrameStream`: an iterator of `Frame` that carries a `FrameStats` (frames
 read, frames skipped by reason). The checks every source shares: the first frame fixes the size, and a
@@ -14,7 +15,10 @@ timestamp that is not a finite number, or earlier than the last delivered frame'
 bad frame never stops a stream: it is counted, and logged with ``logging.warning`` (the first few of each
 reason; a summary when the stream ends). Equal timestamps are allowed (coarse capture clocks).
 
-`write_frame_shards` writes any frame stream as shards that `shard_frames` reads back.
+`write_frame_shards` writes any frame stream as shards that `shard_frames` reads back. `LiveFrames` is the
+source of a capture that pushes frames as the screen is recorded (a device does not wait for its consumer:
+when the consumer falls behind and the buffer is full, the oldest waiting frame is dropped and counted);
+`LiveFrames.replay` pushes a recording in real time, as a device would, to measure a live consumer.
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ import os
 import queue
 import re
 import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -47,6 +53,7 @@ SKIP_REASONS = {
     "bad_timestamp": "timestamp missing, not a number or not finite",
     "bad_image": "image does not decode, or is not an RGB, RGBA or grey uint8 picture",
     "bad_item": "iterator item is not a (timestamp, image) pair",
+    "dropped": "live frame dropped: the consumer fell behind and the buffer was full",
     "undecodable_video": "video frames that did not decode (decoding goes on at the next keyframe segment)",
     "unreadable_shard": "shard file could not be opened",
     "damaged_shard": "shard is truncated or corrupt; its frames after the damage are lost",
@@ -640,3 +647,133 @@ def iterator_frames(items: Iterable[Any], *, source: str = "iterator", on_wrong_
             yield index, timestamp, image, source
 
     return FrameStream(_checked(raw(), _Checks(stats, on_wrong_size)), stats)
+
+
+# ---------------------------------------------------------------------------------------- live capture
+
+class LiveFrames(FrameStream):
+    """A live capture as a frame stream: a producer (a capture callback or thread) `put` calls ``(timestamp,
+    image)`` as the screen is recorded, the consumer iterates `Frame` records in order, waiting for the next one.
+
+    A device does not wait for its consumer: up to ``capacity`` frames wait in a buffer, and a `put` into a
+    full buffer drops the oldest waiting frame (counted as ``dropped``; the freshest screen matters most to a
+    live consumer). `end` (producer) ends the stream once the buffered frames are read; `close` (consumer)
+    stops it, after which `put` returns False. ``index`` counts every frame put, dropped ones included, so a
+    gap shows a drop; frames then pass the checks every source shares (one size, timestamps never going
+    backwards). Safe across threads (one producer, one consumer).
+    """
+
+    def __init__(self, capacity: int = 64, *, source: str = "live", on_wrong_size: str = "skip",
+                 stats: FrameStats | None = None) -> None:
+        if capacity < 1:
+            raise ValueError(f"LiveFrames capacity must be at least 1 frame, got {capacity}")
+        stats = FrameStats(source) if stats is None else stats
+        self.capacity, self.source = capacity, source
+        self._buffer: deque[tuple[int, Any, Any]] = deque()
+        self._ready = threading.Condition()
+        self._count = 0  # frames put
+        self._ended = self._closed = False
+        super().__init__(_checked(self._raw(), _Checks(stats, on_wrong_size)), stats)
+
+    def put(self, timestamp: float, image: Any) -> bool:
+        """Push one frame (timestamp in seconds, PIL image or uint8 array; not copied: do not change it after);
+        returns False once the consumer has closed the stream. Never blocks on a slow consumer."""
+        with self._ready:
+            if self._closed:
+                return False
+            if self._ended:
+                raise ValueError(f"{self.source}: put after end()")
+            if len(self._buffer) >= self.capacity:
+                index, _, _ = self._buffer.popleft()
+                self.stats.record_skip("dropped", key=self.source, detail=f"frame {index}")
+            self._buffer.append((self._count, timestamp, image))
+            self._count += 1
+            self._ready.notify()
+        return True
+
+    def end(self) -> None:
+        """The capture is over: the stream ends after the frames still buffered."""
+        with self._ready:
+            self._ended = True
+            self._ready.notify()
+
+    def close(self) -> None:
+        """Stop the stream (consumer side): buffered frames are discarded and later `put` calls return False."""
+        with self._ready:
+            self._closed = True
+            self._buffer.clear()
+            self._ready.notify()
+        super().close()
+
+    @property
+    def waiting(self) -> int:
+        """Frames put and not yet read."""
+        with self._ready:
+            return len(self._buffer)
+
+    def _raw(self) -> Iterator[tuple[int, Any, Any, str]]:
+        while True:
+            with self._ready:
+                while not self._buffer and not self._ended and not self._closed:
+                    self._ready.wait()
+                if not self._buffer:
+                    return
+                index, timestamp, image = self._buffer.popleft()
+            yield index, timestamp, image, self.source
+
+    def replay(self, items: Iterable[Any], *, speed: float = 1.0, clock: Any = time.perf_counter,
+               sleep: Any = time.sleep) -> "Replay":
+        """Push ``items`` (`Frame` records or ``(timestamp, image)`` pairs, e.g. `video_frames` of a recording)
+        in real time from a thread of their own, as a device would: the frame at timestamp ``t`` is put at
+        wall time ``start + (t - t0) / speed`` (``t0``: the first frame's timestamp), then `end` is called.
+        Returns the running `Replay` (the wall time each frame was put, for measuring delays). An item that is
+        not ready in time (a slow decoder) is put late, at once; the lateness is recorded."""
+        if not speed > 0:
+            raise ValueError(f"replay speed must be > 0, got {speed!r}")
+        replay = Replay(self, items, speed, clock, sleep)
+        replay.start()
+        return replay
+
+
+class Replay(threading.Thread):
+    """The thread `LiveFrames.replay` pushes a recording from. ``put_times``: the ``clock`` time each frame
+    was put, by put order; ``start_time``: the clock time the first frame was due; ``error``: what stopped
+    it, if anything (the stream still ends)."""
+
+    def __init__(self, live: LiveFrames, items: Iterable[Any], speed: float, clock: Any, sleep: Any) -> None:
+        super().__init__(name=f"replay {live.source}", daemon=True)
+        self.live, self.items, self.speed, self.clock, self.sleep = live, items, speed, clock, sleep
+        self.put_times: list[float] = []
+        self.start_time: float | None = None
+        self.max_late = 0.0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """Put each item at its due time (copying a `Frame`'s pixels: a source's frame may be a view of its
+        batch), then end the stream."""
+        first = None
+        try:
+            for item in self.items:
+                if isinstance(item, Frame):
+                    timestamp, image = item.timestamp, np.array(item.image)
+                else:
+                    timestamp, image = item
+                if first is None:
+                    first, self.start_time = float(timestamp), self.clock()
+                due = self.start_time + (float(timestamp) - first) / self.speed
+                wait = due - self.clock()
+                if wait > 0:
+                    self.sleep(wait)
+                else:
+                    self.max_late = max(self.max_late, -wait)
+                self.put_times.append(self.clock())
+                if not self.live.put(timestamp, image):
+                    return
+        except BaseException as exn:  # kept for the caller; the consumer still sees the stream end
+            self.error = exn
+        finally:
+            close = getattr(self.items, "close", None)
+            if close is not None:
+                close()
+            if not self.live._closed:
+                self.live.end()

@@ -14,8 +14,15 @@
 Everything is a generator: events come out as segments close, so a stream that ends early (a truncated
 file, a stopped capture) still gives every finished event, and memory holds at most two batches of
 changed frames (one being grounded, one filling), ``2 * max_pending`` frame labels and the segments
-inside the log window, whatever the stream's length. Broken frames are skipped and counted by the frame
-sources (`FrameStats`). The threshold is calibrated on what this processor grounds
+inside the log window, whatever the stream's length.
+
+Live streams (a capture pushing frames as they come, `mmrec.datasets.frames.LiveFrames`): the same path,
+with ``process(..., live=True)``, also yields each ``view`` as soon as its screen state is confirmed
+(``final=False``: item and start known, dwell not yet), then the view again, final, when the state ends.
+Labels never wait for a full batch: once the frames waiting for theirs span ``StreamConfig.max_wait``
+seconds of stream time, the screens settled so far go to the worker (`frame_labels`), so a page's view
+follows its settling by a few frames plus one grounding call. Broken frames are skipped and counted by
+the frame sources (`FrameStats`). The threshold is calibrated on what this processor grounds
 (`calibrate_on_streams`; on simulator recordings, `mmrec.calibration`).
 """
 from __future__ import annotations
@@ -57,8 +64,13 @@ class StreamConfig:
     starts at its first moving frame; ``"changed"`` encodes every changed frame. ``batch_size`` frames per
     encoder call (grounded in a worker thread, one batch at a time, while the next fills); a batch closes
     at ``max_pending`` frames waiting for its labels (bounds memory and the delay of events; a motion that
-    outlasts it is encoded where it has got to). Grounding: ``threshold`` (finite, in [-1, 1])
-    overrides the grounder's similarity threshold.
+    outlasts it is encoded where it has got to). ``max_wait``: seconds of stream time a frame's label may
+    wait for a batch to fill; once the waiting frames span it, the screens settled so far go to the worker
+    as they are (a motion still under way stays back: it is encoded where it settles), so a live stream's
+    labels, and its events, follow the screen within about ``max_wait`` plus one grounding call. Batches
+    are cut by the stream's timestamps alone, never by how fast it is read, so a recording gives the same
+    labels (to the last bit) however fast it is read and whatever else runs. Grounding: ``threshold``
+    (finite, in [-1, 1]) overrides the grounder's similarity threshold.
     Segmentation: a new label must hold ``min_frames`` frames in a row to start a screen state (shorter
     runs are flickers, merged into the state around them). Logs: a log row is ``on_screen`` when its item
     is grounded within ``log_window`` seconds of it.
@@ -69,6 +81,7 @@ class StreamConfig:
     encode: str = "settled"
     batch_size: int = 32
     max_pending: int = 512
+    max_wait: float = 0.1
     threshold: float | None = None
     min_frames: int = 3
     log_window: float = 2.0
@@ -83,6 +96,8 @@ class StreamConfig:
                              f"got {self.batch_size}, {self.max_pending}, {self.min_frames}")
         if self.encode not in ("settled", "changed"):
             raise ValueError(f"StreamConfig.encode must be 'settled' or 'changed', got {self.encode!r}")
+        if not 0 <= self.max_wait < math.inf:
+            raise ValueError(f"StreamConfig.max_wait must be a finite number of seconds >= 0, got {self.max_wait!r}")
         if not self.log_window >= 0:
             raise ValueError(f"StreamConfig.log_window must be >= 0 seconds, got {self.log_window!r}")
         if self.threshold is not None:
@@ -150,7 +165,12 @@ class Event:
     """A behaviour event: ``view`` (from the screen: ``item`` on screen from ``timestamp`` for ``dwell``
     seconds) or a log row (``click``/``cart``/``purchase`` at ``timestamp``) with ``on_screen`` (its item
     grounded within the log window) and ``seen_ago`` (seconds since the item was last on screen, NaN if
-    never)."""
+    never).
+
+    ``final``: False for a view announced while its screen is still on (`process` with ``live=True``):
+    ``end`` and ``dwell`` are NaN, ``frames`` and ``score`` those seen so far; the final view of the same
+    state (same ``timestamp`` and ``item``) follows when it ends. `write_events` keeps final events only.
+    """
 
     kind: str
     timestamp: float
@@ -162,6 +182,7 @@ class Event:
     frames: int = 0
     on_screen: bool | None = None
     seen_ago: float = math.nan
+    final: bool = True
 
     def to_row(self) -> dict[str, Any]:
         """The event as a table row (`EVENT_COLUMNS`)."""
@@ -195,7 +216,8 @@ class Segmenter:
     """Per-frame labels → screen states, closing a state when another label has held ``min_frames`` frames.
 
     A run of another label shorter than that is a flicker and counts to the state it interrupts. The new
-    state starts at its first frame, so smoothing delays events but not their times.
+    state starts at its first frame, so smoothing delays events but not their times. ``current`` is the
+    open state: it is never taken back, only closed (a new one replaces it the frame it is confirmed).
     """
 
     def __init__(self, min_frames: int) -> None:
@@ -270,8 +292,14 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
     Only changed frames are encoded (with ``config.encode="settled"``, only those a motion ends in),
     ``config.batch_size`` at a time, in a worker thread: while one batch is grounded, the next one's frames
     go on being read and compared (a frame source decodes in a thread of its own, and waits when its bounded
-    queue is full). One batch is grounded at a time; a full batch waits for the one before it. ``stats``
-    (if given) is updated as frames go by. Frames must come in time order (the sources guarantee it).
+    queue is full). One batch is grounded at a time; a full batch waits for those before it. A batch is
+    also handed over when the frames waiting for labels span ``config.max_wait`` seconds of stream time
+    (the screens settled so far; frames of a motion under way wait for the frame it settles on): labels
+    never wait for a batch to fill, which a live stream would otherwise do for a long time. Such a batch
+    queues behind the one being grounded (reading waits only when two are queued, or their frames reach
+    ``config.max_pending``). Labels of a batch come out at the first frame read after its grounding ends.
+    ``stats`` (if given) is updated as frames go by. Frames must come in time order (the sources guarantee
+    it).
     """
     config = config or StreamConfig()
     stats = stats if stats is not None else StreamStats()
@@ -282,6 +310,7 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
     in_flight: deque[tuple[Future, list[tuple[float, int, int]]]] = deque()  # batches being grounded
     reference: np.ndarray | None = None  # thumbnail of the last changed frame
     moving: Image.Image | None = None  # the last changed frame, not yet settled ("settled" mode)
+    motion = 0  # position in `pending` of the first frame of the motion under way (while `moving`)
     resolved = (NO_ITEM, math.nan)  # nearest item and similarity of the last encoded frame
     started = time.perf_counter()
     worker = ThreadPoolExecutor(1, thread_name_prefix="mmrec-grounding")
@@ -295,18 +324,26 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
     def submit() -> Iterator[FrameLabel]:
         """Hand the batch to the worker, once the one before it is grounded (its labels are yielded)."""
         yield from collect()
-        if pending:
+        hand_over(len(pending))
+
+    def hand_over(cut: int) -> None:
+        """The batch and the first ``cut`` pending frames to the worker; the frames after them (a motion
+        under way, whose label is the slot its settled frame will take) wait for the next batch."""
+        if cut:
             work = worker.submit(grounder.similarities, list(batch)) if batch else None
-            in_flight.append((work, list(pending)))
+            in_flight.append((work, pending[:cut]))
             stats.encoded += len(batch)
             stats.batches += bool(batch)
+        shift = len(batch)
         batch.clear()
-        pending.clear()
+        pending[:] = [(t, index, slot - shift) for t, index, slot in pending[cut:]]
 
-    def collect() -> Iterator[FrameLabel]:
-        """The labels of the batches handed over, in order (waiting for their grounding)."""
+    def collect(block: bool = True, limit: int | None = None) -> Iterator[FrameLabel]:
+        """The labels of the batches handed over, in order: all of them (waiting for their grounding), the
+        first ``limit``, or with ``block=False`` those whose grounding is done."""
         nonlocal resolved
-        while in_flight:
+        while in_flight and (block or in_flight[0][0] is None or in_flight[0][0].done()) and limit != 0:
+            limit = None if limit is None else limit - 1
             work, waiting = in_flight.popleft()
             codes, sims = work.result() if work is not None else ((), ())
             for t, index, slot in waiting:
@@ -321,6 +358,8 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
             if changed(thumb, reference, config.change_threshold):
                 stats.changed += 1
                 reference = thumb
+                if moving is None:
+                    motion = len(pending)
                 # the slot this frame's label will come from: its own, or (settled) the one its motion ends in
                 pending.append((frame.timestamp, frame.index, len(batch)))
                 moving = Image.fromarray(np.array(frame.image))  # a copy: the frame is a view of its batch
@@ -334,8 +373,15 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
             if len(batch) >= config.batch_size or len(pending) >= config.max_pending:
                 settle()
                 yield from submit()
-            elif in_flight and (in_flight[0][0] is None or in_flight[0][0].done()):
-                yield from collect()  # labels out as soon as they are known, not at the next batch
+            else:
+                cut = motion if moving is not None else len(pending)
+                if cut and frame.timestamp - pending[0][0] >= config.max_wait:  # a deadline, not a full batch
+                    while (sum(work is not None for work, _ in in_flight) >= 2
+                           or sum(len(waiting) for _, waiting in in_flight) >= config.max_pending):
+                        yield from collect(limit=1)  # two batches queued already: wait for the first
+                    hand_over(cut)
+                    motion -= cut
+                yield from collect(block=False)  # labels out as soon as they are known
             stats.seconds = time.perf_counter() - started
         settle()
         yield from submit()
@@ -345,11 +391,24 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
         stats.seconds = time.perf_counter() - started
 
 
-def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | None = None,
-             stats: StreamStats | None = None) -> Iterator[Segment]:
-    """Screen states of a frame stream, yielded as they close (the last one when the stream ends): the
-    `frame_labels`, "no item" below the threshold (``config.threshold``, else the grounder's), through a
-    `Segmenter`."""
+class Confirmed(NamedTuple):
+    """A screen state confirmed while it is on screen (it has held ``min_frames`` frames; the stream's first
+    state at its first frame): its ``item`` and ``start``, the ``frames`` and mean ``score`` so far, and
+    ``at``, the stream time of the frame that confirmed it. It closes later as a `Segment` of the same start."""
+
+    item: int
+    start: float
+    frames: int
+    score: float
+    at: float
+
+
+def screen_states(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | None = None,
+                  stats: StreamStats | None = None) -> Iterator[Confirmed | Segment]:
+    """Screen states of a frame stream as they happen: a `Confirmed` when a state is confirmed, its `Segment`
+    when it closes (the last one when the stream ends); a state's close comes right before the next one's
+    confirmation. The `frame_labels`, "no item" below the threshold (``config.threshold``, else the
+    grounder's), through a `Segmenter`. `segments` keeps the closes; `process` turns both into events."""
     config = config or StreamConfig()
     stats = stats if stats is not None else StreamStats()
     threshold = grounder.threshold if config.threshold is None else config.threshold
@@ -357,14 +416,28 @@ def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig |
     with closing(frame_labels(frames, grounder, config, stats)) as labels:
         for label in labels:
             item = label.item if label.similarity >= threshold else NO_ITEM
+            before = segmenter.current
             closed = segmenter.push(label.timestamp, item, label.similarity)
             if closed is not None:
                 stats.segments += 1
                 yield closed
+            now = segmenter.current
+            if now is not before:
+                yield Confirmed(now.item, now.start, now.frames, now.score, label.timestamp)
     last = segmenter.finish()
     if last is not None:
         stats.segments += 1
         yield last
+
+
+def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | None = None,
+             stats: StreamStats | None = None) -> Iterator[Segment]:
+    """Screen states of a frame stream, yielded as they close (the last one when the stream ends): the
+    `Segment` records of `screen_states`."""
+    with closing(screen_states(frames, grounder, config, stats)) as states:
+        for state in states:
+            if isinstance(state, Segment):
+                yield state
 
 
 def calibrate_on_streams(grounder: Grounder, labelled: Iterable[tuple[Iterable[Frame], np.ndarray]],
@@ -389,14 +462,18 @@ def calibrate_on_streams(grounder: Grounder, labelled: Iterable[tuple[Iterable[F
     return calibrate_threshold(np.array(codes, np.int64), np.array(sims), np.array(truth, np.int64))
 
 
-def events(screen_segments: Iterable[Segment], *, logs: Any = None, item_ids: Any = None,
-           config: StreamConfig | None = None, stats: StreamStats | None = None) -> Iterator[Event]:
-    """Behaviour events from screen states, joined with log rows, in the order they become final.
+def events(screen_segments: Iterable[Segment | Confirmed], *, logs: Any = None, item_ids: Any = None,
+           config: StreamConfig | None = None, stats: StreamStats | None = None,
+           live: bool = False) -> Iterator[Event]:
+    """Behaviour events from screen states (closed `Segment` records, or `screen_states`' stream of `Confirmed`
+    and `Segment`), joined with log rows, in the order they become final.
 
     ``logs``: a table (pandas DataFrame or mapping of columns) with ``timestamp`` (seconds, the stream's
     clock), ``kind`` and ``item`` (catalog code) or ``item_id``; rows of kinds other than `LOG_KINDS` are
     ignored. A log row is emitted once the screen is known up to ``log_window`` seconds after it (or when
-    the stream ends). ``item_ids``: catalog ids by code, to name items (``catalog.ids``).
+    the stream ends). ``item_ids``: catalog ids by code, to name items (``catalog.ids``). ``live``: also
+    yield a view for each `Confirmed` state with an item, as it comes (``final=False``); the final events,
+    and their order among themselves, are the same either way.
     """
     config = config or StreamConfig()
     stats = stats if stats is not None else StreamStats()
@@ -419,6 +496,11 @@ def events(screen_segments: Iterable[Segment], *, logs: Any = None, item_ids: An
     for segment in screen_segments:
         while queue and queue[0][0] + window <= segment.start:
             yield log_event(*queue.popleft())
+        if isinstance(segment, Confirmed):  # the state before it has closed: nothing else changes here
+            if live and segment.item != NO_ITEM:
+                yield Event("view", segment.start, segment.item, ident(segment.item), score=segment.score,
+                            frames=segment.frames, final=False)
+            continue
         if segment.item != NO_ITEM:
             recent.append(segment)
             stats.events += 1
@@ -461,12 +543,15 @@ def _log_rows(logs: Any, item_ids: Any) -> list[tuple[float, str, int]]:
 
 
 def process(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | None = None, *,
-            logs: Any = None, item_ids: Any = None, stats: StreamStats | None = None) -> Iterator[Event]:
-    """`segments` then `events`: a frame stream → behaviour events, yielded as they become final."""
+            logs: Any = None, item_ids: Any = None, stats: StreamStats | None = None,
+            live: bool = False) -> Iterator[Event]:
+    """`screen_states` then `events`: a frame stream → behaviour events, yielded as they become final; with
+    ``live``, each view is also yielded (``final=False``) as soon as its screen state is confirmed. The
+    final events are the same with or without ``live``: one path for recordings and live captures."""
     config = config or StreamConfig()
     stats = stats if stats is not None else StreamStats()
-    return events(segments(frames, grounder, config, stats), logs=logs, item_ids=item_ids, config=config,
-                  stats=stats)
+    return events(screen_states(frames, grounder, config, stats), logs=logs, item_ids=item_ids, config=config,
+                  stats=stats, live=live)
 
 
 # -------------------------------------------------------------------------------------------- output
@@ -477,8 +562,9 @@ def write_events(stream_events: Iterable[Event], path: str | os.PathLike, *, use
     recording it is) at ``path``; returns the number of rows. `mmrec.events.read_events` reads it back.
 
     Rows go out in row groups of ``row_group`` (memory holds one group), into a temporary file renamed into
-    place at the end (`mmrec.io.atomic_path`). If the events stop with an error, the events finished before
-    it are still written, then the error propagates.
+    place at the end (`mmrec.io.atomic_path`). Events that are not final (a live stream's early views,
+    `Event.final`) are passed over: their final version is written. If the events stop with an error, the
+    events finished before it are still written, then the error propagates.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -504,6 +590,8 @@ def write_events(stream_events: Iterable[Event], path: str | os.PathLike, *, use
 
         try:
             for event in stream_events:
+                if not event.final:
+                    continue
                 rows.append({"user": user, **event.to_row()})
                 if len(rows) >= row_group:
                     drain()

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from mmrec.datasets import frames as frames_module
-from mmrec.datasets.frames import (Frame, FrameStats, image_folder_frames, iterator_frames, shard_frames,
-                                   video_frames, write_frame_shards)
+from mmrec.datasets.frames import (Frame, FrameStats, LiveFrames, image_folder_frames, iterator_frames,
+                                   shard_frames, video_frames, write_frame_shards)
 from mmrec.report import process_memory_mib
 
 av = pytest.importorskip("av")
@@ -359,3 +359,52 @@ def test_stats_log_only_the_first_few_skips_of_a_reason(caplog):
     assert stats.skips == {"bad_item": 5} and caplog.text.count("skipped 1") == 2
     with pytest.raises(ValueError, match="unknown skip reason"):
         stats.record_skip("whatever")
+
+
+# ---------------------------------------------------------------------------------------- live capture
+
+def test_live_frames_come_in_order_as_they_are_put_and_end_when_the_capture_ends():
+    live = LiveFrames(capacity=16, source="phone")  # room for every frame: none dropped however slow the reader
+    got = []
+    consumer = threading.Thread(target=lambda: got.extend((f.index, f.timestamp, read_number(f.image)) for f in live))
+    consumer.start()
+    for k in range(6):
+        assert live.put(k / 30, numbered_image(k))
+    live.put(6 / 30, np.zeros((10, 10, 3), np.uint8))  # wrong size: a counted skip, as in every source
+    live.end()
+    consumer.join(10)
+    assert not consumer.is_alive()
+    assert [(i, n) for i, _, n in got] == [(k, k) for k in range(6)] and got[5][1] == pytest.approx(5 / 30)
+    assert live.stats.read == 6 and live.stats.skips == {"wrong_size": 1}
+    with pytest.raises(ValueError, match="after end"):
+        live.put(1.0, numbered_image(7))
+
+
+def test_a_full_live_buffer_drops_the_oldest_frame_and_counts_it():
+    """A device does not wait for a slow consumer: the freshest frames are kept, the gap shows in ``index``."""
+    live = LiveFrames(capacity=3)
+    for k in range(5):
+        live.put(k / 30, numbered_image(k))
+    assert live.waiting == 3
+    live.end()
+    assert [f.index for f in live] == [2, 3, 4]
+    assert live.stats.skips == {"dropped": 2}
+    closed = LiveFrames(capacity=3)
+    closed.close()  # the consumer stops: the producer learns it from put
+    assert closed.put(0.0, numbered_image(0)) is False
+    with pytest.raises(ValueError, match="capacity"):
+        LiveFrames(capacity=0)
+
+
+def test_replay_puts_each_frame_at_its_time_on_the_clock():
+    """`LiveFrames.replay` (with a fake clock: no waiting here) puts frame ``t`` at ``start + t / speed``."""
+    now = [100.0]
+    live = LiveFrames(capacity=16)
+    items = [(1.0 + k / 10, numbered_image(k)) for k in range(5)]
+    replay = live.replay(iter(items), speed=2.0, clock=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    frames = list(live)
+    replay.join(10)
+    assert [read_number(f.image) for f in frames] == list(range(5)) and replay.error is None
+    assert replay.start_time == 100.0 and replay.put_times == pytest.approx([100.0 + k / 20 for k in range(5)])
+    with pytest.raises(ValueError, match="speed"):
+        LiveFrames().replay(iter(items), speed=0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import threading
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,8 @@ from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_
 from mmrec.datasets.frames import iterator_frames, video_frames
 from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
 from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold
-from mmrec.stream import (Segmenter, StreamConfig, StreamStats, calibrate_on_streams, changed, events, frame_labels,
-                          process, segments, thumbnail, write_events)
+from mmrec.stream import (Confirmed, Segmenter, StreamConfig, StreamStats, calibrate_on_streams, changed, events,
+                          frame_labels, process, screen_states, segments, thumbnail, write_events)
 
 SIM = dict(fps=15, width=120, height=208, notification_prob=0.0, jpeg_quality=(60, 90))
 
@@ -451,3 +452,146 @@ def test_a_threshold_that_is_not_a_similarity_is_refused_in_one_line(value, tmp_
         from mmrec.grounding import load_grounding
 
         load_grounding(tmp_path)
+
+
+# ------------------------------------------------------------------ live streams (issue 18 part 4)
+
+class MeanGrounder:
+    """Item 1 for a light screen, 0 for a dark one; counts its calls."""
+
+    threshold = 0.5
+
+    def __init__(self) -> None:
+        self.seen, self.calls = [], 0
+
+    def similarities(self, screens):
+        means = [float(np.asarray(s).mean()) for s in screens]
+        self.seen += means
+        self.calls += 1
+        return (np.array(means) > 100).astype(np.int64), np.ones(len(screens), np.float32)
+
+
+class InlineWorker:
+    """A grounding "worker" that grounds a batch as it is handed over: when labels come out then depends
+    only on the frames read, not on thread timing."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def submit(self, fn, *args):
+        from concurrent.futures import Future
+
+        done = Future()
+        done.set_result(fn(*args))
+        return done
+
+    def shutdown(self, wait=True, cancel_futures=False) -> None:
+        pass
+
+
+@pytest.fixture
+def inline_worker(monkeypatch):
+    import mmrec.stream
+
+    monkeypatch.setattr(mmrec.stream, "ThreadPoolExecutor", InlineWorker)
+
+
+def counted(pictures, read, fps=10.0):
+    """(timestamp, picture) pairs at ``fps``; ``read[0]`` counts the pairs handed out so far."""
+    for k, picture in enumerate(pictures):
+        read[0] = k + 1
+        yield k / fps, picture
+
+
+def _dark_light(n_dark=20, n_light=30, n_after=10):
+    rng = np.random.default_rng(0)
+    dark, light = rng.integers(0, 60, (40, 30, 3), dtype=np.uint8), rng.integers(180, 255, (40, 30, 3), dtype=np.uint8)
+    return [dark] * n_dark + [light] * n_light + [dark] * n_after
+
+
+def test_a_live_view_comes_while_the_page_is_on_screen_and_the_final_events_are_the_offline_ones(inline_worker):
+    """``process(live=True)``: the view of the light page is yielded (not final: no dwell yet) while the page
+    is still on screen, long before the stream ends; its final version (with dwell) follows, and the final
+    events are exactly what the offline ``process`` gives."""
+    pictures = _dark_light()
+    read, grounder = [0], MeanGrounder()
+    found = []
+    for event in process(iterator_frames(counted(pictures, read)), grounder, StreamConfig(), live=True):
+        found.append((event, read[0]))
+    early = [(e, at) for e, at in found if e.item == 1 and not e.final]
+    assert len(early) == 1
+    view, read_then = early[0]
+    assert view.kind == "view" and view.timestamp == pytest.approx(2.0) and np.isnan(view.dwell)
+    assert view.frames >= StreamConfig().min_frames
+    assert read_then < 20 + 30  # still on the page: its last frame not read yet
+    final = [e for e, _ in found if e.final]
+    offline = list(process(iterator_frames((k / 10, p) for k, p in enumerate(pictures)), MeanGrounder()))
+    assert [e.to_row() for e in final] == [e.to_row() for e in offline]
+    light = next(e for e in final if e.item == 1)
+    assert (light.timestamp, light.dwell) == (pytest.approx(2.0), pytest.approx(3.0))
+    assert [e for e, _ in found].index(view) < [e for e, _ in found].index(light)
+
+
+def test_live_and_offline_events_agree_on_a_recording_and_only_final_ones_are_written(setup, nearest, tmp_path):
+    world, _, _, session, video, _ = setup
+    logs = pd.DataFrame([{"timestamp": e.timestamp, "kind": e.kind, "item": e.item} for e in session.events
+                         if e.item is not None])
+    offline = list(process(video_frames(video), nearest, logs=logs, item_ids=world.catalog.ids))
+    live = list(process(video_frames(video), nearest, logs=logs, item_ids=world.catalog.ids, live=True))
+    assert [e.to_row() for e in live if e.final] == [e.to_row() for e in offline]
+    early = [e for e in live if not e.final]
+    views = [e for e in offline if e.kind == "view"]
+    assert len(early) == len(views) > 0  # every view announced once, before its final version
+    for e in early:
+        final_at = next(k for k, f in enumerate(live) if f.final and f.kind == "view" and f.timestamp == e.timestamp)
+        assert live.index(e) < final_at and live[final_at].item == e.item and np.isnan(e.dwell)
+    rows = write_events(iter(live), tmp_path / "live.parquet")
+    assert rows == len(offline) == len(pd.read_parquet(tmp_path / "live.parquet"))
+
+
+def test_screen_states_confirm_each_state_once_right_after_the_one_before_closes():
+    pictures = _dark_light()
+    states = list(screen_states(iterator_frames((k / 10, p) for k, p in enumerate(pictures)), MeanGrounder()))
+    kinds = [(type(s).__name__, s.item, round(s.start, 3)) for s in states]
+    assert kinds == [("Confirmed", 0, 0.0), ("Segment", 0, 0.0), ("Confirmed", 1, 2.0), ("Segment", 1, 2.0),
+                     ("Confirmed", 0, 5.0), ("Segment", 0, 5.0)]
+    confirmed = [s for s in states if isinstance(s, Confirmed)]
+    assert [s.at for s in confirmed] == pytest.approx([0.0, 2.2, 5.2])  # min_frames=3: the third frame
+
+
+def test_labels_do_not_wait_for_a_full_batch_past_max_wait(inline_worker):
+    """With a batch of 32 screens and 512 pending frames, the light screen's label used to wait for the stream
+    to end; past ``max_wait`` (stream time) with the worker idle, the settled screens go to the worker at
+    once and their labels come out while later frames are still unread."""
+    pictures = _dark_light(n_dark=10, n_light=40, n_after=0)
+    for max_wait, expect_early in ((0.1, True), (1e9, False)):
+        read, grounder = [0], MeanGrounder()
+        arrived = {}
+        for label in frame_labels(iterator_frames(counted(pictures, read)), grounder,
+                                  StreamConfig(max_wait=max_wait)):
+            arrived[label.index] = read[0]
+        assert sorted(arrived) == list(range(50)) and grounder.seen[-1] > 100
+        if expect_early:
+            assert arrived[12] < 40  # the light screen (from frame 10) labelled long before the stream ends
+            assert grounder.calls == 2  # one call per settled screen (dark, light), none for unchanged frames
+        else:
+            assert min(arrived.values()) == 50 and grounder.calls == 1  # the old behaviour: all at the end
+
+
+def test_the_deadline_never_cuts_a_motion_short():
+    """A page sliding in over 6 frames: with ``max_wait=0`` (hand over at every idle frame) the motion's frames
+    still wait for the screen it settles on: the same screens are encoded and every frame gets the same label
+    as with batches that wait."""
+    rng = np.random.default_rng(1)
+    dark, light = rng.integers(0, 60, (40, 30, 3), dtype=np.uint8), rng.integers(180, 255, (40, 30, 3), dtype=np.uint8)
+    motion = [np.roll(light, 6 * (k + 1), axis=0) // (3 - k // 2) for k in range(6)]
+    pictures = [dark] * 10 + motion + [light] * 10 + motion[::-1] + [dark] * 5
+    results = []
+    for max_wait in (0.0, 1e9):
+        grounder, stats = MeanGrounder(), StreamStats()
+        labels = list(frame_labels(iterator_frames((k / 10, p) for k, p in enumerate(pictures)), grounder,
+                                   StreamConfig(max_wait=max_wait), stats))
+        results.append(([tuple(label) for label in labels], sorted(grounder.seen), stats.encoded))
+    assert results[0] == results[1] and results[0][2] == 3
+    with pytest.raises(ValueError, match="max_wait"):
+        StreamConfig(max_wait=-1)
