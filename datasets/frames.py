@@ -6,7 +6,8 @@ Every source yields the same records, `Frame` (index, timestamp in seconds, HxWx
     image folder (timestamp in the file name or in timestamps.json) ──────────┤
     frame shards (<key>.jpg + <key>.json {"timestamp", "index"}) ─────────────┼─► checks ─► Frame
     any iterator of (timestamp, PIL image or ndarray) ────────────────────────┤
-    live capture: a producer pushes (timestamp, image), bounded buffer ───────┘
+    live capture: a producer pushes (timestamp, image), bounded buffer ───────┤
+    raw RGB24 video on a pipe (ffmpeg -f rawvideo -pix_fmt rgb24 -) ──────────┘
 
 Each source function returns a `FrameStream`: an iterator of `Frame` that carries a `FrameStats` (frames
 read, frames skipped by reason). The checks every source shares: the first frame fixes the size, and a
@@ -19,6 +20,7 @@ reason; a summary when the stream ends). Equal timestamps are allowed (coarse ca
 source of a capture that pushes frames as the screen is recorded (a device does not wait for its consumer:
 when the consumer falls behind and the buffer is full, the oldest waiting frame is dropped and counted);
 `LiveFrames.replay` pushes a recording in real time, as a device would, to measure a live consumer.
+`raw_frames` reads raw video from a pipe (``mmrec stream -``: a capture tool's output, as it comes).
 """
 from __future__ import annotations
 
@@ -777,3 +779,41 @@ class Replay(threading.Thread):
                 close()
             if not self.live._closed:
                 self.live.end()
+
+
+def raw_frames(stream: Any, width: int, height: int, *, fps: float | None = None, source: str = "stdin",
+               clock: Any = time.perf_counter, stats: FrameStats | None = None) -> FrameStream:
+    """Frames of raw RGB24 video read from a binary stream as they come (a pipe from a capture tool, e.g.
+    ``ffmpeg ... -f rawvideo -pix_fmt rgb24 -``): ``width * height * 3`` bytes per frame, rows top down.
+
+    Timestamps: ``index / fps``, or without ``fps`` the ``clock`` time each frame finished arriving, counted
+    from the first one (a live capture's own pace). A short last frame (the stream ended inside it) is a
+    counted skip (``bad_image``).
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"raw frames need a positive width and height, got {width}x{height}")
+    if fps is not None and not 0 < fps < math.inf:
+        raise ValueError(f"raw frames: fps must be a positive number, got {fps!r}")
+    stats = FrameStats(source) if stats is None else stats
+    size = width * height * 3
+
+    def raw() -> Iterator[tuple[int, Any, Any, str]]:
+        first = None
+        for index in itertools.count():
+            data = bytearray()
+            while len(data) < size:
+                chunk = stream.read(size - len(data))
+                if not chunk:
+                    break
+                data += chunk
+            if len(data) < size:
+                if data:
+                    stats.record_skip("bad_image", key=source, detail=f"frame {index}: the stream ended after "
+                                      f"{len(data)} of its {size} bytes")
+                return
+            now = clock()
+            first = now if first is None else first
+            image = np.frombuffer(bytes(data), np.uint8).reshape(height, width, 3)
+            yield index, index / fps if fps is not None else now - first, image, source
+
+    return FrameStream(_checked(raw(), _Checks(stats, "skip")), stats)

@@ -19,14 +19,17 @@ inside the log window, whatever the stream's length.
 Live streams (a capture pushing frames as they come, `mmrec.datasets.frames.LiveFrames`): the same path,
 with ``process(..., live=True)``, also yields each ``view`` as soon as its screen state is confirmed
 (``final=False``: item and start known, dwell not yet), then the view again, final, when the state ends.
-Labels never wait for a full batch: once the frames waiting for theirs span ``StreamConfig.max_wait``
-seconds of stream time, the screens settled so far go to the worker (`frame_labels`), so a page's view
-follows its settling by a few frames plus one grounding call. Broken frames are skipped and counted by
+Live, labels do not wait for a full batch: once the frames waiting for theirs span
+``StreamConfig.max_wait`` seconds of stream time (`LIVE_MAX_WAIT` unless set), the screens settled so far
+go to the worker (`frame_labels`), so a page's view follows its settling by a few frames plus one
+grounding call. A recording is read faster than it plays, and its screens are grounded in full batches
+(fewer encoder calls) unless ``max_wait`` is set. Broken frames are skipped and counted by
 the frame sources (`FrameStats`). The threshold is calibrated on what this processor grounds
 (`calibrate_on_streams`; on simulator recordings, `mmrec.calibration`).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -48,6 +51,7 @@ from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold, check_thresh
 logger = logging.getLogger(__name__)
 
 LOG_KINDS = ("click", "cart", "purchase")
+LIVE_MAX_WAIT = 0.1  # seconds of stream time a label may wait for its batch in a live stream (StreamConfig.max_wait)
 EVENT_COLUMNS = ("kind", "timestamp", "end", "dwell", "item", "item_id", "score", "frames", "on_screen",
                  "seen_ago")  # an Event's; the file adds ``user`` (`mmrec.events.EVENT_FIELDS`)
 
@@ -67,9 +71,10 @@ class StreamConfig:
     outlasts it is encoded where it has got to). ``max_wait``: seconds of stream time a frame's label may
     wait for a batch to fill; once the waiting frames span it, the screens settled so far go to the worker
     as they are (a motion still under way stays back: it is encoded where it settles), so a live stream's
-    labels, and its events, follow the screen within about ``max_wait`` plus one grounding call. Batches
-    are cut by the stream's timestamps alone, never by how fast it is read, so a recording gives the same
-    labels (to the last bit) however fast it is read and whatever else runs. Grounding: ``threshold``
+    labels, and its events, follow the screen within about ``max_wait`` plus one grounding call. None (the
+    default): batches wait to fill, the fewest encoder calls for a recording; ``process(..., live=True)``
+    then uses `LIVE_MAX_WAIT`. Batches are cut by the stream's timestamps alone, never by how fast it is
+    read, so a recording gives the same labels (to the last bit) however fast it is read. Grounding: ``threshold``
     (finite, in [-1, 1]) overrides the grounder's similarity threshold.
     Segmentation: a new label must hold ``min_frames`` frames in a row to start a screen state (shorter
     runs are flickers, merged into the state around them). Logs: a log row is ``on_screen`` when its item
@@ -81,7 +86,7 @@ class StreamConfig:
     encode: str = "settled"
     batch_size: int = 32
     max_pending: int = 512
-    max_wait: float = 0.1
+    max_wait: float | None = None
     threshold: float | None = None
     min_frames: int = 3
     log_window: float = 2.0
@@ -96,7 +101,7 @@ class StreamConfig:
                              f"got {self.batch_size}, {self.max_pending}, {self.min_frames}")
         if self.encode not in ("settled", "changed"):
             raise ValueError(f"StreamConfig.encode must be 'settled' or 'changed', got {self.encode!r}")
-        if not 0 <= self.max_wait < math.inf:
+        if self.max_wait is not None and not 0 <= self.max_wait < math.inf:
             raise ValueError(f"StreamConfig.max_wait must be a finite number of seconds >= 0, got {self.max_wait!r}")
         if not self.log_window >= 0:
             raise ValueError(f"StreamConfig.log_window must be >= 0 seconds, got {self.log_window!r}")
@@ -311,6 +316,7 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
     reference: np.ndarray | None = None  # thumbnail of the last changed frame
     moving: Image.Image | None = None  # the last changed frame, not yet settled ("settled" mode)
     motion = 0  # position in `pending` of the first frame of the motion under way (while `moving`)
+    max_wait = config.max_wait
     resolved = (NO_ITEM, math.nan)  # nearest item and similarity of the last encoded frame
     started = time.perf_counter()
     worker = ThreadPoolExecutor(1, thread_name_prefix="mmrec-grounding")
@@ -375,7 +381,7 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
                 yield from submit()
             else:
                 cut = motion if moving is not None else len(pending)
-                if cut and frame.timestamp - pending[0][0] >= config.max_wait:  # a deadline, not a full batch
+                if cut and max_wait is not None and frame.timestamp - pending[0][0] >= max_wait:  # a deadline
                     while (sum(work is not None for work, _ in in_flight) >= 2
                            or sum(len(waiting) for _, waiting in in_flight) >= config.max_pending):
                         yield from collect(limit=1)  # two batches queued already: wait for the first
@@ -546,9 +552,13 @@ def process(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | 
             logs: Any = None, item_ids: Any = None, stats: StreamStats | None = None,
             live: bool = False) -> Iterator[Event]:
     """`screen_states` then `events`: a frame stream → behaviour events, yielded as they become final; with
-    ``live``, each view is also yielded (``final=False``) as soon as its screen state is confirmed. The
-    final events are the same with or without ``live``: one path for recordings and live captures."""
+    ``live``, each view is also yielded (``final=False``) as soon as its screen state is confirmed, and
+    labels wait for their batch at most ``config.max_wait`` (`LIVE_MAX_WAIT` unless set). One path for
+    recordings and live captures: with the same ``config.max_wait`` the final events are the same with or
+    without ``live``."""
     config = config or StreamConfig()
+    if live and config.max_wait is None:
+        config = dataclasses.replace(config, max_wait=LIVE_MAX_WAIT)
     stats = stats if stats is not None else StreamStats()
     return events(screen_states(frames, grounder, config, stats), logs=logs, item_ids=item_ids, config=config,
                   stats=stats, live=live)

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw
 
 from mmrec.datasets import frames as frames_module
 from mmrec.datasets.frames import (Frame, FrameStats, LiveFrames, image_folder_frames, iterator_frames,
-                                   shard_frames, video_frames, write_frame_shards)
+                                   raw_frames, shard_frames, video_frames, write_frame_shards)
 from mmrec.report import process_memory_mib
 
 av = pytest.importorskip("av")
@@ -408,3 +408,23 @@ def test_replay_puts_each_frame_at_its_time_on_the_clock():
     assert replay.start_time == 100.0 and replay.put_times == pytest.approx([100.0 + k / 20 for k in range(5)])
     with pytest.raises(ValueError, match="speed"):
         LiveFrames().replay(iter(items), speed=0)
+
+
+def test_raw_frames_from_a_pipe_take_their_time_from_fps_or_from_arrival():
+    pictures = [numbered_image(k) for k in range(4)]
+    data = b"".join(p.tobytes() for p in pictures)
+
+    class Trickle(io.RawIOBase):  # a pipe hands out what has arrived: here 1000 bytes at a time
+        def __init__(self, data):
+            self.data = io.BytesIO(data)
+
+        def read(self, n=-1):
+            return self.data.read(min(n, 1000))
+
+    got = list(raw_frames(Trickle(data), WIDTH, HEIGHT, fps=20))
+    assert [read_number(f.image) for f in got] == [0, 1, 2, 3] and [f.timestamp for f in got] == [0, 0.05, 0.1, 0.15]
+    ticks = iter([5.0, 5.5, 7.0])
+    stream = raw_frames(io.BytesIO(data[:-5]), WIDTH, HEIGHT, clock=lambda: next(ticks))
+    assert [f.timestamp for f in stream] == [0.0, 0.5, 2.0] and stream.stats.skips == {"bad_image": 1}
+    with pytest.raises(ValueError, match="fps"):
+        raw_frames(io.BytesIO(data), WIDTH, HEIGHT, fps=0)

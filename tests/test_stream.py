@@ -14,7 +14,7 @@ from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_
 from mmrec.datasets.frames import iterator_frames, video_frames
 from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
 from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold
-from mmrec.stream import (Confirmed, Segmenter, StreamConfig, StreamStats, calibrate_on_streams, changed, events,
+from mmrec.stream import (LIVE_MAX_WAIT, Confirmed, Segmenter, StreamConfig, StreamStats, calibrate_on_streams, changed, events,
                           frame_labels, process, screen_states, segments, thumbnail, write_events)
 
 SIM = dict(fps=15, width=120, height=208, notification_prob=0.0, jpeg_quality=(60, 90))
@@ -536,7 +536,9 @@ def test_live_and_offline_events_agree_on_a_recording_and_only_final_ones_are_wr
     world, _, _, session, video, _ = setup
     logs = pd.DataFrame([{"timestamp": e.timestamp, "kind": e.kind, "item": e.item} for e in session.events
                          if e.item is not None])
-    offline = list(process(video_frames(video), nearest, logs=logs, item_ids=world.catalog.ids))
+    # live, labels wait for their batch at most LIVE_MAX_WAIT: offline with that setting, the same batches
+    offline = list(process(video_frames(video), nearest, StreamConfig(max_wait=LIVE_MAX_WAIT), logs=logs,
+                           item_ids=world.catalog.ids))
     live = list(process(video_frames(video), nearest, logs=logs, item_ids=world.catalog.ids, live=True))
     assert [e.to_row() for e in live if e.final] == [e.to_row() for e in offline]
     early = [e for e in live if not e.final]
@@ -560,11 +562,11 @@ def test_screen_states_confirm_each_state_once_right_after_the_one_before_closes
 
 
 def test_labels_do_not_wait_for_a_full_batch_past_max_wait(inline_worker):
-    """With a batch of 32 screens and 512 pending frames, the light screen's label used to wait for the stream
-    to end; past ``max_wait`` (stream time) with the worker idle, the settled screens go to the worker at
-    once and their labels come out while later frames are still unread."""
+    """With a batch of 32 screens and 512 pending frames (``max_wait=None``, for recordings), the light
+    screen's label waits for the stream to end; past ``max_wait`` (stream time), the settled screens go to
+    the worker at once and their labels come out while later frames are still unread."""
     pictures = _dark_light(n_dark=10, n_light=40, n_after=0)
-    for max_wait, expect_early in ((0.1, True), (1e9, False)):
+    for max_wait, expect_early in ((0.1, True), (None, False)):
         read, grounder = [0], MeanGrounder()
         arrived = {}
         for label in frame_labels(iterator_frames(counted(pictures, read)), grounder,
@@ -575,7 +577,7 @@ def test_labels_do_not_wait_for_a_full_batch_past_max_wait(inline_worker):
             assert arrived[12] < 40  # the light screen (from frame 10) labelled long before the stream ends
             assert grounder.calls == 2  # one call per settled screen (dark, light), none for unchanged frames
         else:
-            assert min(arrived.values()) == 50 and grounder.calls == 1  # the old behaviour: all at the end
+            assert min(arrived.values()) == 50 and grounder.calls == 1  # a recording's: all at the end
 
 
 def test_the_deadline_never_cuts_a_motion_short():
@@ -587,7 +589,7 @@ def test_the_deadline_never_cuts_a_motion_short():
     motion = [np.roll(light, 6 * (k + 1), axis=0) // (3 - k // 2) for k in range(6)]
     pictures = [dark] * 10 + motion + [light] * 10 + motion[::-1] + [dark] * 5
     results = []
-    for max_wait in (0.0, 1e9):
+    for max_wait in (0.0, None):
         grounder, stats = MeanGrounder(), StreamStats()
         labels = list(frame_labels(iterator_frames((k / 10, p) for k, p in enumerate(pictures)), grounder,
                                    StreamConfig(max_wait=max_wait), stats))
@@ -595,3 +597,39 @@ def test_the_deadline_never_cuts_a_motion_short():
     assert results[0] == results[1] and results[0][2] == 3
     with pytest.raises(ValueError, match="max_wait"):
         StreamConfig(max_wait=-1)
+
+
+def test_cli_stream_reads_raw_frames_from_stdin_and_prints_events_as_they_come(setup, nearest, tmp_path, capsys,
+                                                                               monkeypatch):
+    """``mmrec stream -``: raw RGB24 frames on stdin (as a capture tool pipes them); ``--print-events`` prints
+    every event as it is known (views first not final, then final), and the file holds the final ones —
+    the events the library gives for the same frames."""
+    import io
+    import sys
+    import types
+
+    from mmrec.cli import main
+
+    world, space, _, _, video, _ = setup
+    space_dir = space.save_pretrained(tmp_path / "space")
+    catalog = _catalog_csv(world.catalog, tmp_path / "catalog.csv")
+    frames = [f.image.copy() for f in video_frames(video)]
+    height, width = frames[0].shape[:2]
+    raw = b"".join(f.tobytes() for f in frames) + b"\0" * 10  # a cut-off last frame: skipped
+    monkeypatch.setattr(sys, "stdin", types.SimpleNamespace(buffer=io.BytesIO(raw)))
+    out = tmp_path / "events.parquet"
+    args = ["stream", "-", "--space", str(space_dir), "--catalog", str(catalog), "--out", str(out), "--threshold",
+            "-1", "--json", "--no-progress"]
+    assert main([*args, "--raw-size", f"{width}x{height}", "--fps", "15", "--print-events"]) == 0
+    *printed, summary = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert summary["frames"] == len(frames) and summary["skipped"] == 1 and summary["user"] == "user"
+    final = [row for row in printed if row.pop("final")]
+    early = [row for row in printed if row not in final]
+    table = pd.read_parquet(out)
+    assert len(table) == len(final) == summary["rows"] and list(table["kind"]) == [r["kind"] for r in final]
+    views = [(r["item"], r["timestamp"]) for r in final if r["kind"] == "view"]
+    assert [(r["item"], r["timestamp"]) for r in early] == views and all(r["dwell"] is None for r in early)
+    library = process(iterator_frames((k / 15, f) for k, f in enumerate(frames)), nearest)
+    assert views and views == [(e.item, pytest.approx(e.timestamp)) for e in library]
+    assert main(args) == 2 and "--raw-size" in capsys.readouterr().err  # '-' needs the frame size
+    assert main([*args[:1], str(video), *args[2:], "--fps", "15"]) == 2  # --fps is for raw frames only

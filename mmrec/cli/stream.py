@@ -6,7 +6,10 @@ Tasks (nested sub-commands; ``run`` is taken when none is named, so ``mmrec stre
   ``image`` towers); the similarity threshold comes from ``--threshold`` or from ``SPACE/grounding.json``, and
   so do the windows searched for the item's photo and the photo check, if any. ``--logs`` (CSV: timestamp,
   kind, item_id) adds the app's click/cart/purchase rows, joined with the screen by time. The events file
-  carries ``--user`` (`mmrec.events.read_events` reads it back).
+  carries ``--user`` (`mmrec.events.read_events` reads it back). A live capture: ``-`` reads raw RGB24
+  frames of ``--raw-size`` from stdin as they come (``ffmpeg ... -f rawvideo -pix_fmt rgb24 - | mmrec
+  stream - ...``), and ``--print-events`` prints each event as a JSON line as soon as it is known (a view
+  once its screen is confirmed, ``"final": false``, then again with its dwell).
 - ``calibrate``: fits the threshold on labelled recordings (folders with the video and ``truth.json``, as the
   app simulator writes them) as ``run`` grounds them, and writes ``SPACE/grounding.json`` (or ``--out``),
   keeping the space's windows and photo check (`mmrec.calibration.calibrate_space`).
@@ -61,8 +64,9 @@ def _add_grounding_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_run(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="VIDEO|DIR|SHARDS",
-                        help="video file, folder of timestamped images, folder of frame shards, or shard pattern")
+    parser.add_argument("source", metavar="VIDEO|DIR|SHARDS|-",
+                        help="video file, folder of timestamped images, folder of frame shards, shard pattern, or "
+                             "'-': raw RGB24 frames on stdin (--raw-size)")
     _add_grounding_arguments(parser)
     parser.add_argument("--out", required=True, help="events parquet file to write")
     parser.add_argument("--user", help="the user whose recording it is, written in every event "
@@ -73,6 +77,12 @@ def _add_run(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-frames", type=positive_int, default=3,
                         help="frames a new screen must hold (flicker filter)")
     parser.add_argument("--log-window", type=float, default=2.0, help="seconds around a log row to look for its item")
+    parser.add_argument("--raw-size", metavar="WxH", help="frame size of raw RGB24 frames on stdin (source '-')")
+    parser.add_argument("--fps", type=float, help="raw frames on stdin: timestamps index / FPS (default: the time "
+                                                   "each frame arrives)")
+    parser.add_argument("--print-events", action="store_true",
+                        help="print each event as a JSON line on stdout as soon as it is known (views once their "
+                             "screen is confirmed, with final=false, then final with their dwell)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar with frames/s on stderr (default: when stderr is a terminal)")
 
@@ -90,7 +100,7 @@ def default_user(source: str) -> str:
     """The user an events file is written for when ``--user`` is not given: the recording's file name without
     its extension, or its folder's name ("user" for a shard pattern)."""
     path = Path(source)
-    if "{" in source or not path.name:
+    if "{" in source or not path.name or source == "-":
         return "user"
     return path.stem if path.is_file() else path.name
 
@@ -157,7 +167,7 @@ def _stream(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from mmrec.grounding import check_threshold, load_grounder
-    from mmrec.stream import StreamStats, open_frames, process, write_events
+    from mmrec.stream import StreamStats, process, write_events
 
     threshold = None if args.threshold is None else check_threshold(args.threshold, "--threshold")
     user = default_user(args.source) if args.user is None else args.user
@@ -174,16 +184,46 @@ def _stream(args: argparse.Namespace) -> int:
         logs = pd.read_csv(args.logs, dtype={"item_id": str})
     catalog = _catalog(args)
     grounder = load_grounder(args.space, catalog, threshold=threshold, batch_size=args.batch_size)
-    frames = open_frames(args.source)
+    frames = _open_source(args)
     stats = StreamStats(source=frames.stats)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     with frames:
         events = process(_with_progress(frames, progress), grounder, config, logs=logs, item_ids=catalog.ids,
-                         stats=stats)
-        rows = write_events(events, args.out, user=user)
+                         stats=stats, live=args.print_events)
+        rows = write_events(_printed(events, user) if args.print_events else events, args.out, user=user)
     emit({**stats.to_dict(), "rows": rows, "user": user, "threshold": grounder.threshold,
           "photos_skipped": len(grounder.skipped_photos), "out": str(Path(args.out).resolve())}, args.json)
     return 0
+
+
+def _open_source(args: argparse.Namespace) -> Any:
+    """The frame source: raw frames on stdin for ``-`` (``--raw-size``, ``--fps``), else `open_frames`."""
+    from mmrec.stream import open_frames
+
+    if args.source != "-":
+        if args.raw_size or args.fps is not None:
+            raise ValueError("--raw-size and --fps describe raw frames on stdin; give '-' as the source")
+        return open_frames(args.source)
+    from mmrec.datasets.frames import raw_frames
+
+    try:
+        width, height = (int(v) for v in (args.raw_size or "").lower().split("x"))
+    except ValueError:
+        raise ValueError(f"source '-' reads raw RGB24 frames from stdin and needs --raw-size WxH (e.g. 360x640), "
+                         f"got {args.raw_size!r}") from None
+    return raw_frames(sys.stdin.buffer, width, height, fps=args.fps)
+
+
+def _printed(events: Any, user: str) -> Iterator[Any]:
+    """The events, each printed on stdout as a JSON line (with ``user`` and ``final``) as it comes."""
+    from mmrec.io import dumps_json
+
+    for event in events:
+        row = {"user": user, **event.to_row(), "final": event.final}
+        row = {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}  # NaN: not JSON
+        sys.stdout.write(dumps_json(row) + "\n")
+        sys.stdout.flush()
+        yield event
 
 
 def _calibrate(args: argparse.Namespace) -> int:
