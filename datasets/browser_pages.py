@@ -305,7 +305,8 @@ img {{ display: block; width: 100%; height: 100%; object-fit: cover; object-posi
 .noimg {{ width: 100%; height: 100%; background: repeating-linear-gradient(45deg, {look.surface} 0 8px,
          {look.background} 8px 16px); }}
 header {{ position: sticky; top: 0; z-index: 5; background: {look.background}; border-bottom: 1px solid {look.muted};
-         display: flex; align-items: center; justify-content: {'center' if look.header == 'centered' else 'space-between'};
+         display: flex; align-items: center;
+         justify-content: {'center' if look.header == 'centered' else 'space-between'};
          height: 52px; padding: 0 {'14px' if look.header == 'centered' else '76px 0 14px'}; gap: 12px; }}
 header .logo {{ font: 600 20px {look.heading_font}; {up} }}
 header .nav {{ font-size: 12px; color: {look.muted}; }}
@@ -316,11 +317,13 @@ header .menu {{ position: absolute; left: 12px; top: 16px; width: 18px; height: 
 h1, h2 {{ font-family: {look.heading_font}; font-weight: 600; margin: 14px 14px 10px; {up} }}
 h1 {{ font-size: 22px; }} h2 {{ font-size: 16px; color: {look.muted}; }}
 .price {{ font-family: {look.price_font}; color: {look.accent}; font-weight: 700; }}
-.title {{ font-size: 13px; overflow: hidden; display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; }}
+.title {{ font-size: 13px; overflow: hidden; display: -webkit-box; -webkit-line-clamp: 2;
+          -webkit-box-orient: vertical; }}
 .btn {{ display: block; margin: 12px 14px; padding: 13px; text-align: center; background: {look.accent};
         color: {look.on_accent}; border-radius: {look.radius}px; font: 700 15px {look.heading_font}; {up} }}
 .btn.ghost {{ background: transparent; color: {look.text}; border: 1.5px solid {look.text}; }}
-footer {{ margin-top: 24px; padding: 18px 14px 40px; background: {look.surface}; color: {look.muted}; font-size: 12px; }}
+footer {{ margin-top: 24px; padding: 18px 14px 40px; background: {look.surface}; color: {look.muted};
+          font-size: 12px; }}
 .grid3 {{ display: grid; grid-template-columns: repeat(3, 1fr); gap: 8px 6px; padding: 0 8px; }}
 .grid3 .ph {{ aspect-ratio: {look.photo_ratio}; border-radius: {look.radius // 2}px; overflow: hidden; }}
 .masonry {{ columns: 2; column-gap: 10px; padding: 0 10px; }}
@@ -334,7 +337,8 @@ footer {{ margin-top: 24px; padding: 18px 14px 40px; background: {look.surface};
 .hero .cap {{ position: absolute; left: 0; right: 0; bottom: 0; padding: 10px 14px; color: #fff;
               background: linear-gradient(transparent, rgba(0,0,0,.6)); font: 600 20px {look.heading_font}; }}
 .strip {{ display: flex; gap: 10px; overflow: hidden; padding: 0 14px 12px; }}
-.strip .card {{ flex: 0 0 42%; }} .strip .ph {{ aspect-ratio: 3 / 4; overflow: hidden; border-radius: {look.radius}px; }}
+.strip .card {{ flex: 0 0 42%; }}
+.strip .ph {{ aspect-ratio: 3 / 4; overflow: hidden; border-radius: {look.radius}px; }}
 .rows .card {{ display: flex; gap: 10px; align-items: center; padding: 8px 14px; }}
 .rows .ph {{ width: 64px; height: 64px; overflow: hidden; border-radius: 50%; }}
 .split {{ display: grid; grid-template-columns: 44% 56%; align-items: start; }}
@@ -478,22 +482,28 @@ _MEASURE = """(async () => {
   await document.fonts.ready;
   await Promise.all([...document.images].map(i => i.decode().catch(() => null)));
   window.scrollTo(0, 0);
-  const box = e => { const b = e.getBoundingClientRect(); return [b.left, b.top + scrollY, b.right, b.bottom + scrollY]; };
+  const box = e => { const b = e.getBoundingClientRect();
+                     return [b.left, b.top + scrollY, b.right, b.bottom + scrollY]; };
   const bar = document.querySelector('.fixedbar');
   return {height: document.documentElement.scrollHeight, view: innerHeight,
           top: document.querySelector('header').getBoundingClientRect().bottom,
           bottom: bar ? innerHeight - bar.getBoundingClientRect().top : 0,
-          cards: Object.fromEntries([...document.querySelectorAll('[data-index]')].map(e => [e.dataset.index, box(e)])),
-          photos: Object.fromEntries([...document.querySelectorAll('[data-photo]')].map(e => [e.dataset.photo, box(e)])),
+          cards: Object.fromEntries([...document.querySelectorAll('[data-index]')].map(
+            e => [e.dataset.index, box(e)])),
+          photos: Object.fromEntries([...document.querySelectorAll('[data-photo]')].map(
+            e => [e.dataset.photo, box(e)])),
           actions: Object.fromEntries([...document.querySelectorAll('[data-action]')].map(
             e => [e.dataset.action, [...box(e), e.closest('header, .fixedbar') ? 1 : 0]]))};
 })()"""
 
 _SET_STATE = """((y, touch, arrow, toast) => {
   window.scrollTo(0, y);
-  const t = document.getElementById('__touch'), a = document.getElementById('__arrow'), n = document.getElementById('__toast');
+  const t = document.getElementById('__touch'), a = document.getElementById('__arrow');
+  const n = document.getElementById('__toast');
   t.style.display = touch ? 'block' : 'none';
-  if (touch) { t.style.left = touch[0] + 'px'; t.style.top = touch[1] + 'px'; t.style.transform = `scale(${touch[2]})`; }
+  if (touch) {
+    t.style.left = touch[0] + 'px'; t.style.top = touch[1] + 'px'; t.style.transform = `scale(${touch[2]})`;
+  }
   a.style.display = arrow ? 'block' : 'none';
   if (arrow) { a.style.left = arrow[0] + 'px'; a.style.top = arrow[1] + 'px'; }
   n.style.display = toast ? 'block' : 'none';
@@ -569,7 +579,8 @@ class _Stage:
         codes = [int(state.item)] if state.kind == "product" else [int(i) for i in state.items]
         entries = [_Entry(k, self.catalog.titles[c], _price_text(item_price(self.catalog, c)), self.catalog.texts[c],
                           self.data_uri(c)) for k, c in enumerate(codes)]
-        total = _price_text(sum(item_price(self.catalog, c) for c in codes)) if state.kind in ("cart", "checkout") else ""
+        total = (_price_text(sum(item_price(self.catalog, c) for c in codes))
+                 if state.kind in ("cart", "checkout") else "")
         self.browser.set_content(page_html(look, state.kind, entries, heading=state.heading, variant=state.variant,
                                            bag=bag, total=total))
         m = self.browser.evaluate(_MEASURE)
@@ -594,7 +605,8 @@ class _Stage:
             if tap_box is None and state.tap is not None:
                 tap_box = layout.actions.get("shop") or layout.actions.get("back")
         elif state.tap is not None:
-            action = {"cart": "checkout", "checkout": "continue_shopping" if state.variant == "placed" else "place_order",
+            action = {"cart": "checkout",
+                      "checkout": "continue_shopping" if state.variant == "placed" else "place_order",
                       "product": "back" if following is not None and following.kind == "grid" else "add_to_cart"}
             tap_box = layout.actions.get(action.get(state.kind, ""))
             if tap_box is not None and not tap_box[4] and tap_box[3] > layout.view - layout.bottom:
@@ -682,7 +694,8 @@ class _Stage:
             goal = state.tap or start
             x = min(1.0, (t - state.start) / max(1e-6, 0.5 * (state.end - state.start)))
             x = x * x * (3 - 2 * x)
-            arrow = [round((start[0] + (goal[0] - start[0]) * x) / scale), round((start[1] + (goal[1] - start[1]) * x) / scale)]
+            arrow = [round((start[0] + (goal[0] - start[0]) * x) / scale),
+                     round((start[1] + (goal[1] - start[1]) * x) / scale)]
         for note in notes:
             if note.start <= t < note.end:
                 p = max(0.0, min(1.0, (t - note.start) / 0.25, (note.end - t) / 0.25))
@@ -781,8 +794,9 @@ def record_sequence(catalog: Catalog, sequence: PurchaseSequence, out_dir: str |
     (video + truth.json) in ``out_dir``. Returns the re-staged session (as truth.json has it) and the video."""
     if not dwell_scale > 0:
         raise ValueError(f"record_sequence: dwell_scale must be > 0, got {dwell_scale!r}")
-    if not chromium_available((browser or BrowserConfig()).chromium):
-        raise FileNotFoundError(f"chromium not found at {(browser or BrowserConfig()).chromium}: apt-get install chromium")
+    binary = (browser or BrowserConfig()).chromium
+    if not chromium_available(binary):
+        raise FileNotFoundError(f"chromium not found at {binary}: apt-get install chromium")
     dwell = {f.name: tuple(x * dwell_scale for x in f.default) for f in dataclasses.fields(SimConfig)
              if f.name.startswith("dwell_") and f.name not in settings}
     config = SimConfig(seed=seed, width=size[0], height=size[1], fps=fps, **dwell, **settings)

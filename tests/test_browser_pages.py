@@ -2,7 +2,6 @@
 format, keeps app_sim's timeline, and its truth matches the pixels (product photos, visible grid cards)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
