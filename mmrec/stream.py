@@ -380,14 +380,16 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
                 settle()
                 yield from submit()
             else:
-                cut = motion if moving is not None else len(pending)
-                if cut and max_wait is not None and frame.timestamp - pending[0][0] >= max_wait:  # a deadline
-                    while (sum(work is not None for work, _ in in_flight) >= 2
-                           or sum(len(waiting) for _, waiting in in_flight) >= config.max_pending):
-                        yield from collect(limit=1)  # two batches queued already: wait for the first
-                    hand_over(cut)
-                    motion -= cut
-                yield from collect(block=False)  # labels out as soon as they are known
+                if max_wait is not None and pending and frame.timestamp - pending[0][0] >= max_wait:  # a deadline
+                    cut = motion if moving is not None else len(pending)  # a motion under way stays
+                    if cut:
+                        while (sum(work is not None for work, _ in in_flight) >= 2
+                               or sum(len(waiting) for _, waiting in in_flight) >= config.max_pending):
+                            yield from collect(limit=1)  # two batches queued already: wait for the first
+                        hand_over(cut)
+                        motion -= cut
+                if in_flight and (in_flight[0][0] is None or in_flight[0][0].done()):
+                    yield from collect(block=False)  # labels out as soon as they are known
             stats.seconds = time.perf_counter() - started
         settle()
         yield from submit()
