@@ -93,6 +93,7 @@ class VAEFusionConfig:
     affinity_sample: int = 0        # training: a history's affinity from ≤ this many sampled items (0: all)
     affinity_k: int = 0             # affinity over each item's k most content-similar items (sparse graph; 0: exact)
     affinity_train_exact: bool = False  # train on the exact affinity; the affinity_k graph then serves scoring only
+    cold_offset: float = 0.0        # added to the scores of items without a trained ID embedding (`mmrec.hybrid`)
 
     def __post_init__(self) -> None:
         for name in ("dim", "latent_dim", "hidden_dim"):
@@ -266,8 +267,9 @@ class VAEFusion(LightGCN):
         return users, fused
 
     def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """users · fused items, plus (with ``affinity``) the weighted history content affinity."""
-        scores = super().score(users, items)
+        """users · fused items, plus (with ``affinity``) the weighted history content affinity, plus
+        ``cold_offset`` on items without a trained ID embedding."""
+        scores = self._add_cold_offset(super().score(users, items), items)
         if not self.config.affinity:
             return scores
         counts = self.trained_counts() if items is None else self.trained_counts()[items]
@@ -275,11 +277,20 @@ class VAEFusion(LightGCN):
                                      self.config.affinity_power, self.affinity(self._gate(counts)), items,
                                      graph=self.affinity_graph())
 
+    def _add_cold_offset(self, scores: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
+        """``scores`` with ``cold_offset`` added where the item (all items, or ``items``) has no trained ID
+        embedding: one number that puts content-made and trained items on one scale in a whole-catalogue
+        ranking (chosen on valid hybrid Recall by `mmrec.hybrid.fit_cold_offset`; 0 leaves scores as they are)."""
+        if not self.config.cold_offset:
+            return scores
+        untrained = ~self.has_id if items is None else ~self.has_id[items]
+        return scores + self.config.cold_offset * untrained.to(scores.dtype)
+
     def score_candidates(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """`score` of each user's own candidates ``items [len(users), c]``, the affinity over the candidates
         only (what re-ranks a retrieval index's proposals)."""
         users_all, fused = self.embeddings()
-        scores = torch.einsum("ud,ucd->uc", users_all[users], fused[items])
+        scores = self._add_cold_offset(torch.einsum("ud,ucd->uc", users_all[users], fused[items]), items)
         if not self.config.affinity:
             return scores
         affinity = history_affinity_candidates(self.seen_indptr, self.seen_indices, users, items, self.content,

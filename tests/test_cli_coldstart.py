@@ -139,3 +139,37 @@ def test_chosen_epoch_follows_the_cold_valid_metric(monkeypatch):
     assert valid[4][1] == pytest.approx(max(per_epoch))  # the best epoch's weights were kept
     assert [(on, c) for on, c, _ in seen if on == "test"] == [("test", "cold"), ("test", "all")]
     assert report["selected_on"] == "valid recall@20, ranking cold items"
+
+
+def test_warm_targets_choose_a_cold_offset_the_saved_model_applies(tmp_path):
+    """``--warm-targets``: the offset for never-trained items is chosen on valid hybrid Recall, reported with
+    the test hybrid figure it gives, saved in the model's config, and added to exactly those items' scores."""
+    import dataclasses
+
+    import torch
+
+    from mmrec.recommender import Recommender
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: {dim: 16, hidden_dim: 32, latent_dim: 8}\ntrain: {epochs: 2, batch_size: 1024}\n")
+    out = tmp_path / "model"
+    report = json.loads(_mmrec("train", "coldstart", "--data", "synthetic", "--protocol", "cold", "--warm-targets",
+                               "0.1", "--config", str(cfg), "--out", str(out), "--no-progress", "--threads", "1",
+                               "--json").stdout)
+    offset = report["cold_offset"]
+    assert len(report["cold_offset_grid"]) > 10 and "recall@20" in report["test_all_calibrated"]
+    best = max(report["cold_offset_grid"], key=lambda t: t["valid_hybrid_recall@20"])
+    assert best["offset"] == offset
+    model = Recommender.from_pretrained(out)
+    assert model.config.cold_offset == offset
+    users = torch.arange(5)
+    with torch.no_grad():
+        shifted = model.score(users)
+        model.config = dataclasses.replace(model.config, cold_offset=0.0)
+        plain = model.score(users)
+    untrained = ~model.has_id
+    assert untrained.any() and not untrained.all()
+    torch.testing.assert_close(shifted - plain, offset * untrained.float().expand_as(plain))
+    bad = _mmrec("train", "coldstart", "--data", "synthetic", "--protocol", "cold", "--warm-targets", "0.7",
+                 "--out", str(tmp_path / "x"), check=False)
+    assert bad.returncode == 2 and "--warm-targets" in bad.stderr

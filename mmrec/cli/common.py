@@ -62,6 +62,14 @@ def fraction_arg(text: str) -> float:
     return value
 
 
+def warm_fraction_arg(text: str) -> float:
+    """A float in [0, 0.5): the share of warm pairs held out into valid, and again into test."""
+    value = finite_float(text)
+    if not 0.0 <= value < 0.5:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 0.5, got {value}")
+    return value
+
+
 def date_arg(text: str) -> str:
     """A calendar day ``YYYY-MM-DD`` (kept as text; `make_split` converts it)."""
     try:
@@ -164,6 +172,9 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cold-fraction", type=fraction_arg, default=0.2,
                         help="cold protocol: fraction of items withheld (new-products: of products, every "
                              "colour variant of a product_code together)")
+    parser.add_argument("--warm-targets", type=warm_fraction_arg, default=0.0, metavar="FRACTION",
+                        help="cold protocols: also hold out this share of the warm pairs into valid and into "
+                             "test, so a ranking of every item is judged on warm and cold purchases together")
 
 
 def load_data(spec: str) -> Data:
@@ -214,9 +225,11 @@ def make_split(data: Data, args: argparse.Namespace, *, default_protocol: str = 
         if data.catalog is None or "product_code" not in data.catalog.attributes:
             raise ValueError(f"--data {args.data}: --protocol new-products needs a catalog with product_code")
         groups = data.catalog.attributes["product_code"][data.catalog.index_of(data.interactions.item_ids)]
-        split = cold_groups(data.interactions, groups, fraction=args.cold_fraction, seed=args.seed)
+        split = cold_groups(data.interactions, groups, fraction=args.cold_fraction, seed=args.seed,
+                            warm_fraction=getattr(args, "warm_targets", 0.0))
     else:
-        split = cold_items(data.interactions, fraction=args.cold_fraction, seed=args.seed)
+        split = cold_items(data.interactions, fraction=args.cold_fraction, seed=args.seed,
+                           warm_fraction=getattr(args, "warm_targets", 0.0))
     _check_evaluable(split, data, args, protocol)
     return split, labels
 
