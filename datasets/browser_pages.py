@@ -111,6 +111,9 @@ class Chromium:
                 "--no-first-run", "--no-default-browser-check", "--mute-audio", "--disable-extensions",
                 "--disable-background-networking", "--disable-sync", "--force-color-profile=srgb",
                 "--disable-lcd-text", "--font-render-hinting=none", f"--user-data-dir={self._profile}",
+                # every screenshot fully drawn: no low-resolution tiles or images decoded later while scrolling
+                "--disable-checker-imaging", "--disable-threaded-scrolling",
+                "--disable-threaded-animation", "--disable-partial-raster", "--disable-new-content-rendering-timeout",
                 "about:blank"]
         to_browser, self._commands = os.pipe()
         self._replies, from_browser = os.pipe()
@@ -575,7 +578,9 @@ class _Stage:
         """Load ``state``'s page; returns its look, screen pixels per CSS pixel, and layout."""
         look = self.look(state.style)
         scale = self.size[0] / look.css_width
-        self.browser.set_viewport((look.css_width, round(self.size[1] / scale)), scale)
+        # an integer device pixel ratio: at fractional ones Chromium re-rasters some layers after a screenshot
+        # (hairlines, sticky headers), so captures would depend on timing; PIL scales the capture instead
+        self.browser.set_viewport((look.css_width, round(self.size[1] / scale)), max(1, round(scale)))
         codes = [int(state.item)] if state.kind == "product" else [int(i) for i in state.items]
         entries = [_Entry(k, self.catalog.titles[c], _price_text(item_price(self.catalog, c)), self.catalog.texts[c],
                           self.data_uri(c)) for k, c in enumerate(codes)]
@@ -672,7 +677,7 @@ class _Stage:
                 bag = 0
 
     def _sized(self, img: Image.Image) -> Image.Image:
-        return img if img.size == self.size else img.resize(self.size, Image.Resampling.BILINEAR)
+        return img if img.size == self.size else img.resize(self.size, Image.Resampling.LANCZOS)
 
     def _overlays(self, state: ScreenState, prev_tap: tuple[float, float] | None, notes: list, t: float,
                   scale: float, layout: _Layout) -> tuple:
