@@ -8,8 +8,8 @@
    with its grounding.json), or a small one built here as the H&M spaces ground — windows fitted to the
    training pages and the photo check — with the towers left at their seeded random weights and the
    adapters trained one epoch: grounding quality is beside the point here, its cost per screen is not.
-2. ``--sessions`` real purchase sequences rendered as labelled app recordings (`record_sequence`: 180x320,
-   30 fps, touch marks, notification banners, JPEG noise, x264).
+2. ``--sessions`` real purchase sequences rendered as labelled app recordings (`record_sequence`: ``--size``
+   180x320 by default, 30 fps, touch marks, notification banners, JPEG noise, x264).
 3. Each recording is replayed in real time into a `LiveFrames` source (`LiveFrames.replay`: frame ``i``
    put at wall time ``start + i / 30``, as a device pushes frames; a full buffer drops the oldest) and
    processed by ``mmrec.stream.process(..., live=True)`` as it comes. Labels come from ``--labels``:
@@ -234,6 +234,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--space", help="a saved space with grounding.json (default: a small one built here)")
     parser.add_argument("--labels", default="oracle", choices=["oracle", "grounder"])
+    parser.add_argument("--size", default="180x320", help="WIDTHxHEIGHT of the live recordings")
     parser.add_argument("--capacity", type=int, default=64, help="LiveFrames buffer (frames) before drops")
     parser.add_argument("--torch-threads", type=int, default=1, help="as `mmrec stream --torch-threads`")
     parser.add_argument("--reference-stream", help="an earlier mmrec/stream.py to compare offline results with")
@@ -247,7 +248,9 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
     report: dict = {"load_before": uptime(), "catalog": args.catalog, "seed": args.seed, "labels": args.labels,
+                    "size": args.size,
                     "torch_threads": args.torch_threads, "fps": FPS}
     from stream_targets import _catalog
 
@@ -259,7 +262,8 @@ def main() -> None:
     reference = load_reference(args.reference_stream) if args.reference_stream else None
     pages, offline_equal, per_recording, costs = [], [], [], []
     for k, sequence in enumerate(sequences):
-        session, video = record_sequence(catalog, sequence, out / f"live{k}", seed=3000 + k, fps=FPS)
+        session, video = record_sequence(catalog, sequence, out / f"live{k}_{args.size}", seed=3000 + k, fps=FPS,
+                                         size=size)
         labels = grounder
         if args.labels == "oracle":
             labels = CostlyOracle(OracleGrounder(session, video), grounder)
@@ -293,10 +297,10 @@ def main() -> None:
     report["offline_events_equal_live_final"] = all(offline_equal)
     if args.throughput:
         report["throughput"] = {}
-        for size in ((180, 320), (360, 640)):
-            _, slow = record_sequence(catalog, sequences[0], out / f"throughput_{size[0]}x{size[1]}", seed=3000,
-                                      size=size, fps=FPS, dwell_scale=2.0)
-            report["throughput"][f"{size[0]}x{size[1]}"] = throughput(grounder, slow, reference)
+        for width, height in ((180, 320), (360, 640)):
+            _, slow = record_sequence(catalog, sequences[0], out / f"throughput_{width}x{height}", seed=3000,
+                                      size=(width, height), fps=FPS, dwell_scale=2.0)
+            report["throughput"][f"{width}x{height}"] = throughput(grounder, slow, reference)
     report["load_after"] = uptime()
     p95 = report["view_delay"].get("p95_ms")
     report["met"] = {"p95_view_delay<=1s": p95 is not None and p95 <= 1000 and report["pages_without_view"] == 0}
