@@ -13,8 +13,8 @@
 
 Everything is a generator: events come out as segments close, so a stream that ends early (a truncated
 file, a stopped capture) still gives every finished event, and memory holds at most two batches of
-changed frames (one being grounded, one filling), ``2 * max_pending`` frame labels and the segments
-inside the log window, whatever the stream's length.
+changed frames (one being grounded, one filling; three with ``max_wait``: two handed over), ``2 *
+max_pending`` frame labels and the segments inside the log window, whatever the stream's length.
 
 Live streams (a capture pushing frames as they come, `mmrec.datasets.frames.LiveFrames`): the same path,
 with ``process(..., live=True)``, also yields each ``view`` as soon as its screen state is confirmed
@@ -23,8 +23,8 @@ Live, labels do not wait for a full batch: once the frames waiting for theirs sp
 ``StreamConfig.max_wait`` seconds of stream time (`LIVE_MAX_WAIT` unless set), the screens settled so far
 go to the worker (`frame_labels`), so a page's view follows its settling by a few frames plus one
 grounding call. A recording is read faster than it plays, and its screens are grounded in full batches
-(fewer encoder calls) unless ``max_wait`` is set. Broken frames are skipped and counted by
-the frame sources (`FrameStats`). The threshold is calibrated on what this processor grounds
+(fewer encoder calls) unless ``max_wait`` is set. Broken frames are skipped and counted by the frame
+sources (`FrameStats`). The threshold is calibrated on what this processor grounds
 (`calibrate_on_streams`; on simulator recordings, `mmrec.calibration`).
 """
 from __future__ import annotations
@@ -74,8 +74,8 @@ class StreamConfig:
     labels, and its events, follow the screen within about ``max_wait`` plus one grounding call. None (the
     default): batches wait to fill, the fewest encoder calls for a recording; ``process(..., live=True)``
     then uses `LIVE_MAX_WAIT`. Batches are cut by the stream's timestamps alone, never by how fast it is
-    read, so a recording gives the same labels (to the last bit) however fast it is read. Grounding: ``threshold``
-    (finite, in [-1, 1]) overrides the grounder's similarity threshold.
+    read, so a recording gives the same labels (to the last bit) however fast it is read. Grounding:
+    ``threshold`` (finite, in [-1, 1]) overrides the grounder's similarity threshold.
     Segmentation: a new label must hold ``min_frames`` frames in a row to start a screen state (shorter
     runs are flickers, merged into the state around them). Logs: a log row is ``on_screen`` when its item
     is grounded within ``log_window`` seconds of it.
