@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -645,6 +645,7 @@ class _Stage:
             state = self.restage(k, app_state, layout, scale, offset)
             self.states.append(state)
             self.layouts.append({"scale": scale, "css_width": look.css_width, "max_offset": layout.max_offset * scale,
+                                 "top": round(layout.top * scale, 2), "bottom": round(layout.bottom * scale, 2),
                                  "photos": {str(i): [round(v * scale, 2) for v in box]
                                             for i, box in layout.photos.items()},
                                  "cards": {str(i): [round(v * scale, 2) for v in box]
@@ -706,6 +707,34 @@ class _Stage:
                 p = max(0.0, min(1.0, (t - note.start) / 0.25, (note.end - t) / 0.25))
                 toast = [note.text, round(40 * (1 - p)), round(p, 2)]
         return json.dumps(touch), json.dumps(arrow), json.dumps(toast)
+
+
+def items_on_screen(truth: Mapping[str, Any], k: int, t: float, min_fraction: float = 0.5) -> list[tuple[int, float]]:
+    """``(item code, visible share)`` on screen at time ``t`` in state ``k`` of a browser recording's truth.json
+    (the parsed document): the product of a product page; feed and grid cards showing more than
+    ``min_fraction`` of their area between the sticky header and any bottom bar, at the scroll offset of
+    ``t``; the items in the bag or order. From the layouts measured in the browser (``renderer.layouts``);
+    `app_sim.items_on_screen` computes app_sim's layouts and does not apply to these recordings."""
+    if (truth.get("renderer") or {}).get("name") != RENDERER:
+        raise ValueError(f"truth.json was not written by {RENDERER!r} (renderer "
+                         f"{(truth.get('renderer') or {}).get('name')!r}); use app_sim.items_on_screen")
+    state = Session.from_dict(truth).states[k]
+    if state.kind == "product":
+        return [(int(state.item), 1.0)]
+    if state.kind not in ("home", "grid"):
+        return [(int(i), 1.0) for i in state.items]
+    layout, offset = truth["renderer"]["layouts"][k], state.offset_at(t)
+    width, height = int(truth["width"]), int(truth["height"])
+    free_top, free_bottom = layout["top"], height - layout["bottom"]
+    out = []
+    for index, (l, top, r, b) in sorted(layout["cards"].items(), key=lambda kv: int(kv[0])):
+        area = (r - l) * (b - top)
+        seen_w = max(0.0, min(r, width) - max(l, 0.0))
+        seen_h = max(0.0, min(b - offset, free_bottom) - max(top - offset, free_top))
+        share = seen_w * seen_h / area if area > 0 else 0.0
+        if share > min_fraction:
+            out.append((int(state.items[int(index)]), round(share, 3)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------ writing
