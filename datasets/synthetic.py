@@ -1,9 +1,12 @@
 """A synthetic fashion world with known ground truth: items, pictures, descriptions, users and purchases.
 
 Every item has a category, a colour, a pattern and a season. Its picture is drawn from the first three
-(a garment silhouette per category, filled in its colour, with its pattern printed on it); its title and
-description state all four in varied words. Season is said in text only, so a model needs the text to
-learn it. Some items have no description and some have no picture, as in real catalogs.
+(a garment silhouette per category, filled in its colour, with its pattern printed on it), photographed in a
+look of its own: a backdrop colour and a framing (the garment's size and place in the picture), different
+for every item of a category (`item_looks`), so that no two items share a photo, as no two articles of a shop
+do, even as a thumbnail; its title and description state all four in varied words. Season is said in text
+only, so a model needs the text to learn it. Some items have no description and some have no picture, as in
+real catalogs.
 
 Each user has latent tastes: a Dirichlet-drawn preference over each attribute. An item's ground-truth
 affinity for a user is
@@ -43,7 +46,7 @@ from mmrec.io import atomic_write, atomic_write_text
 logger = logging.getLogger(__name__)
 
 # Bump when drawing changes, so cached image folders of an older look are not reused.
-RENDER_VERSION = 1
+RENDER_VERSION = 3  # 3: every item photographed in a look of its own (`item_looks`)
 
 CATEGORIES = ("dress", "t-shirt", "trousers", "skirt", "jacket", "sweater", "shorts", "coat")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -91,6 +94,9 @@ class WorldConfig:
     in pixels. ``taste_concentration`` is the Dirichlet alpha of user tastes (small: few favourites);
     ``popularity_skew`` the spread of the item popularity term; ``noise`` the fraction of purchases
     drawn uniformly at random; ``sequence_coherence`` the logit bonus for buying the previous category again.
+    ``distinct_looks``: every item photographed in a look of its own (`item_looks`), so no two share a photo;
+    False draws every garment alike (large, about centred, on grey), so items of one category, colour and
+    pattern share a photo up to jitter (the world before looks, pixel for pixel).
     """
 
     seed: int = 0
@@ -112,6 +118,7 @@ class WorldConfig:
     noise: float = 0.1
     missing_text_fraction: float = 0.1
     missing_image_fraction: float = 0.05
+    distinct_looks: bool = True
 
     def fingerprint(self) -> str:
         """A short hash of the config and the drawing code version; names the image folder."""
@@ -138,6 +145,9 @@ class WorldConfig:
                 raise ValueError(f"WorldConfig.{name} must be >= {low}, got {getattr(self, name)}")
         self._check_range("interactions_per_user", 1, self.n_items, "n_items")
         self._check_range("new_interactions_per_user", 0, self.n_new_items, "n_new_items")
+        if not isinstance(self.distinct_looks, (bool, np.bool_)):
+            raise TypeError(f"WorldConfig.distinct_looks must be true or false, got {self.distinct_looks!r}")
+        object.__setattr__(self, "distinct_looks", bool(self.distinct_looks))
         for name in ("noise", "missing_text_fraction", "missing_image_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"WorldConfig.{name} must be in [0, 1], got {getattr(self, name)}")
@@ -430,20 +440,73 @@ _BUTTONS = {"jacket": [(0.5, 0.52)], "coat": [(0.43, 0.44), (0.57, 0.44), (0.43,
                                               (0.43, 0.80), (0.57, 0.80)]}
 _SUPERSAMPLE = 2
 
+# Studio backdrops: of distinct hues, light enough for dark garments, each clear of every garment colour.
+BACKDROPS: tuple[tuple[int, int, int], ...] = (
+    (208, 208, 208), (246, 219, 165), (169, 204, 245), (248, 184, 197),
+    (176, 234, 184), (207, 182, 245), (248, 240, 150), (154, 208, 205),
+)
+# Framings (scale, dx, dy): the garment's height as a share of the picture's, and its place in the room left
+# around it (-1: against the left / top edge, 0: centred, 1: against the right / bottom edge).
+FRAMINGS: tuple[tuple[float, float, float], ...] = (
+    (0.62, -1.0, -1.0), (0.62, 1.0, 1.0), (0.62, 1.0, -1.0), (0.62, -1.0, 1.0), (0.62, 0.0, 0.0),
+    (0.74, -1.0, -0.5), (0.74, 1.0, 0.5), (0.74, 0.0, 0.0), (0.74, 1.0, -0.5),
+    (0.86, -1.0, 0.0), (0.86, 1.0, 0.0), (0.86, 0.0, 0.0),
+)
+
+_ROUND_SCALES = (1.0, 0.93, 1.07, 0.87)
+
+
+@dataclass(frozen=True)
+class Look:
+    """How one item is photographed: ``backdrop`` (RGB) behind the garment, the garment's height as a share
+    of the picture's (``scale``) and where it sits in the room left around it (``dx``, ``dy`` in [-1, 1]:
+    edge to edge; 0 centred)."""
+
+    backdrop: tuple[int, int, int]
+    scale: float
+    dx: float
+    dy: float
+
+
+def item_looks(seed: int, attributes: Mapping[str, np.ndarray]) -> list[Look]:
+    """One `Look` per item, all different among the items of one category (whose garments share a cut): the
+    ``k``-th of them takes framing ``k`` and backdrop ``k + k // 12`` (mod their counts, after offsets seeded
+    per category), so the first 96 of a category never share both, and two sharing a framing differ in
+    backdrop. Past 96, each further round of them shrinks or grows the garment a little (``_ROUND_SCALES``)."""
+    count: dict[str, int] = {}
+    looks = []
+    for category in attributes["category"]:
+        k = count.get(category, 0)
+        count[category] = k + 1
+        framing, backdrop = np.random.default_rng([seed, 6, CATEGORIES.index(category)]).integers(0, 96, size=2)
+        scale, dx, dy = FRAMINGS[int(framing + k) % len(FRAMINGS)]
+        scale *= _ROUND_SCALES[k // (len(FRAMINGS) * len(BACKDROPS)) % len(_ROUND_SCALES)]
+        looks.append(Look(BACKDROPS[int(backdrop + k + k // len(FRAMINGS)) % len(BACKDROPS)], scale, dx, dy))
+    return looks
+
 
 def _luminance(rgb: np.ndarray) -> float:
     return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])
 
 
 def _render_item(category: str, colour: str, pattern: str, rng: np.random.Generator,
-                 width: int, height: int) -> Image.Image:
-    """One garment picture: silhouette of ``category`` filled in ``colour`` with ``pattern``, jittered by ``rng``."""
+                 width: int, height: int, look: Look | None = None) -> Image.Image:
+    """One garment picture: silhouette of ``category`` filled in ``colour`` with ``pattern``, photographed in
+    ``look`` (None: large, about centred, on grey, as every item was before looks), jittered by ``rng``."""
     ss = _SUPERSAMPLE
     w, h = width * ss, height * ss
-    box_h = min(h, w / 0.8) * rng.uniform(0.84, 0.94)
-    box_w = box_h * 0.8
-    left = (w - box_w) / 2 + rng.uniform(-0.035, 0.035) * w
-    top = (h - box_h) / 2 + rng.uniform(-0.03, 0.03) * h
+    if look is None:  # every item alike: large, about centred, on grey
+        box_h = min(h, w / 0.8) * rng.uniform(0.84, 0.94)
+        box_w = box_h * 0.8
+        left = (w - box_w) / 2 + rng.uniform(-0.035, 0.035) * w
+        top = (h - box_h) / 2 + rng.uniform(-0.03, 0.03) * h
+        backdrop = (205, 205, 205)
+    else:
+        box_h = min(h, w / 0.8) * look.scale * rng.uniform(0.97, 1.03)
+        box_w = box_h * 0.8
+        left = (w - box_w) / 2 * (1 + 0.9 * look.dx) + rng.uniform(-0.02, 0.02) * w
+        top = (h - box_h) / 2 * (1 + 0.9 * look.dy) + rng.uniform(-0.02, 0.02) * h
+        backdrop = look.backdrop
 
     def to_px(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
         return [(left + u * box_w, top + v * box_h) for u, v in points]
@@ -452,7 +515,7 @@ def _render_item(category: str, colour: str, pattern: str, rng: np.random.Genera
     light = _luminance(base) > 110
     second = base * 0.62 if light else base + (255 - base) * 0.45
     detail = base * 0.45 if _luminance(base) > 70 else base + (255 - base) * 0.35
-    background = np.clip(205 + rng.uniform(-5, 5) + rng.uniform(-3, 3, 3), 0, 255)
+    background = np.clip(np.asarray(backdrop, float) + rng.uniform(-5, 5) + rng.uniform(-3, 3, 3), 0, 255)
 
     texture = Image.fromarray(_pattern_texture(pattern, base, second, detail, rng, w, h, box_w))
     mask = Image.new("L", (w, h), 0)
@@ -523,6 +586,7 @@ def _render_images(config: WorldConfig, ids: np.ndarray, attributes: Mapping[str
     ext = "jpg" if config.image_format == "jpeg" else "png"
     paths: list[str | None] = []
     written = 0
+    looks = item_looks(config.seed, attributes) if config.distinct_looks else [None] * len(ids)
     for i, item_id in enumerate(ids):
         if not has_image[i]:
             paths.append(None)
@@ -531,7 +595,7 @@ def _render_images(config: WorldConfig, ids: np.ndarray, attributes: Mapping[str
         if not path.exists():
             rng = np.random.default_rng([config.seed, 5, i])
             image = _render_item(attributes["category"][i], attributes["colour"][i], attributes["pattern"][i],
-                                 rng, config.image_width, config.image_height)
+                                 rng, config.image_width, config.image_height, looks[i])
             _atomic_save(image, path, config.image_format)
             written += 1
         paths.append(str(path))

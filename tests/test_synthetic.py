@@ -9,7 +9,8 @@ from PIL import Image
 
 from mmrec.config import from_dict, to_dict
 from mmrec.datasets.synthetic import (CATEGORIES, CATEGORY_WORDS, COLOURS, PATTERNS, World, WorldConfig,
-                                      contact_sheet, make_world)
+                                      contact_sheet, item_looks, make_world)
+from mmrec.screen_windows import PhotoCheck
 
 SMALL = dict(n_users=40, n_items=30, n_new_items=8, interactions_per_user=(3, 10), new_interactions_per_user=(1, 3))
 
@@ -131,8 +132,9 @@ def test_garment_colour_in_pixels_matches_colour_attribute(world: World) -> None
 def test_nearest_centroid_on_downscaled_pixels_predicts_category(world: World) -> None:
     codes = [i for i, p in enumerate(world.catalog.image_paths) if p]
     features = []
-    for i in codes:
+    for i in codes:  # the silhouette, cropped to the garment: each item is framed its own way
         mask = Image.fromarray(_garment_mask(_pixels(world.catalog.image_paths[i])).astype(np.uint8) * 255)
+        mask = mask.crop(mask.getbbox())
         features.append(np.asarray(mask.resize((16, 20), Image.Resampling.BOX), dtype=float).ravel() / 255)
     features = np.asarray(features)
     labels = np.asarray([CATEGORIES.index(world.catalog.attributes["category"][i]) for i in codes])
@@ -153,6 +155,32 @@ def test_patterns_are_printed_on_the_garment(world: World) -> None:
     solid = np.median(spread["solid"])
     for pattern in PATTERNS[1:]:
         assert np.median(spread[pattern]) > solid, pattern
+
+
+def _thumbnail_correlations(world: World) -> tuple[np.ndarray, list[int]]:
+    """What a photo check compares (mmrec.screen_windows.PhotoCheck): correlations of the items' 15 x 12 colour
+    thumbnails, each centred on its mean (the diagonal set to -1), and the items with a photo."""
+    codes = [i for i, p in enumerate(world.catalog.image_paths) if p]
+    photos = [Image.open(world.catalog.image_paths[i]) for i in codes]
+    thumbs = PhotoCheck(size=(15, 12)).thumbnails(photos).flatten(1).double()
+    thumbs = thumbs - thumbs.mean(1, keepdim=True)
+    thumbs = thumbs / thumbs.norm(dim=1, keepdim=True)
+    return (thumbs @ thumbs.T).fill_diagonal_(-1).numpy(), codes
+
+
+def test_every_item_has_its_own_photo_even_as_a_thumbnail(world: World, tmp_path: Path) -> None:
+    corr, codes = _thumbnail_correlations(world)
+    attrs = world.catalog.attributes
+    kind = [tuple(attrs[k][i] for k in ("category", "colour", "pattern")) for i in codes]
+    assert len(set(kind)) < len(kind) - 20  # many items share all three attributes...
+    assert corr.max() < 0.985  # ...yet no two photos are alike pixel for pixel
+    assert np.median(corr.max(axis=1)) < 0.93
+    plain, _ = _thumbnail_correlations(make_world(WorldConfig(distinct_looks=False), tmp_path))
+    assert plain.max() > 0.99  # every item drawn alike: those items share a photo up to jitter
+    looks = item_looks(world.config.seed, attrs)
+    for category in CATEGORIES:  # every item of a category framed or backed its own way (fewer than 96 each)
+        of = [looks[i] for i in range(len(looks)) if attrs["category"][i] == category]
+        assert len(set(of)) == len(of), category
 
 
 def test_contact_sheet_tiles_the_items(world: World) -> None:
@@ -246,5 +274,7 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
         WorldConfig(noise=1.5)
     with pytest.raises(TypeError, match="n_users"):
         WorldConfig(n_users=True)
+    with pytest.raises(TypeError, match="distinct_looks"):
+        WorldConfig(distinct_looks="yes")
     assert from_dict(WorldConfig, {"interactions_per_user": [2, 4]}).interactions_per_user == (2, 4)
     assert from_dict(WorldConfig, to_dict(WorldConfig(seed=3))) == WorldConfig(seed=3)
