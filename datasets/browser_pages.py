@@ -746,6 +746,7 @@ class BrowserRecording:
 
     video: Path
     truth: Path
+    shards: tuple[Path, ...]
     session: Session
     n_frames: int
     fps: int
@@ -754,32 +755,56 @@ class BrowserRecording:
     skipped_photos: dict[str, int] = field(default_factory=dict)
 
 
-def _encode(frames: Iterator[tuple[float, Image.Image]], video: Path, session: Session, config: SimConfig) -> int:
+def _encode(frames: Iterator[tuple[float, Image.Image]], video: Path, session: Session,
+            config: SimConfig) -> tuple[int, tuple[Path, ...]]:
     """Encode frames as app_sim encodes its recordings (constant rate: frame ``i`` has pts ``i`` in time
-    base ``1/fps``); returns the frame count. The file appears complete or not at all."""
+    base ``1/fps``), and with ``config.frame_shards`` also as frame shards next to the video (app_sim's
+    names); returns the frame count and the shards. Each file appears complete or not at all."""
     import av
+
+    from mmrec.datasets.frames import Frame, write_frame_shards
 
     size = tuple(session.size)
     n = 0
-    with atomic_path(video) as tmp:
-        container = av.open(str(tmp), mode="w", format="mp4")
-        try:
-            options = {"crf": str(config.crf), "bf": "0", "preset": "veryfast"} if config.codec == "libx264" else {}
-            stream = container.add_stream(config.codec, rate=Fraction(session.fps), options=options)
-            stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-            stream.time_base = Fraction(1, session.fps)
-            stream.codec_context.gop_size = config.keyframe_interval or session.fps
-            if config.codec == "mpeg4":
-                stream.bit_rate = app_sim._MPEG4_BITS_PER_PIXEL * size[0] * size[1] * session.fps
-            for _t, img in frames:
-                frame = av.VideoFrame.from_image(img)
-                frame.pts, frame.time_base = n, Fraction(1, session.fps)
-                container.mux(stream.encode(frame))
-                n += 1
-            container.mux(stream.encode(None))
-        finally:
-            container.close()
-    return n
+    shards: tuple[Path, ...] = ()
+
+    def encoded(stream: Any) -> Iterator[Frame]:
+        nonlocal n
+        for t, img in frames:
+            frame = av.VideoFrame.from_image(img)
+            frame.pts, frame.time_base = n, Fraction(1, session.fps)
+            container.mux(stream.encode(frame))
+            n += 1
+            yield Frame(n - 1, t, np.asarray(img), video.name)
+
+    try:
+        with atomic_path(video) as tmp:
+            container = av.open(str(tmp), mode="w", format="mp4")
+            try:
+                options = ({"crf": str(config.crf), "bf": "0", "preset": "veryfast"} if config.codec == "libx264"
+                           else {})
+                stream = container.add_stream(config.codec, rate=Fraction(session.fps), options=options)
+                stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+                stream.time_base = Fraction(1, session.fps)
+                stream.codec_context.gop_size = config.keyframe_interval or session.fps
+                if config.codec == "mpeg4":
+                    stream.bit_rate = app_sim._MPEG4_BITS_PER_PIXEL * size[0] * size[1] * session.fps
+                if config.frame_shards:
+                    shards = tuple(write_frame_shards(encoded(stream), video.parent,
+                                                      frames_per_shard=config.frames_per_shard,
+                                                      prefix=app_sim.SHARD_PREFIX,
+                                                      jpeg_quality=config.shard_jpeg_quality))
+                else:
+                    for _ in encoded(stream):
+                        pass
+                container.mux(stream.encode(None))
+            finally:
+                container.close()
+    except BaseException:
+        for leftover in video.parent.glob(f"{app_sim.SHARD_PREFIX}-*.tar") if config.frame_shards else ():
+            leftover.unlink(missing_ok=True)  # a recording is written whole or not at all
+        raise
+    return n, shards
 
 
 def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_dir: str | os.PathLike, *,
@@ -788,10 +813,8 @@ def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_d
     ``truth.json`` in app_sim's format (the re-staged states: same kinds, items and times; scroll offsets
     and taps measured in the browser's pages). ``config`` is the one the session was simulated with; its
     noise settings (cursor, notifications, JPEG, transition length, codec) apply here, drawn this renderer's
-    way. Frame shards are not written (``config.frame_shards`` is an error)."""
+    way; with ``config.frame_shards`` the frames also go to webdataset shards, as app_sim writes them."""
     browser = browser or BrowserConfig()
-    if config.frame_shards:
-        raise ValueError("browser_pages.write_recording: frame_shards is not supported; write the video only")
     if (config.fps, config.size) != (session.fps, tuple(session.size)):
         raise ValueError(f"config renders {config.fps} fps at {config.size} but the session was simulated at "
                          f"{session.fps} fps and {tuple(session.size)}")
@@ -801,7 +824,7 @@ def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_d
     photos = PhotoCache(catalog, (size[0], round(size[0] * 4 / 3)))
     with Chromium(browser.chromium, timeout_s=browser.timeout_s) as chromium:
         stage = _Stage(chromium, session, catalog, config, browser, photos)
-        frames = _encode(stage.frames(), out / "recording.mp4", session, config)
+        frames, shards = _encode(stage.frames(), out / "recording.mp4", session, config)
         version = chromium.version
     staged = dataclasses.replace(session, states=stage.states)
     if frames != session.n_frames:
@@ -810,13 +833,13 @@ def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_d
         "format": app_sim.TRUTH_FORMAT, "version": app_sim.TRUTH_VERSION, "video": "recording.mp4",
         "time_base": f"1/{session.fps}", **staged.to_dict(catalog),
         "notifications": [dataclasses.asdict(x) for x in app_sim.plan_notifications(session, config)],
-        "shards": [], "skipped_photos": dict(photos.skipped), "config": to_dict(config),
+        "shards": [p.name for p in shards], "skipped_photos": dict(photos.skipped), "config": to_dict(config),
         "renderer": {"name": RENDERER, "browser": version, "browser_config": to_dict(browser),
                      "looks": {str(s): dataclasses.asdict(look) for s, look in stage.looks.items()},
                      "layouts": stage.layouts},
     }
     truth_path = atomic_write_text(out / "truth.json", json.dumps(truth, indent=1))
-    return BrowserRecording(out / "recording.mp4", truth_path, staged, frames, session.fps, session.duration,
+    return BrowserRecording(out / "recording.mp4", truth_path, shards, staged, frames, session.fps, session.duration,
                             version, dict(photos.skipped))
 
 

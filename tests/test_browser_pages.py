@@ -12,7 +12,7 @@ from mmrec.calibration import recording_truth
 from mmrec.config import from_dict
 from mmrec.datasets import app_sim, browser_pages
 from mmrec.datasets.browser_pages import BrowserConfig
-from mmrec.datasets.frames import video_frames
+from mmrec.datasets.frames import shard_frames, video_frames
 from mmrec.datasets.synthetic import WorldConfig, make_world
 from mmrec.grounding import NO_ITEM
 
@@ -146,8 +146,17 @@ def test_product_and_grid_photos_are_where_the_truth_says(recorded, world) -> No
 @needs_chromium
 def test_a_recording_is_reproducible(recorded, world, tmp_path: Path) -> None:
     """The same sequence and seed give the same video, byte for byte (Chromium draws at an integer pixel
-    ratio, where a capture does not depend on when it is taken)."""
+    ratio, where a capture does not depend on when it is taken); frame shards hold the same frames."""
     sequence, folder, _ = recorded
-    browser_pages.record_sequence(world.catalog, sequence, tmp_path, seed=4, size=SIZE, fps=30, **FAST)
+    browser_pages.record_sequence(world.catalog, sequence, tmp_path, seed=4, size=SIZE, fps=30, frame_shards=True,
+                                  frames_per_shard=40, **FAST)
     assert (tmp_path / "recording.mp4").read_bytes() == (folder / "recording.mp4").read_bytes()
-    assert (tmp_path / "truth.json").read_text() == (folder / "truth.json").read_text()
+    _, again = app_sim.load_truth(tmp_path / "truth.json")
+    _, first = app_sim.load_truth(folder / "truth.json")
+    assert {k: v for k, v in again.items() if k not in ("shards", "config")} == \
+           {k: v for k, v in first.items() if k not in ("shards", "config")}
+    shards = [tmp_path / name for name in again["shards"]]
+    assert len(shards) > 1 and all(p.is_file() for p in shards)
+    stored = list(shard_frames(shards))
+    assert [f.index for f in stored] == list(range(len(stored))) and len(stored) == again["n_frames"]
+    assert np.allclose([f.timestamp for f in stored], np.arange(len(stored)) / 30)
