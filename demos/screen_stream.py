@@ -3,12 +3,14 @@ a timeline of what was on screen against the truth, and the user's next items fr
 
 1. The embedded synthetic fashion world (catalog + purchases), or with ``--hm PATH`` ``--items`` H&M
    articles (those of real purchase sequences first: `catalog_for_sequences`) and their purchases.
-2. A grounding space: ``--space DIR`` (a saved space with its ``grounding.json`` threshold, e.g. from
-   ``mmrec stream calibrate``; `mmrec.grounding.load_grounder`), or a small one trained here
-   (`mmrec.fusion.screen_tower`: fixed random towers and trained adapters, with the threshold calibrated on
-   one other rendered session by `mmrec.calibration.calibrate_grounder`). The synthetic world repeats
-   photos exactly and such towers ground poorly, so expect a rough timeline: the measured figures are in
-   the README (screen streams).
+2. A grounding space: ``--space DIR`` (a saved space with its ``grounding.json``, e.g. from
+   ``mmrec stream calibrate``; `mmrec.grounding.load_grounder`), or one trained here for the catalog as the
+   README's screen-stream section describes: `ScreenWindows.fit` to where the training pages put the photo,
+   a fixed random tower with adapters trained on those windows (`train_screen_space`; windows off the photo
+   and screens without an item as "no item"), and a `PhotoCheck` that picks among the tower's 10 nearest
+   items by their photo, with the threshold calibrated on one other rendered session
+   (`mmrec.calibration.calibrate_grounder`). It is saved to ``OUT/space`` with its ``grounding.json``, so
+   ``--space OUT/space`` (or ``mmrec stream --space``) reuses it.
 3. One real purchase sequence of the world rendered as a labelled screen recording (mp4 + ground truth,
    `record_sequence`), processed by `mmrec.stream.process` into ``view`` events, joined with the session's
    app logs into ``click`` / ``cart`` / ``purchase`` events, written for the sequence's user (parquet) and
@@ -19,14 +21,19 @@ a timeline of what was on screen against the truth, and the user's next items fr
    top-10 next items from their history with the views the stream saw appended
    (`mmrec.events.events_to_interactions`: the views after every purchase, dwell as weights).
 
-    .venv/bin/python demos/screen_stream.py [--out out/screen_stream] [--space DIR]
-    .venv/bin/python demos/screen_stream.py --hm ../shared/data/hm --items 1000 --space out/stream_hm3/space
+    .venv/bin/python demos/screen_stream.py [--out out/screen_stream] [--seed N] [--space DIR]
+    .venv/bin/python demos/screen_stream.py --hm ../shared/data/hm --items 1000 --space out/stream_hm5/space
+
+It ends with the share of product-page frames grounded to the right item, the product pages found (half
+their frames or more right) and the time the whole run took.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,8 +47,9 @@ from mmrec.datasets.app_sim import catalog_for_sequences, record_sequence, sessi
 from mmrec.datasets.frames import video_frames
 from mmrec.datasets.synthetic import WorldConfig, make_world
 from mmrec.events import events_to_interactions, read_events
-from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
-from mmrec.grounding import NO_ITEM, Grounder, load_grounder
+from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space, training_photo_boxes
+from mmrec.grounding import NO_ITEM, Grounder, GroundingSettings, load_grounder, save_grounding
+from mmrec.screen_windows import PhotoCheck, ScreenWindows
 from mmrec.stream import StreamConfig, StreamStats, process, write_events
 
 log = logging.getLogger("screen_stream")
@@ -53,16 +61,43 @@ def record(catalog, sequence, seed: int, out: Path):
     return record_sequence(catalog, sequence, out, seed=seed)
 
 
-def grounding_space(args: argparse.Namespace, catalog, calibration: Path) -> Grounder:
-    """The given space with its grounding settings, or a small one trained here and calibrated on the labelled
-    recording in ``calibration``."""
+def photo_aspect(catalog) -> float:
+    """The catalog photos' median height / width (from their headers): the aspect of the windows searched for
+    them and of the photo check's thumbnails."""
+    pages = ScreenSpaceConfig().pages
+    sizes = [pages.photo_size(catalog, code) for code in range(len(catalog))]
+    ratios = [h / w for w, h in (s for s in sizes if s is not None)]
+    if not ratios:
+        raise ValueError("no catalog photo could be read; the demo grounds screens by their photo")
+    return float(np.median(ratios))
+
+
+def grounding_space(args: argparse.Namespace, catalog, calibration: Path, out: Path) -> Grounder:
+    """The given space with its grounding settings, or one trained here for the catalog: windows fitted to where
+    the training pages put the photo (`ScreenWindows.fit`), a fixed random tower with adapters trained on those
+    windows (`train_screen_space`), and a `PhotoCheck` that settles which of the tower's candidates the photo
+    on screen is; the threshold calibrated on the labelled recording in ``calibration``. A trained space is
+    saved to ``out`` with its grounding settings."""
     if args.space:
         return load_grounder(args.space, catalog)
-    space = train_screen_space(catalog, ScreenSpaceConfig(epochs=30))
-    grounder = Grounder.for_catalog(space, catalog)
+    aspect = photo_aspect(catalog)
+    width = 32  # tower input: 4 patches across, as many down as the photos' aspect asks
+    size = (8 * max(1, round(width * aspect / 8)), width)
+    base = ScreenSpaceConfig(seed=args.seed, renderings=args.renderings)  # where its pages put the photo
+    windows = ScreenWindows.fit(training_photo_boxes(catalog, base), base.page_size, aspect=aspect)
+    every = next(d for d in range(max(1, args.epochs // 4), 0, -1) if args.epochs % d == 0)  # about 4 checks
+    config = dataclasses.replace(base, screen_size=size, image_size=size, epochs=args.epochs,
+                                 eval_every=every, windows=windows, window_crops=4,
+                                 negative_crops=2, negative_screens=args.negative_screens, overlays=0.3,
+                                 jpeg_share=0.5)
+    space = train_screen_space(catalog, config)
+    check = PhotoCheck(size=(max(2, round(12 * aspect)), 12))
+    grounder = Grounder.for_catalog(space, catalog, windows=windows, check=check)
     grounder.threshold, fit = calibrate_grounder(grounder, [calibration], catalog.ids)
-    log.info("threshold %.3f calibrated on another session (precision %.2f, recall %.2f there)",
-             grounder.threshold, fit["precision"], fit["recall"])
+    space.save_pretrained(out)
+    save_grounding(out, GroundingSettings(grounder.threshold, windows, check), calibration=fit)
+    log.info("%d windows per screen; threshold %.3f calibrated on another session (precision %.2f, recall %.2f "
+             "there)", windows.count(*config.page_size), grounder.threshold, fit["precision"], fit["recall"])
     return grounder
 
 
@@ -117,7 +152,15 @@ def main() -> None:
     parser.add_argument("--hm", help="an H&M folder (Kaggle layout) instead of the synthetic world")
     parser.add_argument("--items", type=int, default=120, help="items in the catalog")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--renderings", type=int, default=6, help="product pages per item the tower trains on")
+    parser.add_argument("--epochs", type=int, default=24, help="adapter training epochs")
+    parser.add_argument("--negative-screens", type=int, default=200,
+                        help="screens without an item whose windows the tower learns as 'no item'")
     args = parser.parse_args()
+    for name, low in (("renderings", 1), ("epochs", 1), ("negative_screens", 0)):
+        if getattr(args, name) < low:
+            parser.error(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +178,7 @@ def main() -> None:
         catalog, interactions = world.catalog, world.interactions
         calib_sequence, sequence = sessions_from_purchases(interactions, 2, min_len=3, seed=args.seed, max_len=4)
     record(catalog, calib_sequence, 1000, out / "calibration")
-    grounder = grounding_space(args, catalog, out / "calibration")
+    grounder = grounding_space(args, catalog, out / "calibration", out / "space")
 
     session, video = record(catalog, sequence, 2000, out / "session")
     stats = StreamStats()
@@ -159,8 +202,9 @@ def main() -> None:
     draw_timeline(truth, predicted, session.fps, out / "timeline.png")
     shown = truth != NO_ITEM
     right = (predicted == truth) & shown
-    log.info("timeline: %s; frames of a product page grounded to it: %d of %d", out / "timeline.png",
-             right.sum(), shown.sum())
+    pages = [session.frame_range(st) for st in session.states if st.kind == "product"]
+    found = sum(right[f.start:f.stop].mean() >= 0.5 for f in pages if len(f))
+    log.info("timeline: %s", out / "timeline.png")
 
     viewed = [int(item) for item in views["item"]]
     for e in views.itertuples():
@@ -171,6 +215,9 @@ def main() -> None:
     print("next items for", sequence.user_id, "after viewing", [catalog.titles[i] for i in viewed])
     for rank, code in enumerate(top, 1):
         print(f"{rank:2d}. {catalog.titles[code]}")
+    print(f"product-page frames grounded to the right item: {right.sum()} of {shown.sum()} "
+          f"({right.sum() / max(1, shown.sum()):.1%}); product pages found: {found} of {len(pages)}; "
+          f"{time.perf_counter() - started:.0f} s in all")
 
 
 if __name__ == "__main__":
