@@ -15,11 +15,13 @@ Positions are re-staged on the browser's own layouts: a grid scrolls until the c
 view (measured in the page), taps land on the measured card or button. Screen kinds, items, state times
 and events are app_sim's, so one purchase sequence gives the same session under both renderers.
 
-`record_sequence` writes what `app_sim.record_sequence` writes (``recording.mp4`` + ``truth.json`` in the
-same format and version, readable by `app_sim.load_truth`, `mmrec.calibration` and ``mmrec stream
-calibrate``); truth.json also has a ``renderer`` entry (browser version, look, and per state the measured
-photo boxes). Chromium is driven over ``--remote-debugging-pipe`` with the standard library only; it must
-be installed (Debian: ``apt-get install chromium``).
+`record_sequence` writes what `app_sim.record_sequence` writes (``recording.mp4``, frame shards when asked,
+``truth.json`` in the same format and version, readable by `app_sim.load_truth`, `mmrec.calibration` and
+``mmrec stream calibrate``); truth.json also has a ``renderer`` entry (browser version, looks, and per state
+the measured card and photo boxes, which `items_on_screen` reads). Pages are drawn at an integer device pixel
+ratio and scaled to the recording's size in PIL, so a recording is reproducible byte for byte. Chromium is
+driven over ``--remote-debugging-pipe`` with the standard library only; it must be installed (Debian:
+``apt-get install chromium``; `Chromium` says so in one line when it is missing).
 """
 from __future__ import annotations
 
