@@ -47,7 +47,9 @@ def world(tmp_path_factory):
     from mmrec.datasets.synthetic import WorldConfig, make_world
 
     return make_world(WorldConfig(seed=3, n_users=50, n_items=240, n_new_items=0, new_interactions_per_user=(0, 0),
-                                  missing_image_fraction=0.0, missing_text_fraction=0.0),
+                                  missing_image_fraction=0.0, missing_text_fraction=0.0,
+                                  # every item framed alike: what a whole-screen tower learns in 15 epochs
+                                  distinct_looks=False),
                       tmp_path_factory.mktemp("world"))
 
 
