@@ -282,7 +282,8 @@ def main() -> None:
                "pages": len(found["pages"]), "encoded": run["stats"].encoded, "batches": run["stats"].batches,
                "dropped": run["dropped"], "replay_max_late_ms": round(run["max_late"] * 1000, 1),
                "buffer_max": found["queue_max"], "offline_events_equal": offline_equal[-1],
-               "delay": distribution([p["delay"] for p in found["pages"] if "delay" in p])}
+               "delay": distribution([p["delay"] for p in found["pages"] if "delay" in p]),
+               "page_delays_ms": [round(1000 * p["delay"], 1) if "delay" in p else None for p in found["pages"]]}
         if reference is not None:
             logs = {"timestamp": [e.timestamp for e in session.events if e.item is not None],
                     "kind": [e.kind for e in session.events if e.item is not None],
