@@ -29,7 +29,8 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("stream")
     world = make_world(WorldConfig(seed=3, n_users=30, n_items=8, n_new_items=0, interactions_per_user=(3, 6),
                                    new_interactions_per_user=(0, 0), missing_image_fraction=0.0,
-                                   missing_text_fraction=0.0), root / "world")
+                                   missing_text_fraction=0.0, distinct_looks=False),  # the world the pins are for
+                       root / "world")
     space = train_screen_space(world.catalog, ScreenSpaceConfig(renderings=3, page_size=(120, 208), epochs=15))
     grounder = Grounder.for_catalog(space, world.catalog)
     calib_seq, test_seq = sessions_from_purchases(world.interactions, 2, min_len=2, seed=0, max_len=2)
