@@ -57,12 +57,24 @@ class ScreenWindows:
         width, height = size
         w = np.maximum(boxes[:, 2] - boxes[:, 0], (boxes[:, 3] - boxes[:, 1]) / aspect)
         cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-        narrow, wide = w.min() / width, min(1.0, w.max() / width)
-        count = 1 + math.ceil(math.log(wide / narrow) / math.log(1 + step) - 1e-9) if wide > narrow else 1
-        widths = tuple(min(1.0, narrow * (1 + step) ** k) for k in range(count))
+        widths = _widths(w.min() / width, min(1.0, w.max() / width), step)
         region = (max(0.0, (cx - w / 2).min() / width), max(0.0, (cy - w * aspect / 2).min() / height),
                   min(1.0, (cx + w / 2).max() / width), min(1.0, (cy + w * aspect / 2).max() / height))
         return cls(widths=widths, aspect=aspect, step=step, region=region)
+
+    @classmethod
+    def grid(cls, narrowest: float = 0.45, widest: float = 1.0, aspect: float = 1.5,
+             step: float = 0.25) -> "ScreenWindows":
+        """Layout-free windows: widths from ``narrowest`` to ``widest`` (fractions of the screen's width) ``1 + step``
+        apart, over the whole screen. Unlike `fit`, nothing about where any app puts its photos is assumed, so a
+        page of an app never seen (another renderer, another layout) is searched as well as a known one; the
+        price is more windows per screen and more places where a photo that is not a product page's (a home
+        feed's card, a grid tile as wide as ``narrowest``) can be found. ``narrowest`` is the only prior: the
+        smallest photo a product page shows, as a share of the screen's width."""
+        if not 0 < narrowest <= widest <= 1:
+            raise ValueError(f"ScreenWindows.grid needs 0 < narrowest <= widest <= 1 (fractions of the screen width), "
+                             f"got {narrowest}, {widest}")
+        return cls(widths=_widths(narrowest, widest, step), aspect=aspect, step=step)
 
     def boxes(self, width: int, height: int) -> np.ndarray:
         """``[K, 4]`` float boxes ``(left, top, right, bottom)`` in pixels covering the region of a ``width`` x
@@ -89,6 +101,12 @@ class ScreenWindows:
         widths = sorted(self.widths)
         gaps = [b / a for a, b in zip(widths, widths[1:])]
         return math.sqrt(max(gaps)) if gaps else 1.0
+
+
+def _widths(narrow: float, wide: float, step: float) -> tuple[float, ...]:
+    """Window widths from ``narrow`` to at least ``wide``, ``1 + step`` apart (none over the screen's width)."""
+    count = 1 + math.ceil(math.log(wide / narrow) / math.log(1 + step) - 1e-9) if wide > narrow else 1
+    return tuple(min(1.0, narrow * (1 + step) ** k) for k in range(count))
 
 
 def _starts(low: float, high: float, size: float, step: float, limit: float) -> np.ndarray:

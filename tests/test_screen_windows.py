@@ -235,3 +235,39 @@ def test_screen_space_learns_windows_and_its_grounding_settings_round_trip(tmp_p
         load_grounding(tmp_path / "plain")
     with pytest.raises(FileNotFoundError, match="grounding.json"):
         load_grounding(tmp_path / "nowhere")
+
+
+def test_grid_windows_find_a_photo_where_no_training_layout_put_one():
+    """Windows fitted to training pages (photo top centre, wide) miss a smaller photo low on the left, as
+    another app lays it out; layout-free grid windows hold it closely, and the photo check matches it there
+    (and not through the fitted windows)."""
+    width, height = 180, 320
+    rng = np.random.default_rng(5)
+    w = rng.uniform(120, 140, 50)
+    x = (width - w) / 2
+    train = np.stack([x, np.full(50, 30.0), x + w, 30 + 1.5 * w], axis=1)
+    fitted = ScreenWindows.fit(train, (width, height), aspect=1.5)
+    grid = ScreenWindows.grid(narrowest=0.45, aspect=1.5)
+    assert grid.region == (0.0, 0.0, 1.0, 1.0) and grid.widths[0] == 0.45 and grid.widths[-1] == 1.0
+    assert all(b / a == pytest.approx(1.25) for a, b in zip(grid.widths, grid.widths[1:-1]))
+    photo_box = (6, 150, 96, 285)  # 90 x 135: narrower than any training photo, below all of them
+    assert max(iou(fitted.boxes(width, height), photo_box)) < 0.4
+    assert max(iou(grid.boxes(width, height), photo_box)) > 0.6
+    base = rng.integers(0, 256, (6, 4, 3))
+    photo = Image.fromarray(np.kron(base, np.ones((25, 25, 1))).astype(np.uint8)).resize((90, 135))
+    other = Image.fromarray(np.kron(base[::-1], np.ones((25, 25, 1))).astype(np.uint8))
+    check = PhotoCheck(candidates=2)
+    thumbnails = check.thumbnails([photo, other])
+    screen = Image.new("RGB", (width, height), (240, 240, 240))
+    screen.paste(photo, photo_box[:2])
+    x = torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)[None]
+
+    def best(windows: ScreenWindows) -> float:
+        boxes = windows.boxes(width, height)
+        return float(max(check.match(x, np.repeat(boxes[None, k:k + 1], 2, 1), thumbnails[None])[0, 0]
+                         for k in range(len(boxes))))
+
+    found, missed = best(grid), best(fitted)
+    assert found > 0.9 and missed < 0.6, (found, missed)
+    with pytest.raises(ValueError, match="ScreenWindows.grid"):
+        ScreenWindows.grid(narrowest=0.6, widest=0.5)
