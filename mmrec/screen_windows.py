@@ -64,9 +64,11 @@ class ScreenWindows:
 
     @classmethod
     def grid(cls, narrowest: float = 0.45, widest: float = 1.0, aspect: float = 1.5,
-             step: float = 0.25) -> "ScreenWindows":
-        """Layout-free windows: widths from ``narrowest`` to ``widest`` (fractions of the screen's width) ``1 + step``
-        apart, over the whole screen. Unlike `fit`, nothing about where any app puts its photos is assumed, so a
+             step: float = 0.25, ratio: float | None = None) -> "ScreenWindows":
+        """Layout-free windows: widths from ``narrowest`` to ``widest`` (fractions of the screen's width) ``ratio``
+        apart (default ``1 + step``), over the whole screen, placed every ``step`` of their size. A photo shown
+        between two widths is matched (`PhotoCheck`) at the wrong scale, so a finer ``ratio`` than the
+        positions' step pays where photo sizes vary from app to app. Unlike `fit`, nothing about where any app puts its photos is assumed, so a
         page of an app never seen (another renderer, another layout) is searched as well as a known one; the
         price is more windows per screen and more places where a photo that is not a product page's (a home
         feed's card, a grid tile as wide as ``narrowest``) can be found. ``narrowest`` is the only prior: the
@@ -74,7 +76,9 @@ class ScreenWindows:
         if not 0 < narrowest <= widest <= 1:
             raise ValueError(f"ScreenWindows.grid needs 0 < narrowest <= widest <= 1 (fractions of the screen width), "
                              f"got {narrowest}, {widest}")
-        return cls(widths=_widths(narrowest, widest, step), aspect=aspect, step=step)
+        if ratio is not None and not ratio > 1:
+            raise ValueError(f"ScreenWindows.grid ratio (between consecutive widths) must be > 1, got {ratio}")
+        return cls(widths=_widths(narrowest, widest, step if ratio is None else ratio - 1), aspect=aspect, step=step)
 
     def boxes(self, width: int, height: int) -> np.ndarray:
         """``[K, 4]`` float boxes ``(left, top, right, bottom)`` in pixels covering the region of a ``width`` x
@@ -212,7 +216,12 @@ class PhotoCheck:
     grid, not the coarse one: a pixel off their photo costs more than the twin's difference. A
     product page shows the catalog photo itself, so once the tower has narrowed 1,000 items to a few, the
     photo settles which (near-identical articles included); a screen without an item matches no photo well.
-    Assumes windows of the photos' aspect (as `ScreenWindows.fit` makes them).
+    Assumes windows of the photos' aspect (as `ScreenWindows.fit` or `ScreenWindows.grid` make them).
+    ``crowd`` (None: off) is for windows that do not know the app's layout (`ScreenWindows.grid`): a screen
+    where two candidates' photos match at least ``crowd`` in windows apart (overlapping by under half the
+    smaller) shows several items — a feed, a grid — not one item's page, and every candidate scores -1.
+    With many windows the tower's best window for an item is often not on its photo: `locate` finds each
+    candidate's window by its photo instead (the windows to give `match`).
     """
 
     candidates: int = 10
@@ -220,14 +229,17 @@ class PhotoCheck:
     margin: float = 0.125
     shifts: int = 7
     refine: int | None = None
+    crowd: float | None = None
 
     def __post_init__(self) -> None:
         self.size = tuple(int(s) for s in self.size)
         if (self.candidates < 1 or len(self.size) != 2 or min(self.size) < 2 or not 0 <= self.margin <= 0.5
-                or self.shifts < 1 or self.shifts % 2 == 0 or (self.refine is not None and self.refine < 0)):
+                or self.shifts < 1 or self.shifts % 2 == 0 or (self.refine is not None and self.refine < 0)
+                or (self.crowd is not None and not -1 <= self.crowd <= 1)):
             raise ValueError(f"PhotoCheck needs candidates >= 1, a (height, width) size >= 2, margin in [0, 0.5], an "
-                             f"odd number of shifts (the window itself among them) and refine None or >= 0, got "
-                             f"{self.candidates}, {self.size}, {self.margin}, {self.shifts}, {self.refine}")
+                             f"odd number of shifts (the window itself among them), refine None or >= 0 and crowd None "
+                             f"or in [-1, 1], got {self.candidates}, {self.size}, {self.margin}, {self.shifts}, "
+                             f"{self.refine}, {self.crowd}")
 
     def thumbnails(self, photos: list) -> torch.Tensor:
         """PIL photos (None for items without one) → float ``[I, 3, h, w]`` thumbnails (area-averaged)."""
@@ -240,6 +252,17 @@ class PhotoCheck:
                 small = photo.convert("RGB").resize((w, h), Image.Resampling.BOX)
                 out[k] = torch.from_numpy(np.asarray(small, np.float32).copy()).permute(2, 0, 1)
         return out
+
+    def locate(self, screens: torch.Tensor | AreaTable, windows: np.ndarray | torch.Tensor,
+               thumbnails: torch.Tensor) -> torch.Tensor:
+        """Each candidate's best window ``[N, C, 4]``: the one of ``windows`` (``[K, 4]``, the same for every
+        screen) whose crop correlates best with the candidate's thumbnail (``[N, C, 3, h, w]``), unshifted; for
+        layout-free windows, where the tower's best window need not be on the photo."""
+        table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
+        windows = torch.as_tensor(np.asarray(windows), dtype=torch.float32).reshape(-1, 4)
+        crops = _centred(table.crops(windows[None].expand(table.count, -1, -1), self.size).flatten(2))  # [N, K, d]
+        templates = _centred(thumbnails.to(crops).flatten(2))  # [N, C, d]
+        return windows[torch.bmm(templates, crops.transpose(1, 2)).argmax(dim=2)]  # [N, C, 4]
 
     def match(self, screens: torch.Tensor | AreaTable, boxes: np.ndarray | torch.Tensor,
               thumbnails: torch.Tensor) -> torch.Tensor:
@@ -260,7 +283,7 @@ class PhotoCheck:
         every = torch.bmm(patches, templates.transpose(1, 2)).view(n, len(windows), self.shifts ** 2, c)
         best, at = every[torch.arange(n)[:, None], which.view(n, c), :, torch.arange(c)].max(dim=-1)  # [N, C]
         if self.refine == 0 or self.shifts == 1:
-            return best
+            return self._uncrowded(best, boxes)
         # again on a grid as fine again around their best shift: a pixel off costs near-twins
         k = c if self.refine is None else min(self.refine, c)
         top = best.topk(k, dim=1).indices  # [N, k]
@@ -269,7 +292,21 @@ class PhotoCheck:
         crops = _centred(table.crops(moved.reshape(n, -1, 4), self.size).reshape(n, k, 25, -1))
         refined = torch.einsum("nksd,nkd->nks", crops, templates.gather(
             1, top[:, :, None].expand(-1, -1, templates.shape[-1]))).amax(dim=-1)
-        return best.scatter(1, top, torch.maximum(best.gather(1, top), refined))
+        return self._uncrowded(best.scatter(1, top, torch.maximum(best.gather(1, top), refined)), boxes)
+
+    def _uncrowded(self, scores: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """``[N, C]`` scores, all -1 on screens where two candidates match at least ``crowd`` in windows
+        (``[N, C, 4]``) that overlap by under half the smaller (with ``crowd`` None: unchanged)."""
+        if self.crowd is None or scores.shape[1] < 2:
+            return scores
+        lo, hi = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2]), torch.minimum(
+            boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+        inter = (hi - lo).clamp(min=0).prod(dim=-1)  # [N, C, C]
+        area = (boxes[..., 2:] - boxes[..., :2]).prod(dim=-1)  # [N, C]
+        apart = inter < 0.5 * torch.minimum(area[:, :, None], area[:, None, :])
+        strong = scores >= self.crowd
+        crowded = (apart & strong[:, :, None] & strong[:, None, :]).flatten(1).any(dim=1)  # [N]
+        return scores.masked_fill(crowded[:, None], -1.0)
 
 
 def _shifted(boxes: torch.Tensor, reach: float, steps: int) -> torch.Tensor:

@@ -269,5 +269,34 @@ def test_grid_windows_find_a_photo_where_no_training_layout_put_one():
 
     found, missed = best(grid), best(fitted)
     assert found > 0.9 and missed < 0.6, (found, missed)
-    with pytest.raises(ValueError, match="ScreenWindows.grid"):
-        ScreenWindows.grid(narrowest=0.6, widest=0.5)
+    finer = ScreenWindows.grid(narrowest=0.45, aspect=1.5, ratio=1.1)
+    assert finer.step == 0.25 and all(b / a == pytest.approx(1.1) for a, b in zip(finer.widths, finer.widths[1:-1]))
+    for bad in (dict(narrowest=0.6, widest=0.5), dict(ratio=1.0)):
+        with pytest.raises(ValueError, match="ScreenWindows.grid"):
+            ScreenWindows.grid(**bad)
+
+
+def test_photo_check_locates_photos_anywhere_and_calls_a_screen_of_several_a_feed():
+    """`PhotoCheck.locate` puts each candidate's window on its own photo among layout-free windows; with
+    ``crowd`` a screen showing two candidates' photos apart (a feed) scores -1, one showing one photo does not."""
+    width, height = 180, 320
+    rng = np.random.default_rng(7)
+    photos = [Image.fromarray(np.kron(rng.integers(0, 256, (6, 4, 3)), np.ones((15, 15, 1))).astype(np.uint8))
+              for _ in range(3)]  # 60 x 90
+    check = PhotoCheck(candidates=3, crowd=0.9)
+    thumbnails = check.thumbnails(photos)
+    feed, page = Image.new("RGB", (width, height), (250, 250, 250)), Image.new("RGB", (width, height), (250, 250, 250))
+    feed.paste(photos[0], (10, 40)), feed.paste(photos[1], (100, 200)), page.paste(photos[2], (60, 120))
+    screens = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in (feed, page)])
+    windows = ScreenWindows.grid(narrowest=0.3, aspect=1.5, step=0.125).boxes(width, height)
+    boxes = check.locate(screens, windows, thumbnails[None].repeat(2, 1, 1, 1, 1))
+    assert boxes.shape == (2, 3, 4)
+    assert iou(boxes[0, 0].numpy()[None], (10, 40, 70, 130))[0] > 0.7
+    assert iou(boxes[0, 1].numpy()[None], (100, 200, 160, 290))[0] > 0.7
+    assert iou(boxes[1, 2].numpy()[None], (60, 120, 120, 210))[0] > 0.7
+    scores = check.match(screens, boxes, thumbnails[None].repeat(2, 1, 1, 1, 1))
+    assert (scores[0] == -1).all() and scores[1, 2] > 0.95 and scores[1, :2].max() < 0.9
+    alone = PhotoCheck(candidates=3).match(screens, boxes, thumbnails[None].repeat(2, 1, 1, 1, 1))
+    assert alone[0, :2].min() > 0.9 and torch.equal(alone[1], scores[1])  # without crowd: both photos found
+    with pytest.raises(ValueError, match="crowd"):
+        PhotoCheck(crowd=1.5)
