@@ -35,7 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -798,46 +798,45 @@ class Recording:
     skipped_photos: dict[str, int] = field(default_factory=dict)
 
 
-def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_dir: str | os.PathLike) -> Recording:
-    """Write ``out_dir/recording.mp4`` (yuv420p, constant ``fps``: frame ``i`` has pts ``i`` in time base
-    ``1/fps``, so its timestamp is exactly ``i / fps``), ``frames-*.tar`` shards when
-    ``config.frame_shards``, and ``truth.json`` (states, events with item ids, notifications, config).
-    Each file appears complete or not at all (temporary names, then rename)."""
+def encode_video(frames: Iterable[tuple[float, Image.Image]], path: str | os.PathLike, fps: int,
+                 size: tuple[int, int], config: SimConfig) -> tuple[int, tuple[Path, ...]]:
+    """Encode ``(time, RGB image)`` frames of ``size`` as app_sim's recordings are encoded (yuv420p, constant
+    ``fps``: frame ``i`` has pts ``i`` in time base ``1/fps``; ``config.codec``: libx264 at ``config.crf``
+    without B-frames, or mpeg4 at a fixed bit rate per pixel; a keyframe every ``config.keyframe_interval``
+    frames, else every second) and, with ``config.frame_shards``, also as frame shards next to the video.
+    Returns the frame count and the shards. One encoder for every renderer; each file appears complete or
+    not at all (temporary names, then rename)."""
     import av
 
     from mmrec.datasets.frames import Frame, write_frame_shards
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    video = out / "recording.mp4"
-    size = tuple(session.size)
-    photos = PhotoCache(catalog, (size[0], round(size[0] * 4 / 3)))
-    rate = Fraction(session.fps)
-    frames = 0
+    video = Path(path)
+    count = 0
 
     def encoded(stream: Any) -> Iterator[Frame]:
-        """Every rendered frame, muxed into the video as it goes by (and passed on to the shard writer)."""
-        nonlocal frames
-        for t, img in render_frames(session, catalog, config, photos=photos):
+        """Every frame, muxed into the video as it goes by (and passed on to the shard writer)."""
+        nonlocal count
+        for t, img in frames:
             frame = av.VideoFrame.from_image(img)
-            frame.pts, frame.time_base = frames, Fraction(1, session.fps)
+            frame.pts, frame.time_base = count, Fraction(1, fps)
             container.mux(stream.encode(frame))
-            frames += 1
-            yield Frame(frames - 1, t, np.asarray(img), video.name)
+            count += 1
+            yield Frame(count - 1, t, np.asarray(img), video.name)
 
     container, shard_paths = None, ()
     try:
         with atomic_path(video) as tmp_video:  # a unique temporary sibling, renamed into place when complete
             container = av.open(str(tmp_video), mode="w", format="mp4")
             options = {"crf": str(config.crf), "bf": "0", "preset": "veryfast"} if config.codec == "libx264" else {}
-            stream = container.add_stream(config.codec, rate=rate, options=options)
+            stream = container.add_stream(config.codec, rate=Fraction(fps), options=options)
             stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-            stream.time_base = Fraction(1, session.fps)
-            stream.codec_context.gop_size = config.keyframe_interval or session.fps
+            stream.time_base = Fraction(1, fps)
+            stream.codec_context.gop_size = config.keyframe_interval or fps
             if config.codec == "mpeg4":
-                stream.bit_rate = _MPEG4_BITS_PER_PIXEL * size[0] * size[1] * session.fps
+                stream.bit_rate = _MPEG4_BITS_PER_PIXEL * size[0] * size[1] * fps
             if config.frame_shards:  # the one frame-shard writer, fed while the video is encoded
-                shard_paths = tuple(write_frame_shards(encoded(stream), out, frames_per_shard=config.frames_per_shard,
+                shard_paths = tuple(write_frame_shards(encoded(stream), video.parent,
+                                                       frames_per_shard=config.frames_per_shard,
                                                        prefix=SHARD_PREFIX, jpeg_quality=config.shard_jpeg_quality))
             else:
                 for _ in encoded(stream):
@@ -848,9 +847,24 @@ def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_d
     except BaseException:
         if container is not None:
             container.close()
-        for leftover in out.glob(f"{SHARD_PREFIX}-*.tar") if config.frame_shards else ():
+        for leftover in video.parent.glob(f"{SHARD_PREFIX}-*.tar") if config.frame_shards else ():
             leftover.unlink(missing_ok=True)  # a recording is written whole or not at all
         raise
+    return count, shard_paths
+
+
+def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_dir: str | os.PathLike) -> Recording:
+    """Write ``out_dir/recording.mp4`` (`encode_video`: constant ``fps``, frame ``i`` has pts ``i`` in time
+    base ``1/fps``, so its timestamp is exactly ``i / fps``), ``frames-*.tar`` shards when
+    ``config.frame_shards``, and ``truth.json`` (states, events with item ids, notifications, config).
+    Each file appears complete or not at all (temporary names, then rename)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    video = out / "recording.mp4"
+    size = tuple(session.size)
+    photos = PhotoCache(catalog, (size[0], round(size[0] * 4 / 3)))
+    frames, shard_paths = encode_video(render_frames(session, catalog, config, photos=photos), video, session.fps,
+                                       size, config)
     if frames != session.n_frames:
         raise RuntimeError(f"rendered {frames} frames but the session has {session.n_frames}")
     truth = {

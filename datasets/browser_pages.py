@@ -38,7 +38,6 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -49,7 +48,7 @@ from mmrec.config import to_dict
 from mmrec.data import Catalog
 from mmrec.datasets import app_sim, screens
 from mmrec.datasets.app_sim import PhotoCache, PurchaseSequence, ScreenState, Session, SimConfig, item_price
-from mmrec.io import atomic_path, atomic_write_text
+from mmrec.io import atomic_write_text
 
 RENDERER = "chromium-html"
 DEFAULT_CHROMIUM = "/usr/bin/chromium"
@@ -757,58 +756,6 @@ class BrowserRecording:
     skipped_photos: dict[str, int] = field(default_factory=dict)
 
 
-def _encode(frames: Iterator[tuple[float, Image.Image]], video: Path, session: Session,
-            config: SimConfig) -> tuple[int, tuple[Path, ...]]:
-    """Encode frames as app_sim encodes its recordings (constant rate: frame ``i`` has pts ``i`` in time
-    base ``1/fps``), and with ``config.frame_shards`` also as frame shards next to the video (app_sim's
-    names); returns the frame count and the shards. Each file appears complete or not at all."""
-    import av
-
-    from mmrec.datasets.frames import Frame, write_frame_shards
-
-    size = tuple(session.size)
-    n = 0
-    shards: tuple[Path, ...] = ()
-
-    def encoded(stream: Any) -> Iterator[Frame]:
-        nonlocal n
-        for t, img in frames:
-            frame = av.VideoFrame.from_image(img)
-            frame.pts, frame.time_base = n, Fraction(1, session.fps)
-            container.mux(stream.encode(frame))
-            n += 1
-            yield Frame(n - 1, t, np.asarray(img), video.name)
-
-    try:
-        with atomic_path(video) as tmp:
-            container = av.open(str(tmp), mode="w", format="mp4")
-            try:
-                options = ({"crf": str(config.crf), "bf": "0", "preset": "veryfast"} if config.codec == "libx264"
-                           else {})
-                stream = container.add_stream(config.codec, rate=Fraction(session.fps), options=options)
-                stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
-                stream.time_base = Fraction(1, session.fps)
-                stream.codec_context.gop_size = config.keyframe_interval or session.fps
-                if config.codec == "mpeg4":
-                    stream.bit_rate = app_sim._MPEG4_BITS_PER_PIXEL * size[0] * size[1] * session.fps
-                if config.frame_shards:
-                    shards = tuple(write_frame_shards(encoded(stream), video.parent,
-                                                      frames_per_shard=config.frames_per_shard,
-                                                      prefix=app_sim.SHARD_PREFIX,
-                                                      jpeg_quality=config.shard_jpeg_quality))
-                else:
-                    for _ in encoded(stream):
-                        pass
-                container.mux(stream.encode(None))
-            finally:
-                container.close()
-    except BaseException:
-        for leftover in video.parent.glob(f"{app_sim.SHARD_PREFIX}-*.tar") if config.frame_shards else ():
-            leftover.unlink(missing_ok=True)  # a recording is written whole or not at all
-        raise
-    return n, shards
-
-
 def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_dir: str | os.PathLike, *,
                     browser: BrowserConfig | None = None) -> BrowserRecording:
     """Render an app_sim ``session`` in headless Chromium and write ``out_dir/recording.mp4`` and
@@ -826,7 +773,7 @@ def write_recording(session: Session, catalog: Catalog, config: SimConfig, out_d
     photos = PhotoCache(catalog, (size[0], round(size[0] * 4 / 3)))
     with Chromium(browser.chromium, timeout_s=browser.timeout_s) as chromium:
         stage = _Stage(chromium, session, catalog, config, browser, photos)
-        frames, shards = _encode(stage.frames(), out / "recording.mp4", session, config)
+        frames, shards = app_sim.encode_video(stage.frames(), out / "recording.mp4", session.fps, size, config)
         version = chromium.version
     staged = dataclasses.replace(session, states=stage.states)
     if frames != session.n_frames:
