@@ -1,0 +1,152 @@
+"""Cross-renderer grounding (issue 18 part 2): a grounder set up on one renderer's recordings, tested on the
+other's, beside same-renderer results, with windows fitted to the training renderer's photos
+(`ScreenWindows.fit`) and with layout-free windows (`ScreenWindows.grid`: the whole screen, widths
+``--ratio`` apart from ``--narrowest`` of the screen's width up, every item a candidate of the photo check,
+found by its photo in every window (`PhotoCheck.locate`), screens where two items' photos match apart
+called feeds (`PhotoCheck.crowd`)).
+
+    nice -n 10 .venv/bin/python benchmarks/cross_renderer.py --recordings out/browser_pages --space DIR \\
+        --out out/cross_renderer [--items 30] [--seed 0] [--calibrate 0] [--narrowest 0.45]
+
+``--recordings`` is the output of benchmarks/browser_pages.py (folders ``app_sim_WxH_k`` and
+``browser_WxH_k`` of one world, the same sessions drawn by both renderers); ``--space`` a saved space for
+that world (e.g. the screen-stream demo's ``OUT/space``, its tower trained on app_sim's pages). For each
+training renderer, the sessions ``--calibrate`` (default 0) are its training recordings: ``fitted`` windows
+are the space's own for app_sim (fitted to its training pages' photos) and, for the browser, fitted to the
+product-page photo boxes of its training recordings (the layouts measured in the browser), and every mode's threshold is calibrated on those recordings only. The other
+sessions of both renderers are the test recordings, scored as benchmarks/stream_targets.py scores them
+(per-frame precision and recall of the item on screen, product pages found), with the processing time per
+encoded screen. The tower itself is not retrained per renderer. Prints and writes ``OUT/report.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stream_targets import measure, summarize  # noqa: E402  (the same scoring)
+
+from mmrec.calibration import calibrate_grounder  # noqa: E402
+from mmrec.config import from_dict  # noqa: E402
+from mmrec.datasets import app_sim  # noqa: E402
+from mmrec.datasets.synthetic import WorldConfig, make_world  # noqa: E402
+from mmrec.grounding import Grounder, load_grounder, load_grounding  # noqa: E402
+from mmrec.io import atomic_write_text  # noqa: E402
+from mmrec.screen_windows import ScreenWindows  # noqa: E402
+from mmrec.stream import StreamConfig  # noqa: E402
+
+RENDERERS = ("app_sim", "browser")
+
+
+class LocatingGrounder(Grounder):
+    """A `Grounder` whose photo check looks for each candidate's photo in every window (`PhotoCheck.locate`)
+    instead of the tower's best window for it: the change proposed for `Grounder.similarities` in
+    /work/notes/request_xrender.md, here until it lands."""
+
+    def similarities(self, screens: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """As `Grounder.similarities`, each candidate's window located by its photo."""
+        if self.check is None or self.windows is None or not len(screens):
+            return super().similarities(screens)
+        codes, sims = [], []
+        for table in self._tables(screens):
+            best, _ = self._best_windows(table)
+            top = best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu()  # [n, C]
+            boxes = self.check.locate(table, self.windows.boxes(table.width, table.height), self.thumbnails[top])
+            match = self.check.match(table, boxes, self.thumbnails[top])  # [n, C]
+            best_match, k = match.max(dim=1)
+            codes.append(top.gather(1, k[:, None])[:, 0]), sims.append(best_match)
+        return torch.cat(codes).numpy().astype(np.int64), torch.cat(sims).numpy().astype(np.float32)
+
+
+def browser_photo_boxes(folder: Path) -> np.ndarray:
+    """``[N, 4]`` screen-pixel boxes of the product pages' photos of one browser recording, from the layouts
+    measured in the browser (its truth's ``renderer.layouts``)."""
+    truth = json.loads((folder / "truth.json").read_text())
+    boxes = [box for state, layout in zip(truth["states"], truth["renderer"]["layouts"])
+             if state["kind"] == "product" for box in layout["photos"].values()]
+    if not boxes:
+        raise ValueError(f"{folder}: no product page in its truth")
+    return np.asarray(boxes, np.float64)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recordings", required=True)
+    parser.add_argument("--space", required=True)
+    parser.add_argument("--out", default="out/cross_renderer")
+    parser.add_argument("--items", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", default="180x320")
+    parser.add_argument("--calibrate", type=int, action="append", help="training sessions (default 0)")
+    parser.add_argument("--narrowest", type=float, default=0.45, help="grid windows' narrowest width")
+    parser.add_argument("--ratio", type=float, default=1.1, help="grid windows' ratio between widths")
+    parser.add_argument("--crowd", type=float, default=0.85, help="the grid mode's PhotoCheck.crowd")
+    parser.add_argument("--modes", default="grid,fitted", help="windows compared (grid, fitted)")
+    args = parser.parse_args()
+    root, out = Path(args.recordings), Path(args.out)
+    world = make_world(from_dict(WorldConfig, {"seed": args.seed, "n_users": 400, "n_items": args.items,
+                                              "n_new_items": 0, "new_interactions_per_user": [0, 0],
+                                              "missing_image_fraction": 0.0, "missing_text_fraction": 0.0}),
+                       out / "world")
+    catalog = world.catalog
+    train = set(args.calibrate or [0])
+    folders = {name: sorted(root.glob(f"{name}_{args.size}_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
+               for name in RENDERERS}
+    settings = load_grounding(args.space)
+    aspect = settings.windows.aspect if settings.windows is not None else 1.5
+    report: dict = {"recordings": str(root), "space": args.space, "training_sessions": sorted(train), "runs": []}
+    for trained in RENDERERS:
+        calibration = [f for f in folders[trained] if int(f.name.rsplit("_", 1)[1]) in train]
+        width, height = (int(x) for x in args.size.split("x"))
+        modes = {"grid": ScreenWindows.grid(args.narrowest, 1.0, aspect=aspect, ratio=args.ratio)}
+        if trained == "browser":
+            modes["fitted"] = ScreenWindows.fit(np.concatenate([browser_photo_boxes(f) for f in calibration]),
+                                                (width, height), aspect=aspect)
+        elif settings.windows is not None:
+            modes["fitted"] = settings.windows  # the space's own: fitted to app_sim's training pages
+        for mode, windows in modes.items():
+            if mode not in args.modes.split(","):
+                continue
+            grounder = load_grounder(args.space, catalog)
+            grounder.windows = windows
+            if mode == "grid" and grounder.check is not None:  # every item a candidate, found by its photo
+                grounder.__class__ = LocatingGrounder
+                grounder.check = dataclasses.replace(grounder.check, crowd=args.crowd, candidates=len(catalog))
+            grounder.threshold, fit = calibrate_grounder(grounder, calibration, catalog.ids)
+            for tested in RENDERERS:
+                rows, seconds = [], 0.0
+                for folder in folders[tested]:
+                    if int(folder.name.rsplit("_", 1)[1]) in train:
+                        continue
+                    session, _ = app_sim.load_truth(folder / "truth.json")
+                    start = time.perf_counter()
+                    rows.append(measure(grounder, session, folder / "recording.mp4", StreamConfig()))
+                    seconds += time.perf_counter() - start
+                row = summarize(rows)
+                encoded = sum(r["encoded"] for r in rows)
+                result = {"trained": trained, "tested": tested, "windows": mode, "crowd": grounder.check.crowd if grounder.check is not None else None,
+                          "windows_per_screen": windows.count(width, height), "threshold": round(grounder.threshold, 4),
+                          "calibration": fit, "sessions": len(rows),
+                          "frame_precision": round(row["frame_precision"], 4),
+                          "frame_recall": round(row["frame_recall"], 4),
+                          "pages_found": int(sum(r["pages_found"] for r in rows)),
+                          "pages": int(sum(r["pages"] for r in rows)),
+                          "ms_per_screen": round(1000 * seconds / max(1, encoded), 1),
+                          "per_session": [{"recall": round(r["right"] / max(1, r["shown"]), 3),
+                                           "precision": round(r["right"] / max(1, r["said"]), 3),
+                                           "pages_found": r["pages_found"], "pages": r["pages"]} for r in rows]}
+                report["runs"].append(result)
+                print(json.dumps(result), flush=True)
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
