@@ -26,10 +26,8 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stream_targets import measure, summarize  # noqa: E402  (the same scoring)
@@ -38,32 +36,12 @@ from mmrec.calibration import calibrate_grounder  # noqa: E402
 from mmrec.config import from_dict  # noqa: E402
 from mmrec.datasets import app_sim  # noqa: E402
 from mmrec.datasets.synthetic import WorldConfig, make_world  # noqa: E402
-from mmrec.grounding import Grounder, load_grounder, load_grounding  # noqa: E402
+from mmrec.grounding import load_grounder, load_grounding  # noqa: E402
 from mmrec.io import atomic_write_text  # noqa: E402
 from mmrec.screen_windows import ScreenWindows  # noqa: E402
 from mmrec.stream import StreamConfig  # noqa: E402
 
 RENDERERS = ("app_sim", "browser")
-
-
-class LocatingGrounder(Grounder):
-    """A `Grounder` whose photo check looks for each candidate's photo in every window (`PhotoCheck.locate`)
-    instead of the tower's best window for it: the change proposed for `Grounder.similarities` in
-    /work/notes/request_xrender.md, here until it lands."""
-
-    def similarities(self, screens: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
-        """As `Grounder.similarities`, each candidate's window located by its photo."""
-        if self.check is None or self.windows is None or not len(screens):
-            return super().similarities(screens)
-        codes, sims = [], []
-        for table in self._tables(screens):
-            best, _ = self._best_windows(table)
-            top = best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu()  # [n, C]
-            boxes = self.check.locate(table, self.windows.boxes(table.width, table.height), self.thumbnails[top])
-            match = self.check.match(table, boxes, self.thumbnails[top])  # [n, C]
-            best_match, k = match.max(dim=1)
-            codes.append(top.gather(1, k[:, None])[:, 0]), sims.append(best_match)
-        return torch.cat(codes).numpy().astype(np.int64), torch.cat(sims).numpy().astype(np.float32)
 
 
 def browser_photo_boxes(folder: Path) -> np.ndarray:
@@ -118,8 +96,8 @@ def main() -> None:
             grounder = load_grounder(args.space, catalog)
             grounder.windows = windows
             if mode == "grid" and grounder.check is not None:  # every item a candidate, found by its photo
-                grounder.__class__ = LocatingGrounder
-                grounder.check = dataclasses.replace(grounder.check, crowd=args.crowd, candidates=len(catalog))
+                grounder.check = dataclasses.replace(grounder.check, crowd=args.crowd, candidates=len(catalog),
+                                                     locate_all=True)
             grounder.threshold, fit = calibrate_grounder(grounder, calibration, catalog.ids)
             for tested in RENDERERS:
                 rows, seconds = [], 0.0

@@ -151,8 +151,12 @@ class Grounder:
                 codes.append(code.cpu()), sims.append(best.cpu())
                 continue
             top = best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu()  # [n, C]
-            windows_at = torch.gather(where.cpu(), 1, top)  # each candidate's best window
-            boxes = torch.as_tensor(self.windows.boxes(table.width, table.height))[windows_at]
+            all_boxes = self.windows.boxes(table.width, table.height)
+            if self.check.locate_all:  # layout-free windows: each candidate's window found by its photo
+                boxes = self.check.locate(table, all_boxes, self.thumbnails[top])
+            else:
+                windows_at = torch.gather(where.cpu(), 1, top)  # each candidate's best window
+                boxes = torch.as_tensor(all_boxes)[windows_at]
             match = self.check.match(table, boxes, self.thumbnails[top])  # [n, C]
             best_match, k = match.max(dim=1)
             codes.append(top.gather(1, k[:, None])[:, 0]), sims.append(best_match)

@@ -221,7 +221,9 @@ class PhotoCheck:
     where two candidates' photos match at least ``crowd`` in windows apart (overlapping by under half the
     smaller) shows several items — a feed, a grid — not one item's page, and every candidate scores -1.
     With many windows the tower's best window for an item is often not on its photo: `locate` finds each
-    candidate's window by its photo instead (the windows to give `match`).
+    candidate's window by its photo instead (the windows to give `match`); ``locate_all`` makes the
+    `mmrec.grounding.Grounder` do so (for `ScreenWindows.grid`; off: the tower's best window, as fitted
+    windows need).
     """
 
     candidates: int = 10
@@ -230,6 +232,7 @@ class PhotoCheck:
     shifts: int = 7
     refine: int | None = None
     crowd: float | None = None
+    locate_all: bool = False
 
     def __post_init__(self) -> None:
         self.size = tuple(int(s) for s in self.size)

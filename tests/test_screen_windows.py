@@ -300,3 +300,27 @@ def test_photo_check_locates_photos_anywhere_and_calls_a_screen_of_several_a_fee
     assert alone[0, :2].min() > 0.9 and torch.equal(alone[1], scores[1])  # without crowd: both photos found
     with pytest.raises(ValueError, match="crowd"):
         PhotoCheck(crowd=1.5)
+
+
+def test_a_grounder_with_locate_all_finds_each_photo_among_layout_free_windows(tmp_path):
+    """``PhotoCheck.locate_all``: the grounder's check looks for every candidate's photo in every grid window,
+    so a photo where no layout was fitted is named with a photo-level correlation; the setting is saved with
+    the grounding settings and read back."""
+    from mmrec.grounding import GroundingSettings, load_grounding, save_grounding
+
+    space, photos = _twin_space(), _photos(4)
+    items = space.embed_images(photos)
+    grid = ScreenWindows.grid(narrowest=0.45, aspect=1.5)
+    check = PhotoCheck(candidates=len(photos), locate_all=True)
+    grounder = Grounder(space, items, windows=grid, check=check, thumbnails=check.thumbnails(photos), batch_size=2)
+    boxes = grid.boxes(180, 320)
+    screens = []
+    for k, box in enumerate(boxes[[0, len(boxes) // 3, len(boxes) // 2, -1]]):
+        screen = Image.new("RGB", (180, 320), (235, 235, 235))
+        l, t, r, b = (int(round(v)) for v in box)
+        screen.paste(photos[k].resize((r - l, b - t), Image.Resampling.BOX), (l, t))
+        screens.append(screen)
+    codes, sims = grounder.similarities(screens)
+    assert codes.tolist() == [0, 1, 2, 3] and (sims > 0.95).all(), (codes, sims)
+    save_grounding(tmp_path, GroundingSettings(0.8, grid, check))
+    assert load_grounding(tmp_path).check.locate_all is True
