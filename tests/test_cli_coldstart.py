@@ -173,3 +173,6 @@ def test_warm_targets_choose_a_cold_offset_the_saved_model_applies(tmp_path):
     bad = _mmrec("train", "coldstart", "--data", "synthetic", "--protocol", "cold", "--warm-targets", "0.7",
                  "--out", str(tmp_path / "x"), check=False)
     assert bad.returncode == 2 and "--warm-targets" in bad.stderr
+    warm_split = _mmrec("train", "coldstart", "--data", "synthetic", "--protocol", "mmrec", "--warm-targets", "0.1",
+                        "--out", str(tmp_path / "y"), check=False)
+    assert warm_split.returncode == 2 and "needs --protocol cold or new-products" in warm_split.stderr

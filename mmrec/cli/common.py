@@ -210,6 +210,8 @@ def make_split(data: Data, args: argparse.Namespace, *, default_protocol: str = 
     ``use_labels`` is false (sequence models need a split in time, which ``x_label`` is not).
     A split with an empty valid or test part is an error: there would be nothing to evaluate."""
     protocol = getattr(args, "protocol", None) or default_protocol
+    if getattr(args, "warm_targets", 0.0) and protocol not in ("cold", "new-products"):
+        raise ValueError(f"--warm-targets {args.warm_targets} needs --protocol cold or new-products, got {protocol}")
     labels = None
     if use_labels and data.labels is not None:
         split, labels, protocol = from_labels(data.interactions, data.labels), data.labels, "x_label"
