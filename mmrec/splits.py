@@ -188,7 +188,8 @@ def _withhold(interactions: Interactions, cold_valid: np.ndarray, cold_test: np.
 
 def _hold_out_warm_pairs(interactions: Interactions, side: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """``side`` with a random ``fraction`` of the warm (user, item) pairs marked 1 (valid) and as many 2
-    (test), drawn only among users with at least 3 warm pairs so each keeps training history."""
+    (test), drawn only among users with at least 3 warm pairs, so nearly all keep training history (one whose
+    every pair is drawn loses those targets: `_withhold` evaluates only users with history)."""
     warm = np.flatnonzero(side == 0)
     pair_keys = interactions.users[warm].astype(np.int64) * interactions.n_items + interactions.items[warm]
     pairs, pair_of_row = np.unique(pair_keys, return_inverse=True)
