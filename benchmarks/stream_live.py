@@ -52,6 +52,7 @@ from stream_targets import OracleGrounder, bare_decode_seconds  # noqa: E402  (t
 from mmrec.datasets.app_sim import record_sequence  # noqa: E402
 from mmrec.datasets.frames import LiveFrames, video_frames  # noqa: E402
 from mmrec.grounding import Grounder, load_grounder  # noqa: E402
+from mmrec.io import atomic_write_text  # noqa: E402
 from mmrec.stream import LIVE_MAX_WAIT, StreamConfig, StreamStats, process  # noqa: E402
 
 FPS = 30
@@ -312,7 +313,7 @@ def main() -> None:
     if args.throughput:
         report["met"]["throughput>=0.8x"] = all(v["ratio"] >= 0.8 for v in report["throughput"].values())
     text = json.dumps(report, indent=1, default=float)
-    (out / "report.json").write_text(text)
+    atomic_write_text(out / "report.json", text)
     print(text)
 
 
