@@ -7,7 +7,14 @@ vectors in float16 (``minilm.safetensors`` + ids, what ``--content`` of the cold
 ``unpack`` rebuilds the Kaggle layout from it, so every reader works unchanged. Nothing of it is ever
 committed: it is the developers' data.
 
+``pack --stream-items N`` packs instead the sub-catalogue a screen-stream benchmark grounds in: the N articles
+``mmrec.datasets.app_sim.catalog_for_sequences`` draws (``--seed``, ``--sessions`` purchase sequences), their
+photos as they are (the renderers draw them at page size) and the purchases on them, no text vectors. On the
+device, ``benchmarks/stream_targets.py --catalog hm --items N --hm /tmp/hm`` then grounds in exactly those N
+articles (its sequences are drawn anew from the purchases packed).
+
     python benchmarks/device_pack.py pack --hm ../shared/data/hm --cache out/cache/minilm --out .gpu
+    python benchmarks/device_pack.py pack --hm ../shared/data/hm --stream-items 1000 --out .gpu
     python3 benchmarks/device_pack.py unpack --packed .gpu --out /tmp/hm          # on the device
 """
 from __future__ import annotations
@@ -61,6 +68,37 @@ def pack(hm_root: Path, cache: str, out: Path, quality: int) -> None:
     print(f"{len(index)} photos ({offset / 2**20:.1f} MiB), text {text.shape} -> {out}")
 
 
+def pack_stream(hm_root: Path, out: Path, n_items: int, sessions: int, seed: int) -> None:
+    """Write the packed sub-catalogue of a screen-stream benchmark (see the module docstring)."""
+    import numpy as np
+    import pandas as pd
+
+    from mmrec.datasets import hm
+    from mmrec.datasets.app_sim import catalog_for_sequences
+
+    catalog, interactions = hm.load(hm_root)
+    sub, _, _ = catalog_for_sequences(catalog, interactions, sessions, n_items, seed=seed)
+    keep = set(str(i) for i in sub.ids)
+    out.mkdir(parents=True, exist_ok=True)
+    articles = pd.read_csv(hm_root / FILES[0], dtype=str, keep_default_na=False)
+    with gzip.open(out / f"{FILES[0]}.gz", "wt", 6) as g:
+        articles[articles.article_id.isin(keep)].to_csv(g, index=False)
+    rows = pd.read_csv(hm_root / FILES[1], dtype=str)
+    rows = rows[rows.article_id.isin(keep)]
+    rank = {c: f"c{i:07d}" for i, c in enumerate(np.sort(rows.customer_id.unique()))}
+    rows["customer_id"] = rows.customer_id.map(rank)
+    with gzip.open(out / f"{FILES[1]}.gz", "wt", 6) as g:
+        rows.to_csv(g, index=False)
+    blobs, index, offset = [], [], 0
+    for item, path in zip(sub.ids, sub.image_paths):
+        blobs.append(Path(path).read_bytes())
+        index.append([str(item), Path(path).relative_to(hm_root).as_posix(), offset, len(blobs[-1])])
+        offset += len(blobs[-1])
+    (out / "photos.bin").write_bytes(b"".join(blobs))
+    (out / "photos.json.gz").write_bytes(gzip.compress(json.dumps(index).encode()))
+    print(f"{len(index)} articles and photos ({offset / 2**20:.1f} MiB), {len(rows)} purchases -> {out}")
+
+
 def unpack(packed: Path, out: Path) -> None:
     """Rebuild the Kaggle layout from a packed folder."""
     out.mkdir(parents=True, exist_ok=True)
@@ -84,12 +122,17 @@ def main() -> None:
     p.add_argument("--cache", default="out/cache/minilm")
     p.add_argument("--out", type=Path, default=Path(".gpu"))
     p.add_argument("--quality", type=int, default=70, help="JPEG quality of the resized photos")
+    p.add_argument("--stream-items", type=int, help="pack a screen-stream benchmark's sub-catalogue of this size")
+    p.add_argument("--sessions", type=int, default=6, help="purchase sequences it is drawn for (--stream-items)")
+    p.add_argument("--seed", type=int, default=0, help="its seed (--stream-items)")
     u = sub.add_parser("unpack")
     u.add_argument("--packed", type=Path, default=Path(".gpu"))
     u.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    if args.command == "pack":
-        pack(args.hm, args.cache, args.out, args.quality)
+    if args.command == "pack" and args.stream_items:
+        pack_stream(args.hm.resolve(), args.out, args.stream_items, args.sessions, args.seed)
+    elif args.command == "pack":
+        pack(args.hm.resolve(), args.cache, args.out, args.quality)
     else:
         unpack(args.packed, args.out)
 

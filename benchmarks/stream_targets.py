@@ -332,8 +332,9 @@ def main() -> None:
         parser.error("--augment changes the pages trained towers see; it needs --train-towers")
     if args.memory_child:
         return memory_child(args)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("mmrec.grounding").setLevel(logging.INFO)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("mmrec.grounding", "mmrec.train", "mmrec.fusion.screen_tower"):  # epochs and the choice, timed
+        logging.getLogger(name).setLevel(logging.INFO)
     import torch
 
     out = Path(args.out)
