@@ -27,12 +27,19 @@ def layout_seed(seed: int, r: int) -> int:
 class TrainingPages:
     """How training product pages are drawn: at ``page_size`` (width, height); ``overlays``: the share with a
     notification banner and a pointer; ``jpeg_share`` of them JPEG-compressed at a quality drawn from
-    ``jpeg_quality``."""
+    ``jpeg_quality``. ``workers``: processes that draw `windows`' renderings side by side (drawing is
+    single-threaded Python and PIL, and on a large catalogue it is most of a tower's training time); every
+    rendering has its own seeds, so the windows are the same for any number of workers."""
 
     page_size: tuple[int, int] = (180, 320)
     overlays: float = 0.0
     jpeg_quality: tuple[int, int] = (30, 95)
     jpeg_share: float = 1.0
+    workers: int = 1
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"TrainingPages.workers must be at least 1, got {self.workers}")
 
     def photo_size(self, catalog: Catalog, code: int) -> tuple[int, int] | None:
         """The size `product_pages` decodes an item's photo at (JPEGs in draft mode), from its header only;
@@ -91,18 +98,21 @@ class TrainingPages:
         as far off as the ``windows``' grid can be (``[n * crops * items, 3, h, w]``, rendering-major, then
         window, then item) and ``off`` windows of the searched sizes anywhere on the page that hardly overlap
         the photo (IoU < 0.3; same order)."""
-        from mmrec.encoders.base import pil_to_tensor
-
         positives = torch.zeros(n, crops, len(catalog), 3, *size, dtype=torch.uint8)
         negatives = torch.zeros(n, off, len(catalog), 3, *size, dtype=torch.uint8)
-        for r in range(n):
-            rng = np.random.default_rng([seed, 78, r])
-            for code, (page, box) in enumerate(self.rendering(catalog, seed, r)):
-                boxes = np.concatenate([jittered_windows(box, windows, crops, rng),
-                                        windows_off(box, windows, page.size, off, rng)])
-                cut = crop_windows(pil_to_tensor(page)[None], boxes, size).round_().clamp_(0, 255)
-                positives[r, :, code] = cut[:crops].to(torch.uint8)
-                negatives[r, :, code] = cut[crops:].to(torch.uint8)
+        jobs = [(self, catalog, seed, r, windows, crops, off, size) for r in range(n)]
+        if self.workers > 1 and n > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawn, not fork: the caller may hold torch's threads (or a GPU), which a forked child can deadlock on
+            with ProcessPoolExecutor(min(self.workers, n), mp_context=multiprocessing.get_context("spawn"),
+                                     initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                for r, (pos, neg) in enumerate(pool.map(_rendering_windows, *zip(*jobs))):
+                    positives[r], negatives[r] = pos, neg
+        else:
+            for r, job in enumerate(jobs):
+                positives[r], negatives[r] = _rendering_windows(*job)
         return positives.view(-1, 3, *size), negatives.view(-1, 3, *size)
 
     def screens_without_item(self, catalog: Catalog, seed: int, windows: ScreenWindows, n: int,
@@ -136,6 +146,24 @@ class TrainingPages:
         if not crops:
             return torch.zeros(0, 3, *size, dtype=torch.uint8)
         return torch.cat(crops).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _rendering_windows(pages: TrainingPages, catalog: Catalog, seed: int, r: int, windows: ScreenWindows,
+                       crops: int, off: int, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`TrainingPages.windows` of rendering ``r`` alone: ``[crops, items, 3, h, w]`` and ``[off, items, 3, h, w]``
+    (module-level, so worker processes can run it)."""
+    from mmrec.encoders.base import pil_to_tensor
+
+    positives = torch.zeros(crops, len(catalog), 3, *size, dtype=torch.uint8)
+    negatives = torch.zeros(off, len(catalog), 3, *size, dtype=torch.uint8)
+    rng = np.random.default_rng([seed, 78, r])
+    for code, (page, box) in enumerate(pages.rendering(catalog, seed, r)):
+        boxes = np.concatenate([jittered_windows(box, windows, crops, rng),
+                                windows_off(box, windows, page.size, off, rng)])
+        cut = crop_windows(pil_to_tensor(page)[None], boxes, size).round_().clamp_(0, 255)
+        positives[:, code] = cut[:crops].to(torch.uint8)
+        negatives[:, code] = cut[crops:].to(torch.uint8)
+    return positives, negatives
 
 
 def windows_off(photo_box: Any, windows: ScreenWindows, size: tuple[int, int], n: int,
