@@ -53,7 +53,11 @@ class Purchases:
         return Purchases(self.users[mask], self.items[mask], self.days[mask], self.n_users, self.n_items)
 
     def before(self, day: int) -> "Purchases":
-        """Rows strictly before ``day``: everything a prediction for ``day`` may read."""
+        """Rows strictly before ``day``: everything a prediction for ``day`` may read. Where the rows are in
+        day order (as a transactions file is) these are views of the first rows, not a copy of them."""
+        if len(self.days) and np.all(self.days[1:] >= self.days[:-1]):
+            end = int(np.searchsorted(self.days, day, side="left"))
+            return Purchases(self.users[:end], self.items[:end], self.days[:end], self.n_users, self.n_items)
         return self._select(self.days < day)
 
     def on(self, day: int) -> "Purchases":
@@ -155,11 +159,13 @@ class Trending:
 class CoPurchase:
     """Articles bought by customers who bought the customer's articles: score(u, j) = sum over the
     customer's recency-weighted articles i of P(j | i) (co-buyers of i and j over buyers of i), counted over
-    the last ``window`` days of purchases."""
+    the last ``window`` days of purchases. ``batch``: customers scored at a time (bounds the memory of the
+    customer × article score matrix; the result does not depend on it)."""
 
     n: int = 24
     window: int = 28
     name: str = "copurchase"
+    batch: int = 1024
 
     def generate(self, history: Purchases, users: np.ndarray, day: int, side: ItemSide) -> pd.DataFrame:
         recent = history._select(history.days >= day - self.window)
@@ -178,16 +184,54 @@ class CoPurchase:
         codes, rows = np.unique(weights["user"].to_numpy(), return_inverse=True)
         profile = sp.csr_matrix((weights["score"].to_numpy(), (rows, weights["item"].to_numpy())),
                                 shape=(len(codes), history.n_items))
-        return top_from_sparse(profile @ cond, codes, self.n)
+        # A customer's scores reach every co-buyer of every article they ever bought (a share of the
+        # catalogue that grows with the shop), so the product is built and cut to the top n a block of
+        # customers at a time.
+        frames = [top_from_sparse(profile[start:start + self.batch] @ cond, codes[start:start + self.batch], self.n)
+                  for start in range(0, len(codes), self.batch)]
+        return pd.concat(frames, ignore_index=True) if frames else empty()
 
 
 def top_from_sparse(scores: sp.spmatrix, user_codes: np.ndarray, n: int) -> pd.DataFrame:
-    """The ``n`` best columns per row of a sparse score matrix whose rows are ``user_codes``."""
-    coo = scores.tocoo()
-    keep = coo.data > 0
-    frame = pd.DataFrame({"user": user_codes[coo.row[keep]], "item": coo.col[keep].astype(np.int64),
-                          "score": coo.data[keep].astype(np.float64)})
+    """The ``n`` best positive columns per row of a sparse score matrix whose rows are ``user_codes``: the
+    same rows, in the same order, as `top_per_user` of all its positive entries.
+
+    Sorting every entry would sort the whole matrix (for co-purchase, many times n entries per customer);
+    instead each row's n-th largest score is found first (`row_nth_largest`), and only the entries at or
+    above it (ties included) are sorted."""
+    csr = sp.csr_matrix(scores)
+    rows = np.repeat(np.arange(csr.shape[0]), np.diff(csr.indptr))
+    data = csr.data.astype(np.float64)
+    keep = data > 0
+    rows, items, data = rows[keep], csr.indices[keep].astype(np.int64), data[keep]
+    if n < 1 or not len(data):
+        return empty()
+    keep = data >= row_nth_largest(rows, data, csr.shape[0], n)[rows]
+    frame = pd.DataFrame({"user": np.asarray(user_codes)[rows[keep]], "item": items[keep], "score": data[keep]})
     return top_per_user(frame, n)
+
+
+def row_nth_largest(rows: np.ndarray, values: np.ndarray, n_rows: int, n: int) -> np.ndarray:
+    """Per row, the ``n``-th largest of ``values`` (grouped by ascending ``rows``); -inf for a row with at
+    most ``n`` values. Rows of similar length are padded into one matrix and partitioned together, so the
+    work is linear in the values (at most twice them, padding included)."""
+    out = np.full(n_rows, -np.inf)
+    lengths = np.bincount(rows, minlength=n_rows)
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    long = lengths > n
+    if not long.any():
+        return out
+    level = np.zeros(n_rows, np.int64)
+    level[long] = np.floor(np.log2(lengths[long])).astype(np.int64)  # rows of length in [2^l, 2^(l+1))
+    for lev in np.unique(level[long]):
+        group = np.flatnonzero(long & (level == lev))
+        width = int(lengths[group].max())
+        pos = np.repeat(np.arange(len(group)), lengths[group])
+        col = np.arange(len(pos)) - np.repeat(np.r_[0, np.cumsum(lengths[group])[:-1]], lengths[group])
+        padded = np.full((len(group), width), -np.inf)
+        padded[pos, col] = values[np.repeat(starts[group], lengths[group]) + col]
+        out[group] = -np.partition(-padded, n - 1, axis=1)[:, n - 1]
+    return out
 
 
 @dataclass

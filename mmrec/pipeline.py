@@ -33,9 +33,9 @@ import pandas as pd
 import torch
 
 from mmrec.data import Catalog, Interactions
-from mmrec.fusion.candidates import (GENERATORS, ItemSide, Purchases, generate_all, recall_by_generator,
+from mmrec.fusion.candidates import (GENERATORS, ItemSide, Purchases, distinct, generate_all, recall_by_generator,
                                      top_per_user, Trending, user_item_weights)
-from mmrec.fusion.ranker import FEATURE_GROUPS, CATEGORICAL, Ranker, RankerConfig, features
+from mmrec.fusion.ranker import FEATURE_GROUPS, CATEGORICAL, Ranker, RankerConfig, features, with_positive
 from mmrec.metrics import next_purchase_metrics
 from mmrec.recommender import Recommender, register_model
 
@@ -119,10 +119,16 @@ class NextPurchase:
         """Candidates of ``users`` for the window starting on ``day`` from purchases before ``day``."""
         return generate_all(self.config.generators(), purchases.before(day), users, day, self.side)
 
-    def table(self, purchases: Purchases, users: np.ndarray, day: int) -> pd.DataFrame:
-        """Candidates with features for ``users`` on ``day`` (reads only purchases before ``day``)."""
+    def table(self, purchases: Purchases, users: np.ndarray, day: int,
+              candidates: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Candidates with features for ``users`` on ``day`` (reads only purchases before ``day``).
+        ``candidates``: a `candidates` table of the same day for a superset of ``users``, whose rows are reused
+        instead of generating them again (a customer's candidates do not depend on the other customers)."""
         history = purchases.before(day)
-        cands = generate_all(self.config.generators(), history, users, day, self.side)
+        if candidates is None:
+            cands = generate_all(self.config.generators(), history, users, day, self.side)
+        else:
+            cands = candidates[np.isin(candidates["user"].to_numpy(), users)].reset_index(drop=True)
         return features(cands, history, day, self.side, self.ages, self.config.features)
 
     def labelled(self, purchases: Purchases, day: int) -> pd.DataFrame:
@@ -145,21 +151,26 @@ class NextPurchase:
     def fit(self, purchases: Purchases, last_label_day: int, *, valid_day: int | None = None,
             rounds: int | None = None, tables: dict[int, pd.DataFrame] | None = None) -> "NextPurchase":
         """Train the ranker on the label windows up to ``last_label_day``; with ``valid_day`` stop early on
-        that window, with ``rounds`` use that many trees. ``tables`` reuses `labelled` tables by day."""
+        that window, with ``rounds`` use that many trees. ``tables`` caches, by day, the rows of the `labelled`
+        tables the ranker learns from (customers with a purchase among their candidates; `Ranker.fit` drops
+        the others anyway), so a later fit reuses them."""
         tables = {} if tables is None else tables
         for day in self.label_days(last_label_day) + ([valid_day] if valid_day is not None else []):
             if day not in tables:
-                tables[day] = self.labelled(purchases, day)
-        train = stack([tables[d] for d in self.label_days(last_label_day)], purchases.n_users)
+                tables[day] = with_positive(self.labelled(purchases, day))
         valid = tables[valid_day] if valid_day is not None else None
-        self.ranker = Ranker(self.config.ranker).fit(train, valid, rounds=rounds)
+        # the windows go to the ranker as a list: no stacked copy of them (the same model as on `stack`)
+        self.ranker = Ranker(self.config.ranker).fit([tables[d] for d in self.label_days(last_label_day)], valid,
+                                                     rounds=rounds)
         return self
 
-    def recommend(self, purchases: Purchases, users: np.ndarray, day: int, k: int = K) -> np.ndarray:
+    def recommend(self, purchases: Purchases, users: np.ndarray, day: int, k: int = K,
+                  scored: pd.DataFrame | None = None) -> np.ndarray:
         """``[len(users), k]`` item codes for the window starting on ``day`` (purchases before it are read):
-        ranker order for customers with history, then trending to fill (trending alone for the others)."""
+        ranker order for customers with history, then trending to fill (trending alone for the others).
+        ``scored``: `scored` of the same day for a superset of ``users``, reused instead of scoring again."""
         users = np.asarray(users, dtype=np.int64)
-        scored = self.scored(purchases, users, day)
+        scored = self.scored(purchases, users, day) if scored is None else scored
         fill, _ = Trending(n=k, window=self.config.trending_window).top_items(purchases.before(day), day)
         return top_k(scored, users, k, fill)
 
@@ -182,12 +193,10 @@ def with_history(purchases: Purchases, users: np.ndarray, day: int) -> np.ndarra
 def stack(tables: list[pd.DataFrame], n_users: int) -> pd.DataFrame:
     """Label windows' tables stacked, user codes offset per window so each window's customers are their own
     query groups."""
-    frames = []
-    for j, table in enumerate(tables):
-        table = table.copy()
-        table["user"] = table["user"] + j * n_users
-        frames.append(table)
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(tables, ignore_index=True)  # one copy of the windows, not two
+    offsets = np.repeat(np.arange(len(tables), dtype=np.int64) * n_users, [len(t) for t in tables])
+    frame["user"] = frame["user"].to_numpy() + offsets
+    return frame
 
 
 def restrict(table: pd.DataFrame, generators: list[str], groups: tuple[str, ...]) -> pd.DataFrame:
@@ -252,11 +261,11 @@ def purchase_shares(purchases: Purchases, day: int, days: int) -> dict[str, floa
     """Of the distinct (customer, article) purchases in the window: the share the customer bought before
     (repurchases) and the share of articles nobody bought before (new articles)."""
     history, truth = purchases.before(day), window(purchases, day, days)
-    pairs = pd.DataFrame({"user": truth.users, "item": truth.items}).drop_duplicates()
-    seen_pairs = set(zip(history.users.tolist(), history.items.tolist()))
-    sold = np.bincount(history.items, minlength=purchases.n_items) > 0
-    return {"repurchase": float(np.mean([p in seen_pairs for p in zip(pairs["user"], pairs["item"])])),
-            "new_article": float((~sold[pairs["item"].to_numpy()]).mean())}
+    n = purchases.n_items
+    keys = distinct(truth.users * n + truth.items)  # the window's distinct (customer, article) pairs
+    seen = np.isin(keys, history.users * n + history.items)  # one sort, not a Python set of every purchase
+    sold = np.bincount(history.items, minlength=n) > 0
+    return {"repurchase": float(np.mean(seen)), "new_article": float((~sold[keys % n]).mean())}
 
 
 def buys_new_article(purchases: Purchases, day: int):
@@ -285,7 +294,9 @@ def run(purchases: Purchases, side: ItemSide, config: PipelineConfig, *, test_st
     chosen = NextPurchase(config, side, ages).fit(purchases, valid_start - h, valid_day=valid_start, tables=tables)
     rounds = chosen.ranker.best_iteration
     report["ranker"] = {"best_iteration": rounds, "importances": chosen.ranker.importances()}
+    tables.pop(valid_start - config.label_windows * h, None)  # the test-time fit starts one window later
     tested = NextPurchase(config, side, ages).fit(purchases, valid_start, rounds=rounds, tables=tables)
+    tables.pop(valid_start - (config.label_windows - 1) * h, None)  # and the deployed one a window later still
     for name, start, model in (("valid", valid_start, chosen), ("test", test_start, tested)):
         report[name] = day_report(model, purchases, start)
     report["fit_seconds"] = time.perf_counter() - started
@@ -302,16 +313,21 @@ def day_report(model: NextPurchase, purchases: Purchases, start: int) -> dict[st
     repurchase / new-article shares and each generator's recall."""
     h, window_days = model.config.horizon_days, model.config.trending_window
     new = buys_new_article(purchases, start)
+    truth = window(purchases, start, h)
+    buyers = np.unique(truth.users)
+    # the window's candidates and ranker scores once, for every buyer; the subgroups read their rows
+    cands = model.candidates(purchases, buyers, start)
+    ranked = with_history(purchases, buyers, start)
+    scored = model.scored(purchases, ranked, start, table=model.table(purchases, ranked, start, candidates=cands))
     out: dict[str, Any] = {}
     for name, predict in (
             ("trending", lambda u: baseline(purchases, u, start, repurchase=False, trending_window=window_days)),
             ("repurchase_trending", lambda u: baseline(purchases, u, start, repurchase=True,
                                                        trending_window=window_days)),
-            ("pipeline", lambda u: model.recommend(purchases, u, start))):
+            ("pipeline", lambda u: model.recommend(purchases, u, start, scored=scored))):
         out[name] = evaluate_day(predict, purchases, start, h)
         out[f"{name}_new_article_buyers"] = evaluate_day(predict, purchases, start, h, users_mask=new)
-    truth = window(purchases, start, h)
-    cands = model.candidates(purchases, np.unique(truth.users), start)
+    del scored
     out["candidates"] = recall_by_generator(cands, truth, [g.name for g in model.config.generators()])
     out["shares"] = purchase_shares(purchases, start, h)
     return out
