@@ -11,7 +11,8 @@ not a copy of it:
 - ``candidates``: `generate_all` (every generator, every call: the label windows' tables, the valid / test
   reports' recommendations and recall);
 - ``features``: the ranker's features of those candidates (`mmrec.fusion.ranker.features`);
-- ``stack``: the label windows' tables stacked into the ranker's training table;
+- ``stack``: `mmrec.pipeline.stack` (where a code path stacks the label windows; `run` hands them to the
+  ranker as a list, so this stage is absent there);
 - ``ranker_fit`` / ``ranker_predict``: LightGBM (the float32 matrix included);
 - ``evaluate``: the rest of the valid / test reports (baselines, metrics, shares, recall);
 - ``other``: everything else (labels, history cuts, the final model's history).
