@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace, tiny_vit
 logger = logging.getLogger(__name__)
 
 HELD_OUT_SEED = 1_000_000  # the renderings the epoch is chosen on use seed + this: never trained on
+HELD_OUT_CHUNK = 64  # held-out pages searched at a time when the epoch is chosen
+PHOTO_BLOCK = 512  # catalog photos decoded at a time for fixed towers
 
 
 @dataclass
@@ -144,27 +146,95 @@ def _features(space: UnifiedSpace, modality: str, pixels: torch.Tensor, batch_si
         space.train(was_training)
 
 
-def _photos(catalog: Catalog) -> tuple[list[Any], np.ndarray]:
-    """Every item's photo (a grey 8x8 stand-in where there is none or it cannot be decoded: masked out of
-    training) and which items have one; unreadable photos are skipped, logged and counted."""
+def _photos(catalog: Catalog, codes: range | None = None) -> tuple[list[Any], np.ndarray]:
+    """The photos of items ``codes`` (default every item; a grey 8x8 stand-in where there is none or it cannot be
+    decoded: masked out of training) and which of them have one; unreadable photos are skipped, logged and
+    counted."""
+    photos, has_photo, broken = _load_photos(catalog, range(len(catalog)) if codes is None else codes)
+    if broken:
+        logger.warning("screen space: %d catalog photo(s) could not be decoded and are left out, e.g. %s",
+                       len(broken), broken[0])
+    return photos, has_photo
+
+
+def _load_photos(catalog: Catalog, codes: range) -> tuple[list[Any], np.ndarray, list[str]]:
+    """`_photos` of ``codes`` without the warning, and the decoding errors (a caller with blocks logs once)."""
     from PIL import Image
 
     from mmrec.encoders import ImageDecodeError, load_image
 
-    photos, has_photo, broken = [], np.zeros(len(catalog), bool), []
-    for code, path in enumerate(catalog.image_paths):
+    photos, has_photo, broken = [], np.zeros(len(codes), bool), []
+    for k, code in enumerate(codes):
+        path = catalog.image_paths[code]
         try:
             photos.append(load_image(path) if path is not None else None)
         except ImageDecodeError as err:
             broken.append(str(err))
             photos.append(None)
-        has_photo[code] = photos[-1] is not None
+        has_photo[k] = photos[-1] is not None
         if photos[-1] is None:
             photos[-1] = Image.new("RGB", (8, 8))
+    return photos, has_photo, broken
+
+
+def _photo_pixels(catalog: Catalog, preprocess, block: int = PHOTO_BLOCK) -> tuple[torch.Tensor, np.ndarray]:
+    """What ``decode_resized(_photos(catalog)[0], preprocess)`` gives — every item's photo as uint8 pixels at the
+    tower's input size — and which items have one, decoding ``block`` photos at a time: a large catalogue's
+    photos are never all held decoded at full size."""
+    from mmrec.fusion.alignment import decode_resized
+
+    parts, masks, broken = [], [], []
+    for start in range(0, len(catalog), block):
+        photos, has_photo, failed = _load_photos(catalog, range(start, min(len(catalog), start + block)))
+        parts.append(decode_resized(photos, preprocess)[0])
+        masks.append(has_photo)
+        broken += failed
     if broken:
         logger.warning("screen space: %d catalog photo(s) could not be decoded and are left out, e.g. %s",
                        len(broken), broken[0])
-    return photos, has_photo
+    return torch.cat(parts), np.concatenate(masks)
+
+
+@torch.no_grad()
+def _features_of_parts(space: UnifiedSpace, modality: str, parts: list[torch.Tensor],
+                       batch_size: int = 256) -> torch.Tensor:
+    """`_features` of the rows of ``parts`` one after another, without concatenating the pixels (only a batch
+    that straddles two parts is copied): the same batches, so the same outputs, as `_features` of their
+    concatenation."""
+    total = sum(len(p) for p in parts)
+    out, bounds = [], np.cumsum([0] + [len(p) for p in parts])
+    for start in range(0, total, batch_size):
+        stop = min(total, start + batch_size)
+        pieces = [p[max(start, lo) - lo:min(stop, hi) - lo] for p, lo, hi in zip(parts, bounds[:-1], bounds[1:])
+                  if lo < stop and hi > start]
+        out.append(_features(space, modality, pieces[0] if len(pieces) == 1 else torch.cat(pieces),
+                             batch_size=batch_size))
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+@torch.no_grad()
+def _held_out_window_features(space: UnifiedSpace, pages: Any, windows: ScreenWindows,
+                              chunk: int = HELD_OUT_CHUNK) -> list[torch.Tensor]:
+    """The fixed screen tower's outputs for the searched windows of held-out pages (an iterator of (page, box)),
+    ``chunk`` pages at a time (`mmrec.grounding.window_features`): kept instead of the pages, and projected again
+    at each evaluation as the adapter trains."""
+    from mmrec.grounding import screen_tensor, window_features
+    from mmrec.screen_windows import AreaTable
+
+    was_training = space.training
+    space.eval()
+    try:
+        out, batch = [], []
+        for page, _ in pages:
+            batch.append(screen_tensor(page))
+            if len(batch) == chunk:
+                out.append(window_features(space, AreaTable(torch.stack(batch)), windows))
+                batch = []
+        if batch:
+            out.append(window_features(space, AreaTable(torch.stack(batch)), windows))
+        return out
+    finally:
+        space.train(was_training)
 
 
 def train_screen_space(catalog: Catalog, config: ScreenSpaceConfig | None = None) -> UnifiedSpace:
@@ -176,49 +246,78 @@ def train_screen_space(catalog: Catalog, config: ScreenSpaceConfig | None = None
     from mmrec.train import TrainConfig
 
     config = config or ScreenSpaceConfig()
-    photos, has_photo = _photos(catalog)
-    if not has_photo.any():
-        raise ValueError("no catalog item has a photo; a screen space needs item photos")
     torch.manual_seed(config.seed)
     space = UnifiedSpace(SpaceConfig(
         towers={"image": _vit(config.image_size, config), "screen": _vit(config.screen_size, config)},
         dim=config.dim, adapter="mlp", adapter_options={"hidden": config.hidden}, pairs=("screen-image",),
         unpaired_negatives=config.negative_crops + config.negative_screens > 0))
     space.towers.requires_grad_(config.train_towers)
-    n, pages = config.renderings, config.pages
     encoders = space.encoders
-    negatives = torch.zeros(0, 3, *config.screen_size, dtype=torch.uint8)
-    if config.windows is not None:
-        screen_pixels, negatives = pages.windows(catalog, config.seed, n, config.windows, config.window_crops,
-                                                 config.negative_crops, tuple(config.screen_size))
-        negatives = torch.cat([negatives, pages.screens_without_item(catalog, config.seed, config.windows,
-                                                                     config.negative_screens,
-                                                                     tuple(config.screen_size))])
+    if config.train_towers:  # the photos are embedded again as the towers move
+        photos, has_photo = _photos(catalog)
+        photo_pixels = None
+    else:  # only their pixels at the tower's input, decoded a block at a time
+        photos = None
+        photo_pixels, has_photo = _photo_pixels(catalog, encoders["image"].preprocess)
+    if not has_photo.any():
+        raise ValueError("no catalog item has a photo; a screen space needs item photos")
+    n, pages = config.renderings, config.pages
+    if config.windows is not None:  # screen rows: windows on the photo, then "no item" windows
+        parts = [*pages.windows(catalog, config.seed, n, config.windows, config.window_crops, config.negative_crops,
+                                tuple(config.screen_size)),
+                 pages.screens_without_item(catalog, config.seed, config.windows, config.negative_screens,
+                                            tuple(config.screen_size))]
         n *= config.window_crops
     else:
-        screen_pixels, _ = decode_resized(pages.pages(catalog, config.seed, n), encoders["screen"].preprocess)
-    held_out_pages = pages.pages(catalog, config.seed + HELD_OUT_SEED, 1)
-    masks = {"image": np.r_[np.tile(has_photo, n), np.zeros(len(negatives), bool)],
-             "screen": np.ones(len(screen_pixels) + len(negatives), bool)}
-    screen_pixels = torch.cat([screen_pixels, negatives])
-    del negatives
-    photo_pixels, _ = decode_resized(photos, encoders["image"].preprocess)
-    image_rows = np.r_[np.tile(np.arange(len(catalog)), n), np.zeros(len(screen_pixels) - n * len(catalog), int)]
+        parts = [decode_resized(pages.pages(catalog, config.seed, n), encoders["screen"].preprocess)[0]]
+    n_negatives = sum(len(p) for p in parts[1:])
+    held_out_rendering = pages.rendering(catalog, config.seed + HELD_OUT_SEED, 0)  # what pages(..., 1) holds
+    held_out_pages = held_out_windows = None
+    if config.windows is not None and not config.train_towers:  # the fixed tower's outputs, not the pages
+        held_out_windows = _held_out_window_features(space, held_out_rendering, config.windows)
+    else:
+        held_out_pages = [page for page, _ in held_out_rendering]
+    masks = {"image": np.r_[np.tile(has_photo, n), np.zeros(n_negatives, bool)],
+             "screen": np.ones(n * len(catalog) + n_negatives, bool)}
+    if photo_pixels is None:
+        photo_pixels, _ = decode_resized(photos, encoders["image"].preprocess)
+    image_rows = np.r_[np.tile(np.arange(len(catalog)), n), np.zeros(n_negatives, int)]
     normalize = {m: encoders[m].preprocess.normalize for m in ("image", "screen")}
     unpaired = space.config.unpaired_negatives
     if config.train_towers:
+        screen_pixels = torch.cat(parts)
+        del parts
         data = CatalogPairs({"image": (photo_pixels[image_rows], masks["image"]),
                              "screen": (screen_pixels, masks["screen"])}, {}, normalize, pairs=("screen-image",),
                             augment={"screen": config.augment} if config.augment is not None else None,
                             unpaired=unpaired)
-    else:
+        del screen_pixels
+    else:  # tower outputs computed once, a batch at a time from the parts (never one copy of every pixel)
         photo_features = _features(space, "image", photo_pixels)
+        screen_features = _features_of_parts(space, "screen", parts)
+        del parts
         data = CatalogPairs({}, {"image": (photo_features[image_rows], masks["image"]),
-                                 "screen": (_features(space, "screen", screen_pixels), masks["screen"])}, {},
+                                 "screen": (screen_features, masks["screen"])}, {},
                             pairs=("screen-image",), unpaired=unpaired)
         if config.windows is None:
             held_out = _features(space, "screen", decode_resized(held_out_pages, encoders["screen"].preprocess)[0])
-    del screen_pixels
+    windows_per_page = config.windows.count(*config.page_size) if config.windows is not None else 0
+
+    def held_out_search(s: UnifiedSpace) -> Iterator[torch.Tensor]:
+        """``[pages, K, D]`` window vectors of the held-out pages, ``HELD_OUT_CHUNK`` pages at a time."""
+        if held_out_windows is None:  # the towers move: the pages through them again
+            for k in range(0, len(catalog), HELD_OUT_CHUNK):
+                yield embed_windows(s, held_out_pages[k:k + HELD_OUT_CHUNK], config.windows)
+            return
+        was_training = s.training
+        if was_training:  # as `window_vectors` projects them
+            s.eval()
+        try:
+            for features in held_out_windows:
+                yield s.project("screen", features).view(-1, windows_per_page, s.config.dim)
+        finally:
+            if was_training:
+                s.train()
 
     def s2i(s: UnifiedSpace) -> dict[str, float]:
         with torch.no_grad():
@@ -227,8 +326,7 @@ def train_screen_space(catalog: Catalog, config: ScreenSpaceConfig | None = None
             else:
                 targets = s.project("image", photo_features.to(s.device))
             if config.windows is not None:  # the search a windowed Grounder runs, on other renderings
-                sims = torch.cat([(embed_windows(s, held_out_pages[k:k + 64], config.windows)
-                                   @ targets[has_photo].t()).amax(dim=1) for k in range(0, len(photos), 64)])
+                sims = torch.cat([(vectors @ targets[has_photo].t()).amax(dim=1) for vectors in held_out_search(s)])
                 return {"s2i_recall@1": float((sims[has_photo].argmax(1) == torch.arange(int(has_photo.sum()),
                                                                                            device=sims.device))
                                               .float().mean())}

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 NO_ITEM = -1
 GROUNDING_FILE = "grounding.json"
 PHOTO_BATCH = 128  # catalog photos decoded and embedded at a time
+SEARCH_SCORES = 1 << 24  # window-item scores a search holds at once (64 MiB of float32); more go in item blocks
 
 
 def check_threshold(value: float, what: str = "threshold") -> float:
@@ -58,10 +60,14 @@ class Grounder:
     item takes its best window; without, the whole screen is one input. ``check`` (with windows, and
     ``thumbnails`` of the item photos from `PhotoCheck.thumbnails`): the nearest candidates are re-ranked by
     their photo, and the similarity is then the photo's correlation with the screen. ``skipped_photos``:
-    (item id, reason) of catalog photos that could not be decoded (`for_catalog`).
+    (item id, reason) of catalog photos that could not be decoded (`for_catalog`). ``stage_seconds``: None
+    (the default), or a dict that `similarities` adds its seconds to by stage — ``screens`` (screens to
+    tensors and area tables), ``tower`` (windows or screens through the screen tower), ``search`` (every
+    item's vector scored), ``check`` (the `PhotoCheck`) — to see where grounding time goes.
     """
 
     skipped_photos: list[tuple[str, str]]
+    stage_seconds: dict[str, float] | None
 
     def __init__(self, space: UnifiedSpace, item_vectors: torch.Tensor, valid: np.ndarray | None = None,
                  threshold: float = 0.5, batch_size: int = 32, windows: ScreenWindows | None = None,
@@ -72,7 +78,7 @@ class Grounder:
             raise ValueError(f"the space has no 'screen' tower (it has {sorted(space.encoders)}); "
                              f"grounding needs one")
         self.space, self.threshold, self.batch_size = space.eval(), check_threshold(threshold), batch_size
-        self.skipped_photos = []
+        self.skipped_photos, self.stage_seconds = [], None
         if check is not None and (windows is None or thumbnails is None or len(thumbnails) != len(item_vectors)):
             raise ValueError("a PhotoCheck re-ranks a windowed search: give windows and one thumbnail per item")
         self.windows, self.check, self.thumbnails = windows, check, thumbnails
@@ -140,12 +146,24 @@ class Grounder:
         ``[3,H,W]`` tensors)."""
         if not len(screens):
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        tick = self._clock()
         if self.windows is None:
-            best, codes = self.item_similarities(screens).max(dim=1)
+            from PIL import Image
+
+            tick("screens")
+            queries = self.space.embed_screens([Image.fromarray(s) if isinstance(s, np.ndarray) else s
+                                                for s in screens], batch_size=self.batch_size)
+            tick("tower")
+            best, codes = (queries @ self.item_vectors.t()).max(dim=1)
+            tick("search")
             return codes.cpu().numpy().astype(np.int64), best.cpu().numpy().astype(np.float32)
         codes, sims = [], []
         for table in self._tables(screens):
-            best, where = self._best_windows(table)
+            tick("screens")
+            vectors = window_vectors(self.space, table, self.windows)
+            tick("tower")
+            best, where = self._search(vectors)
+            tick("search")
             if self.check is None:
                 best, code = best.max(dim=1)
                 codes.append(code.cpu()), sims.append(best.cpu())
@@ -160,7 +178,21 @@ class Grounder:
             match = self.check.match(table, boxes, self.thumbnails[top])  # [n, C]
             best_match, k = match.max(dim=1)
             codes.append(top.gather(1, k[:, None])[:, 0]), sims.append(best_match)
+            tick("check")
         return torch.cat(codes).numpy().astype(np.int64), torch.cat(sims).numpy().astype(np.float32)
+
+    def _clock(self):
+        """``tick(stage)``: adds the seconds since the last tick (or since this call) to ``stage_seconds[stage]``
+        when `stage_seconds` is a dict; does nothing when it is None."""
+        if self.stage_seconds is None:
+            return lambda stage: None
+        times, last = self.stage_seconds, [time.perf_counter()]
+
+        def tick(stage: str) -> None:
+            now = time.perf_counter()
+            times[stage] = times.get(stage, 0.0) + now - last[0]
+            last[0] = now
+        return tick
 
     @torch.no_grad()
     def item_similarities(self, screens: Sequence[Any]) -> torch.Tensor:
@@ -183,7 +215,21 @@ class Grounder:
 
     def _best_windows(self, table: AreaTable) -> tuple[torch.Tensor, torch.Tensor]:
         """Each item's best similarity over the screens' windows ``[n, I]`` and which window gave it."""
-        return (window_vectors(self.space, table, self.windows) @ self.item_vectors.t()).max(dim=1)  # over [n, K, I]
+        return self._search(window_vectors(self.space, table, self.windows))
+
+    def _search(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Window vectors ``[n, K, D]`` → each item's best similarity over the K windows ``[n, I]`` and which
+        window gave it. Brute force over every item vector (a few thousand to tens of thousands of items cost
+        little next to the tower); the ``[n, K, I]`` scores are held at most `SEARCH_SCORES` at a time, so many
+        windows over a large catalogue (layout-free windows) do not blow up memory: items are taken in blocks
+        then, with the same result."""
+        n, k, _ = vectors.shape
+        items = len(self.item_vectors)
+        if n * k * items <= SEARCH_SCORES:
+            return (vectors @ self.item_vectors.t()).max(dim=1)  # over [n, K, I]
+        block = max(1, SEARCH_SCORES // max(1, n * k))
+        parts = [(vectors @ self.item_vectors[s:s + block].t()).max(dim=1) for s in range(0, items, block)]
+        return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
     def ground(self, screens: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Item code per screenshot (`NO_ITEM` below the threshold) and its similarity."""
@@ -235,21 +281,29 @@ def embed_windows(space: UnifiedSpace, screens: Sequence[Any], windows: ScreenWi
 def window_vectors(space: UnifiedSpace, table: AreaTable, windows: ScreenWindows) -> torch.Tensor:
     """The `ScreenWindows` of screens of one size (their `AreaTable`) cut at the screen tower's input size →
     ``[n, K, D]`` through the tower (`pixel_tower`: a tiling tower's own image tower) and the screen adapter."""
+    was_training = space.training
+    if was_training:  # train()/eval() walk every submodule: only when needed, not per grounding call
+        space.eval()
+    try:
+        vectors = space.project("screen", window_features(space, table, windows))
+    finally:
+        if was_training:
+            space.train()
+    return vectors.view(table.count, -1, vectors.shape[-1])
+
+
+@torch.no_grad()
+def window_features(space: UnifiedSpace, table: AreaTable, windows: ScreenWindows) -> torch.Tensor:
+    """``[n * K, F]``: the screen tower's outputs (before the adapter) for the `ScreenWindows` of screens of one
+    size, screen-major — what `window_vectors` projects; a fixed tower's can be kept and projected again as
+    the adapter trains. Call with the space in eval mode (`window_vectors` does)."""
     from mmrec.encoders.screenshot import pixel_tower
 
     tower = pixel_tower(space.encoders["screen"])
     prep = tower.preprocess
     boxes = windows.boxes(table.width, table.height)
     pixels = prep.normalize(crop_windows(table, boxes, prep.size).div_(255).to(tower.device))
-    was_training = space.training
-    if was_training:  # train()/eval() walk every submodule: only when needed, not per grounding call
-        space.eval()
-    try:
-        vectors = space.project("screen", tower.encode(pixels))
-    finally:
-        if was_training:
-            space.train()
-    return vectors.view(table.count, len(boxes), -1)
+    return tower.encode(pixels)
 
 
 @dataclass

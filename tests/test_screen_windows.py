@@ -209,6 +209,43 @@ def test_a_grounder_with_a_photo_check_needs_windows_and_thumbnails():
     assert codes.tolist() == [1, 1, 1, 1] and (sims > 0.9).all()  # a correlation now, not a cosine in the space
 
 
+def test_search_in_item_blocks_gives_the_same_result_and_stages_are_timed(monkeypatch):
+    """A search that would hold more window-item scores than `SEARCH_SCORES` scores the items a block at a
+    time: the same best windows and similarities (so a large catalogue does not need [screens, windows,
+    items] at once); with ``stage_seconds`` a dict, each stage of `similarities` adds its seconds there."""
+    import mmrec.grounding as grounding
+
+    space, photos = _twin_space(), _photos(7)
+    windows = ScreenWindows(widths=(0.4, 0.6), aspect=1.5, step=0.25)
+    rng = np.random.default_rng(4)
+    screens = [Image.fromarray(rng.integers(0, 256, (320, 180, 3)).astype(np.uint8)) for _ in range(3)]
+    l, t, r, b = (int(round(v)) for v in windows.boxes(180, 320)[5])
+    screens[1].paste(photos[4].resize((r - l, b - t), Image.Resampling.BOX), (l, t))
+    check = PhotoCheck(candidates=3)
+    grounder = Grounder(space, space.embed_images(photos), windows=windows, check=check,
+                        thumbnails=check.thumbnails(photos))
+    whole = grounder.item_similarities(screens)
+    codes, sims = grounder.similarities(screens)
+    k = windows.count(180, 320)
+    monkeypatch.setattr(grounding, "SEARCH_SCORES", 3 * k * 2)  # blocks of 2 items of the 7 for 3 screens
+    torch.testing.assert_close(grounder.item_similarities(screens), whole)
+    vectors = grounding.window_vectors(space, next(grounder._tables(screens)), windows)
+    blocked = grounder._search(vectors)
+    monkeypatch.setattr(grounding, "SEARCH_SCORES", 1 << 24)
+    plain = grounder._search(vectors)
+    torch.testing.assert_close(blocked[0], plain[0])
+    assert torch.equal(blocked[1], plain[1])
+    monkeypatch.setattr(grounding, "SEARCH_SCORES", 3 * k * 2)
+    grounder.stage_seconds = {}
+    blocked_codes, blocked_sims = grounder.similarities(screens)
+    assert blocked_codes.tolist() == codes.tolist() and codes[1] == 4
+    np.testing.assert_allclose(blocked_sims, sims, rtol=1e-6)
+    assert set(grounder.stage_seconds) == {"screens", "tower", "search", "check"}
+    assert all(v >= 0 for v in grounder.stage_seconds.values())
+    grounder.stage_seconds = None  # off again: nothing recorded
+    assert grounder.similarities(screens)[0].tolist() == codes.tolist()
+
+
 def test_screen_space_learns_windows_and_its_grounding_settings_round_trip(tmp_path):
     from mmrec.datasets.synthetic import WorldConfig, make_world
 
@@ -235,6 +272,29 @@ def test_screen_space_learns_windows_and_its_grounding_settings_round_trip(tmp_p
         load_grounding(tmp_path / "plain")
     with pytest.raises(FileNotFoundError, match="grounding.json"):
         load_grounding(tmp_path / "nowhere")
+
+
+def test_fixed_tower_inputs_are_built_in_blocks_as_they_were_whole(tmp_path):
+    """Training a fixed tower on a large catalogue holds neither every photo decoded at full size nor one copy
+    of every window: photos are decoded a block at a time and the tower's outputs come batch by batch from
+    the parts — the same pixels and the same outputs as from the whole (a missing photo included)."""
+    from mmrec.datasets.synthetic import WorldConfig, make_world
+    from mmrec.fusion import screen_tower
+    from mmrec.fusion.alignment import decode_resized
+
+    world = make_world(WorldConfig(seed=3, n_users=20, n_items=7, n_new_items=0, interactions_per_user=(2, 3),
+                                   new_interactions_per_user=(0, 0), missing_image_fraction=0.3,
+                                   missing_text_fraction=0.0), tmp_path / "world")
+    space = _twin_space()
+    prep = space.encoders["image"].preprocess
+    photos, has_photo = screen_tower._photos(world.catalog)
+    whole, _ = decode_resized(photos, prep)
+    pixels, mask = screen_tower._photo_pixels(world.catalog, prep, block=3)
+    assert torch.equal(pixels, whole) and mask.tolist() == has_photo.tolist() and not mask.all()
+    rng = np.random.default_rng(5)
+    parts = [torch.from_numpy(rng.integers(0, 256, (n, 3, 48, 32)).astype(np.uint8)) for n in (11, 0, 6, 2)]
+    blocked = screen_tower._features_of_parts(space, "screen", parts, batch_size=4)  # batches straddle parts
+    assert torch.equal(blocked, screen_tower._features(space, "screen", torch.cat(parts), batch_size=4))
 
 
 def test_grid_windows_find_a_photo_where_no_training_layout_put_one():
