@@ -1,6 +1,8 @@
 """Grounding screen recordings over the whole H&M catalogue: a scale curve (issue 18, part 3).
 
-    nice -n 10 .venv/bin/python benchmarks/stream_scale.py --out out/stream_scale --runs 1000 5000 22246:5000
+    nice -n 10 .venv/bin/python benchmarks/stream_scale.py --out out/stream_scale --runs 1000 --train-only
+    nice -n 10 .venv/bin/python benchmarks/stream_scale.py --out out/stream_scale --reuse-space \
+        --runs 1000 5000:1000 22246:1000 [--check-candidates 300] [--report NAME.json]
 
 Each run is ``GROUND[:TRAIN]``: screens are grounded over ``GROUND`` H&M articles with photos (0 or more than
 there are: every one) by a space trained on ``TRAIN`` of them (default the same). The sub-catalogues are
@@ -25,9 +27,11 @@ nested in larger ones, and the recordings are the same for every run.
    (`Grounder.stage_seconds`: area tables, the tower over the windows, the search over every item's vector,
    the photo check) and whole (`Grounder.similarities`), best of ``--timing-repeats`` passes on 1 torch thread
    (as `mmrec stream` grounds), interleaved with the same grounder searching only 1,000 articles; the misses
-   (test product pages not found: the article, what was said instead, both titles); peak RSS.
+   (each test product page, on its frame three quarters in, not named right above the threshold: the article,
+   the tower's rank of it, what was named instead, both titles, how alike the two photos are); peak RSS.
+   ``--check-candidates`` / ``--check-refine`` change the saved `PhotoCheck`'s ``candidates`` / ``refine``.
 
-Prints the report and writes it to ``OUT/report.json`` (atomically). Timings depend on the machine's load: the
+Prints the report and writes it to ``OUT/report.json`` (``--report``; atomically). Timings depend on the machine's load: the
 1-minute load average is recorded at the start and end of every child.
 """
 from __future__ import annotations
@@ -240,6 +244,8 @@ def ground_child(args: argparse.Namespace) -> dict:
     settings = load_grounding(folder)
     if args.check_candidates:
         settings.check = dataclasses.replace(settings.check, candidates=args.check_candidates)
+    if args.check_refine is not None:
+        settings.check = dataclasses.replace(settings.check, refine=args.check_refine)
     start = time.perf_counter()
     space = UnifiedSpace.from_pretrained(folder, device="cpu")
     grounder = Grounder.for_catalog(space, catalog, windows=settings.windows, check=settings.check)
@@ -272,6 +278,7 @@ def ground_child(args: argparse.Namespace) -> dict:
     timing = time_screens(grounder, batches, args.timing_repeats, min(1000, len(catalog)))
     overall = summary["all"]
     return {"articles": len(catalog), "trained_on": args.child_space, "check_candidates": settings.check.candidates,
+            "check_refine": settings.check.refine,
             "threshold": grounder.threshold,
             "calibration": fit, "frame_precision": overall["frame_precision"],
             "frame_recall": overall["frame_recall"], "pages_found": f"{overall['pages_found']}/{overall['pages']}",
@@ -298,7 +305,8 @@ def common_args(args: argparse.Namespace) -> list[str]:
     return ["--out", args.out, "--hm", args.hm, "--seed", str(args.seed), "--sessions", str(args.sessions),
             "--renderings", str(args.renderings), "--epochs", str(args.epochs),
             "--negative-screens", str(args.negative_screens), "--timing-repeats", str(args.timing_repeats),
-            *(["--check-candidates", str(args.check_candidates)] if args.check_candidates else [])]
+            *(["--check-candidates", str(args.check_candidates)] if args.check_candidates else []),
+            *(["--check-refine", str(args.check_refine)] if args.check_refine is not None else [])]
 
 
 def parse_runs(values: list[str]) -> list[tuple[int, int]]:
@@ -316,7 +324,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/stream_scale")
     parser.add_argument("--hm", default="../shared/data/hm", help="the H&M data folder")
-    parser.add_argument("--runs", nargs="+", default=["1000", "5000", "22246:5000"],
+    parser.add_argument("--runs", nargs="+", default=["1000", "5000:1000", "22246:1000"],
                         help="GROUND[:TRAIN] article counts (0: every article with a photo)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sessions", type=int, default=3, help="test sessions (and calibration sessions)")
@@ -326,6 +334,9 @@ def main() -> None:
     parser.add_argument("--timing-repeats", type=int, default=3, help="passes over the grounded screens timed")
     parser.add_argument("--check-candidates", type=int,
                         help="the photo check compares this many of the tower's nearest (default: the space's, 10)")
+    parser.add_argument("--check-refine", type=int,
+                        help="the check refines only this many of its candidates, best by the coarse grid "
+                             "(PhotoCheck.refine; default: the space's, every candidate)")
     parser.add_argument("--reuse-space", action="store_true", help="load OUT/space_TRAIN where it exists")
     parser.add_argument("--report", default="report.json", help="the report's file name in OUT")
     parser.add_argument("--train-only", action="store_true", help="train the spaces the runs need, then stop")
@@ -336,6 +347,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.check_candidates is not None and args.check_candidates < 1:
         parser.error(f"--check-candidates must be at least 1, got {args.check_candidates}")
+    if args.check_refine is not None and args.check_refine < 0:
+        parser.error(f"--check-refine must be at least 0, got {args.check_refine}")
     for name in ("sessions", "renderings", "epochs", "timing_repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
