@@ -14,7 +14,8 @@
 #                 `benchmarks/device_pack.py pack --stream-items 1000`: the README's windowed recipe (towers
 #                 trained end to end, photo check) trained in bf16 at the CPU recipe's input, 24x16, and at four
 #                 times its pixels, 48x32, side by side; grounding on the GPU, and each run's throughput against
-#                 bare decord decoding of the same file in the same run (stream_targets' measurement).
+#                 bare decord decoding of the same file in the same run (stream_targets' measurement). Drawing
+#                 the training pages is the CPU's work: each run draws its renderings in 7 processes.
 set -u -o pipefail
 out=${1:?usage: gpu_checks.sh OUT_DIR [SECTION ...]}
 shift
@@ -57,7 +58,7 @@ stream-hm)
   python3 benchmarks/device_pack.py unpack --packed .gpu --out /tmp/hm || exit 1
   recipe="--catalog hm --hm /tmp/hm --items 1000 --windows fit --train-towers --lr 3e-4 --renderings 16
     --window-crops 3 --negative-crops 2 --negative-screens 3000 --overlays 0.3 --augment --jpeg-share 0.5 --patch 4
-    --epochs 16 --eval-every 4 --photo-check --mixed-precision bf16 --skip-memory"
+    --epochs 16 --eval-every 4 --photo-check --mixed-precision bf16 --skip-memory --render-workers 7"
   for input in 24x16 48x32; do
     (timeout "${STREAM_HM_TIMEOUT:-420}" python3 benchmarks/stream_targets.py $recipe --window-input $input \
        --out /tmp/stream_hm_$input --checkpoint-dir /tmp/stream_hm_$input/ckpt > "$out/stream_hm_$input.log" 2>&1

@@ -312,6 +312,8 @@ def main() -> None:
                         help="share of training pages JPEG-compressed (the rest stay lossless)")
     parser.add_argument("--overlays", type=float, default=ScreenSpaceConfig.overlays,
                         help="share of training pages with a notification banner and a pointer drawn over them")
+    parser.add_argument("--render-workers", type=int, default=1,
+                        help="processes drawing the training windows' renderings (the same windows for any count)")
     parser.add_argument("--checkpoint-dir", help="checkpoint tower training here each epoch (a rerun resumes)")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--device", default=None, help="where grounding runs (default: cuda when there is one; training goes where accelerate puts it)")
@@ -362,6 +364,7 @@ def main() -> None:
                                          negative_crops=args.negative_crops if windows else 0,
                                          negative_screens=args.negative_screens if windows else 0,
                                          patch=args.patch, jpeg_share=args.jpeg_share,
+                                         render_workers=args.render_workers,
                                          **(dict(screen_size=window_input, image_size=window_input) if windows else {}))
         space = train_screen_space(catalog, space_config)
         space.save_pretrained(out / "space")

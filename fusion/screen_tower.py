@@ -58,6 +58,8 @@ class ScreenSpaceConfig:
     the photo) are "no item" rows, negatives for every photo (`SpaceConfig.unpaired_negatives`), and so are
     the searched windows of ``negative_screens`` screens without an item (home feed, grids, bag, checkout)
     from simulated sessions. The epoch is then chosen on the windowed search itself over other renderings.
+    ``render_workers``: processes drawing the windows' renderings side by side (`TrainingPages.workers`; the
+    same windows for any count): drawing pages is single-threaded and most of a large catalogue's training.
     """
 
     dim: int = 64
@@ -86,8 +88,11 @@ class ScreenSpaceConfig:
     negative_crops: int = 0
     negative_screens: int = 0
     seed: int = 0
+    render_workers: int = 1
 
     def __post_init__(self) -> None:
+        if self.render_workers < 1:
+            raise ValueError(f"ScreenSpaceConfig.render_workers must be at least 1, got {self.render_workers}")
         if self.windows is not None:
             h, w = self.screen_size
             if abs(h / w - self.windows.aspect) > 0.1 * self.windows.aspect:
@@ -111,7 +116,8 @@ class ScreenSpaceConfig:
     @property
     def pages(self) -> TrainingPages:
         """How the training pages are drawn."""
-        return TrainingPages(tuple(self.page_size), self.overlays, tuple(self.jpeg_quality), self.jpeg_share)
+        return TrainingPages(tuple(self.page_size), self.overlays, tuple(self.jpeg_quality), self.jpeg_share,
+                             self.render_workers)
 
 
 def training_photo_boxes(catalog: Catalog, config: ScreenSpaceConfig) -> np.ndarray:

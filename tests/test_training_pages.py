@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mmrec.datasets.training_pages import TrainingPages
+from mmrec.fusion.screen_tower import ScreenSpaceConfig
 from mmrec.screen_windows import ScreenWindows
 
 
@@ -23,3 +24,6 @@ def test_windows_drawn_by_worker_processes_equal_those_drawn_in_one(tmp_path):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="workers"):
         TrainingPages(workers=0)
+    assert ScreenSpaceConfig(render_workers=3).pages.workers == 3  # the recipe's setting reaches the drawing
+    with pytest.raises(ValueError, match="render_workers"):
+        ScreenSpaceConfig(render_workers=0)
