@@ -67,6 +67,7 @@ from mmrec.datasets.frames import video_frames
 from mmrec.fusion.augment import ScreenAugment
 from mmrec.fusion.screen_tower import ScreenSpaceConfig, fitted_windows, train_screen_space
 from mmrec.grounding import NO_ITEM, Grounder, GroundingSettings, load_grounder, save_grounding
+from mmrec.io import atomic_write_text
 from mmrec.screen_windows import PhotoCheck, ScreenWindows
 from mmrec.stream import StreamConfig, StreamStats, segments
 
@@ -427,7 +428,7 @@ def main() -> None:
                      "throughput>=0.8x (360x640)": report["throughput"]["360x640"]["ratio"] >= 0.8,
                      "memory10x<=1.10x": report["memory"]["ratio"] <= 1.10 if peaks else None}
     text = json.dumps(report, indent=1, default=float)
-    (out / "report.json").write_text(text)
+    atomic_write_text(out / "report.json", text)  # a run cut short leaves no half-written report
     print(text)
 
 
