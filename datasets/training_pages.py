@@ -29,7 +29,8 @@ class TrainingPages:
     notification banner and a pointer; ``jpeg_share`` of them JPEG-compressed at a quality drawn from
     ``jpeg_quality``. ``workers``: processes that draw `windows`' renderings side by side (drawing is
     single-threaded Python and PIL, and on a large catalogue it is most of a tower's training time); every
-    rendering has its own seeds, so the windows are the same for any number of workers."""
+    rendering has its own seeds, so the windows are the same for any number of workers. The workers are
+    spawned, so a script that sets ``workers`` needs Python's usual ``if __name__ == "__main__":`` guard."""
 
     page_size: tuple[int, int] = (180, 320)
     overlays: float = 0.0
