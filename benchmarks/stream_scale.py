@@ -10,7 +10,7 @@ there are: every one) by a space trained on ``TRAIN`` of them (default the same)
 come first in every one and the others are a prefix of one seeded permutation: smaller catalogues are
 nested in larger ones, and the recordings are the same for every run.
 
-1. A space per training size, the CPU recipe of ``demos/screen_stream.py``: windows fitted to the training
+1. A space per training size, the CPU recipe the demo trains (`windowed_recipe`): windows fitted to the training
    pages at the photos' aspect (`ScreenWindows.fit`), a fixed random tower with adapters trained on those
    windows (`train_screen_space`, ``train_towers=False``: 4 windows around the photo and 2 off it per page,
    ``--renderings`` pages per article, ``--negative-screens`` item-less screens, overlays 0.3, JPEG on half the
@@ -50,7 +50,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "demos"))
 
 log = logging.getLogger("stream_scale")
 
@@ -79,22 +78,12 @@ def sub_catalog(args: argparse.Namespace, size: int):
 
 
 def recipe(catalog, args: argparse.Namespace):
-    """The demo's CPU recipe for ``catalog``: (`ScreenSpaceConfig`, `PhotoCheck`)."""
-    from screen_stream import photo_aspect
+    """The demo's CPU recipe for ``catalog`` (`mmrec.fusion.screen_tower.windowed_recipe`): (`ScreenSpaceConfig`,
+    `PhotoCheck`)."""
+    from mmrec.fusion.screen_tower import windowed_recipe
 
-    from mmrec.fusion.screen_tower import ScreenSpaceConfig, training_photo_boxes
-    from mmrec.screen_windows import PhotoCheck, ScreenWindows
-
-    aspect = photo_aspect(catalog)
-    width = 32
-    size = (8 * max(1, round(width * aspect / 8)), width)
-    base = ScreenSpaceConfig(seed=args.seed, renderings=args.renderings)
-    windows = ScreenWindows.fit(training_photo_boxes(catalog, base), base.page_size, aspect=aspect)
-    every = next(d for d in range(max(1, args.epochs // 4), 0, -1) if args.epochs % d == 0)
-    config = dataclasses.replace(base, screen_size=size, image_size=size, epochs=args.epochs, eval_every=every,
-                                 windows=windows, window_crops=4, negative_crops=2,
-                                 negative_screens=args.negative_screens, overlays=0.3, jpeg_share=0.5)
-    return config, PhotoCheck(size=(max(2, round(12 * aspect)), 12))
+    return windowed_recipe(catalog, seed=args.seed, renderings=args.renderings, epochs=args.epochs,
+                           negative_screens=args.negative_screens)
 
 
 def train_child(args: argparse.Namespace) -> dict:

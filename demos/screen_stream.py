@@ -30,7 +30,6 @@ their frames or more right) and the time the whole run took.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import logging
 import time
@@ -47,9 +46,8 @@ from mmrec.datasets.app_sim import catalog_for_sequences, record_sequence, sessi
 from mmrec.datasets.frames import video_frames
 from mmrec.datasets.synthetic import WorldConfig, make_world
 from mmrec.events import events_to_interactions, read_events
-from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space, training_photo_boxes
+from mmrec.fusion.screen_tower import train_screen_space, windowed_recipe
 from mmrec.grounding import NO_ITEM, Grounder, GroundingSettings, load_grounder, save_grounding
-from mmrec.screen_windows import PhotoCheck, ScreenWindows
 from mmrec.stream import StreamConfig, StreamStats, process, write_events
 
 log = logging.getLogger("screen_stream")
@@ -61,17 +59,6 @@ def record(catalog, sequence, seed: int, out: Path):
     return record_sequence(catalog, sequence, out, seed=seed)
 
 
-def photo_aspect(catalog) -> float:
-    """The catalog photos' median height / width (from their headers): the aspect of the windows searched for
-    them and of the photo check's thumbnails."""
-    pages = ScreenSpaceConfig().pages
-    sizes = [pages.photo_size(catalog, code) for code in range(len(catalog))]
-    ratios = [h / w for w, h in (s for s in sizes if s is not None)]
-    if not ratios:
-        raise ValueError("no catalog photo could be read; the demo grounds screens by their photo")
-    return float(np.median(ratios))
-
-
 def grounding_space(args: argparse.Namespace, catalog, calibration: Path, out: Path) -> Grounder:
     """The given space with its grounding settings, or one trained here for the catalog: windows fitted to where
     the training pages put the photo (`ScreenWindows.fit`), a fixed random tower with adapters trained on those
@@ -80,24 +67,15 @@ def grounding_space(args: argparse.Namespace, catalog, calibration: Path, out: P
     saved to ``out`` with its grounding settings."""
     if args.space:
         return load_grounder(args.space, catalog)
-    aspect = photo_aspect(catalog)
-    width = 32  # tower input: 4 patches across, as many down as the photos' aspect asks
-    size = (8 * max(1, round(width * aspect / 8)), width)
-    base = ScreenSpaceConfig(seed=args.seed, renderings=args.renderings)  # where its pages put the photo
-    windows = ScreenWindows.fit(training_photo_boxes(catalog, base), base.page_size, aspect=aspect)
-    every = next(d for d in range(max(1, args.epochs // 4), 0, -1) if args.epochs % d == 0)  # about 4 checks
-    config = dataclasses.replace(base, screen_size=size, image_size=size, epochs=args.epochs,
-                                 eval_every=every, windows=windows, window_crops=4,
-                                 negative_crops=2, negative_screens=args.negative_screens, overlays=0.3,
-                                 jpeg_share=0.5)
+    config, check = windowed_recipe(catalog, seed=args.seed, renderings=args.renderings, epochs=args.epochs,
+                                    negative_screens=args.negative_screens)
     space = train_screen_space(catalog, config)
-    check = PhotoCheck(size=(max(2, round(12 * aspect)), 12))
-    grounder = Grounder.for_catalog(space, catalog, windows=windows, check=check)
+    grounder = Grounder.for_catalog(space, catalog, windows=config.windows, check=check)
     grounder.threshold, fit = calibrate_grounder(grounder, [calibration], catalog.ids)
     space.save_pretrained(out)
-    save_grounding(out, GroundingSettings(grounder.threshold, windows, check), calibration=fit)
+    save_grounding(out, GroundingSettings(grounder.threshold, config.windows, check), calibration=fit)
     log.info("%d windows per screen; threshold %.3f calibrated on another session (precision %.2f, recall %.2f "
-             "there)", windows.count(*config.page_size), grounder.threshold, fit["precision"], fit["recall"])
+             "there)", config.windows.count(*config.page_size), grounder.threshold, fit["precision"], fit["recall"])
     return grounder
 
 

@@ -12,7 +12,7 @@ renderings, never on recordings. `fitted_windows` gives the windows where these 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -132,6 +132,38 @@ def fitted_windows(catalog: Catalog, config: ScreenSpaceConfig) -> ScreenWindows
     return ScreenWindows.fit(training_photo_boxes(catalog, config), config.page_size)
 
 
+def photo_aspect(catalog: Catalog) -> float:
+    """The catalog photos' median height / width (from their headers): the aspect of the windows searched for
+    them and of the photo check's thumbnails."""
+    pages = ScreenSpaceConfig().pages
+    sizes = [pages.photo_size(catalog, code) for code in range(len(catalog))]
+    ratios = [h / w for w, h in (s for s in sizes if s is not None)]
+    if not ratios:
+        raise ValueError("no catalog photo could be read; grounding by photo needs catalog photos")
+    return float(np.median(ratios))
+
+
+def windowed_recipe(catalog: Catalog, *, seed: int = 0, renderings: int = 6, epochs: int = 24,
+                    negative_screens: int = 200) -> tuple[ScreenSpaceConfig, Any]:
+    """The CPU recipe for grounding ``catalog`` by photo: (`ScreenSpaceConfig`, `PhotoCheck`). Windows fitted to
+    where the training pages put the photo at the photos' aspect (`ScreenWindows.fit`), a fixed random tower
+    with adapters trained on them (4 windows around the photo and 2 off it per page, ``negative_screens``
+    item-less screens as "no item", overlays on 30% of pages, JPEG on half, about 4 evaluations over
+    ``epochs``), and a `PhotoCheck` over the tower's 10 nearest at the photos' aspect."""
+    from mmrec.screen_windows import PhotoCheck
+
+    aspect = photo_aspect(catalog)
+    width = 32  # tower input: 4 patches across, as many down as the photos' aspect asks
+    size = (8 * max(1, round(width * aspect / 8)), width)
+    base = ScreenSpaceConfig(seed=seed, renderings=renderings)  # where its pages put the photo
+    windows = ScreenWindows.fit(training_photo_boxes(catalog, base), base.page_size, aspect=aspect)
+    every = next(d for d in range(max(1, epochs // 4), 0, -1) if epochs % d == 0)  # about 4 checks
+    config = replace(base, screen_size=size, image_size=size, epochs=epochs, eval_every=every, windows=windows,
+                     window_crops=4, negative_crops=2, negative_screens=negative_screens, overlays=0.3,
+                     jpeg_share=0.5)
+    return config, PhotoCheck(size=(max(2, round(12 * aspect)), 12))
+
+
 def _vit(size: tuple[int, int], config: ScreenSpaceConfig) -> TowerConfig:
     # trainable: the screen tower takes the whole screen or window resized (`screen_tower_modality`), as it
     # is trained; without ``train_towers`` the weights stay at their seeded random init, only adapters train
@@ -152,15 +184,18 @@ def _features(space: UnifiedSpace, modality: str, pixels: torch.Tensor, batch_si
         space.train(was_training)
 
 
-def _photos(catalog: Catalog, codes: range | None = None) -> tuple[list[Any], np.ndarray]:
-    """The photos of items ``codes`` (default every item; a grey 8x8 stand-in where there is none or it cannot be
-    decoded: masked out of training) and which of them have one; unreadable photos are skipped, logged and
-    counted."""
-    photos, has_photo, broken = _load_photos(catalog, range(len(catalog)) if codes is None else codes)
+def _photos(catalog: Catalog) -> tuple[list[Any], np.ndarray]:
+    """Every item's photo (a grey 8x8 stand-in where there is none or it cannot be decoded: masked out of
+    training) and which items have one; unreadable photos are skipped, logged and counted."""
+    photos, has_photo, broken = _load_photos(catalog, range(len(catalog)))
+    _log_broken(broken)
+    return photos, has_photo
+
+
+def _log_broken(broken: list[str]) -> None:
     if broken:
         logger.warning("screen space: %d catalog photo(s) could not be decoded and are left out, e.g. %s",
                        len(broken), broken[0])
-    return photos, has_photo
 
 
 def _load_photos(catalog: Catalog, codes: range) -> tuple[list[Any], np.ndarray, list[str]]:
@@ -195,9 +230,7 @@ def _photo_pixels(catalog: Catalog, preprocess, block: int = PHOTO_BLOCK) -> tup
         parts.append(decode_resized(photos, preprocess)[0])
         masks.append(has_photo)
         broken += failed
-    if broken:
-        logger.warning("screen space: %d catalog photo(s) could not be decoded and are left out, e.g. %s",
-                       len(broken), broken[0])
+    _log_broken(broken)
     return torch.cat(parts), np.concatenate(masks)
 
 
