@@ -148,11 +148,8 @@ class Grounder:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         tick = self._clock()
         if self.windows is None:
-            from PIL import Image
-
             tick("screens")
-            queries = self.space.embed_screens([Image.fromarray(s) if isinstance(s, np.ndarray) else s
-                                                for s in screens], batch_size=self.batch_size)
+            queries = self._whole_screens(screens)
             tick("tower")
             best, codes = (queries @ self.item_vectors.t()).max(dim=1)
             tick("search")
@@ -199,11 +196,16 @@ class Grounder:
         """``[N, I]``: each item's similarity to each screen by the tower alone (its best window, with
         windows), before any `PhotoCheck` — how near the tower puts the true item."""
         if self.windows is None:
-            from PIL import Image
+            return self._whole_screens(screens) @ self.item_vectors.t()
+        return torch.cat([self._search(window_vectors(self.space, table, self.windows))[0]
+                          for table in self._tables(screens)])
 
-            screens = [Image.fromarray(s) if isinstance(s, np.ndarray) else s for s in screens]
-            return self.space.embed_screens(screens, batch_size=self.batch_size) @ self.item_vectors.t()
-        return torch.cat([self._best_windows(table)[0] for table in self._tables(screens)])
+    def _whole_screens(self, screens: Sequence[Any]) -> torch.Tensor:
+        """``[N, D]``: whole screens (PIL images or uint8 ``[H, W, 3]`` arrays) through the screen tower and adapter."""
+        from PIL import Image
+
+        screens = [Image.fromarray(s) if isinstance(s, np.ndarray) else s for s in screens]
+        return self.space.embed_screens(screens, batch_size=self.batch_size)
 
     def _tables(self, screens: Sequence[Any]) -> Iterator[AreaTable]:
         """`AreaTable`s of at most ``batch_size`` screens of one size each, in order: the tower's windows and
@@ -212,10 +214,6 @@ class Grounder:
             batch = [screen_tensor(s) for s in screens[start:start + self.batch_size]]
             for same in _runs_of_one_size(batch):
                 yield AreaTable(torch.stack([batch[k] for k in same]))
-
-    def _best_windows(self, table: AreaTable) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each item's best similarity over the screens' windows ``[n, I]`` and which window gave it."""
-        return self._search(window_vectors(self.space, table, self.windows))
 
     def _search(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Window vectors ``[n, K, D]`` → each item's best similarity over the K windows ``[n, I]`` and which
