@@ -11,7 +11,9 @@ Protocol (cold splits, content, schedule and evaluator of `benchmarks/coldstart_
   on their image→behaviour Recall@10.
 * **Content.** *text*: all-MiniLM-L6-v2 (the tables' content); *photo*: the tower's vector of the article
   photo (zeros for the ~21% without one); *fused*: both halves L2-normalised and concatenated, so an article
-  without a photo keeps its text half — the fusion takes an item with one modality missing.
+  without a photo keeps its text half — the fusion takes an item with one modality missing; *fused_gen*: the
+  fused content for ``vae_fusion``'s generator only (``similarity_dims`` the text's width: its affinity and
+  content graph compare the text half), for ``vae_fusion`` alone.
 * **Per seed**: ``vae_fusion`` (the benchmark's defaults: early stopping on cold valid Recall@20) on each
   content, cold and hybrid test Recall@20; and the training-free ``affinity`` (power chosen on cold valid,
   seed 0) and ``content_knn`` on each content.
@@ -25,6 +27,8 @@ data travels packed (`benchmarks/device_pack.py`; wheels and package layout as `
     python3 benchmarks/device_pack.py unpack --packed .gpu --out /tmp/hm                    # there
     python3 benchmarks/coldstart_photos.py --hm /tmp/hm --content .gpu/minilm.safetensors --split products \\
         --seeds 0 1 2 3 4 --out /tmp/photos_products
+    # the tower alone, and towers on fewer photos (a learning curve in data), then evaluate here with --content:
+    python3 benchmarks/coldstart_photos.py ... --tower-only --curve 2500 5000 10000 --out /tmp/photos_products
 """
 from __future__ import annotations
 
@@ -111,7 +115,11 @@ def contents(text: np.ndarray, photo: np.ndarray) -> dict[str, np.ndarray]:
     """The three content variants of the module docstring."""
     t = F.normalize(torch.from_numpy(text).float(), dim=1)
     p = F.normalize(torch.from_numpy(photo).float(), dim=1)  # zero rows stay zero
-    return {"text": t.numpy(), "photo": p.numpy(), "fused": torch.cat([t, p], 1).numpy()}
+    fused = torch.cat([t, p], 1).numpy()
+    return {"text": t.numpy(), "photo": p.numpy(), "fused": fused, "fused_gen": fused}
+
+
+MODEL_ONLY = {"fused_gen"}  # variants that are a vae_fusion setting, not content for the training-free rankers
 
 
 def main() -> None:
@@ -122,7 +130,8 @@ def main() -> None:
     parser.add_argument("--cache", default="out/cache/minilm")
     parser.add_argument("--split", choices=bench.SPLITS, default="products")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    parser.add_argument("--variants", nargs="+", default=["text", "fused", "photo"], choices=["text", "fused", "photo"])
+    parser.add_argument("--variants", nargs="+", default=["text", "fused", "photo"],
+                        choices=["text", "fused", "photo", "fused_gen"])
     parser.add_argument("--model-variants", nargs="+", default=["text", "fused"],
                         help="contents vae_fusion trains on for every seed (all --variants on the first seed)")
     parser.add_argument("--epochs", type=int, default=bench.COLDSTART_TRAIN["epochs"])
@@ -137,6 +146,10 @@ def main() -> None:
     parser.add_argument("--tower-lr", type=float, default=5e-4)
     parser.add_argument("--tower-seed", type=int, default=0)
     parser.add_argument("--tower-items", type=int, default=0, help="train the tower on this many rows (0: all; dry runs)")
+    parser.add_argument("--curve", nargs="*", type=int, default=[],
+                        help="also train towers on these many rows (same behaviour vectors and held-out products) and "
+                             "save each one's vectors as photo_vectors_<rows>.safetensors: the learning curve in data")
+    parser.add_argument("--tower-only", action="store_true", help="stop after the towers (evaluate elsewhere)")
     parser.add_argument("--out", default="out/coldstart_photos")
     args = parser.parse_args()
     args.no_curve = True
@@ -171,11 +184,21 @@ def main() -> None:
         space.save_pretrained(out / "space")
         atomic_save_tensors({"vectors": torch.from_numpy(photo).half()}, vectors_file)
         save()
+        curve = results.setdefault("curve", {})
+        for rows in args.curve:
+            args.tower_items = rows
+            _, vectors, _, curve[str(rows)] = train_tower(catalog, text, behaviour, has_behaviour & keep, args)
+            print(f"tower on {rows} rows: best epoch {curve[str(rows)]['best_epoch']}, "
+                  f"{curve[str(rows)]['train_seconds']:.0f} s", flush=True)
+            atomic_save_tensors({"vectors": torch.from_numpy(vectors).half()}, out / f"photo_vectors_{rows}.safetensors")
+            save()
+    if args.tower_only:
+        return
     variants = contents(text, photo)
 
     chosen = results.setdefault("chosen", {})
     for name in ("affinity", "content_knn"):
-        for variant in args.variants:
+        for variant in [v for v in args.variants if v not in MODEL_ONLY]:
             key = f"{name}/{variant}"
             if key not in chosen:
                 chosen[key], _ = bench.search_grid(name, splits[args.seeds[0]], variants[variant], args.seeds[0], args)
@@ -183,9 +206,10 @@ def main() -> None:
     failed: dict[str, str] = {}
     for i, seed in enumerate(args.seeds):
         for variant in args.variants:
-            jobs = [("affinity", chosen[f"affinity/{variant}"]), ("content_knn", chosen[f"content_knn/{variant}"])]
+            jobs = [] if variant in MODEL_ONLY else [("affinity", chosen[f"affinity/{variant}"]),
+                                                     ("content_knn", chosen[f"content_knn/{variant}"])]
             if i == 0 or variant in args.model_variants:
-                jobs.append(("vae_fusion", {}))
+                jobs.append(("vae_fusion", {"similarity_dims": text.shape[1]} if variant == "fused_gen" else {}))
             for name, config in jobs:
                 key = f"{name}/{variant}/{seed}"
                 if key in results["runs"]:
@@ -212,17 +236,18 @@ def summarise(results: dict, seeds: list[int]) -> None:
     """Mean ± std of cold test Recall@20 per model and content, and per seed fused against text."""
     runs = results["runs"]
     for name in ("vae_fusion", "affinity", "content_knn"):
-        for variant in ("text", "photo", "fused"):
+        for variant in ("text", "photo", "fused", "fused_gen"):
             values = [runs[f"{name}/{variant}/{s}"]["test_cold"]["recall@20"] for s in seeds
                       if f"{name}/{variant}/{s}" in runs]
             if values:
                 print(f"{name:12s} {variant:6s} cold R@20 {np.mean(values):.4f} ± {np.std(values):.4f} "
                       f"({len(values)} seeds: {' / '.join(f'{v:.4f}' for v in values)})")
-        both = [s for s in seeds if f"{name}/fused/{s}" in runs and f"{name}/text/{s}" in runs]
-        wins = sum(runs[f"{name}/fused/{s}"]["test_cold"]["recall@20"] > runs[f"{name}/text/{s}"]["test_cold"]["recall@20"]
-                   for s in both)
-        if both:
-            print(f"{name}: fused above text on {wins} of {len(both)} seeds")
+        for variant in ("fused", "fused_gen"):
+            both = [s for s in seeds if f"{name}/{variant}/{s}" in runs and f"{name}/text/{s}" in runs]
+            wins = sum(runs[f"{name}/{variant}/{s}"]["test_cold"]["recall@20"]
+                       > runs[f"{name}/text/{s}"]["test_cold"]["recall@20"] for s in both)
+            if both:
+                print(f"{name}: {variant} above text on {wins} of {len(both)} seeds")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,10 @@ generator for the cold case (DropoutNet's trick).
 Items without training interactions (cold items of a split, items from `add_items`) have no trained ID
 embedding: their vector comes from content. `update` (new purchases, no retraining) folds an embedding
 into such an item from its buyers and adds the edges to the graph, but does not move the gate (see
-`VAEFusion.trained_counts`). Ablations: ``gate=False`` uses the learned vector for items with training
+`VAEFusion.trained_counts`). With ``cobuyer_weight`` > 0 such an item's score also gets the *co-buyer
+evidence*: the mean, over its buyers, of the cosine between the user's purchase history and the buyer's
+(both as sets), times that weight — who bought it says more through what else they bought than through
+their user vectors. Ablations: ``gate=False`` uses the learned vector for items with training
 interactions and the generated one otherwise; ``vae=False`` replaces the VAE by a plain content → ID-space
 regression; ``ranking_loss=False`` drops the generated-vector BPR; ``affinity=False`` drops a(u, i).
 
@@ -73,6 +76,7 @@ class VAEFusionConfig:
     n_layers: int = 2
     reg_weight: float = 1e-3
     content_dim: int = 0            # width of the content vectors; 0: taken from `set_content`
+    similarity_dims: int = 0        # the affinity and content graph compare the first N content dims only (0: all)
     content_graph: bool = True      # add the frozen content kNN propagation to learned item vectors
     knn_k: int = 10
     latent_dim: int = 32
@@ -94,13 +98,18 @@ class VAEFusionConfig:
     affinity_k: int = 0             # affinity over each item's k most content-similar items (sparse graph; 0: exact)
     affinity_train_exact: bool = False  # train on the exact affinity; the affinity_k graph then serves scoring only
     cold_offset: float = 0.0        # added to the scores of items without a trained ID embedding (`mmrec.hybrid`)
+    cobuyer_weight: float = 30.0    # after `update`: weight of the co-buyer evidence on items without a trained ID
 
     def __post_init__(self) -> None:
         for name in ("dim", "latent_dim", "hidden_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"VAEFusionConfig.{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.content_dim < 0:
-            raise ValueError(f"VAEFusionConfig.content_dim must be ≥ 0, got {self.content_dim}")
+        if self.content_dim < 0 or self.similarity_dims < 0:
+            raise ValueError(f"VAEFusionConfig.content_dim and similarity_dims must be ≥ 0, got "
+                             f"{self.content_dim}, {self.similarity_dims}")
+        if self.content_dim and self.similarity_dims > self.content_dim:
+            raise ValueError(f"VAEFusionConfig.similarity_dims ({self.similarity_dims}) exceeds content_dim "
+                             f"({self.content_dim})")
         for name in ("cold_dropout", "edge_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"VAEFusionConfig.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -111,6 +120,8 @@ class VAEFusionConfig:
             raise ValueError(f"VAEFusionConfig.affinity_k must be ≥ 0, got {self.affinity_k}")
         if self.affinity_sample < 0:
             raise ValueError(f"VAEFusionConfig.affinity_sample must be ≥ 0, got {self.affinity_sample}")
+        if self.cobuyer_weight < 0:
+            raise ValueError(f"VAEFusionConfig.cobuyer_weight must be ≥ 0, got {self.cobuyer_weight}")
         if self.gate_a_init <= 0:
             raise ValueError(f"VAEFusionConfig.gate_a_init must be > 0, got {self.gate_a_init}")
 
@@ -140,6 +151,8 @@ class VAEFusion(LightGCN):
         self._fused: tuple[torch.Tensor, torch.Tensor] | None = None
         self._affinity_graph: AffinityGraph | None = None
         self._knn_csr: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+        self._similarity: tuple[tuple, torch.Tensor] | None = None
+        self._cobuyers: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] | None = None
 
     def _make_generator(self) -> ContentVAE | ContentRegressor:
         cfg = self.config
@@ -155,7 +168,7 @@ class VAEFusion(LightGCN):
         them, is saved with the model so `add_items` can embed a catalog the same way later."""
         array = normalize_rows(vectors)
         if self.config.content_dim == 0 and array.ndim == 2:
-            self.config = replace(self.config, content_dim=array.shape[1])
+            self.config = replace(self.config, content_dim=array.shape[1])  # validated again: similarity_dims
             self.generator = self._make_generator().to(self.device)
         if array.shape != (self.n_items, self.config.content_dim):
             raise ValueError(f"content vectors have shape {array.shape}, the model needs "
@@ -180,10 +193,24 @@ class VAEFusion(LightGCN):
         if self.config.affinity:
             self.affinity_graph()  # built before the training loop, not inside its first step
 
+    def similarity_content(self) -> torch.Tensor:
+        """The content that the affinity, the content graph, `explain` and the unknown-user fallback compare:
+        its first ``similarity_dims`` columns, rows renormalised (all of it when 0); the generator reads all.
+        With ``[text, photo]`` content and ``similarity_dims`` the text's width, the photo reaches only the
+        generator: near-duplicates in text (an article's colour variants) are what the affinity finds, and
+        their photos differ in colour, so a photo half there dilutes it."""
+        n = self.config.similarity_dims
+        if not n or n == self.content.shape[1]:
+            return self.content
+        key = (self.content.data_ptr(), self.content._version, tuple(self.content.shape), self.content.device)
+        if self._similarity is None or self._similarity[0] != key:
+            self._similarity = (key, F.normalize(self.content[:, :n], dim=1))
+        return self._similarity[1]
+
     def _build_knn(self, rows: torch.Tensor) -> None:
         """Append the content-graph edges of ``rows`` (rows already in the graph keep theirs)."""
         targets = torch.nonzero(self.has_id).flatten() if self.config.content_graph else rows[:0]
-        indices, values = knn_rows(self.content, rows, targets, self.config.knn_k)
+        indices, values = knn_rows(self.similarity_content(), rows, targets, self.config.knn_k)
         self.knn_indices = torch.cat([self.knn_indices, indices.to(self.device)], 1)
         self.knn_values = torch.cat([self.knn_values, values.to(self.device)])
 
@@ -227,7 +254,7 @@ class VAEFusion(LightGCN):
         graph, cfg = self._affinity_graph, self.config
         if graph is None or graph.n != len(self.content) or graph.neighbours.device != self.content.device \
                 or graph.k != cfg.affinity_k or graph.power != float(cfg.affinity_power):
-            graph = self._affinity_graph = AffinityGraph(self.content, self.config.affinity_power,
+            graph = self._affinity_graph = AffinityGraph(self.similarity_content(), self.config.affinity_power,
                                                          self.config.affinity_k)
         return graph
 
@@ -270,10 +297,11 @@ class VAEFusion(LightGCN):
         """users · fused items, plus (with ``affinity``) the weighted history content affinity, plus
         ``cold_offset`` on items without a trained ID embedding."""
         scores = self._add_cold_offset(super().score(users, items), items)
+        scores = self._add_cobuyer_evidence(scores, users, items)
         if not self.config.affinity:
             return scores
         counts = self.trained_counts() if items is None else self.trained_counts()[items]
-        return add_history_affinity_(scores, self.seen_indptr, self.seen_indices, users, self.content,
+        return add_history_affinity_(scores, self.seen_indptr, self.seen_indices, users, self.similarity_content(),
                                      self.config.affinity_power, self.affinity(self._gate(counts)), items,
                                      graph=self.affinity_graph())
 
@@ -286,15 +314,62 @@ class VAEFusion(LightGCN):
         untrained = ~self.has_id if items is None else ~self.has_id[items]
         return scores + self.config.cold_offset * untrained.to(scores.dtype)
 
+    def cobuyer_table(self) -> tuple[torch.Tensor, torch.Tensor, Any, Any] | None:
+        """What the co-buyer evidence needs, derived from the seen pairs (so never saved): the *folded*
+        items (buyers from `update`, no trained ID embedding), each item's column among them (-1 if not
+        folded), the users' purchase sets as rows of unit length ``H`` (sparse, users × items) and the mean of
+        each folded item's buyers' rows ``B`` (sparse, items × folded). A user's evidence for f is
+        ``(H @ B)[u, f]``: the mean cosine of the user's purchase set with each buyer's. None when no item is
+        folded. Sparse throughout, so a catalogue with many new items costs what its purchases cost."""
+        key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in (self.seen_indices, self.counts, self.has_id))
+        if self._cobuyers is not None and self._cobuyers[0] == key:
+            return self._cobuyers[1]
+        folded = torch.nonzero(~self.has_id & (self.counts > 0)).flatten()
+        table = None
+        if len(folded):
+            import scipy.sparse as sp
+
+            ptr, items = self.seen_indptr.cpu().numpy(), self.seen_indices.cpu().numpy()
+            length = np.diff(ptr)
+            users = np.repeat(np.arange(self.n_users), length)
+            history = sp.csr_matrix((1.0 / np.sqrt(length[users]), (users, items)), shape=(self.n_users, self.n_items),
+                                    dtype=np.float32)
+            column = np.full(self.n_items, -1, dtype=np.int64)
+            column[folded.cpu().numpy()] = np.arange(len(folded))
+            bought = column[items] >= 0
+            buyers = sp.csr_matrix((np.ones(int(bought.sum()), dtype=np.float32), (column[items[bought]], users[bought])),
+                                   shape=(len(folded), self.n_users))
+            buyers = sp.diags(1.0 / np.asarray(buyers.sum(1)).ravel()).astype(np.float32) @ buyers
+            table = (folded, torch.as_tensor(column, device=self.device), history, (buyers @ history).T.tocsr())
+        self._cobuyers = (key, table)
+        return table
+
+    def _add_cobuyer_evidence(self, scores: torch.Tensor, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
+        """``scores`` (of all items, of the codes ``items``, or of each user's own candidates ``items``
+        ``[len(users), c]``) plus ``cobuyer_weight`` × the co-buyer evidence on folded items."""
+        weight = self.config.cobuyer_weight
+        table = self.cobuyer_table() if weight else None
+        if table is None:
+            return scores
+        folded, column, history, buyers = table
+        evidence = weight * torch.as_tensor((history[users.cpu().numpy()] @ buyers).toarray(), device=scores.device)
+        if items is None:
+            return scores.index_add_(1, folded, evidence.to(scores.dtype))
+        where = column[items]
+        picked = evidence.gather(1, where.clamp(min=0)) if items.dim() == 2 else evidence[:, where.clamp(min=0)]
+        return scores + picked.to(scores.dtype) * (where >= 0).to(scores.dtype)
+
     def score_candidates(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """`score` of each user's own candidates ``items [len(users), c]``, the affinity over the candidates
         only (what re-ranks a retrieval index's proposals)."""
         users_all, fused = self.embeddings()
         scores = self._add_cold_offset(torch.einsum("ud,ucd->uc", users_all[users], fused[items]), items)
+        scores = self._add_cobuyer_evidence(scores, users, items)
         if not self.config.affinity:
             return scores
-        affinity = history_affinity_candidates(self.seen_indptr, self.seen_indices, users, items, self.content,
-                                               self.config.affinity_power, graph=self.affinity_graph())
+        affinity = history_affinity_candidates(self.seen_indptr, self.seen_indices, users, items,
+                                               self.similarity_content(), self.config.affinity_power,
+                                               graph=self.affinity_graph())
         return scores + self.affinity(self._gate(self.trained_counts()[items])) * affinity
 
     def _invalidate(self) -> None:
@@ -336,6 +411,7 @@ class VAEFusion(LightGCN):
         target = (lgcn_items[positives] + knn_items[positives]).detach()
         generated_all, vae = self.generator.generate_with_losses(self.content[items], target, positives)
         train_graph = None if cfg.affinity_train_exact else self.affinity_graph()
+        similarity = self.similarity_content()
         vectors = []
         for key, rows in (("pos", inverse[: len(u)]), ("neg", inverse[len(u):])):
             idx = batch[key]
@@ -348,7 +424,7 @@ class VAEFusion(LightGCN):
             score = (u * self._fuse(lgcn + knn, generated, counts)).sum(1)
             if cfg.affinity:
                 score = score + self.affinity(self._gate(counts)) * history_affinity_pairs(
-                    self.seen_indptr, self.seen_indices, batch["users"], idx, self.content, cfg.affinity_power,
+                    self.seen_indptr, self.seen_indices, batch["users"], idx, similarity, cfg.affinity_power,
                     sample=cfg.affinity_sample, graph=train_graph)
             vectors.append((generated, score))
         (gen_p, score_p), (gen_n, score_n) = vectors
@@ -368,8 +444,9 @@ class VAEFusion(LightGCN):
         """The fallback for a user the model does not know: items ranked by content similarity to the
         interaction-weighted mean content of all items ("popular by content"), flagged as a fallback."""
         weights = self.counts / self.counts.sum().clamp(min=1.0)
-        centroid = F.normalize(weights @ self.content, dim=0)
-        scores = self.content @ centroid
+        content = self.similarity_content()
+        centroid = F.normalize(weights @ content, dim=0)
+        scores = content @ centroid
         cand = self.candidate_codes(candidates)
         codes = torch.as_tensor(np.arange(self.n_items) if cand is None else cand, device=self.device)
         top = torch.topk(scores[codes], min(k, len(codes)))
@@ -384,7 +461,8 @@ class VAEFusion(LightGCN):
         if not 0 <= item < self.n_items:
             raise ValueError(f"item code {item} is outside 0..{self.n_items - 1}")
         history = self.seen_indices[self.seen_indptr[user]:self.seen_indptr[user + 1]]
-        sims = self.content[history] @ self.content[item]
+        content = self.similarity_content()
+        sims = content[history] @ content[item]
         top = torch.topk(sims, min(n, len(history)))
         out = []
         for code, sim in zip(history[top.indices].tolist(), top.values.tolist()):

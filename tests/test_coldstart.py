@@ -401,3 +401,51 @@ def test_affinity_train_exact_trains_as_exact_and_scores_through_the_graph(warm_
     with torch.no_grad():
         assert (served.score(users) <= exact.score(users) + 1e-4).all()  # the graph drops non-negative terms
         assert not torch.allclose(served.score(users), exact.score(users))
+
+
+def test_similarity_dims_keep_the_photo_half_out_of_the_affinity_and_the_content_graph(warm_only):
+    rng = np.random.default_rng(0)
+    text = rng.normal(size=(N_WARM, 12)).astype(np.float32)  # no ties: neighbours are unique
+    photo = rng.normal(size=(N_WARM, 6)).astype(np.float32)
+    fused = np.concatenate([text / np.linalg.norm(text, axis=1, keepdims=True),
+                            photo / np.linalg.norm(photo, axis=1, keepdims=True)], 1)
+    split = train(warm_only, fused, epochs=1, similarity_dims=12, affinity_k=7)
+    plain = train(warm_only, text, epochs=1, affinity_k=7)
+    whole = train(warm_only, fused, epochs=1, affinity_k=7)
+    torch.testing.assert_close(split.similarity_content(), plain.content)
+    assert torch.equal(split.knn_indices, plain.knn_indices)
+    assert not torch.equal(whole.knn_indices, plain.knn_indices)  # the photo half would move the graph
+    assert torch.equal(split.affinity_graph().neighbours, plain.affinity_graph().neighbours)
+    assert split.generator.prior[0].in_features == 18  # the generator reads text and photo
+    with pytest.raises(ValueError, match="similarity_dims"):
+        create_model("vae_fusion", warm_only.n_users, warm_only.n_items, {"content_dim": 18, "similarity_dims": 19})
+
+
+def test_cobuyer_evidence_is_the_mean_cosine_of_purchase_sets_and_only_on_folded_items(world, fitted, content):
+    model = copy.deepcopy(fitted)
+    model.add_items(world.catalog.ids[N_WARM:], content[N_WARM:])
+    future = world.new_item_interactions
+    model.update(future)
+    users = torch.arange(N_USERS)
+    with torch.no_grad():
+        model.config = type(model.config)(**{**vars(model.config), "cobuyer_weight": 0.0})
+        plain = model.score(users).clone()
+        model.config = type(model.config)(**{**vars(model.config), "cobuyer_weight": 2.0})
+        boosted = model.score(users)
+        some = torch.tensor([3, N_WARM + 1, 7, N_WARM + 5])
+        subset = model.score(users, some)
+        candidates = some.repeat(N_USERS, 1)
+        per_user = model.score_candidates(users, candidates)
+    # by hand: sets of seen items, mean over each folded item's buyers of |H_u ∩ H_b| / sqrt(|H_u| |H_b|)
+    ptr, idx = model.seen_indptr.numpy(), model.seen_indices.numpy()
+    sets = [set(idx[ptr[u]:ptr[u + 1]].tolist()) for u in range(N_USERS)]
+    expected = torch.zeros(N_USERS, model.n_items)
+    for item in np.unique(future.items):
+        buyers = [u for u in range(N_USERS) if item in sets[u]]
+        for u in range(N_USERS):
+            expected[u, item] = 2.0 * np.mean([len(sets[u] & sets[b]) / np.sqrt(len(sets[u]) * len(sets[b]))
+                                               for b in buyers])
+    torch.testing.assert_close(boosted - plain, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(subset, boosted[:, some])
+    torch.testing.assert_close(per_user, model.score(users)[:, some], atol=1e-4, rtol=1e-4)
+    assert (expected[:, :N_WARM] == 0).all() and (expected > 0).any()  # trained items: no evidence
