@@ -16,7 +16,8 @@ Protocol (issue 5, part 5):
   Per item, buyers are ordered by time (ties by user code); the first 10 are the *reveal pool*, the rest the
   *targets* (fixed for every step). For n in 0, 1, 2, 5, 10, the first n buyers of every curve item are
   revealed — given to ``model.update(interactions)`` on a copy of the fitted model (no retraining) and
-  masked as seen — and Recall@20 of the targets is measured ranking the curve items only.
+  masked as seen — and Recall@20 of the targets is measured ranking the curve items only (``vae_fusion``'s
+  update includes its co-buyer evidence, ``cobuyer_weight``; the variant ``vae_fusion-no_cobuyer`` leaves it out).
 * **Hybrid with warm targets** (``--warm-targets F``, ColdRec's protocol): F of the warm (user, item) pairs
   (users with at least 3) are also held out into valid and F into test, so *hybrid* (all items ranked) counts
   warm and cold purchases together and *warm* ranks the warm items alone. Without them the hybrid targets are
@@ -78,6 +79,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "vae_fusion-no_gate": ("vae_fusion", {"gate": False}, {}),
     "vae_fusion-no_vae": ("vae_fusion", {"vae": False}, {}),
     "vae_fusion-no_affinity": ("vae_fusion", {"affinity": False}, {}),
+    "vae_fusion-no_cobuyer": ("vae_fusion", {"cobuyer_weight": 0.0}, {}),  # the same model; its warm-up curve differs
 }
 MAIN = "vae_fusion"
 HEURISTICS = ("random", "content_knn", "affinity", "affinity_pop")  # training-free

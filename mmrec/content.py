@@ -54,20 +54,32 @@ def item_texts(catalog: Catalog, fields: Sequence[str] = DEFAULT_FIELDS) -> list
 @dataclass
 class ContentRecipe:
     """How item content vectors are made: the text ``fields`` and the ``encoder`` (a spec such as
-    ``"minilm"``, or ``"space"`` for the `UnifiedSpace` held in ``space``, which fuses photo and text)."""
+    ``"minilm"``, or ``"space"`` for the `UnifiedSpace` held in ``space``, which fuses photo and text).
+
+    With ``photo_half`` and a ``space``, a vector is instead ``[text, photo]``: the ``encoder``'s text vector
+    and the space's photo vector, each of unit length (zeros where an item has no photo). A model then
+    compares the text half alone (`text_dims`; ``vae_fusion``'s ``similarity_dims``) and only its content
+    generator reads the photo."""
 
     fields: tuple[str, ...] = DEFAULT_FIELDS
     encoder: str = "minilm"
     space: Any = field(default=None, repr=False, compare=False)
+    photo_half: bool = False
 
     def __post_init__(self) -> None:
         self.fields = tuple(self.fields)
         if not self.fields or not all(isinstance(f, str) and f for f in self.fields):
             raise ValueError(f"ContentRecipe.fields must be non-empty field names, got {self.fields!r}")
-        if self.space is not None:
+        if not isinstance(self.photo_half, bool):
+            raise ValueError(f"ContentRecipe.photo_half must be true or false, got {self.photo_half!r}")
+        if self.photo_half and (self.space is None or "image" not in self.space.encoders):
+            raise ValueError("ContentRecipe(photo_half=True) needs a UnifiedSpace with an image tower (space=...)")
+        if self.space is not None and not self.photo_half:
             self.encoder = "space"
         elif self.encoder == "space":
-            raise ValueError("ContentRecipe(encoder='space') needs the UnifiedSpace itself (space=...)")
+            raise ValueError("ContentRecipe(photo_half=True): the text half needs a text encoder spec, not 'space'"
+                             if self.photo_half else
+                             "ContentRecipe(encoder='space') needs the UnifiedSpace itself (space=...)")
         if not isinstance(self.encoder, str) or not self.encoder:
             raise ValueError(f"ContentRecipe.encoder must be an encoder spec, got {self.encoder!r}")
 
@@ -77,17 +89,27 @@ class ContentRecipe:
 
     def embed(self, catalog: Catalog, *, cache: str | os.PathLike | None = None,
               progress: bool = False) -> np.ndarray:
-        """``[len(catalog), C]`` float32 vectors, L2-normalised; an item with nothing to encode gets zeros."""
+        """``[len(catalog), C]`` float32 vectors, L2-normalised (with ``photo_half``, each half); an item with
+        nothing to encode gets zeros."""
         from mmrec.fusion.cold_vae import normalize_rows
 
         texts = self.texts(catalog)
-        if self.space is not None:
+        if self.space is not None and not self.photo_half:
             vectors, _ = self.space.embed_items(catalog, texts=texts, cache=cache)
             return normalize_rows(vectors.detach().cpu().float().numpy())
         from mmrec.encoders import create_encoder, embed
 
-        return normalize_rows(embed(catalog, create_encoder(self.encoder), texts=texts, cache=cache,
+        text = normalize_rows(embed(catalog, create_encoder(self.encoder), texts=texts, cache=cache,
                                     progress=progress).vectors)
+        if not self.photo_half:
+            return text
+        photo, _ = self.space.embed_items(catalog, modalities=("image",))  # no photo: a zero row
+        return np.concatenate([text, normalize_rows(photo.detach().cpu().float().numpy())], 1)
+
+    def text_dims(self, vectors: np.ndarray) -> int:
+        """How many leading columns of this recipe's ``vectors`` are the text (all of them unless
+        ``photo_half``)."""
+        return vectors.shape[1] - (self.space.config.dim if self.photo_half else 0)
 
     def embed_mmrec_folder(self, folder: str | os.PathLike, catalog: Catalog, *,
                            cache: str | os.PathLike | None = None) -> np.ndarray:
@@ -107,7 +129,8 @@ class ContentRecipe:
         folder = Path(folder)
         if self.space is not None:
             self.space.save_pretrained(folder / SPACE_FOLDER)
-        atomic_write_json(folder / CONTENT_FILE, {"fields": list(self.fields), "encoder": self.encoder})
+        atomic_write_json(folder / CONTENT_FILE, {"fields": list(self.fields), "encoder": self.encoder,
+                                                  **({"photo_half": True} if self.photo_half else {})})
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> "ContentRecipe | None":
@@ -117,15 +140,17 @@ class ContentRecipe:
         if not path.is_file():
             return None
         recipe = read_json(path)
-        if not isinstance(recipe, dict) or set(recipe) != {"fields", "encoder"} or not isinstance(recipe["fields"], list):
-            raise ValueError(f"{path}: expected {{'fields': [names], 'encoder': spec or 'space'}}")
+        if not isinstance(recipe, dict) or not {"fields", "encoder"} <= set(recipe) <= {"fields", "encoder", "photo_half"} \
+                or not isinstance(recipe["fields"], list):
+            raise ValueError(f"{path}: expected {{'fields': [names], 'encoder': spec or 'space'[, 'photo_half': true]}}")
+        photo_half = recipe.get("photo_half", False)
         space = None
-        if recipe["encoder"] == "space":
+        if recipe["encoder"] == "space" or photo_half is True:
             from mmrec.space import UnifiedSpace
 
             space = UnifiedSpace.from_pretrained(inside(folder, SPACE_FOLDER, str(path)))
         try:
-            return cls(tuple(recipe["fields"]), recipe["encoder"], space)
+            return cls(tuple(recipe["fields"]), recipe["encoder"], space, photo_half)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
 

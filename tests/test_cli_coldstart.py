@@ -176,3 +176,34 @@ def test_warm_targets_choose_a_cold_offset_the_saved_model_applies(tmp_path):
     warm_split = _mmrec("train", "coldstart", "--data", "synthetic", "--protocol", "mmrec", "--warm-targets", "0.1",
                         "--out", str(tmp_path / "y"), check=False)
     assert warm_split.returncode == 2 and "needs --protocol cold or new-products" in warm_split.stderr
+
+
+def test_photo_half_content_feeds_the_photo_to_the_generator_only(tmp_path):
+    """``--space DIR --photo-half``: content is [MiniLM text, the space's photo vector]; the saved model compares
+    the text half (similarity_dims) and its recipe embeds added items the same way."""
+    import torch
+
+    from mmrec.content import ContentRecipe
+    from mmrec.recommender import Recommender
+    from mmrec.space import UnifiedSpace, space_preset, tiny_vit
+
+    torch.manual_seed(0)
+    space = UnifiedSpace(space_preset("lit-tiny-vit", towers={"image": tiny_vit(32, width=32, depth=1, heads=2)},
+                                      dim=16, adapter_options={"hidden": 32}))
+    space.save_pretrained(tmp_path / "space")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("model: {dim: 16, hidden_dim: 32, latent_dim: 8}\ntrain: {epochs: 1, batch_size: 1024}\n")
+    out = tmp_path / "model"
+    _mmrec("train", "coldstart", "--data", "synthetic", "--space", str(tmp_path / "space"), "--photo-half",
+           "--config", str(cfg), "--out", str(out), "--no-progress", "--json")
+    model = Recommender.from_pretrained(out)
+    assert model.config.content_dim == 384 + 16 and model.config.similarity_dims == 384
+    text, photo = model.content[:, :384], model.content[:, 384:]
+    has_photo = photo.norm(dim=1) > 0
+    assert has_photo.any() and not has_photo.all()  # the synthetic world leaves some articles without a photo
+    assert torch.allclose(text.norm(dim=1)[has_photo], photo.norm(dim=1)[has_photo], atol=1e-5)  # two unit halves
+    assert torch.allclose(text.norm(dim=1)[~has_photo], torch.ones(1))  # no photo: the text alone
+    recipe = ContentRecipe.load(out)
+    assert recipe.photo_half and recipe.encoder == "minilm" and recipe.space is not None
+    bad = _mmrec("train", "coldstart", "--data", "synthetic", "--photo-half", "--out", str(tmp_path / "x"), check=False)
+    assert bad.returncode == 2 and "--photo-half needs --space" in bad.stderr

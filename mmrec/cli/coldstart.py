@@ -35,8 +35,11 @@ WARM_TRAIN = {"epochs": 100, "eval_every": 5, "patience": 4, "batch_size": 2048,
 
 
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--cache`` (content vectors) and ``--threads`` (torch CPU threads)."""
+    """``--cache`` (content vectors), ``--photo-half`` and ``--threads`` (torch CPU threads)."""
     parser.add_argument("--cache", help="embedding cache folder for the item content vectors (reused across runs)")
+    parser.add_argument("--photo-half", action="store_true",
+                        help="with --space: content is [MiniLM text, the space's photo vector]; the affinity and "
+                             "content graph compare the text half, the content generator reads both")
     parser.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
 
 
@@ -45,10 +48,16 @@ def split_content(args: argparse.Namespace, data: Any, split: Any) -> tuple[Cont
     items, in code order (``--cache``, where the command has it, is the embedding cache)."""
     if data.catalog is None:
         raise ValueError(f"--data {args.data}: item content needs a catalog (an H&M folder or 'synthetic')")
+    if getattr(args, "photo_half", False) and not getattr(args, "space", None):
+        raise ValueError("--photo-half needs --space (the UnifiedSpace whose image tower makes the photo half)")
     if getattr(args, "space", None):
         from mmrec.space import UnifiedSpace
 
-        recipe = ContentRecipe(space=UnifiedSpace.from_pretrained(args.space))
+        try:
+            recipe = ContentRecipe(space=UnifiedSpace.from_pretrained(args.space),
+                                   photo_half=bool(getattr(args, "photo_half", False)))
+        except ValueError as err:
+            raise ValueError(f"--space {args.space}: {err}") from None
     else:
         recipe = ContentRecipe()
     catalog = data.catalog.subset(data.catalog.index_of(split.train.item_ids))
@@ -85,6 +94,8 @@ def run_coldstart(args: argparse.Namespace, model_config: dict, train_config: An
     cold = split.cold_valid_items is not None
     train_config = coldstart_train_config(args, train_config, cold)
     model_config = {"content_dim": vectors.shape[1], **model_config}
+    if recipe.photo_half:
+        model_config.setdefault("similarity_dims", recipe.text_dims(vectors))
     setup = lambda m: m.set_content(vectors, recipe=recipe)  # noqa: E731
     warm_targets = cold and getattr(args, "warm_targets", 0.0) > 0
     model, report = run(split, "vae_fusion", model_config=model_config, train_config=train_config,
