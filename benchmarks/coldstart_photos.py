@@ -185,9 +185,9 @@ def main() -> None:
         atomic_save_tensors({"vectors": torch.from_numpy(photo).half()}, vectors_file)
         save()
         curve = results.setdefault("curve", {})
-        for rows in args.curve:
-            args.tower_items = rows
-            _, vectors, _, curve[str(rows)] = train_tower(catalog, text, behaviour, has_behaviour & keep, args)
+        for rows in args.curve:  # a copy of the arguments: results["args"] keeps the run's own --tower-items
+            _, vectors, _, curve[str(rows)] = train_tower(catalog, text, behaviour, has_behaviour & keep,
+                                                          argparse.Namespace(**{**vars(args), "tower_items": rows}))
             print(f"tower on {rows} rows: best epoch {curve[str(rows)]['best_epoch']}, "
                   f"{curve[str(rows)]['train_seconds']:.0f} s", flush=True)
             atomic_save_tensors({"vectors": torch.from_numpy(vectors).half()}, out / f"photo_vectors_{rows}.safetensors")

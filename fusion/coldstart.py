@@ -329,9 +329,9 @@ class VAEFusion(LightGCN):
         if len(folded):
             import scipy.sparse as sp
 
-            ptr, items = self.seen_indptr.cpu().numpy(), self.seen_indices.cpu().numpy()
-            length = np.diff(ptr)
-            users = np.repeat(np.arange(self.n_users), length)
+            seen = self._seen_pairs()
+            users, items = seen.users, seen.items
+            length = np.diff(self.seen_indptr.cpu().numpy())
             history = sp.csr_matrix((1.0 / np.sqrt(length[users]), (users, items)), shape=(self.n_users, self.n_items),
                                     dtype=np.float32)
             column = np.full(self.n_items, -1, dtype=np.int64)
