@@ -129,12 +129,15 @@ class ContentVAE(nn.Module):
         sample, and KL(q(z | target, c) || p(z | c)), both averaged over the batch."""
         return self._losses(target, content, *self._content_terms(content))
 
-    def generate_with_losses(self, content: torch.Tensor, target: torch.Tensor,
-                             rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def generate_with_losses(self, content: torch.Tensor, target: torch.Tensor, rows: torch.Tensor,
+                             sample: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`generate` (``content``) and `losses` (``target`` of the items ``content[rows]``) with the
-        content-only terms computed once, as a training step needs both for overlapping items."""
+        content-only terms computed once, as a training step needs both for overlapping items. With
+        ``sample`` the generated vectors are decoded from a reparameterised draw of p(z | content) instead
+        of its mean: what ranks them in training then sees the prior's spread (gradients reach its variance)."""
         mu_p, logvar_p, term = self._content_terms(content)
-        return self._decode(mu_p, term), self._losses(target, content[rows], mu_p[rows], logvar_p[rows], term[rows])
+        z = mu_p + torch.randn_like(mu_p) * (0.5 * logvar_p.clamp(-10, 10)).exp() if sample else mu_p
+        return self._decode(z, term), self._losses(target, content[rows], mu_p[rows], logvar_p[rows], term[rows])
 
     def _losses(self, target: torch.Tensor, content: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor,
                 content_term: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -161,9 +164,10 @@ class ContentRegressor(nn.Module):
         """Squared error to ``target``; no KL term."""
         return self.generate_with_losses(content, target, torch.arange(len(content), device=content.device))[1]
 
-    def generate_with_losses(self, content: torch.Tensor, target: torch.Tensor,
-                             rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """`generate` (``content``) and `losses` (``target`` of the items ``content[rows]``) from one pass."""
+    def generate_with_losses(self, content: torch.Tensor, target: torch.Tensor, rows: torch.Tensor,
+                             sample: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """`generate` (``content``) and `losses` (``target`` of the items ``content[rows]``) from one pass
+        (``sample`` is ignored: a regression has no distribution to draw from)."""
         generated = self.generate(content)
         return generated, {"recon": (generated[rows] - target).pow(2).sum(-1).mean(), "kl": target.new_zeros(())}
 

@@ -38,6 +38,8 @@ evidence*: the mean, over its buyers, of the cosine between the user's purchase 
 their user vectors. Ablations: ``gate=False`` uses the learned vector for items with training
 interactions and the generated one otherwise; ``vae=False`` replaces the VAE by a plain content → ID-space
 regression; ``ranking_loss=False`` drops the generated-vector BPR; ``affinity=False`` drops a(u, i).
+``prior_sample=True`` (off by default) trains on generated vectors decoded from a draw of p(z | content)
+instead of its mean, one of the attempts to make the VAE's variance matter (the README has its numbers).
 
 Warm use on an MMRec folder whose raw ids are H&M articles (hm5core)::
 
@@ -99,6 +101,7 @@ class VAEFusionConfig:
     affinity_train_exact: bool = False  # train on the exact affinity; the affinity_k graph then serves scoring only
     cold_offset: float = 0.0        # added to the scores of items without a trained ID embedding (`mmrec.hybrid`)
     cobuyer_weight: float = 30.0    # after `update`: weight of the co-buyer evidence on items without a trained ID
+    prior_sample: bool = False      # training: generated vectors from a draw of the VAE's prior (tried; off)
 
     def __post_init__(self) -> None:
         for name in ("dim", "latent_dim", "hidden_dim"):
@@ -409,7 +412,8 @@ class VAEFusion(LightGCN):
         knn_items = self._content_neighbours(items)
         positives = torch.unique(inverse[: len(u)])  # rows of the distinct positives in `items`
         target = (lgcn_items[positives] + knn_items[positives]).detach()
-        generated_all, vae = self.generator.generate_with_losses(self.content[items], target, positives)
+        generated_all, vae = self.generator.generate_with_losses(self.content[items], target, positives,
+                                                                 sample=cfg.prior_sample)
         train_graph = None if cfg.affinity_train_exact else self.affinity_graph()
         similarity = self.similarity_content()
         vectors = []

@@ -188,7 +188,7 @@ def test_explain_and_unknown_user_fallback(world, fitted):
     assert np.all(np.diff(fallback["scores"]) <= 0)
 
 
-@pytest.mark.parametrize("flags", [{"vae": False}, {"gate": False}, {"ranking_loss": False}])
+@pytest.mark.parametrize("flags", [{"vae": False}, {"gate": False}, {"ranking_loss": False}, {"prior_sample": True}])
 def test_ablation_flags(world, warm_only, content, flags):
     model = create_model("vae_fusion", N_USERS, N_WARM, flags)  # content_dim taken from set_content
     model.set_content(content[:N_WARM])
@@ -360,6 +360,27 @@ def test_generate_with_losses_is_generate_plus_losses():
         torch.testing.assert_close(generated, network.generate(content))
         for name in ("recon", "kl"):
             torch.testing.assert_close(losses[name], reference[name])
+
+
+def test_prior_sample_draws_generated_vectors_from_the_prior():
+    from mmrec.fusion.cold_vae import ContentVAE
+
+    gen = torch.Generator().manual_seed(3)
+    content, target = torch.randn(9, 6, generator=gen), torch.randn(4, 5, generator=gen)
+    rows = torch.tensor([0, 2, 5, 8])
+    network = ContentVAE(6, 5, 3, 8)
+    logvar_head = network.prior[-1].weight  # rows 3..5 of the prior's output are log-variances
+    for sample in (False, True):
+        network.zero_grad()
+        generated, _ = network.generate_with_losses(content, target, rows, sample=sample)
+        generated.sum().backward()
+        reaches_variance = bool(logvar_head.grad[3:].abs().sum() > 0)
+        assert reaches_variance == sample
+        if sample:
+            again, _ = network.generate_with_losses(content, target, rows, sample=True)
+            assert not torch.allclose(generated, network.generate(content)) and not torch.allclose(generated, again)
+        else:
+            torch.testing.assert_close(generated, network.generate(content))
 
 
 def test_affinity_is_added_in_place_with_a_weight_per_column():
