@@ -129,6 +129,12 @@ class VAEFusionConfig:
             raise ValueError(f"VAEFusionConfig.gate_a_init must be > 0, got {self.gate_a_init}")
 
 
+def _tensor_key(*tensors: torch.Tensor) -> tuple:
+    """What identifies the tensors' current contents for a derived cache: storage, in-place version, shape and
+    device (a replaced, loaded-into, resized or moved tensor gives a new key)."""
+    return tuple((t.data_ptr(), t._version, tuple(t.shape), t.device) for t in tensors)
+
+
 @register_model("vae_fusion")
 class VAEFusion(LightGCN):
     """LightGCN backbone + frozen content graph + conditional VAE + count gate, for warm and cold items.
@@ -155,7 +161,7 @@ class VAEFusion(LightGCN):
         self._affinity_graph: AffinityGraph | None = None
         self._knn_csr: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
         self._similarity: tuple[tuple, torch.Tensor] | None = None
-        self._cobuyers: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None] | None = None
+        self._cobuyers: tuple[tuple, tuple[torch.Tensor, torch.Tensor, Any, Any] | None] | None = None
 
     def _make_generator(self) -> ContentVAE | ContentRegressor:
         cfg = self.config
@@ -205,7 +211,7 @@ class VAEFusion(LightGCN):
         n = self.config.similarity_dims
         if not n or n == self.content.shape[1]:
             return self.content
-        key = (self.content.data_ptr(), self.content._version, tuple(self.content.shape), self.content.device)
+        key = _tensor_key(self.content)
         if self._similarity is None or self._similarity[0] != key:
             self._similarity = (key, F.normalize(self.content[:, :n], dim=1))
         return self._similarity[1]
@@ -220,7 +226,7 @@ class VAEFusion(LightGCN):
     def _knn_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The content graph's edges as CSR parts ``(indptr, columns, values)``, rebuilt when the edge
         buffers change (replaced, loaded into in place, moved)."""
-        key = tuple((t.data_ptr(), t._version, t.shape, t.device) for t in (self.knn_indices, self.knn_values))
+        key = _tensor_key(self.knn_indices, self.knn_values)
         if self._knn_csr is None or self._knn_csr[0] != key or len(self._knn_csr[1][0]) != self.n_items + 1:
             rows, cols = self.knn_indices
             order = torch.argsort(rows, stable=True)
@@ -324,7 +330,7 @@ class VAEFusion(LightGCN):
         each folded item's buyers' rows ``B`` (sparse, items × folded). A user's evidence for f is
         ``(H @ B)[u, f]``: the mean cosine of the user's purchase set with each buyer's. None when no item is
         folded. Sparse throughout, so a catalogue with many new items costs what its purchases cost."""
-        key = tuple((t.data_ptr(), t._version, tuple(t.shape)) for t in (self.seen_indices, self.counts, self.has_id))
+        key = _tensor_key(self.seen_indices, self.counts, self.has_id)
         if self._cobuyers is not None and self._cobuyers[0] == key:
             return self._cobuyers[1]
         folded = torch.nonzero(~self.has_id & (self.counts > 0)).flatten()
