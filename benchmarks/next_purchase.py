@@ -1,7 +1,9 @@
 """Next-purchase benchmark on an H&M folder (issue 17): MAP@12 / Recall@12 on the valid day and the test day
 (the last two days of the data) for trending, repurchase + trending (the baseline, same run), the ranker over
-growing sets of generators, with and without content (MiniLM text) candidates and features; over all buyers
-(the competition's population), buyers with history, and buyers of an article nobody bought before.
+growing sets of generators, with and without content (MiniLM text) candidates and features, and the default
+with the baseline's trending list instead of the pipeline's fallback list for customers without history;
+over all buyers (the competition's population), buyers with history, and buyers of an article nobody bought
+before.
 
 Every ranker variant is chosen on valid only (early stopping), then refitted one day later with the chosen
 number of trees for test, as `mmrec.pipeline.run` does. The label tables are built once with every
@@ -28,9 +30,11 @@ ALL_GENERATORS = {"repurchase": 24, "trending": 48, "copurchase": 32, "colour_va
                   "segment_trending": 24, "content": 24}
 NO_CONTENT = tuple(g for g in FEATURE_GROUPS if g != "content")
 BASE = ["repurchase", "trending"]
-VARIANTS = [  # name, generators, feature groups
+VARIANTS = [  # name, generators, feature groups[, the fallback list: the pipeline's by default]
     ("ranker: repurchase+trending", BASE, NO_CONTENT),
     ("+ copurchase", BASE + ["copurchase"], NO_CONTENT),
+    ("+ colour_variants, baseline's trending as fallback", BASE + ["copurchase", "colour_variants"], NO_CONTENT,
+     Trending(n=12)),
     ("+ colour_variants", BASE + ["copurchase", "colour_variants"], NO_CONTENT),
     ("+ segment_trending", BASE + ["copurchase", "colour_variants", "segment_trending"], NO_CONTENT),
     ("+ content candidates", BASE + ["copurchase", "colour_variants", "content"], NO_CONTENT),
@@ -80,11 +84,12 @@ def main() -> None:
     rows = {"trending": [measure(lambda day: lambda u: baseline(purchases, u, day, repurchase=False))],
             "repurchase+trending (baseline)": [measure(lambda day: lambda u: baseline(purchases, u, day, repurchase=True))]}
     importances = {}
-    for name, gens, feats in variants:
+    for name, gens, feats, *fallback in variants:
         rows[name] = []
+        fill = fallback[0] if fallback else config.fallback()
         for seed in args.seeds:
             models = fit_variant(tables, gens, feats, valid_day, purchases.n_users, config.label_windows, seed)
-            rows[name].append(measure(lambda day: ranked(models[day], tables[day], gens, feats, purchases, day)))
+            rows[name].append(measure(lambda day: ranked(models[day], tables[day], gens, feats, purchases, day, fill)))
             importances[name] = models[valid_day].importances()
         print(f"{name}: done ({time.perf_counter() - started:.0f} s)", flush=True)
     results["rows"] = rows
@@ -116,11 +121,12 @@ def fit_variant(tables, gens, feats, valid_day, n_users, windows, seed) -> dict:
     return {valid_day: chosen, valid_day + 1: tested}
 
 
-def ranked(ranker, table, gens, feats, purchases, day):
-    """``predict(users)`` of a variant: its ranker on the buyers with history, trending for the others."""
+def ranked(ranker, table, gens, feats, purchases, day, fallback: Trending):
+    """``predict(users)`` of a variant: its ranker on the buyers with history, the ``fallback`` list (the
+    pipeline's, `PipelineConfig.fallback`) for the others."""
     cut = restrict(table, gens, feats)
     scored = cut[["user", "item"]].assign(score=ranker.predict(cut))
-    fill, _ = Trending(n=12).top_items(purchases.before(day), day)
+    fill, _ = fallback.top_items(purchases.before(day), day)
     return lambda users: top_k(scored, np.asarray(users), 12, fill)
 
 

@@ -127,24 +127,37 @@ class Repurchase:
         return top_per_user(user_item_weights(history, users, day), self.n)
 
 
-def trending_scores(history: Purchases, day: int, window: int) -> np.ndarray:
-    """Per article, purchases of the last ``window`` days before ``day`` weighted by recency."""
+def trending_scores(history: Purchases, day: int, window: int, *, decay: float = 1.0,
+                    buyers: bool = False) -> np.ndarray:
+    """Per article, purchases of the last ``window`` days before ``day``, each weighted by
+    ``recency_weight ** decay`` (a larger ``decay`` leans on the last days). ``buyers``: count a customer's
+    units of an article on one day once (buyers per day rather than units sold), so one customer buying
+    several units of an article does not lift it for everyone."""
     mask = history.days >= day - window
-    return np.bincount(history.items[mask], weights=recency_weight(history.days[mask], day),
-                       minlength=history.n_items)
+    items, days = history.items[mask], history.days[mask]
+    if buyers and len(items):
+        span = max(window + 1, 1)
+        keys = distinct(((history.users[mask] * history.n_items + items) * span) + (day - 1 - days))
+        days = day - 1 - keys % span
+        items = (keys // span) % history.n_items
+    weights = recency_weight(days, day) if decay == 1.0 else recency_weight(days, day) ** decay
+    return np.bincount(items, weights=weights, minlength=history.n_items)
 
 
 @dataclass
 class Trending:
-    """Recency-weighted bestsellers of the last ``window`` days, the same ``n`` for every customer."""
+    """Recency-weighted bestsellers of the last ``window`` days, the same ``n`` for every customer;
+    ``decay`` and ``buyers`` as in `trending_scores` (the defaults are the plain recency-weighted units)."""
 
     n: int = 48
     window: int = 7
     name: str = "trending"
+    decay: float = 1.0
+    buyers: bool = False
 
     def top_items(self, history: Purchases, day: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` best articles and their scores (none when nothing sold in the window)."""
-        scores = trending_scores(history, day, self.window)
+        scores = trending_scores(history, day, self.window, decay=self.decay, buyers=self.buyers)
         order = np.lexsort((np.arange(len(scores)), -scores))[: self.n]
         order = order[scores[order] > 0]
         return order, scores[order]

@@ -55,6 +55,13 @@ class PipelineConfig:
     ``candidates``, ``"content"`` in ``features`` and ``content: minilm`` turn content on.
     ``horizon_days``: the length of a label window (a day here; a week on the full download).
     ``label_windows``: label windows the ranker trains on.
+    ``fallback_decay`` / ``fallback_buyers``: how the list for customers without history (and the fill
+    after a ranked customer's candidates) counts the last ``trending_window`` days — each purchase weighted
+    by ``recency ** fallback_decay``, a customer's units of an article on one day counted once with
+    ``fallback_buyers`` (`mmrec.fusion.candidates.trending_scores`). Chosen on the H&M valid day: buyers per
+    day with decay 2 beat units with decay 1 (the trending generator and baseline's recipe) there. The
+    trending generator, whose score is a ranker feature, keeps decay 1 on units (the ranker did not gain
+    from the other recipe on valid).
     """
 
     candidates: dict[str, int] = field(default_factory=lambda: {
@@ -65,6 +72,8 @@ class PipelineConfig:
     content: str = ""
     horizon_days: int = 1
     label_windows: int = 3
+    fallback_decay: float = 2.0
+    fallback_buyers: bool = True
     ranker: RankerConfig = field(default_factory=RankerConfig)
 
     def __post_init__(self) -> None:
@@ -76,6 +85,8 @@ class PipelineConfig:
         for name in ("horizon_days", "label_windows", "trending_window", "copurchase_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PipelineConfig.{name} must be ≥ 1, got {getattr(self, name)}")
+        if not self.fallback_decay >= 0:
+            raise ValueError(f"PipelineConfig.fallback_decay must be ≥ 0, got {self.fallback_decay}")
         bad = set(self.features) - set(FEATURE_GROUPS)
         if bad:
             raise ValueError(f"PipelineConfig.features: unknown group(s) {sorted(bad)}; known: {list(FEATURE_GROUPS)}")
@@ -85,6 +96,10 @@ class PipelineConfig:
         windows = {"trending": {"window": self.trending_window}, "copurchase": {"window": self.copurchase_window},
                    "segment_trending": {"window": self.trending_window}}
         return [GENERATORS[name](n=n, **windows.get(name, {})) for name, n in self.candidates.items() if n > 0]
+
+    def fallback(self, n: int = K) -> Trending:
+        """The list for customers without history, and the fill after a ranked customer's candidates."""
+        return Trending(n=n, window=self.trending_window, decay=self.fallback_decay, buyers=self.fallback_buyers)
 
 
 def item_side(catalog: Catalog, vectors: np.ndarray | None = None) -> ItemSide:
@@ -171,7 +186,7 @@ class NextPurchase:
         ``scored``: `scored` of the same day for a superset of ``users``, reused instead of scoring again."""
         users = np.asarray(users, dtype=np.int64)
         scored = self.scored(purchases, users, day) if scored is None else scored
-        fill, _ = Trending(n=k, window=self.config.trending_window).top_items(purchases.before(day), day)
+        fill, _ = self.config.fallback(k).top_items(purchases.before(day), day)
         return top_k(scored, users, k, fill)
 
     def scored(self, purchases: Purchases, users: np.ndarray, day: int,
@@ -382,7 +397,7 @@ class PipelineModel(Recommender):
         pipeline = self._require()
         users_np = users.cpu().numpy().astype(np.int64)
         day = self.next_day
-        trend = trending_order_scores(self.history.before(day), day, self.config.trending_window)
+        trend = trending_order_scores(self.history.before(day), day, self.config.fallback(1))
         scores = np.tile(trend - 1e6, (len(users_np), 1)).astype(np.float32)
         scored = pipeline.scored(self.history, users_np, day)
         if len(scored):
@@ -402,7 +417,7 @@ class PipelineModel(Recommender):
         """For a customer the model does not know: the trending articles (among ``candidates``), flagged."""
         self._require()
         day = self.next_day
-        scores = trending_order_scores(self.history.before(day), day, self.config.trending_window)
+        scores = trending_order_scores(self.history.before(day), day, self.config.fallback(1))
         codes = self.candidate_codes(candidates)
         pool = np.arange(self.n_items) if codes is None else codes
         order = pool[np.lexsort((pool, -scores[pool]))][:k]
@@ -472,11 +487,12 @@ def check_codes(path: Path, codes: np.ndarray, size: int) -> None:
         raise ValueError(f"{path}: codes outside 0..{size - 1}")
 
 
-def trending_order_scores(history: Purchases, day: int, window: int) -> np.ndarray:
-    """Trending scores scaled into [0, 1) by rank (a total order: ties broken by article code)."""
+def trending_order_scores(history: Purchases, day: int, trending: Trending) -> np.ndarray:
+    """``trending``'s scores (its window, decay and counting; not its ``n``) scaled into [0, 1) by rank (a
+    total order: ties broken by article code)."""
     from mmrec.fusion.candidates import trending_scores
 
-    scores = trending_scores(history, day, window)
+    scores = trending_scores(history, day, trending.window, decay=trending.decay, buyers=trending.buyers)
     order = np.lexsort((np.arange(len(scores)), -scores))
     out = np.empty(len(scores), np.float32)
     out[order] = 1.0 - np.arange(len(scores), dtype=np.float32) / max(len(scores), 1)
