@@ -81,7 +81,8 @@ class PipelineConfig:
         if unknown:
             raise ValueError(f"PipelineConfig.candidates: unknown generator(s) {sorted(unknown)}; known: {list(GENERATORS)}")
         if self.candidates.get("trending", 0) < 1:
-            raise ValueError("PipelineConfig.candidates needs trending ≥ 1: it is every customer's fallback")
+            raise ValueError("PipelineConfig.candidates needs trending ≥ 1: it is the only generator for a "
+                             "customer without history")
         for name in ("horizon_days", "label_windows", "trending_window", "copurchase_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PipelineConfig.{name} must be ≥ 1, got {getattr(self, name)}")
@@ -122,7 +123,8 @@ class NextPurchase:
 
     Only customers with purchase history are ranked (and are the ranker's training rows): for a customer
     without any, the candidates are the trending list and the ranker could only reorder it by article
-    features, which on valid did worse than the trending order itself; they get trending.
+    features, which on valid did worse than the trending order itself; they get the fallback list
+    (`PipelineConfig.fallback`).
     """
 
     def __init__(self, config: PipelineConfig, side: ItemSide, ages: np.ndarray | None = None,
@@ -182,7 +184,7 @@ class NextPurchase:
     def recommend(self, purchases: Purchases, users: np.ndarray, day: int, k: int = K,
                   scored: pd.DataFrame | None = None) -> np.ndarray:
         """``[len(users), k]`` item codes for the window starting on ``day`` (purchases before it are read):
-        ranker order for customers with history, then trending to fill (trending alone for the others).
+        ranker order for customers with history, then the fallback list to fill (alone for the others).
         ``scored``: `scored` of the same day for a superset of ``users``, reused instead of scoring again."""
         users = np.asarray(users, dtype=np.int64)
         scored = self.scored(purchases, users, day) if scored is None else scored
