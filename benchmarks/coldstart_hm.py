@@ -81,6 +81,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "vae_fusion-no_affinity": ("vae_fusion", {"affinity": False}, {}),
     "vae_fusion-no_cobuyer": ("vae_fusion", {"cobuyer_weight": 0.0}, {}),  # the same model; its warm-up curve differs
     "vae_fusion-prior_sample": ("vae_fusion", {"prior_sample": True}, {}),
+    "vae_fusion-posterior_rank": ("vae_fusion", {"posterior_rank": True}, {}),
 }
 MAIN = "vae_fusion"
 HEURISTICS = ("random", "content_knn", "affinity", "affinity_pop")  # training-free

@@ -139,6 +139,15 @@ class ContentVAE(nn.Module):
         z = mu_p + torch.randn_like(mu_p) * (0.5 * logvar_p.clamp(-10, 10)).exp() if sample else mu_p
         return self._decode(z, term), self._losses(target, content[rows], mu_p[rows], logvar_p[rows], term[rows])
 
+    def reconstruct(self, target: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
+        """``target`` through the VAE: a reparameterised draw of q(z | target, content), decoded. What a
+        ranking loss on reconstructions trains (`VAEFusionConfig.posterior_rank`): the decoder that makes new
+        items' vectors from the prior then learns to rank from the latents of items with purchases."""
+        mu_q, logvar_q = self.encoder(torch.cat([target, content], -1)).chunk(2, dim=-1)
+        z = mu_q + torch.randn_like(mu_q) * (0.5 * logvar_q.clamp(-10, 10)).exp()
+        first = self.decoder[0]
+        return self._decode(z, F.linear(content, first.weight[:, z.shape[1]:], first.bias))
+
     def _losses(self, target: torch.Tensor, content: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor,
                 content_term: torch.Tensor) -> dict[str, torch.Tensor]:
         mu_q, logvar_q = self.encoder(torch.cat([target, content], -1)).chunk(2, dim=-1)

@@ -40,6 +40,9 @@ interactions and the generated one otherwise; ``vae=False`` replaces the VAE by 
 regression; ``ranking_loss=False`` drops the generated-vector BPR; ``affinity=False`` drops a(u, i).
 ``prior_sample=True`` (off by default) trains on generated vectors decoded from a draw of p(z | content)
 instead of its mean, one of the attempts to make the VAE's variance matter (the README has its numbers).
+``posterior_rank=True`` (off by default) adds BPR on the VAE's reconstructions of the batch's items, decoded
+from draws of q(z | learned, content), so the decoder that makes new items' vectors is trained to rank from
+the latents of items with purchases (CVAR's idea); another such attempt.
 
 Warm use on an MMRec folder whose raw ids are H&M articles (hm5core)::
 
@@ -102,6 +105,7 @@ class VAEFusionConfig:
     cold_offset: float = 0.0        # added to the scores of items without a trained ID embedding (`mmrec.hybrid`)
     cobuyer_weight: float = 30.0    # after `update`: weight of the co-buyer evidence on items without a trained ID
     prior_sample: bool = False      # training: generated vectors from a draw of the VAE's prior (tried; off)
+    posterior_rank: bool = False    # training: BPR on the VAE's reconstructions of batch items (tried; off)
 
     def __post_init__(self) -> None:
         for name in ("dim", "latent_dim", "hidden_dim"):
@@ -125,6 +129,8 @@ class VAEFusionConfig:
             raise ValueError(f"VAEFusionConfig.affinity_sample must be ≥ 0, got {self.affinity_sample}")
         if self.cobuyer_weight < 0:
             raise ValueError(f"VAEFusionConfig.cobuyer_weight must be ≥ 0, got {self.cobuyer_weight}")
+        if self.posterior_rank and not self.vae:
+            raise ValueError("VAEFusionConfig.posterior_rank needs vae: a regression has no posterior to rank through")
         if self.gate_a_init <= 0:
             raise ValueError(f"VAEFusionConfig.gate_a_init must be > 0, got {self.gate_a_init}")
 
@@ -447,6 +453,12 @@ class VAEFusion(LightGCN):
             rank = -F.logsigmoid((u * gen_p).sum(1) - (u * gen_n).sum(1)).mean()
             loss = loss + cfg.rank_weight * rank
             out["rank_generated"] = rank.detach()
+        if cfg.posterior_rank:
+            recon = self.generator.reconstruct((lgcn_items + knn_items).detach(), self.content[items])
+            rec_p, rec_n = recon[inverse[: len(u)]], recon[inverse[len(u):]]
+            rank = -F.logsigmoid((u * rec_p).sum(1) - (u * rec_n).sum(1)).mean()
+            loss = loss + cfg.rank_weight * rank
+            out["rank_posterior"] = rank.detach()
         return {"loss": loss, **out}
 
     # -- inference -----------------------------------------------------------------------------------

@@ -188,7 +188,8 @@ def test_explain_and_unknown_user_fallback(world, fitted):
     assert np.all(np.diff(fallback["scores"]) <= 0)
 
 
-@pytest.mark.parametrize("flags", [{"vae": False}, {"gate": False}, {"ranking_loss": False}, {"prior_sample": True}])
+@pytest.mark.parametrize("flags", [{"vae": False}, {"gate": False}, {"ranking_loss": False}, {"prior_sample": True},
+                                   {"posterior_rank": True}])
 def test_ablation_flags(world, warm_only, content, flags):
     model = create_model("vae_fusion", N_USERS, N_WARM, flags)  # content_dim taken from set_content
     model.set_content(content[:N_WARM])
@@ -196,6 +197,7 @@ def test_ablation_flags(world, warm_only, content, flags):
     result = model.fit(warm_only, train_config=TrainConfig(epochs=2, batch_size=1024, progress=False))
     last = result.history[-1]
     assert ("rank_generated" in last) == flags.get("ranking_loss", True)
+    assert ("rank_posterior" in last) == flags.get("posterior_rank", False)
     if flags.get("vae", True) is False:
         assert last["kl"] == 0.0 and "prior" not in dict(model.generator.named_children())
     model.eval()
@@ -381,6 +383,24 @@ def test_prior_sample_draws_generated_vectors_from_the_prior():
             assert not torch.allclose(generated, network.generate(content)) and not torch.allclose(generated, again)
         else:
             torch.testing.assert_close(generated, network.generate(content))
+
+
+def test_posterior_rank_trains_the_decoder_through_posterior_draws():
+    from mmrec.fusion.cold_vae import ContentVAE
+
+    gen = torch.Generator().manual_seed(4)
+    content, target = torch.randn(6, 4, generator=gen), torch.randn(6, 5, generator=gen)
+    network = ContentVAE(4, 5, 3, 8)
+    torch.manual_seed(0)
+    recon = network.reconstruct(target, content)
+    recon.sum().backward()
+    assert recon.shape == target.shape
+    assert network.encoder[0].weight.grad.abs().sum() > 0 and network.decoder[0].weight.grad.abs().sum() > 0
+    assert network.prior[0].weight.grad is None  # the prior is not on this path
+    torch.manual_seed(0)
+    torch.testing.assert_close(network.reconstruct(target, content), recon)  # draws follow torch's seed
+    with pytest.raises(ValueError, match="posterior_rank needs vae"):
+        create_model("vae_fusion", 3, 3, {"posterior_rank": True, "vae": False})
 
 
 def test_affinity_is_added_in_place_with_a_weight_per_column():
