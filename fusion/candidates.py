@@ -140,7 +140,7 @@ def trending_scores(history: Purchases, day: int, window: int, *, decay: float =
         keys = distinct(((history.users[mask] * history.n_items + items) * span) + (day - 1 - days))
         days = day - 1 - keys % span
         items = (keys // span) % history.n_items
-    weights = recency_weight(days, day) if decay == 1.0 else recency_weight(days, day) ** decay
+    weights = recency_weight(days, day) ** decay
     return np.bincount(items, weights=weights, minlength=history.n_items)
 
 
@@ -155,9 +155,13 @@ class Trending:
     decay: float = 1.0
     buyers: bool = False
 
+    def scores(self, history: Purchases, day: int) -> np.ndarray:
+        """Every article's trending score (`trending_scores` with this list's window, decay and counting)."""
+        return trending_scores(history, day, self.window, decay=self.decay, buyers=self.buyers)
+
     def top_items(self, history: Purchases, day: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``n`` best articles and their scores (none when nothing sold in the window)."""
-        scores = trending_scores(history, day, self.window, decay=self.decay, buyers=self.buyers)
+        scores = self.scores(history, day)
         order = np.lexsort((np.arange(len(scores)), -scores))[: self.n]
         order = order[scores[order] > 0]
         return order, scores[order]

@@ -111,8 +111,17 @@ class ContentVAE(nn.Module):
         """What depends on the content alone: the prior's mean and log-variance, and the decoder's first
         layer applied to the content half of its input (bias included)."""
         mu, logvar = self.prior(content).chunk(2, dim=-1)
+        return mu, logvar, self._content_term(content)
+
+    def _content_term(self, content: torch.Tensor) -> torch.Tensor:
+        """The decoder's first layer applied to the content half of its input (bias included)."""
         first = self.decoder[0]
-        return mu, logvar, F.linear(content, first.weight[:, mu.shape[1]:], first.bias)
+        return F.linear(content, first.weight[:, first.in_features - content.shape[-1]:], first.bias)
+
+    @staticmethod
+    def _draw(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """A reparameterised draw from N(mu, exp(logvar)), the log-variance clamped to [-10, 10]."""
+        return mu + torch.randn_like(mu) * (0.5 * logvar.clamp(-10, 10)).exp()
 
     def _decode(self, z: torch.Tensor, content_term: torch.Tensor) -> torch.Tensor:
         """The decoder on ``[z, c]``, its first layer's content half given as ``content_term``."""
@@ -136,7 +145,7 @@ class ContentVAE(nn.Module):
         ``sample`` the generated vectors are decoded from a reparameterised draw of p(z | content) instead
         of its mean: what ranks them in training then sees the prior's spread (gradients reach its variance)."""
         mu_p, logvar_p, term = self._content_terms(content)
-        z = mu_p + torch.randn_like(mu_p) * (0.5 * logvar_p.clamp(-10, 10)).exp() if sample else mu_p
+        z = self._draw(mu_p, logvar_p) if sample else mu_p
         return self._decode(z, term), self._losses(target, content[rows], mu_p[rows], logvar_p[rows], term[rows])
 
     def reconstruct(self, target: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
@@ -144,15 +153,13 @@ class ContentVAE(nn.Module):
         ranking loss on reconstructions trains (`VAEFusionConfig.posterior_rank`): the decoder that makes new
         items' vectors from the prior then learns to rank from the latents of items with purchases."""
         mu_q, logvar_q = self.encoder(torch.cat([target, content], -1)).chunk(2, dim=-1)
-        z = mu_q + torch.randn_like(mu_q) * (0.5 * logvar_q.clamp(-10, 10)).exp()
-        first = self.decoder[0]
-        return self._decode(z, F.linear(content, first.weight[:, z.shape[1]:], first.bias))
+        return self._decode(self._draw(mu_q, logvar_q), self._content_term(content))
 
     def _losses(self, target: torch.Tensor, content: torch.Tensor, mu_p: torch.Tensor, logvar_p: torch.Tensor,
                 content_term: torch.Tensor) -> dict[str, torch.Tensor]:
         mu_q, logvar_q = self.encoder(torch.cat([target, content], -1)).chunk(2, dim=-1)
+        z = self._draw(mu_q, logvar_q)
         logvar_q, logvar_p = logvar_q.clamp(-10, 10), logvar_p.clamp(-10, 10)
-        z = mu_q + torch.randn_like(mu_q) * (0.5 * logvar_q).exp()
         recon = (self._decode(z, content_term) - target).pow(2).sum(-1).mean()
         kl = 0.5 * (logvar_p - logvar_q + (logvar_q.exp() + (mu_q - mu_p).pow(2)) / logvar_p.exp() - 1).sum(-1).mean()
         return {"recon": recon, "kl": kl}

@@ -141,6 +141,11 @@ def _tensor_key(*tensors: torch.Tensor) -> tuple:
     return tuple((t.data_ptr(), t._version, tuple(t.shape), t.device) for t in tensors)
 
 
+def _bpr(users: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """BPR of each user's vector against a positive and a negative item vector, averaged over the batch."""
+    return -F.logsigmoid((users * positives).sum(1) - (users * negatives).sum(1)).mean()
+
+
 @register_model("vae_fusion")
 class VAEFusion(LightGCN):
     """LightGCN backbone + frozen content graph + conditional VAE + count gate, for warm and cold items.
@@ -450,13 +455,12 @@ class VAEFusion(LightGCN):
         loss = bpr + cfg.reg_weight * reg + cfg.recon_weight * vae["recon"] + cfg.beta * vae["kl"]
         out = {"bpr": bpr.detach(), "reg": reg.detach(), "recon": vae["recon"].detach(), "kl": vae["kl"].detach()}
         if cfg.ranking_loss:
-            rank = -F.logsigmoid((u * gen_p).sum(1) - (u * gen_n).sum(1)).mean()
+            rank = _bpr(u, gen_p, gen_n)
             loss = loss + cfg.rank_weight * rank
             out["rank_generated"] = rank.detach()
         if cfg.posterior_rank:
             recon = self.generator.reconstruct((lgcn_items + knn_items).detach(), self.content[items])
-            rec_p, rec_n = recon[inverse[: len(u)]], recon[inverse[len(u):]]
-            rank = -F.logsigmoid((u * rec_p).sum(1) - (u * rec_n).sum(1)).mean()
+            rank = _bpr(u, recon[inverse[: len(u)]], recon[inverse[len(u):]])
             loss = loss + cfg.rank_weight * rank
             out["rank_posterior"] = rank.detach()
         return {"loss": loss, **out}

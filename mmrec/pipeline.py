@@ -492,9 +492,7 @@ def check_codes(path: Path, codes: np.ndarray, size: int) -> None:
 def trending_order_scores(history: Purchases, day: int, trending: Trending) -> np.ndarray:
     """``trending``'s scores (its window, decay and counting; not its ``n``) scaled into [0, 1) by rank (a
     total order: ties broken by article code)."""
-    from mmrec.fusion.candidates import trending_scores
-
-    scores = trending_scores(history, day, trending.window, decay=trending.decay, buyers=trending.buyers)
+    scores = trending.scores(history, day)
     order = np.lexsort((np.arange(len(scores)), -scores))
     out = np.empty(len(scores), np.float32)
     out[order] = 1.0 - np.arange(len(scores), dtype=np.float32) / max(len(scores), 1)
