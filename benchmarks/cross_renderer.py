@@ -1,27 +1,27 @@
 """Cross-renderer grounding (issue 18 part 2): a grounder set up on one renderer's recordings, tested on the
 other's, beside same-renderer results, with windows fitted to the training renderer's photos
-(`ScreenWindows.fit`) and with layout-free windows (`ScreenWindows.grid`: the whole screen, widths
-``--ratio`` apart from ``--narrowest`` of the screen's width up, every item a candidate of the photo check,
-found by its photo in every window (`PhotoCheck.locate`), screens where two items' photos match apart
-called feeds (`PhotoCheck.crowd`)).
+(`ScreenWindows.fit`) and with the layout-free settings `mmrec stream calibrate --layout-free` writes
+(`mmrec.grounding.layout_free_settings`: every catalog photo searched for over the whole screen, as it is
+and cut to common frames, feeds told apart by a second photo).
 
-    nice -n 10 .venv/bin/python benchmarks/cross_renderer.py --recordings out/browser_pages --space DIR \\
-        --out out/cross_renderer [--items 30] [--seed 0] [--calibrate 0] [--narrowest 0.45]
+    nice -n 10 .venv/bin/python benchmarks/cross_renderer.py --recordings out/browser_pages --space DIR \
+        --out out/cross_renderer [--items 120] [--seed 0] [--calibrate 0] [--modes fitted,layout-free]
 
 ``--recordings`` is the output of benchmarks/browser_pages.py (folders ``app_sim_WxH_k`` and
-``browser_WxH_k`` of one world, the same sessions drawn by both renderers); ``--space`` a saved space for
-that world (e.g. the screen-stream demo's ``OUT/space``, its tower trained on app_sim's pages). For each
-training renderer, the sessions ``--calibrate`` (default 0) are its training recordings: ``fitted`` windows
-are the space's own for app_sim (fitted to its training pages' photos) and, for the browser, fitted to the
-product-page photo boxes of its training recordings (the layouts measured in the browser), and every mode's threshold is calibrated on those recordings only. The other
-sessions of both renderers are the test recordings, scored as benchmarks/stream_targets.py scores them
-(per-frame precision and recall of the item on screen, product pages found), with the processing time per
-encoded screen. The tower itself is not retrained per renderer. Prints and writes ``OUT/report.json``.
+``browser_WxH_k`` of one world, the same sessions drawn by both renderers, with the same ``--items`` and
+``--seed``); ``--space`` a saved space for that world (e.g. the screen-stream demo's ``OUT/space``, its tower
+trained on app_sim's pages for both directions; the layout-free mode does not use its screen tower). For
+each training renderer, the sessions ``--calibrate`` (default 0) are its training recordings: ``fitted``
+windows are the space's own for app_sim (fitted to its training pages' photos) and, for the browser,
+fitted to the product-page photo boxes of its training recordings (the layouts measured in the browser),
+and every mode's threshold is calibrated on those recordings only. The other sessions of both renderers are
+the test recordings, scored as benchmarks/stream_targets.py scores them (per-frame precision and recall of
+the item on screen, product pages found, dwell error of the views found), with the processing time per
+encoded screen. Prints and writes ``OUT/report.json``.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -36,7 +36,8 @@ from mmrec.calibration import calibrate_grounder  # noqa: E402
 from mmrec.config import from_dict  # noqa: E402
 from mmrec.datasets import app_sim  # noqa: E402
 from mmrec.datasets.synthetic import WorldConfig, make_world  # noqa: E402
-from mmrec.grounding import load_grounder, load_grounding  # noqa: E402
+from mmrec.grounding import (GroundingSettings, layout_free_settings, load_grounder, load_grounding,  # noqa: E402
+                             photo_aspect)
 from mmrec.io import atomic_write_text  # noqa: E402
 from mmrec.screen_windows import ScreenWindows  # noqa: E402
 from mmrec.stream import StreamConfig  # noqa: E402
@@ -60,14 +61,11 @@ def main() -> None:
     parser.add_argument("--recordings", required=True)
     parser.add_argument("--space", required=True)
     parser.add_argument("--out", default="out/cross_renderer")
-    parser.add_argument("--items", type=int, default=30)
+    parser.add_argument("--items", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", default="180x320")
     parser.add_argument("--calibrate", type=int, action="append", help="training sessions (default 0)")
-    parser.add_argument("--narrowest", type=float, default=0.45, help="grid windows' narrowest width")
-    parser.add_argument("--ratio", type=float, default=1.1, help="grid windows' ratio between widths")
-    parser.add_argument("--crowd", type=float, default=0.85, help="the grid mode's PhotoCheck.crowd")
-    parser.add_argument("--modes", default="grid,fitted", help="windows compared (grid, fitted)")
+    parser.add_argument("--modes", default="fitted,layout-free", help="settings compared (fitted, layout-free)")
     args = parser.parse_args()
     root, out = Path(args.recordings), Path(args.out)
     world = make_world(from_dict(WorldConfig, {"seed": args.seed, "n_users": 400, "n_items": args.items,
@@ -84,20 +82,17 @@ def main() -> None:
     for trained in RENDERERS:
         calibration = [f for f in folders[trained] if int(f.name.rsplit("_", 1)[1]) in train]
         width, height = (int(x) for x in args.size.split("x"))
-        modes = {"grid": ScreenWindows.grid(args.narrowest, 1.0, aspect=aspect, ratio=args.ratio)}
+        modes = {"layout-free": layout_free_settings(photo_aspect(catalog), len(catalog))}
         if trained == "browser":
-            modes["fitted"] = ScreenWindows.fit(np.concatenate([browser_photo_boxes(f) for f in calibration]),
-                                                (width, height), aspect=aspect)
+            modes["fitted"] = GroundingSettings(settings.threshold, ScreenWindows.fit(
+                np.concatenate([browser_photo_boxes(f) for f in calibration]), (width, height), aspect=aspect),
+                settings.check)
         elif settings.windows is not None:
-            modes["fitted"] = settings.windows  # the space's own: fitted to app_sim's training pages
-        for mode, windows in modes.items():
+            modes["fitted"] = settings  # the space's own: fitted to app_sim's training pages
+        for mode, chosen in modes.items():
             if mode not in args.modes.split(","):
                 continue
-            grounder = load_grounder(args.space, catalog)
-            grounder.windows = windows
-            if mode == "grid" and grounder.check is not None:  # every item a candidate, found by its photo
-                grounder.check = dataclasses.replace(grounder.check, crowd=args.crowd, candidates=len(catalog),
-                                                     locate_all=True)
+            grounder = load_grounder(args.space, catalog, settings=chosen)
             grounder.threshold, fit = calibrate_grounder(grounder, calibration, catalog.ids)
             for tested in RENDERERS:
                 rows, seconds = [], 0.0
@@ -110,13 +105,16 @@ def main() -> None:
                     seconds += time.perf_counter() - start
                 row = summarize(rows)
                 encoded = sum(r["encoded"] for r in rows)
-                result = {"trained": trained, "tested": tested, "windows": mode, "crowd": grounder.check.crowd if grounder.check is not None else None,
-                          "windows_per_screen": windows.count(width, height), "threshold": round(grounder.threshold, 4),
+                errors = [e for r in rows for e in r["dwell_errors_ms"]]
+                result = {"trained": trained, "tested": tested, "mode": mode,
+                          "windows_per_screen": chosen.windows.count(width, height),
+                          "threshold": round(grounder.threshold, 4),
                           "calibration": fit, "sessions": len(rows),
                           "frame_precision": round(row["frame_precision"], 4),
                           "frame_recall": round(row["frame_recall"], 4),
                           "pages_found": int(sum(r["pages_found"] for r in rows)),
                           "pages": int(sum(r["pages"] for r in rows)),
+                          "median_dwell_error_ms": round(float(np.median(errors)), 1) if errors else None,
                           "ms_per_screen": round(1000 * seconds / max(1, encoded), 1),
                           "per_session": [{"recall": round(r["right"] / max(1, r["shown"]), 3),
                                            "precision": round(r["right"] / max(1, r["said"]), 3),

@@ -16,6 +16,7 @@ space for a catalog; a space with pretrained towers plugs in unchanged (`Unified
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -59,7 +60,10 @@ class Grounder:
     each screen for the photo (`mmrec.screen_windows`): every window goes through the screen tower and each
     item takes its best window; without, the whole screen is one input. ``check`` (with windows, and
     ``thumbnails`` of the item photos from `PhotoCheck.thumbnails`): the nearest candidates are re-ranked by
-    their photo, and the similarity is then the photo's correlation with the screen. ``skipped_photos``:
+    their photo, and the similarity is then the photo's correlation with the screen; with ``check.locate_all``
+    every candidate is found by its photo (`PhotoCheck.search`), also in windows of each of ``check.crops``
+    against ``crop_thumbnails`` (one ``[I, 3, h, w]`` per crop, `PhotoCheck.thumbnails` with the aspect), and
+    with ``check.candidates`` at least the catalog's size the tower is not run at all. ``skipped_photos``:
     (item id, reason) of catalog photos that could not be decoded (`for_catalog`). ``stage_seconds``: None
     (the default), or a dict that `similarities` adds its seconds to by stage — ``screens`` (screens to
     tensors and area tables), ``tower`` (windows or screens through the screen tower), ``search`` (every
@@ -71,7 +75,8 @@ class Grounder:
 
     def __init__(self, space: UnifiedSpace, item_vectors: torch.Tensor, valid: np.ndarray | None = None,
                  threshold: float = 0.5, batch_size: int = 32, windows: ScreenWindows | None = None,
-                 check: PhotoCheck | None = None, thumbnails: torch.Tensor | None = None) -> None:
+                 check: PhotoCheck | None = None, thumbnails: torch.Tensor | None = None,
+                 crop_thumbnails: Sequence[torch.Tensor] = ()) -> None:
         if item_vectors.ndim != 2 or item_vectors.shape[1] != space.config.dim:
             raise ValueError(f"item_vectors must be [items, {space.config.dim}], got {tuple(item_vectors.shape)}")
         if "screen" not in space.encoders:
@@ -81,7 +86,12 @@ class Grounder:
         self.skipped_photos, self.stage_seconds = [], None
         if check is not None and (windows is None or thumbnails is None or len(thumbnails) != len(item_vectors)):
             raise ValueError("a PhotoCheck re-ranks a windowed search: give windows and one thumbnail per item")
+        if check is not None and check.crops and (
+                len(crop_thumbnails) != len(check.crops) or any(len(t) != len(item_vectors) for t in crop_thumbnails)):
+            raise ValueError(f"a PhotoCheck with crops {check.crops} needs one [items, 3, h, w] thumbnail tensor per "
+                             f"crop (PhotoCheck.thumbnails(photos, aspect)), got {len(crop_thumbnails)}")
         self.windows, self.check, self.thumbnails = windows, check, thumbnails
+        self.crop_thumbnails = list(crop_thumbnails)
         vectors = item_vectors.detach().float().to(space.device)
         if valid is not None:
             vectors = vectors.clone()
@@ -105,6 +115,7 @@ class Grounder:
         valid = np.zeros(len(catalog), bool)
         vectors = torch.zeros(len(catalog), space.config.dim)
         thumbnails = None if check is None else torch.zeros(len(catalog), 3, *check.size)
+        crops = [] if check is None else [check.thumbnails([None] * len(catalog), a) for a in check.crops]
         skipped: list[tuple[str, str]] = []
         batch: list[int] = []
         photos: list[Any] = []
@@ -114,6 +125,8 @@ class Grounder:
                 vectors[batch] = space.embed_images(photos, batch_size=PHOTO_BATCH).float().cpu()
                 if thumbnails is not None:
                     thumbnails[batch] = check.thumbnails(photos)
+                    for aspect, cropped in zip(check.crops, crops):
+                        cropped[batch] = check.thumbnails(photos, aspect)
                 valid[batch] = True
                 batch.clear(), photos.clear()
 
@@ -136,7 +149,7 @@ class Grounder:
         if skipped:
             logger.warning("grounding: %d of %d catalog photos skipped (undecodable); those items are never "
                            "grounded", len(skipped), len(skipped) + int(valid.sum()))
-        grounder = cls(space, vectors, valid, threshold, batch_size, windows, check, thumbnails)
+        grounder = cls(space, vectors, valid, threshold, batch_size, windows, check, thumbnails, crops)
         grounder.skipped_photos = skipped
         return grounder
 
@@ -155,11 +168,15 @@ class Grounder:
             tick("search")
             return codes.cpu().numpy().astype(np.int64), best.cpu().numpy().astype(np.float32)
         codes, sims = [], []
+        every_item = self.check is not None and self.check.locate_all and self.check.candidates >= len(self.item_vectors)
         for table in self._tables(screens):
             tick("screens")
-            vectors = window_vectors(self.space, table, self.windows)
-            tick("tower")
-            best, where = self._search(vectors)
+            if every_item:  # every item is located by its photo: the tower would shortlist nothing
+                best = where = torch.zeros(table.count, len(self.item_vectors))
+            else:
+                vectors = window_vectors(self.space, table, self.windows)
+                tick("tower")
+                best, where = self._search(vectors)
             tick("search")
             if self.check is None:
                 best, code = best.max(dim=1)
@@ -168,11 +185,14 @@ class Grounder:
             top = best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu()  # [n, C]
             all_boxes = self.windows.boxes(table.width, table.height)
             if self.check.locate_all:  # layout-free windows: each candidate's window found by its photo
-                boxes = self.check.locate(table, all_boxes, self.thumbnails[top])
+                variants = [(all_boxes, self.thumbnails[top])] + [
+                    (dataclasses.replace(self.windows, aspect=aspect).boxes(table.width, table.height), cropped[top])
+                    for aspect, cropped in zip(self.check.crops, self.crop_thumbnails)]
+                match = self.check.search(table, variants)[0]
             else:
                 windows_at = torch.gather(where.cpu(), 1, top)  # each candidate's best window
                 boxes = torch.as_tensor(all_boxes)[windows_at]
-            match = self.check.match(table, boxes, self.thumbnails[top])  # [n, C]
+                match = self.check.match(table, boxes, self.thumbnails[top])  # [n, C]
             best_match, k = match.max(dim=1)
             codes.append(top.gather(1, k[:, None])[:, 0]), sims.append(best_match)
             tick("check")
@@ -315,6 +335,46 @@ class GroundingSettings:
 
     def __post_init__(self) -> None:
         self.threshold = check_threshold(self.threshold, "GroundingSettings.threshold")
+
+
+LAYOUT_FREE_CROPS = (1.0, 1.25, 1.5)  # frames apps cut photos to (height / width): square, 4:5, 2:3
+
+
+def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> GroundingSettings:
+    """Grounding settings that assume nothing about where an app puts its photos, for apps whose pages the
+    space never saw (the fitted windows of `ScreenWindows.fit` know only the training app's photo region).
+
+    Windows of the photos' ``aspect`` over the whole screen from a fifth of its width up, 12 % apart in width
+    (`ScreenWindows.grid`), and a `PhotoCheck` that finds every one of the ``items`` photos in them
+    (``locate_all``; with that many candidates the grounder skips the screen tower, and beyond them it
+    shortlists with it), as the photo is and cut to the `LAYOUT_FREE_CROPS` apps crop photos to, at matching
+    contrast, each window also tried up to 5 % larger and smaller (half the gap between widths); a screen where a second photo matches apart from the best (``crowd`` 0.8) is a feed, and a photo
+    narrower than 0.35 of the screen (a feed card, a bag row) is no product page. ``threshold`` is then
+    calibrated (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
+    if not (math.isfinite(aspect) and aspect > 0) or items < 1:
+        raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "
+                         f"got {aspect}, {items}")
+    crops = tuple(a for a in LAYOUT_FREE_CROPS if abs(a / aspect - 1) > 0.05)
+    check = PhotoCheck(candidates=items, size=(max(2, round(12 * aspect)), 12), crowd=0.8, locate_all=True,
+                       contrast=1.0, crops=crops, smallest=0.35, scales=(0.95, 0.975, 1.025, 1.05), refine=3)
+    return GroundingSettings(threshold, ScreenWindows.grid(0.2, 1.0, aspect=aspect, ratio=1.12), check)
+
+
+def photo_aspect(catalog: Catalog, sample: int = 64) -> float:
+    """The median height / width of up to ``sample`` catalog photos (read from their headers; undecodable ones
+    are passed over), for windows of the photos' shape."""
+    from PIL import Image
+
+    aspects = []
+    for path in [p for p in catalog.image_paths if p is not None][:sample]:
+        try:
+            with Image.open(path) as image:
+                aspects.append(image.height / image.width)
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+    if not aspects:
+        raise ValueError("no catalog photo could be read to take the photos' aspect from")
+    return float(np.median(aspects))
 
 
 def save_grounding(target: str | os.PathLike, settings: GroundingSettings, **extra: Any) -> Path:

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+
+CROWD_OVERLAP = 0.1  # two windows are apart (two photos, not one seen twice) when they share under this of the smaller
+SEARCH_MATCHED = 10  # candidates of a screen that PhotoCheck.search matches with shifts after locating them all
 
 
 @dataclass
@@ -218,12 +221,26 @@ class PhotoCheck:
     photo settles which (near-identical articles included); a screen without an item matches no photo well.
     Assumes windows of the photos' aspect (as `ScreenWindows.fit` or `ScreenWindows.grid` make them).
     ``crowd`` (None: off) is for windows that do not know the app's layout (`ScreenWindows.grid`): a screen
-    where two candidates' photos match at least ``crowd`` in windows apart (overlapping by under half the
-    smaller) shows several items — a feed, a grid — not one item's page, and every candidate scores -1.
+    where, besides the best candidate's photo, another matches at least ``crowd`` in a window apart from it
+    (overlapping by under `CROWD_OVERLAP` of the smaller) shows several items — a feed, a grid — not one
+    item's page, and every candidate scores -1.
     With many windows the tower's best window for an item is often not on its photo: `locate` finds each
     candidate's window by its photo instead (the windows to give `match`); ``locate_all`` makes the
     `mmrec.grounding.Grounder` do so (for `ScreenWindows.grid`; off: the tower's best window, as fitted
     windows need).
+
+    For apps whose layout is unknown (`search`, with `locate_all`), three more settings. ``contrast``: the
+    correlation is multiplied by ``(min(s, t) / max(s, t)) ** contrast`` of the two contrasts (the root mean
+    square of the centred pixels): correlation alone ignores contrast, so a faint photo (a pale top on a pale
+    background) correlates highly with a text block or a form of the same rough shape; a product page shows
+    the photo at its own contrast. ``crops``: aspects (height / width) at which an app may show a photo cut
+    to fit a frame (CSS ``object-fit: cover``: square tiles, tall cards), centre-cropped; each is one more
+    template of every photo (`thumbnails` with ``aspect``), searched in windows of that aspect.
+    ``smallest``: the narrowest a product page shows its photo, as a share of the screen's width; an item
+    whose photo matches best in a narrower window is a card in a feed or a bag's thumbnail, not a page (it
+    still counts for ``crowd``, so the windows should reach down to feed cards). ``scales``: factors the fine
+    grid also tries the window at (about its centre): windows a ratio apart in width leave a photo up to half
+    that ratio off the nearest, and a photo matched at the wrong scale correlates less.
     """
 
     candidates: int = 10
@@ -233,9 +250,15 @@ class PhotoCheck:
     refine: int | None = None
     crowd: float | None = None
     locate_all: bool = False
+    contrast: float = 0.0
+    crops: tuple[float, ...] = ()
+    smallest: float | None = None
+    scales: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.size = tuple(int(s) for s in self.size)
+        self.crops = tuple(float(a) for a in self.crops)
+        self.scales = tuple(float(f) for f in self.scales)
         if (self.candidates < 1 or len(self.size) != 2 or min(self.size) < 2 or not 0 <= self.margin <= 0.5
                 or self.shifts < 1 or self.shifts % 2 == 0 or (self.refine is not None and self.refine < 0)
                 or (self.crowd is not None and not -1 <= self.crowd <= 1)):
@@ -243,73 +266,150 @@ class PhotoCheck:
                              f"odd number of shifts (the window itself among them), refine None or >= 0 and crowd None "
                              f"or in [-1, 1], got {self.candidates}, {self.size}, {self.margin}, {self.shifts}, "
                              f"{self.refine}, {self.crowd}")
+        if not (math.isfinite(self.contrast) and self.contrast >= 0) or any(
+                not (math.isfinite(a) and a > 0) for a in self.crops) or (
+                self.smallest is not None and not 0 < self.smallest <= 1) or any(
+                not 0.5 <= f <= 2 for f in self.scales):
+            raise ValueError(f"PhotoCheck needs contrast >= 0, crops of positive aspects (height / width), smallest "
+                             f"None or in (0, 1] and scales in [0.5, 2], got {self.contrast}, {self.crops}, "
+                             f"{self.smallest}, {self.scales}")
 
-    def thumbnails(self, photos: list) -> torch.Tensor:
-        """PIL photos (None for items without one) → float ``[I, 3, h, w]`` thumbnails (area-averaged)."""
+    def thumbnails(self, photos: list, aspect: float | None = None) -> torch.Tensor:
+        """PIL photos (None for items without one) → float ``[I, 3, h, w]`` thumbnails (area-averaged); with
+        ``aspect`` (one of ``crops``), each photo centre-cropped to that aspect first, ``size[1]`` wide."""
         from PIL import Image
 
-        h, w = self.size
+        h, w = self.size if aspect is None else (max(2, round(self.size[1] * aspect)), self.size[1])
         out = torch.zeros(len(photos), 3, h, w)
         for k, photo in enumerate(photos):
             if photo is not None:
-                small = photo.convert("RGB").resize((w, h), Image.Resampling.BOX)
+                photo = photo.convert("RGB") if aspect is None else _centre_crop(photo.convert("RGB"), aspect)
+                small = photo.resize((w, h), Image.Resampling.BOX)
                 out[k] = torch.from_numpy(np.asarray(small, np.float32).copy()).permute(2, 0, 1)
         return out
+
+    def search(self, screens: torch.Tensor | AreaTable,
+               variants: Sequence[tuple[np.ndarray, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layout-free grounding of screens of one size: ``variants`` pairs ``[K, 4]`` windows with the
+        candidates' thumbnails ``[N, C, 3, h, w]`` of the windows' aspect (the photos as they are, and cut to
+        each of ``crops``). Each candidate is found by its photo in every variant (`locate`, which scores the
+        unshifted windows); the `SEARCH_MATCHED` best of a screen are matched again with shifts (`match`) in
+        every variant, and each candidate keeps its best score. Then ``crowd`` (another photo apart from the
+        best: a feed) and ``smallest`` (its window too narrow for a product page) set scores to -1. Returns the
+        scores ``[N, C]`` and each candidate's window ``[N, C, 4]``."""
+        if not variants:
+            raise ValueError("PhotoCheck.search needs at least one (windows, thumbnails) variant")
+        table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
+        located = [self._locate(table, windows, thumbnails) for windows, thumbnails in variants]
+        coarse = torch.stack([scores for _, scores in located])  # [V, N, C]
+        best, first = coarse.max(dim=0)  # [N, C]
+        where = torch.stack([boxes for boxes, _ in located])[first, torch.arange(len(best))[:, None],
+                                                              torch.arange(best.shape[1])]  # [N, C, 4]
+        keep = best.topk(min(SEARCH_MATCHED, best.shape[1]), dim=1).indices  # [N, M]
+        rows = torch.arange(len(best))[:, None]
+        for (_, thumbnails), (boxes, _) in zip(variants, located):
+            kept_boxes = boxes[rows, keep]
+            scores = self.match(table, kept_boxes, thumbnails[rows, keep], uncrowd=False)  # [N, M]
+            better = scores > best[rows, keep]
+            best[rows, keep] = torch.where(better, scores, best[rows, keep])
+            where[rows, keep] = torch.where(better[..., None], kept_boxes, where[rows, keep])
+        if self.smallest is None:
+            return self._uncrowded(best, where), where
+        wide = (where[..., 2] - where[..., 0]) >= self.smallest * table.width * (1 - 1e-6)
+        return self._uncrowded(best, where, wide).masked_fill(~wide, -1.0), where
 
     def locate(self, screens: torch.Tensor | AreaTable, windows: np.ndarray | torch.Tensor,
                thumbnails: torch.Tensor) -> torch.Tensor:
         """Each candidate's best window ``[N, C, 4]``: the one of ``windows`` (``[K, 4]``, the same for every
         screen) whose crop correlates best with the candidate's thumbnail (``[N, C, 3, h, w]``), unshifted; for
         layout-free windows, where the tower's best window need not be on the photo."""
+        return self._locate(screens, windows, thumbnails)[0]
+
+    def _locate(self, screens: torch.Tensor | AreaTable, windows: np.ndarray | torch.Tensor,
+                thumbnails: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`locate`'s windows ``[N, C, 4]`` and their scores ``[N, C]`` (with ``contrast``)."""
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         windows = torch.as_tensor(np.asarray(windows), dtype=torch.float32).reshape(-1, 4)
-        crops = _centred(table.crops(windows[None].expand(table.count, -1, -1), self.size).flatten(2))  # [N, K, d]
-        templates = _centred(thumbnails.to(crops).flatten(2))  # [N, C, d]
-        return windows[torch.bmm(templates, crops.transpose(1, 2)).argmax(dim=2)]  # [N, C, 4]
+        size = tuple(thumbnails.shape[-2:])
+        crops, spread = _centred_with_contrast(table.crops(windows[None].expand(table.count, -1, -1),
+                                                           size).flatten(2))  # [N, K, d], [N, K]
+        templates, own = _centred_with_contrast(thumbnails.to(crops).flatten(2))  # [N, C, d], [N, C]
+        scores = torch.bmm(templates, crops.transpose(1, 2)) * _agreement(own[:, :, None], spread[:, None, :],
+                                                                         self.contrast)
+        best, at = scores.max(dim=2)
+        return windows[at], best  # [N, C, 4], [N, C]
 
     def match(self, screens: torch.Tensor | AreaTable, boxes: np.ndarray | torch.Tensor,
-              thumbnails: torch.Tensor) -> torch.Tensor:
+              thumbnails: torch.Tensor, uncrowd: bool = True) -> torch.Tensor:
         """Best correlation ``[N, C]`` of each screen's candidates' thumbnails (``[N, C, 3, h, w]``) with the screen
         (``[N, 3, H, W]``, one size, or their `AreaTable`) around the candidate's window (``[N, C, 4]``): the window
         shifted by up to ``margin`` of its size in ``shifts`` steps per axis (finer than the thumbnail's pixels),
-        each shift cut out at the thumbnail size."""
+        each shift cut out at the thumbnail size. ``uncrowd`` False: ``crowd`` is not applied (`search` applies
+        it once over every variant)."""
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
         n, c = boxes.shape[:2]
         # candidates share windows (a screen has a few): cut each distinct window's shifts once per screen
         windows, which = torch.unique(boxes.reshape(-1, 4), dim=0, return_inverse=True)  # [U, 4], [N * C]
         shifted = _shifted(windows, self.margin, self.shifts)  # [U, S, 4]
-        crops = table.crops(shifted.reshape(1, -1, 4).expand(n, -1, -1), self.size)  # [N, U * S, 3, h, w]
-        patches = _centred(crops.reshape(n, len(windows) * self.shifts ** 2, -1))
-        templates = _centred(thumbnails.to(patches).flatten(2))  # [N, C, d]
+        size = tuple(thumbnails.shape[-2:])
+        crops = table.crops(shifted.reshape(1, -1, 4).expand(n, -1, -1), size)  # [N, U * S, 3, h, w]
+        patches, spread = _centred_with_contrast(crops.reshape(n, len(windows) * self.shifts ** 2, -1))
+        templates, own = _centred_with_contrast(thumbnails.to(patches).flatten(2))  # [N, C, d], [N, C]
         # every candidate against every shift of every window in one product; each keeps its own window's
-        every = torch.bmm(patches, templates.transpose(1, 2)).view(n, len(windows), self.shifts ** 2, c)
+        every = (torch.bmm(patches, templates.transpose(1, 2))
+                 * _agreement(spread[:, :, None], own[:, None, :], self.contrast)).view(
+            n, len(windows), self.shifts ** 2, c)
         best, at = every[torch.arange(n)[:, None], which.view(n, c), :, torch.arange(c)].max(dim=-1)  # [N, C]
         if self.refine == 0 or self.shifts == 1:
-            return self._uncrowded(best, boxes)
+            return self._uncrowded(best, boxes) if uncrowd else best
         # again on a grid as fine again around their best shift: a pixel off costs near-twins
         k = c if self.refine is None else min(self.refine, c)
         top = best.topk(k, dim=1).indices  # [N, k]
         start = shifted[which.view(n, c).gather(1, top), at.gather(1, top)]  # [N, k, 4]
-        moved = _shifted(start, self.margin / (self.shifts - 1), 5)  # [N, k, 25, 4]
-        crops = _centred(table.crops(moved.reshape(n, -1, 4), self.size).reshape(n, k, 25, -1))
-        refined = torch.einsum("nksd,nkd->nks", crops, templates.gather(
-            1, top[:, :, None].expand(-1, -1, templates.shape[-1]))).amax(dim=-1)
-        return self._uncrowded(best.scatter(1, top, torch.maximum(best.gather(1, top), refined)), boxes)
+        if self.scales:  # the start window and its rescalings about its centre: [N, k * (1 + scales), 4]
+            start = torch.stack([start] + [_scaled(start, f) for f in self.scales], dim=2).flatten(1, 2)
+        moved = _shifted(start, self.margin / (self.shifts - 1), 5).view(n, k, -1, 4)  # [N, k, 25 * (1 + scales), 4]
+        crops, spread = _centred_with_contrast(table.crops(moved.reshape(n, -1, 4), size).reshape(
+            n, k, moved.shape[2], -1))
+        refined = (torch.einsum("nksd,nkd->nks", crops, templates.gather(
+            1, top[:, :, None].expand(-1, -1, templates.shape[-1])))
+            * _agreement(spread, own.gather(1, top)[:, :, None], self.contrast)).amax(dim=-1)
+        best = best.scatter(1, top, torch.maximum(best.gather(1, top), refined))
+        return self._uncrowded(best, boxes) if uncrowd else best
 
-    def _uncrowded(self, scores: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-        """``[N, C]`` scores, all -1 on screens where two candidates match at least ``crowd`` in windows
-        (``[N, C, 4]``) that overlap by under half the smaller (with ``crowd`` None: unchanged)."""
+    def _uncrowded(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None
+                   ) -> torch.Tensor:
+        """``[N, C]`` scores, all -1 on screens where, besides the best candidate (among ``eligible`` ones, if
+        given), another matches at least ``crowd`` in a window (``[N, C, 4]``) overlapping the best one's by
+        under `CROWD_OVERLAP` of the smaller: two photos side by side, a feed (with ``crowd`` None: unchanged)."""
         if self.crowd is None or scores.shape[1] < 2:
             return scores
-        lo, hi = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2]), torch.minimum(
-            boxes[:, :, None, 2:], boxes[:, None, :, 2:])
-        inter = (hi - lo).clamp(min=0).prod(dim=-1)  # [N, C, C]
+        ranked = scores if eligible is None else scores.masked_fill(~eligible, -2.0)
+        first = ranked.argmax(dim=1)  # [N]
+        best_box = boxes[torch.arange(len(boxes)), first][:, None, :]  # [N, 1, 4]
+        lo, hi = torch.maximum(boxes[..., :2], best_box[..., :2]), torch.minimum(boxes[..., 2:], best_box[..., 2:])
+        inter = (hi - lo).clamp(min=0).prod(dim=-1)  # [N, C]
         area = (boxes[..., 2:] - boxes[..., :2]).prod(dim=-1)  # [N, C]
-        apart = inter < 0.5 * torch.minimum(area[:, :, None], area[:, None, :])
-        strong = scores >= self.crowd
-        crowded = (apart & strong[:, :, None] & strong[:, None, :]).flatten(1).any(dim=1)  # [N]
+        apart = inter < CROWD_OVERLAP * torch.minimum(area, area.gather(1, first[:, None]))
+        crowded = (apart & (scores >= self.crowd)).any(dim=1)
         return scores.masked_fill(crowded[:, None], -1.0)
+
+
+def _centre_crop(photo: Any, aspect: float) -> Any:
+    """A PIL photo cut to ``aspect`` (height / width) about its centre, as CSS ``object-fit: cover`` shows it."""
+    width, height = photo.size
+    if height / width > aspect:
+        top = round((height - width * aspect) / 2)
+        return photo.crop((0, top, width, height - top))
+    left = round((width - height / aspect) / 2)
+    return photo.crop((left, 0, width - left, height))
+
+
+def _scaled(boxes: torch.Tensor, factor: float) -> torch.Tensor:
+    """``[..., 4]`` boxes scaled by ``factor`` about their centres."""
+    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]) * (factor / 2)
+    return torch.cat([centre - half, centre + half], dim=-1)
 
 
 def _shifted(boxes: torch.Tensor, reach: float, steps: int) -> torch.Tensor:
@@ -324,6 +424,19 @@ def _shifted(boxes: torch.Tensor, reach: float, steps: int) -> torch.Tensor:
 
 def _centred(x: torch.Tensor) -> torch.Tensor:
     """Each row of the last dimension minus its mean, to unit length: their dot products are correlations."""
+    return _centred_with_contrast(x)[0]
+
+
+def _centred_with_contrast(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_centred` rows and each row's contrast (the root mean square of its centred values)."""
     import torch.nn.functional as F
 
-    return F.normalize(x - x.mean(-1, keepdim=True), dim=-1)
+    centred = x - x.mean(-1, keepdim=True)
+    return F.normalize(centred, dim=-1), centred.pow(2).mean(-1).sqrt()
+
+
+def _agreement(a: torch.Tensor, b: torch.Tensor, power: float) -> torch.Tensor:
+    """``(min(a, b) / max(a, b)) ** power`` of two broadcast contrasts (1 where both are flat)."""
+    if power == 0:
+        return torch.ones(())
+    return (torch.minimum(a, b) / torch.maximum(a, b).clamp(min=1e-6)).clamp(min=0) ** power

@@ -1,6 +1,7 @@
 """Grounding by searching a screen for the item's photo: the windows, their crops, and the windowed Grounder."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -384,3 +385,75 @@ def test_a_grounder_with_locate_all_finds_each_photo_among_layout_free_windows(t
     assert codes.tolist() == [0, 1, 2, 3] and (sims > 0.95).all(), (codes, sims)
     save_grounding(tmp_path, GroundingSettings(0.8, grid, check))
     assert load_grounding(tmp_path).check.locate_all is True
+
+
+def _screen_with(photo: Image.Image, box: tuple[int, int, int, int], size=(180, 320)) -> torch.Tensor:
+    screen = Image.new("RGB", size, (240, 240, 240))
+    screen.paste(photo.resize((box[2] - box[0], box[3] - box[1]), Image.Resampling.BOX), box[:2])
+    return torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)
+
+
+def test_contrast_keeps_a_faint_photo_from_matching_a_bolder_copy_of_its_shape():
+    """Correlation alone cannot tell a photo from the same pattern at three times its contrast (a text block of
+    the same shape); ``contrast`` scales the match by the ratio of the two contrasts."""
+    rng = np.random.default_rng(3)
+    pattern = rng.integers(-10, 11, (6, 4, 3))
+    faint = Image.fromarray(np.kron(128 + pattern, np.ones((15, 15, 1))).astype(np.uint8))
+    bold = Image.fromarray(np.kron(128 + 3 * pattern, np.ones((15, 15, 1))).astype(np.uint8))
+    screens = torch.stack([_screen_with(faint, (40, 80, 100, 170)), _screen_with(bold, (40, 80, 100, 170))])
+    windows = np.array([[40.0, 80.0, 100.0, 170.0]])
+    plain, strict = PhotoCheck(candidates=1), PhotoCheck(candidates=1, contrast=1.0)
+    thumbnails = plain.thumbnails([faint])[None].expand(2, -1, -1, -1, -1)
+    boxes = torch.as_tensor(windows, dtype=torch.float32)[None].expand(2, 1, 4)
+    loose, tight = plain.match(screens, boxes, thumbnails)[:, 0], strict.match(screens, boxes, thumbnails)[:, 0]
+    assert loose.min() > 0.97  # the bold copy matches as well as the photo itself
+    assert tight[0] > 0.97 and tight[1] < 0.4  # ~1/3: its contrast is three times the photo's
+    with pytest.raises(ValueError, match="contrast"):
+        PhotoCheck(contrast=-1.0)
+
+
+def test_search_finds_a_photo_shown_cut_to_a_square_and_ignores_thumbnails_narrower_than_a_page_shows():
+    """``crops``: a page that shows the photo cut to a square (``object-fit: cover``) is matched by the photo's
+    square template; ``smallest``: the same photo as a narrow thumbnail (a bag row) is no product page."""
+    photos = _photos(3)  # 96 x 64: aspect 1.5
+    check = PhotoCheck(candidates=3, crops=(1.0,), contrast=1.0, smallest=0.4, crowd=0.8)
+    square = [check.thumbnails(photos, 1.0)]
+    assert square[0].shape == (3, 3, 12, 12) and check.thumbnails(photos).shape == (3, 3, 18, 12)
+    cut = photos[1].crop((0, 16, 64, 80))  # the middle 64 x 64
+    page, thumb = _screen_with(cut, (30, 60, 150, 180)), _screen_with(photos[2], (10, 100, 42, 148))
+    screens = torch.stack([page, thumb])
+    grid = ScreenWindows.grid(narrowest=0.15, aspect=1.5, step=0.125, ratio=1.1)
+    tall = check.thumbnails(photos)[None].expand(2, -1, -1, -1, -1)
+    variants = [(grid.boxes(180, 320), tall),
+                (ScreenWindows.grid(narrowest=0.15, aspect=1.0, step=0.125, ratio=1.1).boxes(180, 320),
+                 square[0][None].expand(2, -1, -1, -1, -1))]
+    scores, where = check.search(screens, variants)
+    assert scores[0].argmax() == 1 and scores[0, 1] > 0.9, scores[0]
+    assert iou(where[0, 1].numpy()[None], (30, 60, 150, 180))[0] > 0.7
+    only_tall = check.search(screens, variants[:1])[0]
+    assert only_tall[0, 1] < scores[0, 1] - 0.05  # without the square template the cut photo matches worse
+    assert (scores[1] == -1).all()  # the thumbnail matches in a window narrower than smallest
+    loose = dataclasses.replace(check, smallest=None).search(screens, variants)[0]
+    assert loose[1].argmax() == 2 and loose[1, 2] > 0.9
+    with pytest.raises(ValueError, match="smallest"):
+        PhotoCheck(smallest=1.5)
+
+
+def test_a_grounder_searches_every_crop_and_needs_their_thumbnails():
+    """The grounder hands `PhotoCheck.search` the photo's own windows and thumbnails and one pair per crop;
+    a check with crops and no crop thumbnails is refused."""
+    space, photos = _twin_space(), _photos(3)
+    grid = ScreenWindows.grid(narrowest=0.3, aspect=1.5, step=0.125, ratio=1.1)
+    check = PhotoCheck(candidates=3, locate_all=True, crops=(1.0,), contrast=1.0)
+    items = space.embed_images(photos)
+    with pytest.raises(ValueError, match="crops"):
+        Grounder(space, items, windows=grid, check=check, thumbnails=check.thumbnails(photos))
+    grounder = Grounder(space, items, windows=grid, check=check, thumbnails=check.thumbnails(photos),
+                        crop_thumbnails=[check.thumbnails(photos, 1.0)])
+    screen = Image.new("RGB", (180, 320), (240, 240, 240))
+    screen.paste(photos[0].crop((0, 16, 64, 80)).resize((120, 120), Image.Resampling.BOX), (30, 60))
+    codes, sims = grounder.similarities([screen])
+    assert codes.tolist() == [0] and sims[0] > 0.8
+    plain = dataclasses.replace(check, crops=())
+    without = Grounder(space, items, windows=grid, check=plain, thumbnails=check.thumbnails(photos))
+    assert without.similarities([screen])[1][0] < sims[0] - 0.05

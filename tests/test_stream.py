@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import threading
 
 import numpy as np
 import pandas as pd
@@ -416,6 +415,30 @@ def test_cli_calibrate_writes_the_grounding_that_stream_reads(setup, tmp_path, c
     assert video_path.name == "recording.mp4" and (truth != NO_ITEM).any()
     with pytest.raises(ValueError, match=r"truth\.json: item .* is not in the catalog"):
         recording_truth(root / "calib", ["someone-else's-item"])
+
+
+def test_cli_calibrate_layout_free_writes_settings_that_know_no_layout(setup, tmp_path, capsys):
+    """``mmrec stream calibrate --layout-free``: the whole screen is searched for every catalog photo (windows
+    from a fifth of the width, every item a candidate, the photos' own aspect not repeated among the crops),
+    and the threshold calibrated with those settings finds the calibration recording's product pages."""
+    from mmrec.cli import main
+    from mmrec.grounding import layout_free_settings, photo_aspect
+
+    world, space, _, _, _, root = setup
+    space_dir = space.save_pretrained(tmp_path / "space")
+    catalog = _catalog_csv(world.catalog, tmp_path / "catalog.csv")
+    out = tmp_path / "free.json"
+    assert main(["stream", "calibrate", "--space", str(space_dir), "--catalog", str(catalog), "--layout-free",
+                 "--recordings", str(root / "calib"), "--out", str(out), "--json"]) == 0
+    report, written = json.loads(capsys.readouterr().out), json.loads(out.read_text())
+    aspect = photo_aspect(world.catalog)
+    assert written["windows"]["widths"][0] == pytest.approx(0.2) and written["windows"]["aspect"] == aspect
+    check = written["check"]
+    assert check["locate_all"] and check["candidates"] == len(world.catalog) and check["crowd"] == 0.8
+    assert all(abs(a / aspect - 1) > 0.05 for a in check["crops"]) and len(check["crops"]) >= 2
+    assert report["f1"] > 0.9 and written["threshold"] == report["threshold"]
+    with pytest.raises(ValueError, match="aspect"):
+        layout_free_settings(0.0, 8)
 
 
 def test_a_broken_catalog_photo_is_skipped_and_counted_not_a_crash(setup, tmp_path, capsys, caplog):

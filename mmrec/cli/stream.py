@@ -12,7 +12,8 @@ Tasks (nested sub-commands; ``run`` is taken when none is named, so ``mmrec stre
   once its screen is confirmed, ``"final": false``, then again with its dwell).
 - ``calibrate``: fits the threshold on labelled recordings (folders with the video and ``truth.json``, as the
   app simulator writes them) as ``run`` grounds them, and writes ``SPACE/grounding.json`` (or ``--out``),
-  keeping the space's windows and photo check (`mmrec.calibration.calibrate_space`).
+  keeping the space's windows and photo check (`mmrec.calibration.calibrate_space`); with ``--layout-free``,
+  windows and check that assume no app layout instead (`mmrec.grounding.layout_free_settings`).
 
 A file named like a task (``run``, ``calibrate``) is given as ``mmrec stream run ./run``.
 """
@@ -94,6 +95,10 @@ def _add_calibrate(parser: argparse.ArgumentParser) -> None:
     _add_grounding_arguments(parser)
     parser.add_argument("--out", help=f"grounding file to write (default: SPACE/{GROUNDING_FILE}, what "
                                       f"'mmrec stream run' reads)")
+    parser.add_argument("--layout-free", action="store_true",
+                        help="ground without the space's fitted windows: search the whole screen for every "
+                             "catalog photo (mmrec.grounding.layout_free_settings; for apps whose layout the "
+                             "space was not trained on; slower per screen)")
 
 
 def default_user(source: str) -> str:
@@ -234,8 +239,13 @@ def _calibrate(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--recordings {folder} is not a folder (a labelled recording: the video and "
                                     f"truth.json)")
     out = Path(args.out) if args.out else Path(args.space) / GROUNDING_FILE
-    settings, fit = calibrate_space(args.space, _catalog(args), args.recordings, config=_stream_config(args),
-                                    out=out, batch_size=args.batch_size)
+    catalog, settings = _catalog(args), None
+    if args.layout_free:
+        from mmrec.grounding import layout_free_settings, photo_aspect
+
+        settings = layout_free_settings(photo_aspect(catalog), len(catalog))
+    settings, fit = calibrate_space(args.space, catalog, args.recordings, settings=settings,
+                                    config=_stream_config(args), out=out, batch_size=args.batch_size)
     emit({"threshold": settings.threshold, **{k: fit[k] for k in ("precision", "recall", "f1")},
           "windows": settings.windows is not None, "photo_check": settings.check is not None,
           "recordings": len(args.recordings), "photos_skipped": fit["photos_skipped"], "out": str(out.resolve())},
