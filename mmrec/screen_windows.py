@@ -21,6 +21,7 @@ import torch
 
 CROWD_OVERLAP = 0.1  # two windows are apart (two photos, not one seen twice) when they share under this of the smaller
 SEARCH_MATCHED = 10  # candidates of a screen that PhotoCheck.search matches with shifts after locating them all
+LOCATE_SCORES = 1 << 24  # candidate-window scores PhotoCheck.locate holds at once (64 MiB of float32)
 
 
 @dataclass
@@ -334,9 +335,13 @@ class PhotoCheck:
         crops, spread = _centred_with_contrast(table.crops(windows[None].expand(table.count, -1, -1),
                                                            size).flatten(2))  # [N, K, d], [N, K]
         templates, own = _centred_with_contrast(thumbnails.to(crops).flatten(2))  # [N, C, d], [N, C]
-        scores = torch.bmm(templates, crops.transpose(1, 2)) * _agreement(own[:, :, None], spread[:, None, :],
-                                                                         self.contrast)
-        best, at = scores.max(dim=2)
+        n, c, k = len(templates), templates.shape[1], len(windows)
+        block = max(1, LOCATE_SCORES // max(1, n * k))  # candidates scored at once: [n, block, K] at most
+        best, at = torch.empty(n, c), torch.empty(n, c, dtype=torch.long)
+        for s in range(0, c, block):
+            scores = torch.bmm(templates[:, s:s + block], crops.transpose(1, 2)) * _agreement(
+                own[:, s:s + block, None], spread[:, None, :], self.contrast)
+            best[:, s:s + block], at[:, s:s + block] = scores.max(dim=2)
         return windows[at], best  # [N, C, 4], [N, C]
 
     def match(self, screens: torch.Tensor | AreaTable, boxes: np.ndarray | torch.Tensor,

@@ -457,3 +457,19 @@ def test_a_grounder_searches_every_crop_and_needs_their_thumbnails():
     plain = dataclasses.replace(check, crops=())
     without = Grounder(space, items, windows=grid, check=plain, thumbnails=check.thumbnails(photos))
     assert without.similarities([screen])[1][0] < sims[0] - 0.05
+
+
+def test_locate_scores_candidates_in_blocks_with_the_same_result(monkeypatch):
+    """A large catalogue is located in blocks of candidates (memory bounded by LOCATE_SCORES), same windows."""
+    import mmrec.screen_windows as sw
+
+    photos = _photos(5)
+    check = PhotoCheck(candidates=5, contrast=1.0)
+    thumbnails = check.thumbnails(photos)[None].expand(2, -1, -1, -1, -1)
+    screens = torch.stack([_screen_with(photos[1], (20, 40, 84, 136)), _screen_with(photos[3], (90, 150, 154, 246))])
+    windows = ScreenWindows.grid(narrowest=0.3, aspect=1.5, step=0.125).boxes(180, 320)
+    whole = check._locate(screens, windows, thumbnails)
+    monkeypatch.setattr(sw, "LOCATE_SCORES", 2 * len(windows))  # one candidate per block
+    blocks = check._locate(screens, windows, thumbnails)
+    assert torch.equal(whole[0], blocks[0]) and torch.allclose(whole[1], blocks[1])
+    assert iou(whole[0][0, 1].numpy()[None], (20, 40, 84, 136))[0] > 0.7
