@@ -182,11 +182,13 @@ class Grounder:
                 best, code = best.max(dim=1)
                 codes.append(code.cpu()), sims.append(best.cpu())
                 continue
-            top = best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu()  # [n, C]
+            top = (torch.arange(best.shape[1]).expand(len(best), -1) if every_item  # item k in column k
+                   else best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu())  # [n, C]
             all_boxes = self.windows.boxes(table.width, table.height)
             if self.check.locate_all:  # layout-free windows: each candidate's window found by its photo
-                variants = [(all_boxes, self.thumbnails[top])] + [
-                    (dataclasses.replace(self.windows, aspect=aspect).boxes(table.width, table.height), cropped[top])
+                pick = (lambda t: t) if every_item else (lambda t: t[top])  # every item: shared, not copied per screen
+                variants = [(all_boxes, pick(self.thumbnails))] + [
+                    (dataclasses.replace(self.windows, aspect=aspect).boxes(table.width, table.height), pick(cropped))
                     for aspect, cropped in zip(self.check.crops, self.crop_thumbnails)]
                 match = self.check.search(table, variants)[0]
             else:
@@ -338,6 +340,7 @@ class GroundingSettings:
 
 
 LAYOUT_FREE_CROPS = (1.0, 1.25, 1.5)  # frames apps cut photos to (height / width): square, 4:5, 2:3
+LAYOUT_FREE_SHORTLIST = 200  # items a layout-free search locates at full size after the half-size pass
 
 
 def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> GroundingSettings:
@@ -348,15 +351,19 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     (`ScreenWindows.grid`), and a `PhotoCheck` that finds every one of the ``items`` photos in them
     (``locate_all``; with that many candidates the grounder skips the screen tower, and beyond them it
     shortlists with it), as the photo is and cut to the `LAYOUT_FREE_CROPS` apps crop photos to, at matching
-    contrast, each window also tried up to 5 % larger and smaller (half the gap between widths); a screen where a second photo matches apart from the best (``crowd`` 0.8) is a feed, and a photo
-    narrower than 0.35 of the screen (a feed card, a bag row) is no product page. ``threshold`` is then
-    calibrated (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
+    contrast and colour (a grey panel or a text block of a photo's shape is not the photo), each window also
+    tried up to 5 % larger and smaller (half the gap between widths); with more than `LAYOUT_FREE_SHORTLIST`
+    items, those located best by half-size thumbnails go on. A screen where a second photo matches apart from
+    the best (``crowd`` 0.65) is a feed, and a photo narrower than 0.35 of the screen (a feed card, a bag row)
+    is no product page. ``threshold`` is then calibrated (`mmrec.calibration.calibrate_space`) on labelled
+    recordings of any app."""
     if not (math.isfinite(aspect) and aspect > 0) or items < 1:
         raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "
                          f"got {aspect}, {items}")
     crops = tuple(a for a in LAYOUT_FREE_CROPS if abs(a / aspect - 1) > 0.05)
-    check = PhotoCheck(candidates=items, size=(max(2, round(12 * aspect)), 12), crowd=0.8, locate_all=True,
-                       contrast=1.0, crops=crops, smallest=0.35, scales=(0.95, 0.975, 1.025, 1.05), refine=3)
+    check = PhotoCheck(candidates=items, size=(max(2, round(12 * aspect)), 12), crowd=0.65, locate_all=True,
+                       contrast=1.0, colour=40.0, crops=crops, smallest=0.35, scales=(0.95, 0.975, 1.025, 1.05),
+                       refine=3, shortlist=LAYOUT_FREE_SHORTLIST)
     return GroundingSettings(threshold, ScreenWindows.grid(0.2, 1.0, aspect=aspect, ratio=1.12), check)
 
 

@@ -241,7 +241,11 @@ class PhotoCheck:
     whose photo matches best in a narrower window is a card in a feed or a bag's thumbnail, not a page (it
     still counts for ``crowd``, so the windows should reach down to feed cards). ``scales``: factors the fine
     grid also tries the window at (about its centre): windows a ratio apart in width leave a photo up to half
-    that ratio off the nearest, and a photo matched at the wrong scale correlates less.
+    that ratio off the nearest, and a photo matched at the wrong scale correlates less. ``shortlist``: with
+    more candidates than this, `search` keeps the best by thumbnails half as fine before locating them (a
+    whole catalogue costs a quarter as much per screen). ``colour`` (None: off): the match is also multiplied
+    by ``exp(-(d / colour) ** 2)``, d the distance between the mean colours (0-255 RGB) of photo and screen
+    area: a page shows the photo in its own colours, and a grey panel of the right shape is not it.
     """
 
     candidates: int = 10
@@ -255,6 +259,8 @@ class PhotoCheck:
     crops: tuple[float, ...] = ()
     smallest: float | None = None
     scales: tuple[float, ...] = ()
+    shortlist: int | None = None
+    colour: float | None = None
 
     def __post_init__(self) -> None:
         self.size = tuple(int(s) for s in self.size)
@@ -270,10 +276,12 @@ class PhotoCheck:
         if not (math.isfinite(self.contrast) and self.contrast >= 0) or any(
                 not (math.isfinite(a) and a > 0) for a in self.crops) or (
                 self.smallest is not None and not 0 < self.smallest <= 1) or any(
-                not 0.5 <= f <= 2 for f in self.scales):
+                not 0.5 <= f <= 2 for f in self.scales) or (self.shortlist is not None and self.shortlist < 1) or (
+                self.colour is not None and not self.colour > 0):
             raise ValueError(f"PhotoCheck needs contrast >= 0, crops of positive aspects (height / width), smallest "
-                             f"None or in (0, 1] and scales in [0.5, 2], got {self.contrast}, {self.crops}, "
-                             f"{self.smallest}, {self.scales}")
+                             f"None or in (0, 1], scales in [0.5, 2], shortlist None or >= 1 and colour None or > 0, got "
+                             f"{self.contrast}, {self.crops}, {self.smallest}, {self.scales}, {self.shortlist}, "
+                             f"{self.colour}")
 
     def thumbnails(self, photos: list, aspect: float | None = None) -> torch.Tensor:
         """PIL photos (None for items without one) → float ``[I, 3, h, w]`` thumbnails (area-averaged); with
@@ -292,25 +300,38 @@ class PhotoCheck:
     def search(self, screens: torch.Tensor | AreaTable,
                variants: Sequence[tuple[np.ndarray, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Layout-free grounding of screens of one size: ``variants`` pairs ``[K, 4]`` windows with the
-        candidates' thumbnails ``[N, C, 3, h, w]`` of the windows' aspect (the photos as they are, and cut to
-        each of ``crops``). Each candidate is found by its photo in every variant (`locate`, which scores the
-        unshifted windows); the `SEARCH_MATCHED` best of a screen are matched again with shifts (`match`) in
-        every variant, and each candidate keeps its best score. Then ``crowd`` (another photo apart from the
-        best: a feed) and ``smallest`` (its window too narrow for a product page) set scores to -1. Returns the
-        scores ``[N, C]`` and each candidate's window ``[N, C, 4]``."""
+        candidates' thumbnails of the windows' aspect (the photos as they are, and cut to each of ``crops``):
+        ``[N, C, 3, h, w]`` per screen, or ``[C, 3, h, w]`` shared by every screen (a whole catalogue). With
+        more than ``shortlist`` candidates, the ``shortlist`` best by thumbnails half as fine (`_locate` over
+        every variant) go on. Each candidate is found by its photo in every variant (`locate`, which scores
+        the unshifted windows); the `SEARCH_MATCHED` best of a screen are matched again with shifts (`match`)
+        in every variant, and each candidate keeps its best score. Then ``crowd`` (another photo apart from
+        the best: a feed) and ``smallest`` (its window too narrow for a product page) set scores to -1.
+        Returns the scores ``[N, C]`` (-1 off the shortlist) and each candidate's window ``[N, C, 4]``."""
         if not variants:
             raise ValueError("PhotoCheck.search needs at least one (windows, thumbnails) variant")
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
+        n, c = table.count, variants[0][1].shape[-4]
+        rows = torch.arange(n)[:, None]
+        if self.shortlist is not None and c > self.shortlist:
+            import torch.nn.functional as F
+
+            rough = torch.stack([self._locate(table, windows, F.avg_pool2d(thumbnails.flatten(0, -4), 2).view(
+                *thumbnails.shape[:-2], *(d // 2 for d in thumbnails.shape[-2:])))[1]
+                for windows, thumbnails in variants]).amax(dim=0)  # [N, C]
+            listed = rough.topk(self.shortlist, dim=1).indices  # [N, S]
+            scores, where = self.search(table, [(windows, _take(thumbnails, rows, listed))
+                                                for windows, thumbnails in variants])
+            full = torch.full((n, c), -1.0).scatter(1, listed, scores)
+            return full, torch.zeros(n, c, 4).scatter(1, listed[..., None].expand(-1, -1, 4), where)
         located = [self._locate(table, windows, thumbnails) for windows, thumbnails in variants]
         coarse = torch.stack([scores for _, scores in located])  # [V, N, C]
         best, first = coarse.max(dim=0)  # [N, C]
-        where = torch.stack([boxes for boxes, _ in located])[first, torch.arange(len(best))[:, None],
-                                                              torch.arange(best.shape[1])]  # [N, C, 4]
-        keep = best.topk(min(SEARCH_MATCHED, best.shape[1]), dim=1).indices  # [N, M]
-        rows = torch.arange(len(best))[:, None]
+        where = torch.stack([boxes for boxes, _ in located])[first, rows, torch.arange(c)]  # [N, C, 4]
+        keep = best.topk(min(SEARCH_MATCHED, c), dim=1).indices  # [N, M]
         for (_, thumbnails), (boxes, _) in zip(variants, located):
             kept_boxes = boxes[rows, keep]
-            scores = self.match(table, kept_boxes, thumbnails[rows, keep], uncrowd=False)  # [N, M]
+            scores = self.match(table, kept_boxes, _take(thumbnails, rows, keep), uncrowd=False)  # [N, M]
             better = scores > best[rows, keep]
             best[rows, keep] = torch.where(better, scores, best[rows, keep])
             where[rows, keep] = torch.where(better[..., None], kept_boxes, where[rows, keep])
@@ -328,19 +349,22 @@ class PhotoCheck:
 
     def _locate(self, screens: torch.Tensor | AreaTable, windows: np.ndarray | torch.Tensor,
                 thumbnails: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`locate`'s windows ``[N, C, 4]`` and their scores ``[N, C]`` (with ``contrast``)."""
+        """`locate`'s windows ``[N, C, 4]`` and their scores ``[N, C]`` (with ``contrast``); ``thumbnails`` may also
+        be ``[C, 3, h, w]``, shared by every screen."""
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         windows = torch.as_tensor(np.asarray(windows), dtype=torch.float32).reshape(-1, 4)
         size = tuple(thumbnails.shape[-2:])
         crops, spread = _centred_with_contrast(table.crops(windows[None].expand(table.count, -1, -1),
                                                            size).flatten(2))  # [N, K, d], [N, K]
-        templates, own = _centred_with_contrast(thumbnails.to(crops).flatten(2))  # [N, C, d], [N, C]
+        templates, own = _centred_with_contrast(thumbnails.to(crops).flatten(-3))  # [(N,) C, d], [(N,) C]
+        if templates.dim() == 2:  # shared by every screen
+            templates, own = templates.expand(table.count, -1, -1), own.expand(table.count, -1, -1)
         n, c, k = len(templates), templates.shape[1], len(windows)
         block = max(1, LOCATE_SCORES // max(1, n * k))  # candidates scored at once: [n, block, K] at most
         best, at = torch.empty(n, c), torch.empty(n, c, dtype=torch.long)
         for s in range(0, c, block):
             scores = torch.bmm(templates[:, s:s + block], crops.transpose(1, 2)) * _agreement(
-                own[:, s:s + block, None], spread[:, None, :], self.contrast)
+                own[:, s:s + block, None], spread[:, None, :], self)
             best[:, s:s + block], at[:, s:s + block] = scores.max(dim=2)
         return windows[at], best  # [N, C, 4], [N, C]
 
@@ -363,7 +387,7 @@ class PhotoCheck:
         templates, own = _centred_with_contrast(thumbnails.to(patches).flatten(2))  # [N, C, d], [N, C]
         # every candidate against every shift of every window in one product; each keeps its own window's
         every = (torch.bmm(patches, templates.transpose(1, 2))
-                 * _agreement(spread[:, :, None], own[:, None, :], self.contrast)).view(
+                 * _agreement(spread[:, :, None], own[:, None, :], self)).view(
             n, len(windows), self.shifts ** 2, c)
         best, at = every[torch.arange(n)[:, None], which.view(n, c), :, torch.arange(c)].max(dim=-1)  # [N, C]
         if self.refine == 0 or self.shifts == 1:
@@ -379,7 +403,8 @@ class PhotoCheck:
             n, k, moved.shape[2], -1))
         refined = (torch.einsum("nksd,nkd->nks", crops, templates.gather(
             1, top[:, :, None].expand(-1, -1, templates.shape[-1])))
-            * _agreement(spread, own.gather(1, top)[:, :, None], self.contrast)).amax(dim=-1)
+            * _agreement(spread, own.gather(1, top[..., None].expand(-1, -1, own.shape[-1]))[:, :, None], self)
+        ).amax(dim=-1)
         best = best.scatter(1, top, torch.maximum(best.gather(1, top), refined))
         return self._uncrowded(best, boxes) if uncrowd else best
 
@@ -399,6 +424,12 @@ class PhotoCheck:
         apart = inter < CROWD_OVERLAP * torch.minimum(area, area.gather(1, first[:, None]))
         crowded = (apart & (scores >= self.crowd)).any(dim=1)
         return scores.masked_fill(crowded[:, None], -1.0)
+
+
+def _take(thumbnails: torch.Tensor, rows: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """``[N, S, 3, h, w]``: each screen's ``chosen`` candidates (``[N, S]``) of per-screen ``[N, C, 3, h, w]`` or
+    shared ``[C, 3, h, w]`` thumbnails (``rows``: ``[N, 1]`` screen indices)."""
+    return thumbnails[chosen] if thumbnails.dim() == 4 else thumbnails[rows, chosen]
 
 
 def _centre_crop(photo: Any, aspect: float) -> Any:
@@ -433,15 +464,22 @@ def _centred(x: torch.Tensor) -> torch.Tensor:
 
 
 def _centred_with_contrast(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_centred` rows and each row's contrast (the root mean square of its centred values)."""
+    """`_centred` rows of colour crops (channel-major ``3 * h * w``) and each row's statistics ``[..., 4]``: its
+    contrast (the root mean square of its centred values) and its mean colour."""
     import torch.nn.functional as F
 
     centred = x - x.mean(-1, keepdim=True)
-    return F.normalize(centred, dim=-1), centred.pow(2).mean(-1).sqrt()
+    stats = torch.cat([centred.pow(2).mean(-1, keepdim=True).sqrt(), x.unflatten(-1, (3, -1)).mean(-1)], dim=-1)
+    return F.normalize(centred, dim=-1), stats
 
 
-def _agreement(a: torch.Tensor, b: torch.Tensor, power: float) -> torch.Tensor:
-    """``(min(a, b) / max(a, b)) ** power`` of two broadcast contrasts (1 where both are flat)."""
-    if power == 0:
-        return torch.ones(())
-    return (torch.minimum(a, b) / torch.maximum(a, b).clamp(min=1e-6)).clamp(min=0) ** power
+def _agreement(a: torch.Tensor, b: torch.Tensor, check: "PhotoCheck") -> torch.Tensor:
+    """How far two broadcast `_centred_with_contrast` statistics agree, in (0, 1]: ``(min / max contrast) **
+    check.contrast`` times ``exp(-(colour distance / check.colour) ** 2)`` (1 for a setting that is off)."""
+    factor = torch.ones(())
+    if check.contrast:
+        x, y = a[..., 0], b[..., 0]
+        factor = (torch.minimum(x, y) / torch.maximum(x, y).clamp(min=1e-6)).clamp(min=0) ** check.contrast
+    if check.colour is not None:
+        factor = factor * torch.exp(-((a[..., 1:] - b[..., 1:]).pow(2).sum(-1) / check.colour ** 2))
+    return factor

@@ -410,6 +410,14 @@ def test_contrast_keeps_a_faint_photo_from_matching_a_bolder_copy_of_its_shape()
     assert tight[0] > 0.97 and tight[1] < 0.4  # ~1/3: its contrast is three times the photo's
     with pytest.raises(ValueError, match="contrast"):
         PhotoCheck(contrast=-1.0)
+    # colour: the same pattern on a panel 60 grey levels darker is not the photo
+    dark = Image.fromarray(np.kron(68 + pattern, np.ones((15, 15, 1))).astype(np.uint8))
+    screens = torch.stack([_screen_with(faint, (40, 80, 100, 170)), _screen_with(dark, (40, 80, 100, 170))])
+    coloured = PhotoCheck(candidates=1, colour=40.0).match(screens, boxes, thumbnails)[:, 0]
+    assert plain.match(screens, boxes, thumbnails)[:, 0].min() > 0.97
+    assert coloured[0] > 0.97 and coloured[1] < 0.15  # exp(-(60 * sqrt(3) / 40) ** 2)
+    with pytest.raises(ValueError, match="colour"):
+        PhotoCheck(colour=0.0)
 
 
 def test_search_finds_a_photo_shown_cut_to_a_square_and_ignores_thumbnails_narrower_than_a_page_shows():
@@ -473,3 +481,21 @@ def test_locate_scores_candidates_in_blocks_with_the_same_result(monkeypatch):
     blocks = check._locate(screens, windows, thumbnails)
     assert torch.equal(whole[0], blocks[0]) and torch.allclose(whole[1], blocks[1])
     assert iou(whole[0][0, 1].numpy()[None], (20, 40, 84, 136))[0] > 0.7
+
+
+def test_search_takes_shared_thumbnails_and_a_shortlist_without_changing_the_answer():
+    """A whole catalogue's thumbnails are shared by every screen (``[C, 3, h, w]``, not copied per screen) with
+    the same scores; a ``shortlist`` keeps the best by half-size thumbnails and still finds the photo."""
+    photos = _photos(6)
+    check = PhotoCheck(candidates=6, contrast=1.0, crowd=0.8)
+    thumbnails = check.thumbnails(photos)
+    screens = torch.stack([_screen_with(photos[4], (30, 60, 130, 210)), _screen_with(photos[2], (40, 40, 140, 190))])
+    windows = ScreenWindows.grid(narrowest=0.3, aspect=1.5, step=0.125, ratio=1.1).boxes(180, 320)
+    shared, _ = check.search(screens, [(windows, thumbnails)])
+    copied, _ = check.search(screens, [(windows, thumbnails[None].expand(2, -1, -1, -1, -1))])
+    assert torch.allclose(shared, copied) and shared.argmax(dim=1).tolist() == [4, 2]
+    short, where = dataclasses.replace(check, shortlist=2).search(screens, [(windows, thumbnails)])
+    assert short.argmax(dim=1).tolist() == [4, 2] and torch.allclose(short.amax(dim=1), shared.amax(dim=1))
+    assert ((short == -1).sum(dim=1) >= 4).all()  # off the shortlist
+    with pytest.raises(ValueError, match="shortlist"):
+        PhotoCheck(shortlist=0)
