@@ -4,7 +4,9 @@ grounding space, how grounding trained on app_sim's screens does on the browser'
     nice -n 10 .venv/bin/python benchmarks/browser_pages.py --out out/browser_pages [--space DIR] \\
         [--items 30] [--seed 0] [--sessions 1] [--size 180x320 --size 360x640]
 
-The world and the session are the screen-stream demo's (`demos/screen_stream.py`: the synthetic world with
+With ``--hm PATH``, real H&M purchase sequences and a catalog of ``--items`` of its articles with photos
+(`app_sim.catalog_for_sequences`; the ids are in the report for benchmarks/cross_renderer.py). Otherwise
+the world and the session are the screen-stream demo's (`demos/screen_stream.py`: the synthetic world with
 ``--items`` items, 400 users, the second of two purchase sequences drawn with ``--seed``, rendered with
 seed 2000 (``--sessions`` adds others drawn with ``--seed`` + 1, seeds 2001, ...) and app_sim's default
 noise: touch marks, notifications, JPEG, x264), so ``--space`` can be the
@@ -48,20 +50,29 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sessions", type=int, default=1, help="sessions recorded (the demo's first, then more)")
     parser.add_argument("--size", type=_size, action="append", help="WIDTHxHEIGHT (repeatable; default 180x320)")
+    parser.add_argument("--hm", help="an H&M folder (Kaggle layout): --sessions real purchase sequences and a "
+                                     "catalog of --items articles with photos (theirs first) instead of the synthetic world")
     args = parser.parse_args()
     sizes = args.size or [(180, 320)]
     out = Path(args.out)
-    world = make_world(from_dict(WorldConfig, {"seed": args.seed, "n_users": 400, "n_items": args.items,
-                                              "n_new_items": 0, "new_interactions_per_user": [0, 0],
-                                              "missing_image_fraction": 0.0, "missing_text_fraction": 0.0}),
-                       out / "world")
-    catalog = world.catalog
-    # the demo's session (the second of two drawn with --seed; the first is its calibration), then others
-    sequences = app_sim.sessions_from_purchases(world.interactions, 2, min_len=3, seed=args.seed, max_len=4)[1:]
-    if args.sessions > 1:
-        sequences += app_sim.sessions_from_purchases(world.interactions, args.sessions - 1, min_len=3,
-                                                     seed=args.seed + 1, max_len=4)
-    report: dict = {"items": args.items, "seed": args.seed, "renders": [],
+    if args.hm:
+        from mmrec.datasets import hm
+
+        catalog, sequences, _ = app_sim.catalog_for_sequences(*hm.load(args.hm), args.sessions, args.items,
+                                                              seed=args.seed, min_len=3)
+    else:
+        world = make_world(from_dict(WorldConfig, {"seed": args.seed, "n_users": 400, "n_items": args.items,
+                                                  "n_new_items": 0, "new_interactions_per_user": [0, 0],
+                                                  "missing_image_fraction": 0.0, "missing_text_fraction": 0.0}),
+                           out / "world")
+        catalog = world.catalog
+        # the demo's session (the second of two drawn with --seed; the first is its calibration), then others
+        sequences = app_sim.sessions_from_purchases(world.interactions, 2, min_len=3, seed=args.seed, max_len=4)[1:]
+        if args.sessions > 1:
+            sequences += app_sim.sessions_from_purchases(world.interactions, args.sessions - 1, min_len=3,
+                                                         seed=args.seed + 1, max_len=4)
+    report: dict = {"items": args.items, "seed": args.seed, "hm": args.hm, "renders": [],
+                    "catalog_ids": [str(i) for i in catalog.ids],
                     "sequences": [[str(catalog.ids[i]) for i in s.items] for s in sequences]}
     sessions: dict = {}
     runs = [(k, sequence, size, name, module) for k, sequence in enumerate(sequences) for size in sizes

@@ -9,7 +9,7 @@ and cut to common frames, feeds told apart by a second photo).
 
 ``--recordings`` is the output of benchmarks/browser_pages.py (folders ``app_sim_WxH_k`` and
 ``browser_WxH_k`` of one world, the same sessions drawn by both renderers, with the same ``--items`` and
-``--seed``); ``--space`` a saved space for that world (e.g. the screen-stream demo's ``OUT/space``, its tower
+``--seed``, or ``--hm`` with the H&M folder its catalog came from); ``--space`` a saved space for that world (e.g. the screen-stream demo's ``OUT/space``, its tower
 trained on app_sim's pages for both directions; the layout-free mode does not use its screen tower). For
 each training renderer, the sessions ``--calibrate`` (default 0) are its training recordings: ``fitted``
 windows are the space's own for app_sim (fitted to its training pages' photos) and, for the browser,
@@ -66,13 +66,20 @@ def main() -> None:
     parser.add_argument("--size", default="180x320")
     parser.add_argument("--calibrate", type=int, action="append", help="training sessions (default 0)")
     parser.add_argument("--modes", default="fitted,layout-free", help="settings compared (fitted, layout-free)")
+    parser.add_argument("--hm", help="the H&M folder the recordings' catalog came from (browser_pages.py --hm)")
     args = parser.parse_args()
     root, out = Path(args.recordings), Path(args.out)
-    world = make_world(from_dict(WorldConfig, {"seed": args.seed, "n_users": 400, "n_items": args.items,
-                                              "n_new_items": 0, "new_interactions_per_user": [0, 0],
-                                              "missing_image_fraction": 0.0, "missing_text_fraction": 0.0}),
-                       out / "world")
-    catalog = world.catalog
+    if args.hm:  # the catalog the recordings were drawn from, by the ids benchmarks/browser_pages.py kept
+        from mmrec.datasets import hm
+
+        full = hm.load(args.hm)[0]
+        code = {str(i): k for k, i in enumerate(full.ids)}
+        catalog = full.subset(np.array([code[i] for i in json.loads((root / "report.json").read_text())["catalog_ids"]]))
+    else:
+        catalog = make_world(from_dict(WorldConfig, {"seed": args.seed, "n_users": 400, "n_items": args.items,
+                                                    "n_new_items": 0, "new_interactions_per_user": [0, 0],
+                                                    "missing_image_fraction": 0.0, "missing_text_fraction": 0.0}),
+                             out / "world").catalog
     train = set(args.calibrate or [0])
     folders = {name: sorted(root.glob(f"{name}_{args.size}_*"), key=lambda p: int(p.name.rsplit("_", 1)[1]))
                for name in RENDERERS}

@@ -347,8 +347,8 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     """Grounding settings that assume nothing about where an app puts its photos, for apps whose pages the
     space never saw (the fitted windows of `ScreenWindows.fit` know only the training app's photo region).
 
-    Windows of the photos' ``aspect`` over the whole screen from a fifth of its width up, 12 % apart in width
-    (`ScreenWindows.grid`), and a `PhotoCheck` that finds every one of the ``items`` photos in them
+    Windows of the photos' ``aspect`` over the whole screen from a fifth of its width up, 12 % apart in width,
+    placed at most a twentieth of the screen's width apart (`ScreenWindows.grid`), and a `PhotoCheck` that finds every one of the ``items`` photos in them
     (``locate_all``; with that many candidates the grounder skips the screen tower, and beyond them it
     shortlists with it), as the photo is and cut to the `LAYOUT_FREE_CROPS` apps crop photos to, at matching
     contrast and colour (a grey panel or a text block of a photo's shape is not the photo), each window also
@@ -364,7 +364,7 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     check = PhotoCheck(candidates=items, size=(max(2, round(12 * aspect)), 12), crowd=0.65, locate_all=True,
                        contrast=1.0, colour=40.0, crops=crops, smallest=0.35, scales=(0.95, 0.975, 1.025, 1.05),
                        refine=3, shortlist=LAYOUT_FREE_SHORTLIST)
-    return GroundingSettings(threshold, ScreenWindows.grid(0.2, 1.0, aspect=aspect, ratio=1.12), check)
+    return GroundingSettings(threshold, ScreenWindows.grid(0.2, 1.0, aspect=aspect, ratio=1.12, stride=0.05), check)
 
 
 def photo_aspect(catalog: Catalog, sample: int = 64) -> float:

@@ -29,12 +29,16 @@ class ScreenWindows:
     """Windows of ``aspect`` (height / width) whose widths are ``widths`` (fractions of the screen's width;
     a window taller than the screen is shrunk to its height), placed edge to edge inside ``region`` (left,
     top, right, bottom as fractions of the screen) at least every ``step`` of the window's own width and
-    height. Per screen: `boxes`; how many: `count`; fitted to where an app's pages put photos: `fit`."""
+    height, and with ``stride`` at most that share of the screen's width apart in both directions (large
+    windows placed as finely as small ones: a photo a large window misses by a step's share of its size
+    matches no better than a small window on part of it). Per screen: `boxes`; how many: `count`; fitted to
+    where an app's pages put photos: `fit`."""
 
     widths: tuple[float, ...] = (0.5, 0.62, 0.78)
     aspect: float = 1.5
     step: float = 0.25
     region: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    stride: float | None = None
 
     def __post_init__(self) -> None:
         self.widths = tuple(float(w) for w in self.widths)
@@ -45,6 +49,9 @@ class ScreenWindows:
             raise ValueError(f"ScreenWindows.aspect (height / width) must be positive, got {self.aspect}")
         if not 0 < self.step <= 1:
             raise ValueError(f"ScreenWindows.step must be in (0, 1] (a fraction of the window), got {self.step}")
+        if self.stride is not None and not 0 < self.stride <= 1:
+            raise ValueError(f"ScreenWindows.stride must be None or in (0, 1] (a fraction of the screen's width), "
+                             f"got {self.stride}")
         left, top, right, bottom = self.region
         if len(self.region) != 4 or not (0 <= left < right <= 1 and 0 <= top < bottom <= 1):
             raise ValueError(f"ScreenWindows.region must be (left, top, right, bottom) fractions of the screen with "
@@ -68,7 +75,7 @@ class ScreenWindows:
 
     @classmethod
     def grid(cls, narrowest: float = 0.45, widest: float = 1.0, aspect: float = 1.5,
-             step: float = 0.25, ratio: float | None = None) -> "ScreenWindows":
+             step: float = 0.25, ratio: float | None = None, stride: float | None = None) -> "ScreenWindows":
         """Layout-free windows: widths from ``narrowest`` to ``widest`` (fractions of the screen's width) ``ratio``
         apart (default ``1 + step``), over the whole screen, placed every ``step`` of their size. A photo shown
         between two widths is matched (`PhotoCheck`) at the wrong scale, so a finer ``ratio`` than the
@@ -82,7 +89,8 @@ class ScreenWindows:
                              f"got {narrowest}, {widest}")
         if ratio is not None and not ratio > 1:
             raise ValueError(f"ScreenWindows.grid ratio (between consecutive widths) must be > 1, got {ratio}")
-        return cls(widths=_widths(narrowest, widest, step if ratio is None else ratio - 1), aspect=aspect, step=step)
+        return cls(widths=_widths(narrowest, widest, step if ratio is None else ratio - 1), aspect=aspect, step=step,
+                   stride=stride)
 
     def boxes(self, width: int, height: int) -> np.ndarray:
         """``[K, 4]`` float boxes ``(left, top, right, bottom)`` in pixels covering the region of a ``width`` x
@@ -95,8 +103,9 @@ class ScreenWindows:
             h = w * self.aspect
             if h > height:
                 h, w = float(height), height / self.aspect
-            for y in _starts(top, bottom, h, self.step, height):
-                for x in _starts(left, right, w, self.step, width):
+            stride = self.step if self.stride is None else min(self.step, self.stride * width / w)  # of the size
+            for y in _starts(top, bottom, h, stride * w / h if self.stride is not None else stride, height):
+                for x in _starts(left, right, w, stride, width):
                     out.append((x, y, x + w, y + h))
         return np.asarray(out, np.float64)
 

@@ -499,3 +499,17 @@ def test_search_takes_shared_thumbnails_and_a_shortlist_without_changing_the_ans
     assert ((short == -1).sum(dim=1) >= 4).all()  # off the shortlist
     with pytest.raises(ValueError, match="shortlist"):
         PhotoCheck(shortlist=0)
+
+
+def test_stride_places_large_windows_as_finely_as_small_ones():
+    """``stride``: window starts at most that share of the screen's width apart in x and y, whatever the window's
+    size (``step`` alone spaces a screen-wide window a quarter of its size apart)."""
+    coarse = ScreenWindows(widths=(0.9,), aspect=1.0, step=0.25).boxes(180, 320)
+    fine = ScreenWindows(widths=(0.9,), aspect=1.0, step=0.25, stride=0.05).boxes(180, 320)
+    for boxes in (coarse, fine):
+        assert np.allclose(boxes[:, 2] - boxes[:, 0], 162)
+    gaps = lambda b, axis: np.diff(np.unique(np.round(b[:, axis], 6)))  # noqa: E731
+    assert gaps(coarse, 1).max() > 30 and gaps(fine, 1).max() <= 9 + 1e-6 and gaps(fine, 0).max() <= 9 + 1e-6
+    assert len(fine) > len(coarse)
+    with pytest.raises(ValueError, match="stride"):
+        ScreenWindows(stride=0.0)
