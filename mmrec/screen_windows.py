@@ -467,14 +467,10 @@ def _shifted(boxes: torch.Tensor, reach: float, steps: int) -> torch.Tensor:
     return boxes[..., None, :] + torch.cat([move, move], dim=-1)
 
 
-def _centred(x: torch.Tensor) -> torch.Tensor:
-    """Each row of the last dimension minus its mean, to unit length: their dot products are correlations."""
-    return _centred_with_contrast(x)[0]
-
-
 def _centred_with_contrast(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_centred` rows of colour crops (channel-major ``3 * h * w``) and each row's statistics ``[..., 4]``: its
-    contrast (the root mean square of its centred values) and its mean colour."""
+    """Rows of colour crops (channel-major ``3 * h * w``) minus their mean, to unit length (their dot products
+    are correlations), and each row's statistics ``[..., 4]``: its contrast (the root mean square of its
+    centred values) and its mean colour."""
     import torch.nn.functional as F
 
     centred = x - x.mean(-1, keepdim=True)
