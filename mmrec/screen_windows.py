@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 CROWD_OVERLAP = 0.1  # two windows are apart (two photos, not one seen twice) when they share under this of the smaller
+CROWD_MARGIN = 0.1  # ... and it matches within this of the best photo
+CROWD_SIZE = 0.5  # ... in a window at least this share of the best one's width
 SEARCH_MATCHED = 10  # candidates of a screen that PhotoCheck.search matches with shifts after locating them all
 LOCATE_SCORES = 1 << 24  # candidate-window scores PhotoCheck.locate holds at once (64 MiB of float32)
 
@@ -421,7 +423,10 @@ class PhotoCheck:
                    ) -> torch.Tensor:
         """``[N, C]`` scores, all -1 on screens where, besides the best candidate (among ``eligible`` ones, if
         given), another matches at least ``crowd`` in a window (``[N, C, 4]``) overlapping the best one's by
-        under `CROWD_OVERLAP` of the smaller: two photos side by side, a feed (with ``crowd`` None: unchanged)."""
+        under `CROWD_OVERLAP` of the smaller: two photos side by side, a feed (with ``crowd`` None: unchanged).
+        A feed shows its photos alike, so the other must also match within `CROWD_MARGIN` of the best, in a
+        window at least `CROWD_SIZE` of its width: a line of dark text on a white page can match a small
+        photo of a dark garment on white, never as well as the page's own photo matches."""
         if self.crowd is None or scores.shape[1] < 2:
             return scores
         ranked = scores if eligible is None else scores.masked_fill(~eligible, -2.0)
@@ -431,7 +436,10 @@ class PhotoCheck:
         inter = (hi - lo).clamp(min=0).prod(dim=-1)  # [N, C]
         area = (boxes[..., 2:] - boxes[..., :2]).prod(dim=-1)  # [N, C]
         apart = inter < CROWD_OVERLAP * torch.minimum(area, area.gather(1, first[:, None]))
-        crowded = (apart & (scores >= self.crowd)).any(dim=1)
+        width = boxes[..., 2] - boxes[..., 0]
+        alike = (width >= CROWD_SIZE * width.gather(1, first[:, None])) & (
+            scores >= ranked.gather(1, first[:, None]) - CROWD_MARGIN)
+        crowded = (apart & alike & (scores >= self.crowd)).any(dim=1)
         return scores.masked_fill(crowded[:, None], -1.0)
 
 

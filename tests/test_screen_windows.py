@@ -513,3 +513,28 @@ def test_stride_places_large_windows_as_finely_as_small_ones():
     assert len(fine) > len(coarse)
     with pytest.raises(ValueError, match="stride"):
         ScreenWindows(stride=0.0)
+
+
+def test_crowd_needs_a_second_photo_alike_in_size_and_match():
+    """A feed shows its photos alike: a second photo apart from the best calls the screen a feed only when it
+    matches within CROWD_MARGIN of the best and in a window at least CROWD_SIZE of its width; a small photo
+    beside a page's large one (a 'you may also like' thumbnail, a dark text line on white) does not."""
+    from mmrec.screen_windows import CROWD_SIZE
+
+    photos = _photos(3)
+    check = PhotoCheck(candidates=3, crowd=0.8, contrast=1.0, smallest=0.35, scales=(0.95, 0.975, 1.025, 1.05))
+    thumbnails = check.thumbnails(photos)
+    page = Image.new("RGB", (180, 320), (240, 240, 240))
+    page.paste(photos[0].resize((100, 150), Image.Resampling.BOX), (40, 20))
+    small = int(100 * CROWD_SIZE) - 20
+    page.paste(photos[1].resize((small, int(small * 1.5)), Image.Resampling.BOX), (10, 200))
+    feed = Image.new("RGB", (180, 320), (240, 240, 240))
+    feed.paste(photos[0].resize((80, 120), Image.Resampling.BOX), (5, 40))
+    feed.paste(photos[1].resize((80, 120), Image.Resampling.BOX), (95, 40))
+    screens = torch.stack([torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1) for im in (page, feed)])
+    windows = ScreenWindows.grid(narrowest=0.15, aspect=1.5, step=0.125, ratio=1.1).boxes(180, 320)
+    scores, where = check.search(screens, [(windows, thumbnails)])
+    assert scores[0].argmax() == 0 and scores[0, 0] > 0.9 and scores[0, 1] == -1  # the thumbnail: too narrow, no feed
+    loose = dataclasses.replace(check, smallest=None, crowd=None).search(screens, [(windows, thumbnails)])[0]
+    assert loose[0, 1] > 0.9  # the thumbnail does match, better than the large photo: only its size tells them apart
+    assert (scores[1] == -1).all()  # two photos alike side by side: a feed
