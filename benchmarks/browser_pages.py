@@ -51,7 +51,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1, help="sessions recorded (the demo's first, then more)")
     parser.add_argument("--size", type=_size, action="append", help="WIDTHxHEIGHT (repeatable; default 180x320)")
     parser.add_argument("--hm", help="an H&M folder (Kaggle layout): --sessions real purchase sequences and a "
-                                     "catalog of --items articles with photos (theirs first) instead of the synthetic world")
+                                     "catalog of --items articles with photos (theirs first) instead of the "
+                                     "synthetic world")
     args = parser.parse_args()
     sizes = args.size or [(180, 320)]
     out = Path(args.out)

@@ -9,8 +9,9 @@ and cut to common frames, feeds told apart by a second photo).
 
 ``--recordings`` is the output of benchmarks/browser_pages.py (folders ``app_sim_WxH_k`` and
 ``browser_WxH_k`` of one world, the same sessions drawn by both renderers, with the same ``--items`` and
-``--seed``, or ``--hm`` with the H&M folder its catalog came from); ``--space`` a saved space for that world (e.g. the screen-stream demo's ``OUT/space``, its tower
-trained on app_sim's pages for both directions; the layout-free mode does not use its screen tower). For
+``--seed``, or ``--hm`` with the H&M folder its catalog came from); ``--space`` a saved space for that world
+(e.g. the screen-stream demo's ``OUT/space``, its tower trained on app_sim's pages for both directions; the
+layout-free mode does not use its screen tower). For
 each training renderer, the sessions ``--calibrate`` (default 0) are its training recordings: ``fitted``
 windows are the space's own for app_sim (fitted to its training pages' photos) and, for the browser,
 fitted to the product-page photo boxes of its training recordings (the layouts measured in the browser),
@@ -94,7 +95,8 @@ def main() -> None:
 
         full = hm.load(args.hm)[0]
         code = {str(i): k for k, i in enumerate(full.ids)}
-        catalog = full.subset(np.array([code[i] for i in json.loads((root / "report.json").read_text())["catalog_ids"]]))
+        ids = json.loads((root / "report.json").read_text())["catalog_ids"]
+        catalog = full.subset(np.array([code[i] for i in ids]))
     else:
         catalog = make_world(from_dict(WorldConfig, {"seed": args.seed, "n_users": 400, "n_items": args.items,
                                                     "n_new_items": 0, "new_interactions_per_user": [0, 0],

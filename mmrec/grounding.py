@@ -168,7 +168,8 @@ class Grounder:
             tick("search")
             return codes.cpu().numpy().astype(np.int64), best.cpu().numpy().astype(np.float32)
         codes, sims = [], []
-        every_item = self.check is not None and self.check.locate_all and self.check.candidates >= len(self.item_vectors)
+        every_item = (self.check is not None and self.check.locate_all
+                      and self.check.candidates >= len(self.item_vectors))
         for table in self._tables(screens):
             tick("screens")
             if every_item:  # every item is located by its photo: the tower would shortlist nothing
@@ -186,7 +187,7 @@ class Grounder:
                    else best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu())  # [n, C]
             all_boxes = self.windows.boxes(table.width, table.height)
             if self.check.locate_all:  # layout-free windows: each candidate's window found by its photo
-                pick = (lambda t: t) if every_item else (lambda t: t[top])  # every item: shared, not copied per screen
+                pick = (lambda t: t) if every_item else (lambda t: t[top])  # every item: shared, not per screen
                 variants = [(all_boxes, pick(self.thumbnails))] + [
                     (dataclasses.replace(self.windows, aspect=aspect).boxes(table.width, table.height), pick(cropped))
                     for aspect, cropped in zip(self.check.crops, self.crop_thumbnails)]
@@ -348,14 +349,15 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     space never saw (the fitted windows of `ScreenWindows.fit` know only the training app's photo region).
 
     Windows of the photos' ``aspect`` over the whole screen from a fifth of its width up, 12 % apart in width,
-    placed at most a twentieth of the screen's width apart (`ScreenWindows.grid`), and a `PhotoCheck` that finds every one of the ``items`` photos in them
-    (``locate_all``; with that many candidates the grounder skips the screen tower, and beyond them it
-    shortlists with it), as the photo is and cut to the `LAYOUT_FREE_CROPS` apps crop photos to, at matching
-    contrast and colour (a grey panel or a text block of a photo's shape is not the photo), each window also
-    tried up to 5 % larger and smaller (half the gap between widths); with more than `LAYOUT_FREE_SHORTLIST`
-    items, those located best by half-size thumbnails go on. A screen where a second photo matches apart from
-    the best (``crowd`` 0.65) is a feed, and a photo narrower than 0.35 of the screen (a feed card, a bag row)
-    is no product page. ``threshold`` is then calibrated (`mmrec.calibration.calibrate_space`) on labelled
+    placed at most a twentieth of the screen's width apart (`ScreenWindows.grid`), and a `PhotoCheck` that
+    finds every one of the ``items`` photos in them (``locate_all``; with that many candidates the grounder
+    skips the screen tower, beyond them it shortlists with it): as the photo is and cut to the
+    `LAYOUT_FREE_CROPS` apps crop photos to, at matching contrast and colour (a grey panel or a text block of
+    a photo's shape is not the photo), the best 3 also in windows up to 5 % larger and smaller (half the gap
+    between widths); with more than `LAYOUT_FREE_SHORTLIST` items, those located best by half-size thumbnails
+    go on. A screen where a second photo alike matches apart from the best (``crowd`` 0.65, see
+    `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the screen (a feed card, a bag row) is no
+    product page. ``threshold`` is then calibrated (`mmrec.calibration.calibrate_space`) on labelled
     recordings of any app."""
     if not (math.isfinite(aspect) and aspect > 0) or items < 1:
         raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "
@@ -377,7 +379,7 @@ def photo_aspect(catalog: Catalog, sample: int = 64) -> float:
         try:
             with Image.open(path) as image:
                 aspects.append(image.height / image.width)
-        except (OSError, ValueError, ZeroDivisionError):
+        except (OSError, ValueError, ZeroDivisionError, Image.DecompressionBombError):
             continue
     if not aspects:
         raise ValueError("no catalog photo could be read to take the photos' aspect from")

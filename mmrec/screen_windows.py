@@ -81,10 +81,11 @@ class ScreenWindows:
         """Layout-free windows: widths from ``narrowest`` to ``widest`` (fractions of the screen's width) ``ratio``
         apart (default ``1 + step``), over the whole screen, placed every ``step`` of their size. A photo shown
         between two widths is matched (`PhotoCheck`) at the wrong scale, so a finer ``ratio`` than the
-        positions' step pays where photo sizes vary from app to app. Unlike `fit`, nothing about where any app puts its photos is assumed, so a
-        page of an app never seen (another renderer, another layout) is searched as well as a known one; the
-        price is more windows per screen and more places where a photo that is not a product page's (a home
-        feed's card, a grid tile as wide as ``narrowest``) can be found. ``narrowest`` is the only prior: the
+        positions' step pays where photo sizes vary from app to app (``stride``: see the class). Unlike `fit`,
+        nothing about where any app puts its photos is assumed, so a page of an app never seen (another
+        renderer, another layout) is searched as well as a known one; the price is more windows per screen and
+        more places where a photo that is not a product page's (a home feed's card, a grid tile as wide as
+        ``narrowest``) can be found. ``narrowest`` is the only prior: the
         smallest photo a product page shows, as a share of the screen's width."""
         if not 0 < narrowest <= widest <= 1:
             raise ValueError(f"ScreenWindows.grid needs 0 < narrowest <= widest <= 1 (fractions of the screen width), "
@@ -290,7 +291,8 @@ class PhotoCheck:
                 not 0.5 <= f <= 2 for f in self.scales) or (self.shortlist is not None and self.shortlist < 1) or (
                 self.colour is not None and not self.colour > 0):
             raise ValueError(f"PhotoCheck needs contrast >= 0, crops of positive aspects (height / width), smallest "
-                             f"None or in (0, 1], scales in [0.5, 2], shortlist None or >= 1 and colour None or > 0, got "
+                             f"None or in (0, 1], scales in [0.5, 2], shortlist None or >= 1 and colour None or > 0, "
+                             f"got "
                              f"{self.contrast}, {self.crops}, {self.smallest}, {self.scales}, {self.shortlist}, "
                              f"{self.colour}")
 
