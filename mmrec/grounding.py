@@ -173,18 +173,17 @@ class Grounder:
         for table in self._tables(screens):
             tick("screens")
             if every_item:  # every item is located by its photo: the tower would shortlist nothing
-                best = where = torch.zeros(table.count, len(self.item_vectors))
+                top = torch.arange(len(self.item_vectors)).expand(table.count, -1)  # item k in column k
             else:
                 vectors = window_vectors(self.space, table, self.windows)
                 tick("tower")
                 best, where = self._search(vectors)
-            tick("search")
-            if self.check is None:
-                best, code = best.max(dim=1)
-                codes.append(code.cpu()), sims.append(best.cpu())
-                continue
-            top = (torch.arange(best.shape[1]).expand(len(best), -1) if every_item  # item k in column k
-                   else best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu())  # [n, C]
+                tick("search")
+                if self.check is None:
+                    best, code = best.max(dim=1)
+                    codes.append(code.cpu()), sims.append(best.cpu())
+                    continue
+                top = best.topk(min(self.check.candidates, best.shape[1]), dim=1).indices.cpu()  # [n, C]
             all_boxes = self.windows.boxes(table.width, table.height)
             if self.check.locate_all:  # layout-free windows: each candidate's window found by its photo
                 pick = (lambda t: t) if every_item else (lambda t: t[top])  # every item: shared, not per screen
