@@ -353,18 +353,19 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     skips the screen tower, beyond them it shortlists with it): as the photo is and cut to the
     `LAYOUT_FREE_CROPS` apps crop photos to, at matching contrast and colour (a grey panel or a text block of
     a photo's shape is not the photo), the best 3 also in windows up to 5 % larger and smaller (half the gap
-    between widths); with more than `LAYOUT_FREE_SHORTLIST` items, those located best by half-size thumbnails
-    go on. A screen where a second photo alike matches apart from the best (``crowd`` 0.65, see
-    `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the screen (a feed card, a bag row) is no
-    product page. ``threshold`` is then calibrated (`mmrec.calibration.calibrate_space`) on labelled
-    recordings of any app."""
+    between widths), on thumbnails 12 wide; with more than `LAYOUT_FREE_SHORTLIST` items, those located best
+    by thumbnails 6 wide go on; the best 10 are matched again on thumbnails 24 wide (``coarse`` 2), which
+    tell apart photos alike when small (black trousers on white). A screen where a second photo alike matches
+    apart from the best (``crowd`` 0.65, see `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the
+    screen (a feed card, a bag row) is no product page. ``threshold`` is then calibrated
+    (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
     if not (math.isfinite(aspect) and aspect > 0) or items < 1:
         raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "
                          f"got {aspect}, {items}")
     crops = tuple(a for a in LAYOUT_FREE_CROPS if abs(a / aspect - 1) > 0.05)
-    check = PhotoCheck(candidates=items, size=(max(2, round(12 * aspect)), 12), crowd=0.65, locate_all=True,
+    check = PhotoCheck(candidates=items, size=(max(2, round(24 * aspect)), 24), crowd=0.65, locate_all=True,
                        contrast=1.0, colour=40.0, crops=crops, smallest=0.35, scales=(0.95, 0.975, 1.025, 1.05),
-                       refine=3, shortlist=LAYOUT_FREE_SHORTLIST)
+                       refine=3, shortlist=LAYOUT_FREE_SHORTLIST, coarse=2)
     return GroundingSettings(threshold, ScreenWindows.grid(0.2, 1.0, aspect=aspect, ratio=1.12, stride=0.05), check)
 
 

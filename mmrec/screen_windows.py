@@ -12,6 +12,7 @@ teach: around the photo's true box, off by at most what the grid of windows can 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -22,7 +23,8 @@ import torch
 CROWD_OVERLAP = 0.1  # two windows are apart (two photos, not one seen twice) when they share under this of the smaller
 CROWD_MARGIN = 0.1  # ... and it matches within this of the best photo
 CROWD_SIZE = 0.5  # ... in a window at least this share of the best one's width
-SEARCH_MATCHED = 10  # candidates of a screen that PhotoCheck.search matches with shifts after locating them all
+SEARCH_MATCHED = 30  # candidates of a screen that PhotoCheck.search matches with shifts after locating them all
+SEARCH_DETAILED = 10  # ... and, with coarse thumbnails, matches again at full size
 LOCATE_SCORES = 1 << 24  # candidate-window scores PhotoCheck.locate holds at once (64 MiB of float32)
 
 
@@ -257,7 +259,13 @@ class PhotoCheck:
     more candidates than this, `search` keeps the best by thumbnails half as fine before locating them (a
     whole catalogue costs a quarter as much per screen). ``colour`` (None: off): the match is also multiplied
     by ``exp(-(d / colour) ** 2)``, d the distance between the mean colours (0-255 RGB) of photo and screen
-    area: a page shows the photo in its own colours, and a grey panel of the right shape is not it.
+    area: a page shows the photo in its own colours, and a grey panel of the right shape is not it. Colour
+    scores the shifted match only, not `locate`'s unshifted windows: a window a little off a dark garment
+    photographed on white loses white border, and its mean colour darkens far more than its correlation falls.
+    ``coarse``: `search` locates and matches at thumbnails pooled this many times (``size`` over ``coarse``),
+    then matches its best few again at the full ``size``: in a large catalogue many photos are alike at the
+    coarse size (black trousers on white), and the detail that tells them apart (a waistband, a print)
+    shows only finer.
     """
 
     candidates: int = 10
@@ -273,6 +281,7 @@ class PhotoCheck:
     scales: tuple[float, ...] = ()
     shortlist: int | None = None
     colour: float | None = None
+    coarse: int = 1
 
     def __post_init__(self) -> None:
         self.size = tuple(int(s) for s in self.size)
@@ -289,12 +298,11 @@ class PhotoCheck:
                 not (math.isfinite(a) and a > 0) for a in self.crops) or (
                 self.smallest is not None and not 0 < self.smallest <= 1) or any(
                 not 0.5 <= f <= 2 for f in self.scales) or (self.shortlist is not None and self.shortlist < 1) or (
-                self.colour is not None and not self.colour > 0):
+                self.colour is not None and not self.colour > 0) or self.coarse < 1:
             raise ValueError(f"PhotoCheck needs contrast >= 0, crops of positive aspects (height / width), smallest "
-                             f"None or in (0, 1], scales in [0.5, 2], shortlist None or >= 1 and colour None or > 0, "
-                             f"got "
-                             f"{self.contrast}, {self.crops}, {self.smallest}, {self.scales}, {self.shortlist}, "
-                             f"{self.colour}")
+                             f"None or in (0, 1], scales in [0.5, 2], shortlist None or >= 1, colour None or > 0 and "
+                             f"coarse >= 1, got {self.contrast}, {self.crops}, {self.smallest}, {self.scales}, "
+                             f"{self.shortlist}, {self.colour}, {self.coarse}")
 
     def thumbnails(self, photos: list, aspect: float | None = None) -> torch.Tensor:
         """PIL photos (None for items without one) → float ``[I, 3, h, w]`` thumbnails (area-averaged); with
@@ -319,39 +327,79 @@ class PhotoCheck:
         every variant) go on. Each candidate is found by its photo in every variant (`locate`, which scores
         the unshifted windows); the `SEARCH_MATCHED` best of a screen are matched again with shifts (`match`)
         in every variant, and each candidate keeps its best score. Then ``crowd`` (another photo apart from
-        the best: a feed) and ``smallest`` (its window too narrow for a product page) set scores to -1.
-        Returns the scores ``[N, C]`` (-1 off the shortlist) and each candidate's window ``[N, C, 4]``."""
+        the best: a feed) and ``smallest`` (its window too narrow for a product page) set scores to -1. With
+        ``coarse`` above 1, all this runs on thumbnails pooled ``coarse`` times, and the `SEARCH_DETAILED` best
+        of a screen are matched once more at full size (in their best window's variant): their score is that
+        match, every other candidate's -1. Returns the scores ``[N, C]`` (-1 off the shortlist) and each
+        candidate's window ``[N, C, 4]``."""
         if not variants:
             raise ValueError("PhotoCheck.search needs at least one (windows, thumbnails) variant")
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
+        if self.coarse == 1:
+            return self._search(table, variants)[:2]
+        scores, where, chosen = self._search(table, [(windows, _pooled(thumbnails, self.coarse))
+                                                     for windows, thumbnails in variants])
+        return self._detailed(table, variants, scores, where, chosen), where
+
+    def _detailed(self, table: AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]], scores: torch.Tensor,
+                  where: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+        """Scores ``[N, C]`` of the `SEARCH_DETAILED` best candidates of each screen by the coarse ``scores``
+        matched at full size in their window ``where`` of variant ``chosen``, -1 for every other. Each is
+        shifted about its window as it is and at the extreme ``scales``, then refined (at every scale) a quarter
+        as far about the best: its window was located at the coarse size."""
+        rows = torch.arange(table.count)[:, None]
+        top = scores.topk(min(SEARCH_DETAILED, scores.shape[1]), dim=1).indices  # [N, k]
+        live, fine = scores.gather(1, top) > -1, torch.full(top.shape, -1.0)
+        factors = (min(self.scales), max(self.scales)) if self.scales else ()
+        shifted, closer = dataclasses.replace(self, refine=0), dataclasses.replace(self, refine=None,
+                                                                                    margin=self.margin / 4)
+        for v, (_, thumbnails) in enumerate(variants):
+            mine = live & (chosen.gather(1, top) == v)
+            m = int(mine.sum(dim=1).max())
+            if not m:
+                continue
+            first = torch.sort(mine.int(), dim=1, descending=True, stable=True).indices[:, :m]  # [N, m]: mine first
+            picked, sizes = top.gather(1, first), 1 + len(factors)
+            boxes = where[rows, picked]
+            boxes = torch.stack([boxes] + [_scaled(boxes, f) for f in factors], dim=2).flatten(1, 2)  # [N, m * sizes]
+            templates = _take(thumbnails, rows, picked)
+            matched, found = shifted._match(table, boxes, templates.repeat_interleave(sizes, dim=1))
+            matched, size = matched.view(len(picked), m, sizes).max(dim=-1)
+            found = found.view(len(picked), m, sizes, 4).gather(2, size[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]
+            matched = torch.maximum(matched, closer._match(table, found, templates)[0])
+            fine.scatter_(1, first, torch.where(mine.gather(1, first), matched, fine.gather(1, first)))
+        return torch.full_like(scores, -1.0).scatter(1, top, fine)
+
+    def _search(self, table: AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`search` at the thumbnails' own size: the scores, windows and which variant each window is of
+        (``[N, C]``)."""
         n, c = table.count, variants[0][1].shape[-4]
         rows = torch.arange(n)[:, None]
         if self.shortlist is not None and c > self.shortlist:
-            import torch.nn.functional as F
-
-            rough = torch.stack([self._locate(table, windows, F.avg_pool2d(thumbnails.flatten(0, -4), 2).view(
-                *thumbnails.shape[:-2], *(d // 2 for d in thumbnails.shape[-2:])))[1]
-                for windows, thumbnails in variants]).amax(dim=0)  # [N, C]
+            rough = torch.stack([self._locate(table, windows, _pooled(thumbnails, 2))[1]
+                                 for windows, thumbnails in variants]).amax(dim=0)  # [N, C]
             listed = rough.topk(self.shortlist, dim=1).indices  # [N, S]
-            scores, where = self.search(table, [(windows, _take(thumbnails, rows, listed))
-                                                for windows, thumbnails in variants])
-            full = torch.full((n, c), -1.0).scatter(1, listed, scores)
-            return full, torch.zeros(n, c, 4).scatter(1, listed[..., None].expand(-1, -1, 4), where)
+            scores, where, chosen = dataclasses.replace(self, shortlist=None)._search(
+                table, [(windows, _take(thumbnails, rows, listed)) for windows, thumbnails in variants])
+            return (torch.full((n, c), -1.0).scatter(1, listed, scores),
+                    torch.zeros(n, c, 4).scatter(1, listed[..., None].expand(-1, -1, 4), where),
+                    torch.zeros(n, c, dtype=torch.long).scatter(1, listed, chosen))
         located = [self._locate(table, windows, thumbnails) for windows, thumbnails in variants]
-        coarse = torch.stack([scores for _, scores in located])  # [V, N, C]
-        best, first = coarse.max(dim=0)  # [N, C]
-        where = torch.stack([boxes for boxes, _ in located])[first, rows, torch.arange(c)]  # [N, C, 4]
+        best, chosen = torch.stack([scores for _, scores in located]).max(dim=0)  # [N, C] over [V, N, C]
+        where = torch.stack([boxes for boxes, _ in located])[chosen, rows, torch.arange(c)]  # [N, C, 4]
         keep = best.topk(min(SEARCH_MATCHED, c), dim=1).indices  # [N, M]
-        for (_, thumbnails), (boxes, _) in zip(variants, located):
+        for v, ((_, thumbnails), (boxes, _)) in enumerate(zip(variants, located)):
             kept_boxes = boxes[rows, keep]
             scores = self.match(table, kept_boxes, _take(thumbnails, rows, keep), uncrowd=False)  # [N, M]
             better = scores > best[rows, keep]
             best[rows, keep] = torch.where(better, scores, best[rows, keep])
             where[rows, keep] = torch.where(better[..., None], kept_boxes, where[rows, keep])
+            chosen[rows, keep] = torch.where(better, v, chosen[rows, keep])
         if self.smallest is None:
-            return self._uncrowded(best, where), where
+            return self._uncrowded(best, where), where, chosen
         wide = (where[..., 2] - where[..., 0]) >= self.smallest * table.width * (1 - 1e-6)
-        return self._uncrowded(best, where, wide).masked_fill(~wide, -1.0), where
+        return self._uncrowded(best, where, wide).masked_fill(~wide, -1.0), where, chosen
 
     def locate(self, screens: torch.Tensor | AreaTable, windows: np.ndarray | torch.Tensor,
                thumbnails: torch.Tensor) -> torch.Tensor:
@@ -362,8 +410,8 @@ class PhotoCheck:
 
     def _locate(self, screens: torch.Tensor | AreaTable, windows: np.ndarray | torch.Tensor,
                 thumbnails: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`locate`'s windows ``[N, C, 4]`` and their scores ``[N, C]`` (with ``contrast``); ``thumbnails`` may also
-        be ``[C, 3, h, w]``, shared by every screen."""
+        """`locate`'s windows ``[N, C, 4]`` and their scores ``[N, C]`` (with ``contrast``, without ``colour``);
+        ``thumbnails`` may also be ``[C, 3, h, w]``, shared by every screen."""
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         windows = torch.as_tensor(np.asarray(windows), dtype=torch.float32).reshape(-1, 4)
         size = tuple(thumbnails.shape[-2:])
@@ -377,7 +425,7 @@ class PhotoCheck:
         best, at = torch.empty(n, c), torch.empty(n, c, dtype=torch.long)
         for s in range(0, c, block):
             scores = torch.bmm(templates[:, s:s + block], crops.transpose(1, 2)) * _agreement(
-                own[:, s:s + block, None], spread[:, None, :], self)
+                own[:, s:s + block, None], spread[:, None, :], self, colour=False)
             best[:, s:s + block], at[:, s:s + block] = scores.max(dim=2)
         return windows[at], best  # [N, C, 4], [N, C]
 
@@ -390,6 +438,13 @@ class PhotoCheck:
         it once over every variant)."""
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
+        best = self._match(table, boxes, thumbnails)[0]
+        return self._uncrowded(best, boxes) if uncrowd else best
+
+    def _match(self, table: AreaTable, boxes: torch.Tensor, thumbnails: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`match`'s scores ``[N, C]`` (without ``crowd``) and the shifted (and rescaled) box each was found in
+        ``[N, C, 4]``."""
         n, c = boxes.shape[:2]
         # candidates share windows (a screen has a few): cut each distinct window's shifts once per screen
         windows, which = torch.unique(boxes.reshape(-1, 4), dim=0, return_inverse=True)  # [U, 4], [N * C]
@@ -398,28 +453,32 @@ class PhotoCheck:
         crops = table.crops(shifted.reshape(1, -1, 4).expand(n, -1, -1), size)  # [N, U * S, 3, h, w]
         patches, spread = _centred_with_contrast(crops.reshape(n, len(windows) * self.shifts ** 2, -1))
         templates, own = _centred_with_contrast(thumbnails.to(patches).flatten(2))  # [N, C, d], [N, C]
-        # every candidate against every shift of every window in one product; each keeps its own window's
-        every = (torch.bmm(patches, templates.transpose(1, 2))
-                 * _agreement(spread[:, :, None], own[:, None, :], self)).view(
-            n, len(windows), self.shifts ** 2, c)
-        best, at = every[torch.arange(n)[:, None], which.view(n, c), :, torch.arange(c)].max(dim=-1)  # [N, C]
+        # each candidate against every shift of its own window
+        rows, own_window = torch.arange(n)[:, None], which.view(n, c)
+        patches, spread = (x.view(n, len(windows), self.shifts ** 2, -1)[rows, own_window] for x in (patches, spread))
+        best, at = (torch.einsum("ncsd,ncd->ncs", patches, templates)
+                    * _agreement(spread, own[:, :, None, :], self)).max(dim=-1)  # [N, C] over [N, C, S]
+        found = shifted[which.view(n, c), at]  # [N, C, 4]
         if self.refine == 0 or self.shifts == 1:
-            return self._uncrowded(best, boxes) if uncrowd else best
+            return best, found
         # again on a grid as fine again around their best shift: a pixel off costs near-twins
         k = c if self.refine is None else min(self.refine, c)
         top = best.topk(k, dim=1).indices  # [N, k]
-        start = shifted[which.view(n, c).gather(1, top), at.gather(1, top)]  # [N, k, 4]
+        start = found.gather(1, top[..., None].expand(-1, -1, 4))  # [N, k, 4]
         if self.scales:  # the start window and its rescalings about its centre: [N, k * (1 + scales), 4]
             start = torch.stack([start] + [_scaled(start, f) for f in self.scales], dim=2).flatten(1, 2)
         moved = _shifted(start, self.margin / (self.shifts - 1), 5).view(n, k, -1, 4)  # [N, k, 25 * (1 + scales), 4]
         crops, spread = _centred_with_contrast(table.crops(moved.reshape(n, -1, 4), size).reshape(
             n, k, moved.shape[2], -1))
-        refined = (torch.einsum("nksd,nkd->nks", crops, templates.gather(
+        refined, at = (torch.einsum("nksd,nkd->nks", crops, templates.gather(
             1, top[:, :, None].expand(-1, -1, templates.shape[-1])))
             * _agreement(spread, own.gather(1, top[..., None].expand(-1, -1, own.shape[-1]))[:, :, None], self)
-        ).amax(dim=-1)
-        best = best.scatter(1, top, torch.maximum(best.gather(1, top), refined))
-        return self._uncrowded(best, boxes) if uncrowd else best
+        ).max(dim=-1)  # [N, k]
+        better = refined > best.gather(1, top)
+        moved_best = moved.gather(2, at[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]  # [N, k, 4]
+        found = found.scatter(1, top[..., None].expand(-1, -1, 4), torch.where(
+            better[..., None], moved_best, found.gather(1, top[..., None].expand(-1, -1, 4))))
+        return best.scatter(1, top, torch.maximum(best.gather(1, top), refined)), found
 
     def _uncrowded(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None
                    ) -> torch.Tensor:
@@ -451,6 +510,15 @@ def _take(thumbnails: torch.Tensor, rows: torch.Tensor, chosen: torch.Tensor) ->
     return thumbnails[chosen] if thumbnails.dim() == 4 else thumbnails[rows, chosen]
 
 
+def _pooled(thumbnails: torch.Tensor, factor: int) -> torch.Tensor:
+    """``[..., 3, h, w]`` thumbnails area-averaged ``factor`` times smaller (at least 2 x 2)."""
+    import torch.nn.functional as F
+
+    h, w = thumbnails.shape[-2:]
+    size = (max(2, round(h / factor)), max(2, round(w / factor)))
+    return F.adaptive_avg_pool2d(thumbnails.flatten(0, -4), size).view(*thumbnails.shape[:-2], *size)
+
+
 def _centre_crop(photo: Any, aspect: float) -> Any:
     """A PIL photo cut to ``aspect`` (height / width) about its centre, as CSS ``object-fit: cover`` shows it."""
     width, height = photo.size
@@ -469,8 +537,8 @@ def _scaled(boxes: torch.Tensor, factor: float) -> torch.Tensor:
 
 def _shifted(boxes: torch.Tensor, reach: float, steps: int) -> torch.Tensor:
     """``[..., 4]`` boxes → ``[..., steps ** 2, 4]``: each moved on a ``steps`` x ``steps`` grid (rows by y) by up
-    to ``reach`` of its own width and height either way."""
-    offsets = torch.linspace(-reach, reach, steps)
+    to ``reach`` of its own width and height either way (one step: the box itself)."""
+    offsets = torch.linspace(-reach, reach, steps) if steps > 1 else torch.zeros(1)
     dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
     size = torch.stack([boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]], dim=-1)  # [..., 2]
     move = torch.stack([dx.flatten(), dy.flatten()], dim=1) * size[..., None, :]  # [..., S, 2]
@@ -488,13 +556,14 @@ def _centred_with_contrast(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return F.normalize(centred, dim=-1), stats
 
 
-def _agreement(a: torch.Tensor, b: torch.Tensor, check: "PhotoCheck") -> torch.Tensor:
+def _agreement(a: torch.Tensor, b: torch.Tensor, check: "PhotoCheck", colour: bool = True) -> torch.Tensor:
     """How far two broadcast `_centred_with_contrast` statistics agree, in (0, 1]: ``(min / max contrast) **
-    check.contrast`` times ``exp(-(colour distance / check.colour) ** 2)`` (1 for a setting that is off)."""
+    check.contrast`` times ``exp(-(colour distance / check.colour) ** 2)`` (1 for a setting that is off; the
+    colour factor also with ``colour`` False)."""
     factor = torch.ones(())
     if check.contrast:
         x, y = a[..., 0], b[..., 0]
         factor = (torch.minimum(x, y) / torch.maximum(x, y).clamp(min=1e-6)).clamp(min=0) ** check.contrast
-    if check.colour is not None:
+    if colour and check.colour is not None:
         factor = factor * torch.exp(-((a[..., 1:] - b[..., 1:]).pow(2).sum(-1) / check.colour ** 2))
     return factor

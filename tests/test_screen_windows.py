@@ -11,7 +11,7 @@ from PIL import Image
 
 from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
 from mmrec.grounding import Grounder, GroundingSettings, load_grounding, save_grounding
-from mmrec.screen_windows import PhotoCheck, ScreenWindows, crop_windows, iou, jittered_windows
+from mmrec.screen_windows import AreaTable, PhotoCheck, ScreenWindows, crop_windows, iou, jittered_windows
 from mmrec.space import SpaceConfig, UnifiedSpace, tiny_vit
 
 
@@ -538,3 +538,72 @@ def test_crowd_needs_a_second_photo_alike_in_size_and_match():
     loose = dataclasses.replace(check, smallest=None, crowd=None).search(screens, [(windows, thumbnails)])[0]
     assert loose[0, 1] > 0.9  # the thumbnail does match, better than the large photo: only its size tells them apart
     assert (scores[1] == -1).all()  # two photos alike side by side: a feed
+
+
+def test_one_shift_matches_the_window_itself():
+    """``shifts=1`` is the window alone, whatever the margin (not the window moved by -margin)."""
+    photo = _photos(1)[0]
+    screen = _screen_with(photo, (40, 80, 100, 170))[None]
+    boxes, thumbnails = torch.tensor([[[40.0, 80.0, 100.0, 170.0]]]), PhotoCheck().thumbnails([photo])[None]
+    alone = PhotoCheck(candidates=1, shifts=1, margin=0.0).match(screen, boxes, thumbnails)
+    assert alone[0, 0] > 0.99
+    torch.testing.assert_close(PhotoCheck(candidates=1, shifts=1, margin=0.25).match(screen, boxes, thumbnails), alone)
+
+
+def test_colour_scores_the_shifted_match_not_the_located_window():
+    """A window a little off a dark garment photographed on white loses white border and darkens: locating
+    ignores colour (the photo's windows stay in the running), the final match applies it."""
+    photo = np.full((150, 100, 3), 250, np.uint8)
+    photo[20:130, 20:80] = np.kron(np.random.default_rng(4).integers(10, 70, (11, 6, 3)), np.ones((10, 10, 1)))
+    photo = Image.fromarray(photo)
+    screen = Image.new("RGB", (180, 320), (15, 15, 15))
+    screen.paste(photo, (40, 80))
+    screen = torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)[None]
+    off = np.array([[46.0, 86.0, 141.0, 228.5]])  # 6 px in, 5 % smaller: mostly garment
+    plain, coloured = PhotoCheck(candidates=1, contrast=1.0), PhotoCheck(candidates=1, contrast=1.0, colour=40.0)
+    thumbnails = plain.thumbnails([photo])[None]
+    (_, located), (_, without) = coloured._locate(screen, off, thumbnails), plain._locate(screen, off, thumbnails)
+    torch.testing.assert_close(located, without)
+    exact = torch.tensor([[[40.0, 80.0, 140.0, 230.0]]])
+    assert coloured.match(screen, exact, thumbnails)[0, 0] > 0.95
+    darker = coloured.match(screen, torch.as_tensor(off, dtype=torch.float32)[None], thumbnails.mul(0.5))[0, 0]
+    off = torch.as_tensor(off, dtype=torch.float32)[None]
+    assert darker < 0.5 * plain.match(screen, off, thumbnails.mul(0.5))[0, 0]
+
+
+def test_coarse_search_tells_near_twins_apart_at_full_size():
+    """Two photos alike at the pooled size (a fine checker averages out) are told apart by the full-size match
+    of the best few; every other candidate scores -1."""
+    photos = _photos(12)
+    cells = (np.indices((13, 9)).sum(0) % 2) * 2 - 1
+    checker = np.kron(cells, np.ones((8, 8)))[4:100, 4:68, None] * 40  # 8 px cells, 4 px off: gone when pooled
+    twin = Image.fromarray((np.asarray(photos[0], np.float64) * 0.7 + 40 + checker).astype(np.uint8))
+    plain = Image.fromarray((np.asarray(photos[0], np.float64) * 0.7 + 40).astype(np.uint8))
+    photos = [plain, twin] + photos[1:]
+    check = PhotoCheck(candidates=len(photos), size=(24, 16), coarse=2, contrast=1.0, locate_all=True,
+                       scales=(0.95, 0.975, 1.025, 1.05))
+    thumbnails = check.thumbnails(photos)
+    screens = torch.stack([_screen_with(twin, (30, 60, 94, 156)), _screen_with(plain, (30, 60, 94, 156))])
+    windows = ScreenWindows.grid(narrowest=0.3, aspect=1.5, step=0.125, ratio=1.1).boxes(180, 320)
+    pooled, _ = dataclasses.replace(check, coarse=1, size=(12, 8)).search(
+        screens, [(windows, torch.nn.functional.avg_pool2d(thumbnails, 2))])
+    assert (pooled[:, :2].max(dim=1).values - pooled[:, :2].min(dim=1).values).max() < 0.01  # alike pooled
+    scores, _ = check.search(screens, [(windows, thumbnails)])
+    assert scores.argmax(dim=1).tolist() == [1, 0] and scores.amax(dim=1).min() > 0.9
+    assert (scores[0, 1] - scores[0, 0]) > 0.05 and (scores[1, 0] - scores[1, 1]) > 0.2
+    assert ((scores == -1).sum(dim=1) == len(photos) - 10).all()  # only the best 10 matched at full size
+    with pytest.raises(ValueError, match="coarse"):
+        PhotoCheck(coarse=0)
+
+
+def test_a_match_says_where_it_found_the_photo():
+    """`_match` returns, with each score, the shifted and rescaled box it was found in: nearer the photo than
+    the window it started from (the full-size pass of `search` starts again from there)."""
+    photo = _photos(1)[0]
+    screen = _screen_with(photo, (40, 80, 100, 170))[None]
+    check = PhotoCheck(candidates=1, refine=None, scales=(0.95, 1.05))
+    start = torch.tensor([[[44.0, 84.0, 101.0, 169.5]]])  # 4 px off, 5 % small
+    score, found = check._match(AreaTable(screen), start, check.thumbnails([photo])[None])
+    truth = (40, 80, 100, 170)
+    assert score[0, 0] > 0.97 and iou(found[0].numpy(), truth)[0] > iou(start[0].numpy(), truth)[0]
+    assert np.abs(found[0, 0].numpy() - [40, 80, 100, 170]).max() < 3
