@@ -441,7 +441,10 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray) 
 
     ``codes``/``sims``: each frame's nearest item and similarity; ``truth``: its true item (`NO_ITEM` where the
     screen shows none). A prediction is right when it names the true item. Returns the threshold (midway
-    between neighbouring similarities) and precision, recall and F1 there.
+    between neighbouring similarities) and precision, recall and F1 there. A similarity of -1 is a photo
+    check's verdict that the screen shows no item page (a feed, a card), not a similarity: when the cut falls
+    just above such frames, the threshold is midway between the cut and 0 (unrelated pictures correlate about
+    0), not -1, so that it does not accept nearly everything on the screens of another app.
     """
     codes, sims, truth = np.asarray(codes), np.asarray(sims, np.float64), np.asarray(truth)
     if not len(codes) or not (truth != NO_ITEM).any():
@@ -456,5 +459,7 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray) 
     f1[ties] = -1.0
     k = int(np.argmax(f1))
     below = sims[order][k + 1] if k + 1 < len(order) else sims[order][k] - 1e-3
+    if below <= -1.0 and sims[order][k] > 0:  # rejected outright (PhotoCheck's -1), not a similarity
+        below = 0.0
     threshold = float((sims[order][k] + below) / 2)
     return threshold, {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k])}

@@ -79,6 +79,10 @@ def test_calibrated_threshold_separates_items_from_screens_without_one():
     assert 0.6 < threshold < 0.8 and fit == {"precision": 1.0, "recall": 0.75, "f1": pytest.approx(6 / 7)}
     with pytest.raises(ValueError, match="calibration"):
         calibrate_threshold(codes, sims, np.full(7, NO_ITEM))
+    # a photo check's -1 (no item page) is no similarity: the threshold is not pulled down to it
+    rejected = np.where(codes == truth, sims, -1.0)
+    threshold, fit = calibrate_threshold(codes, rejected, truth)
+    assert threshold == pytest.approx(0.8 / 2) and fit["precision"] == 1.0 and fit["recall"] == 0.75
 
 
 def test_unchanged_frames_are_never_encoded():
