@@ -9,7 +9,8 @@ and cut to common frames, feeds told apart by a second photo).
 
 ``--recordings`` is the output of benchmarks/browser_pages.py (folders ``app_sim_WxH_k`` and
 ``browser_WxH_k`` of one world, the same sessions drawn by both renderers, with the same ``--items`` and
-``--seed``, or ``--hm`` with the H&M folder its catalog came from); ``--space`` a saved space for that world
+``--seed``, or ``--hm`` with the H&M folder its catalog came from, and ``--catalog-items`` to ground against
+more articles than the recordings' catalog: the scale curve); ``--space`` a saved space for that world
 (e.g. the screen-stream demo's ``OUT/space``, its tower trained on app_sim's pages for both directions; the
 layout-free mode does not use its screen tower). For
 each training renderer, the sessions ``--calibrate`` (default 0) are its training recordings: ``fitted``
@@ -88,6 +89,8 @@ def main() -> None:
     parser.add_argument("--calibrate", type=int, action="append", help="training sessions (default 0)")
     parser.add_argument("--modes", default="fitted,layout-free", help="settings compared (fitted, layout-free)")
     parser.add_argument("--hm", help="the H&M folder the recordings' catalog came from (browser_pages.py --hm)")
+    parser.add_argument("--catalog-items", type=int, help="with --hm: ground against this many articles with "
+                        "photos, the recordings' own and others drawn with --seed (all of them: 22246 or more)")
     args = parser.parse_args()
     root, out = Path(args.recordings), Path(args.out)
     if args.hm:  # the catalog the recordings were drawn from, by the ids benchmarks/browser_pages.py kept
@@ -96,7 +99,12 @@ def main() -> None:
         full = hm.load(args.hm)[0]
         code = {str(i): k for k, i in enumerate(full.ids)}
         ids = json.loads((root / "report.json").read_text())["catalog_ids"]
-        catalog = full.subset(np.array([code[i] for i in ids]))
+        codes = np.array([code[i] for i in ids])
+        if args.catalog_items:  # the recordings' articles among others with photos, drawn at random
+            photos = np.flatnonzero([p is not None for p in full.image_paths])
+            others = np.random.default_rng(args.seed).permutation(np.setdiff1d(photos, codes))
+            codes = np.r_[codes, np.sort(others[:max(0, args.catalog_items - len(codes))])]
+        catalog = full.subset(codes)
     else:
         catalog = make_world(from_dict(WorldConfig, {"seed": args.seed, "n_users": 400, "n_items": args.items,
                                                     "n_new_items": 0, "new_interactions_per_user": [0, 0],
@@ -107,7 +115,8 @@ def main() -> None:
                for name in RENDERERS}
     settings = load_grounding(args.space)
     aspect = settings.windows.aspect if settings.windows is not None else 1.5
-    report: dict = {"recordings": str(root), "space": args.space, "training_sessions": sorted(train), "runs": []}
+    report: dict = {"recordings": str(root), "space": args.space, "training_sessions": sorted(train),
+                    "catalog_items": len(catalog), "runs": []}
     caches: dict = {}  # layout-free grounding of each screen, shared by both training renderers' runs
     for trained in RENDERERS:
         calibration = [f for f in folders[trained] if int(f.name.rsplit("_", 1)[1]) in train]
