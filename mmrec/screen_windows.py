@@ -260,7 +260,8 @@ class PhotoCheck:
     whole catalogue costs a quarter as much per screen). ``colour`` (None: off): the match is also multiplied
     by ``exp(-(d / colour) ** 2)``, d the distance between the mean colours (0-255 RGB) of photo and screen
     area: a page shows the photo in its own colours, and a grey panel of the right shape is not it. Colour
-    scores the shifted match only, not `locate`'s unshifted windows: a window a little off a dark garment
+    scores the shifted match only, not `locate`'s unshifted windows (which only choose the candidates `search`
+    matches): a window a little off a dark garment
     photographed on white loses white border, and its mean colour darkens far more than its correlation falls.
     ``coarse``: `search` locates and matches at thumbnails pooled this many times (``size`` over ``coarse``),
     then matches its best few again at the full ``size``: in a large catalogue many photos are alike at the
@@ -325,8 +326,9 @@ class PhotoCheck:
         ``[N, C, 3, h, w]`` per screen, or ``[C, 3, h, w]`` shared by every screen (a whole catalogue). With
         more than ``shortlist`` candidates, the ``shortlist`` best by thumbnails half as fine (`_locate` over
         every variant) go on. Each candidate is found by its photo in every variant (`locate`, which scores
-        the unshifted windows); the `SEARCH_MATCHED` best of a screen are matched again with shifts (`match`)
-        in every variant, and each candidate keeps its best score. Then ``crowd`` (another photo apart from
+        the unshifted windows, without ``colour``); the `SEARCH_MATCHED` best of a screen are matched again with
+        shifts (`match`) in every variant, and their score is the best of these matches (with ``colour``),
+        every other candidate's -1. Then ``crowd`` (another photo apart from
         the best: a feed) and ``smallest`` (its window too narrow for a product page) set scores to -1. With
         ``coarse`` above 1, all this runs on thumbnails pooled ``coarse`` times, and the `SEARCH_DETAILED` best
         of a screen are matched once more at full size (in their best window's variant): their score is that
@@ -389,13 +391,15 @@ class PhotoCheck:
         best, chosen = torch.stack([scores for _, scores in located]).max(dim=0)  # [N, C] over [V, N, C]
         where = torch.stack([boxes for boxes, _ in located])[chosen, rows, torch.arange(c)]  # [N, C, 4]
         keep = best.topk(min(SEARCH_MATCHED, c), dim=1).indices  # [N, M]
+        matched = torch.full(keep.shape, -math.inf)  # the located score (no colour) only chose them
         for v, ((_, thumbnails), (boxes, _)) in enumerate(zip(variants, located)):
             kept_boxes = boxes[rows, keep]
             scores = self.match(table, kept_boxes, _take(thumbnails, rows, keep), uncrowd=False)  # [N, M]
-            better = scores > best[rows, keep]
-            best[rows, keep] = torch.where(better, scores, best[rows, keep])
+            better = scores > matched
+            matched = torch.where(better, scores, matched)
             where[rows, keep] = torch.where(better[..., None], kept_boxes, where[rows, keep])
             chosen[rows, keep] = torch.where(better, v, chosen[rows, keep])
+        best = torch.full_like(best, -1.0).scatter(1, keep, matched)
         if self.smallest is None:
             return self._uncrowded(best, where), where, chosen
         wide = (where[..., 2] - where[..., 0]) >= self.smallest * table.width * (1 - 1e-6)
@@ -446,19 +450,15 @@ class PhotoCheck:
         """`match`'s scores ``[N, C]`` (without ``crowd``) and the shifted (and rescaled) box each was found in
         ``[N, C, 4]``."""
         n, c = boxes.shape[:2]
-        # candidates share windows (a screen has a few): cut each distinct window's shifts once per screen
-        windows, which = torch.unique(boxes.reshape(-1, 4), dim=0, return_inverse=True)  # [U, 4], [N * C]
-        shifted = _shifted(windows, self.margin, self.shifts)  # [U, S, 4]
+        # each candidate against every shift of its own window, cut on its own screen only
+        shifted = _shifted(boxes, self.margin, self.shifts)  # [N, C, S, 4]
         size = tuple(thumbnails.shape[-2:])
-        crops = table.crops(shifted.reshape(1, -1, 4).expand(n, -1, -1), size)  # [N, U * S, 3, h, w]
-        patches, spread = _centred_with_contrast(crops.reshape(n, len(windows) * self.shifts ** 2, -1))
+        patches, spread = _centred_with_contrast(table.crops(shifted.reshape(n, -1, 4), size).reshape(
+            n, c, self.shifts ** 2, -1))  # [N, C, S, d], [N, C, S, 4]
         templates, own = _centred_with_contrast(thumbnails.to(patches).flatten(2))  # [N, C, d], [N, C]
-        # each candidate against every shift of its own window
-        rows, own_window = torch.arange(n)[:, None], which.view(n, c)
-        patches, spread = (x.view(n, len(windows), self.shifts ** 2, -1)[rows, own_window] for x in (patches, spread))
         best, at = (torch.einsum("ncsd,ncd->ncs", patches, templates)
                     * _agreement(spread, own[:, :, None, :], self)).max(dim=-1)  # [N, C] over [N, C, S]
-        found = shifted[which.view(n, c), at]  # [N, C, 4]
+        found = shifted.gather(2, at[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]  # [N, C, 4]
         if self.refine == 0 or self.shifts == 1:
             return best, found
         # again on a grid as fine again around their best shift: a pixel off costs near-twins

@@ -607,3 +607,23 @@ def test_a_match_says_where_it_found_the_photo():
     truth = (40, 80, 100, 170)
     assert score[0, 0] > 0.97 and iou(found[0].numpy(), truth)[0] > iou(start[0].numpy(), truth)[0]
     assert np.abs(found[0, 0].numpy() - [40, 80, 100, 170]).max() < 3
+
+
+def test_search_scores_with_colour_so_a_panel_in_other_colours_is_no_second_photo():
+    """Locating ignores colour, but `search`'s scores are the colour-weighted matches: a panel with another
+    item's pattern in other colours neither scores as that item nor makes a product page a feed (``crowd``)."""
+    a, b = (np.asarray(p).astype(np.int64) for p in _photos(3)[1:])
+    page, other = Image.fromarray((a // 3 + 60).astype(np.uint8)), Image.fromarray((b // 3 + 60).astype(np.uint8))
+    screen = Image.new("RGB", (180, 320), (240, 240, 240))
+    screen.paste(page.resize((60, 90)), (10, 40))
+    screen.paste(Image.fromarray((b // 3 + 150).astype(np.uint8)).resize((60, 90)), (100, 40))  # b's, paler
+    screen = torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)[None]
+    windows = np.array([[10.0, 40, 70, 130], [100.0, 40, 160, 130], [10.0, 160, 70, 250]])
+    for coarse in (1, 2):
+        check = PhotoCheck(candidates=2, size=(18 * coarse, 12 * coarse), contrast=1.0, colour=40.0,
+                           locate_all=True, coarse=coarse, crowd=0.65)
+        thumbnails = check.thumbnails([page, other])
+        scores = check.search(screen, [(windows, thumbnails)])[0][0]
+        assert scores[0] > 0.95 and scores[1] < 0.3  # a page of the first item, not a feed
+        plain = dataclasses.replace(check, colour=None, crowd=None).search(screen, [(windows, thumbnails)])[0][0]
+        assert plain[1] > 0.95  # without colour the panel is the second item
