@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--catalog-items", type=int, help="with --hm: ground against this many articles with "
                         "photos, the recordings' own and others drawn with --seed (all of them: 22246 or more)")
     args = parser.parse_args()
+    if args.catalog_items is not None and not args.hm:
+        parser.error("--catalog-items needs --hm (the synthetic world's catalog is --items)")
     root, out = Path(args.recordings), Path(args.out)
     if args.hm:  # the catalog the recordings were drawn from, by the ids benchmarks/browser_pages.py kept
         from mmrec.datasets import hm
@@ -100,6 +102,8 @@ def main() -> None:
         code = {str(i): k for k, i in enumerate(full.ids)}
         ids = json.loads((root / "report.json").read_text())["catalog_ids"]
         codes = np.array([code[i] for i in ids])
+        if args.catalog_items is not None and args.catalog_items < len(codes):
+            parser.error(f"--catalog-items {args.catalog_items}: the recordings' catalog has {len(codes)} articles")
         if args.catalog_items:  # the recordings' articles among others with photos, drawn at random
             photos = np.flatnonzero([p is not None for p in full.image_paths])
             others = np.random.default_rng(args.seed).permutation(np.setdiff1d(photos, codes))
