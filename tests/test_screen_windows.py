@@ -627,3 +627,18 @@ def test_search_scores_with_colour_so_a_panel_in_other_colours_is_no_second_phot
         assert scores[0] > 0.95 and scores[1] < 0.3  # a page of the first item, not a feed
         plain = dataclasses.replace(check, colour=None, crowd=None).search(screen, [(windows, thumbnails)])[0][0]
         assert plain[1] > 0.95  # without colour the panel is the second item
+
+
+def test_coarse_search_matches_each_photo_at_full_size_in_the_frame_it_was_found_in():
+    """With a second variant (photos cut square, as a shop's square tiles show them), the full-size pass matches
+    each candidate in the variant its window came from: a square-cut photo and an uncut one both score high."""
+    photos = _photos(12)
+    check = PhotoCheck(candidates=len(photos), size=(24, 16), coarse=2, contrast=1.0, locate_all=True, crops=(1.0,),
+                       scales=(0.95, 0.975, 1.025, 1.05))
+    square = photos[3].crop((0, 16, 64, 80))  # its centre, as object-fit: cover cuts it
+    screens = torch.stack([_screen_with(square, (30, 60, 126, 156)), _screen_with(photos[5], (30, 60, 94, 156))])
+    variants = [(ScreenWindows.grid(narrowest=0.3, aspect=a, step=0.125, ratio=1.1).boxes(180, 320),
+                 check.thumbnails(photos, None if a == 1.5 else a)) for a in (1.5, 1.0)]
+    scores, where = check.search(screens, variants)
+    assert scores.argmax(dim=1).tolist() == [3, 5] and scores.amax(dim=1).min() > 0.95
+    assert iou(where[0, 3:4].numpy(), (30, 60, 126, 156))[0] > 0.7
