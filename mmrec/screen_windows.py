@@ -261,12 +261,11 @@ class PhotoCheck:
     by ``exp(-(d / colour) ** 2)``, d the distance between the mean colours (0-255 RGB) of photo and screen
     area: a page shows the photo in its own colours, and a grey panel of the right shape is not it. Colour
     scores the shifted match only, not `locate`'s unshifted windows (which only choose the candidates `search`
-    matches): a window a little off a dark garment
-    photographed on white loses white border, and its mean colour darkens far more than its correlation falls.
-    ``coarse``: `search` locates and matches at thumbnails pooled this many times (``size`` over ``coarse``),
-    then matches its best few again at the full ``size``: in a large catalogue many photos are alike at the
-    coarse size (black trousers on white), and the detail that tells them apart (a waistband, a print)
-    shows only finer.
+    matches): a window a little off a dark garment photographed on white loses white border, and its mean
+    colour darkens far more than its correlation falls. ``coarse``: `search` locates and matches at thumbnails
+    pooled this many times (``size`` over ``coarse``), without ``colour``, then matches its best few again at
+    the full ``size``, with it: in a large catalogue many photos are alike at the coarse size (black trousers
+    on white), and the detail that tells them apart (a waistband, a print) shows only finer.
     """
 
     candidates: int = 10
@@ -330,28 +329,47 @@ class PhotoCheck:
         shifts (`match`) in every variant, and their score is the best of these matches (with ``colour``),
         every other candidate's -1. Then ``crowd`` (another photo apart from
         the best: a feed) and ``smallest`` (its window too narrow for a product page) set scores to -1. With
-        ``coarse`` above 1, all this runs on thumbnails pooled ``coarse`` times, and the `SEARCH_DETAILED` best
-        of a screen are matched once more at full size (in their best window's variant): their score is that
-        match, every other candidate's -1. Returns the scores ``[N, C]`` (-1 off the shortlist) and each
-        candidate's window ``[N, C, 4]``."""
+        ``coarse`` above 1, locating and matching run on thumbnails pooled ``coarse`` times and without
+        ``colour`` (a window placed to a coarse pixel takes in border or loses garment), and the
+        `SEARCH_DETAILED` best of a screen are matched once more at full size (in their best window's variant,
+        with ``colour``): their score is that match, every other candidate's -1; ``crowd`` and ``smallest``
+        judge both stages (a feed's other cards need not be among the best 10, so a feed is told at the coarse
+        stage, where a panel of another item's shape in other colours can pass for a second photo). Returns
+        the scores ``[N, C]`` (-1 off the shortlist) and each candidate's window ``[N, C, 4]`` (for those
+        matched at full size, the box they matched best in)."""
         if not variants:
             raise ValueError("PhotoCheck.search needs at least one (windows, thumbnails) variant")
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         if self.coarse == 1:
-            return self._search(table, variants)[:2]
-        scores, where, chosen = self._search(table, [(windows, _pooled(thumbnails, self.coarse))
-                                                     for windows, thumbnails in variants])
-        return self._detailed(table, variants, scores, where, chosen), where
+            scores, where, _ = self._search(table, variants)
+            return self._judged(scores, where, table.width), where
+        rough = dataclasses.replace(self, colour=None)  # placed to a coarse pixel, a photo's colours are not yet its
+        scores, where, chosen = rough._search(table, [(windows, _pooled(thumbnails, self.coarse))
+                                                      for windows, thumbnails in variants])
+        scores, where = self._detailed(table, variants, rough._judged(scores, where, table.width), where, chosen)
+        return self._judged(scores, where, table.width), where
+
+    def _judged(self, scores: torch.Tensor, where: torch.Tensor, width: int) -> torch.Tensor:
+        """``scores`` ``[N, C]`` after ``crowd`` (another photo apart from the best: a feed) and ``smallest``
+        (the candidate's window ``where`` too narrow for a product page on a screen ``width`` wide) set some
+        to -1."""
+        if self.smallest is None:
+            return self._uncrowded(scores, where)
+        wide = (where[..., 2] - where[..., 0]) >= self.smallest * width * (1 - 1e-6)
+        return self._uncrowded(scores, where, wide).masked_fill(~wide, -1.0)
 
     def _detailed(self, table: AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]], scores: torch.Tensor,
-                  where: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+                  where: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores ``[N, C]`` of the `SEARCH_DETAILED` best candidates of each screen by the coarse ``scores``
-        matched at full size in their window ``where`` of variant ``chosen``, -1 for every other. Each is
-        shifted about its window as it is and at the extreme ``scales``, then refined (at every scale) a quarter
-        as far about the best: its window was located at the coarse size."""
+        matched at full size in their window ``where`` of variant ``chosen``, -1 for every other, and the
+        windows ``[N, C, 4]`` (the box each of those was matched in at full size). Each is shifted about its
+        window as it is and at the extreme ``scales``, then refined (at every scale) a quarter as far about the
+        best: its window was located at the coarse size."""
         rows = torch.arange(table.count)[:, None]
         top = scores.topk(min(SEARCH_DETAILED, scores.shape[1]), dim=1).indices  # [N, k]
         live, fine = scores.gather(1, top) > -1, torch.full(top.shape, -1.0)
+        spots = top[..., None].expand(-1, -1, 4)
+        boxes_found = where.gather(1, spots)  # [N, k, 4]
         factors = (min(self.scales), max(self.scales)) if self.scales else ()
         shifted, closer = dataclasses.replace(self, refine=0), dataclasses.replace(self, refine=None,
                                                                                     margin=self.margin / 4)
@@ -368,9 +386,14 @@ class PhotoCheck:
             matched, found = shifted._match(table, boxes, templates.repeat_interleave(sizes, dim=1))
             matched, size = matched.view(len(picked), m, sizes).max(dim=-1)
             found = found.view(len(picked), m, sizes, 4).gather(2, size[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]
-            matched = torch.maximum(matched, closer._match(table, found, templates)[0])
-            fine.scatter_(1, first, torch.where(mine.gather(1, first), matched, fine.gather(1, first)))
-        return torch.full_like(scores, -1.0).scatter(1, top, fine)
+            nearer, nearer_found = closer._match(table, found, templates)
+            found = torch.where((nearer > matched)[..., None], nearer_found, found)
+            matched = torch.maximum(matched, nearer)
+            ours = mine.gather(1, first)
+            fine.scatter_(1, first, torch.where(ours, matched, fine.gather(1, first)))
+            at = first[..., None].expand(-1, -1, 4)
+            boxes_found.scatter_(1, at, torch.where(ours[..., None], found, boxes_found.gather(1, at)))
+        return torch.full_like(scores, -1.0).scatter(1, top, fine), where.scatter(1, spots, boxes_found)
 
     def _search(self, table: AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -399,11 +422,7 @@ class PhotoCheck:
             matched = torch.where(better, scores, matched)
             where[rows, keep] = torch.where(better[..., None], kept_boxes, where[rows, keep])
             chosen[rows, keep] = torch.where(better, v, chosen[rows, keep])
-        best = torch.full_like(best, -1.0).scatter(1, keep, matched)
-        if self.smallest is None:
-            return self._uncrowded(best, where), where, chosen
-        wide = (where[..., 2] - where[..., 0]) >= self.smallest * table.width * (1 - 1e-6)
-        return self._uncrowded(best, where, wide).masked_fill(~wide, -1.0), where, chosen
+        return torch.full_like(best, -1.0).scatter(1, keep, matched), where, chosen
 
     def locate(self, screens: torch.Tensor | AreaTable, windows: np.ndarray | torch.Tensor,
                thumbnails: torch.Tensor) -> torch.Tensor:

@@ -611,7 +611,8 @@ def test_a_match_says_where_it_found_the_photo():
 
 def test_search_scores_with_colour_so_a_panel_in_other_colours_is_no_second_photo():
     """Locating ignores colour, but `search`'s scores are the colour-weighted matches: a panel with another
-    item's pattern in other colours neither scores as that item nor makes a product page a feed (``crowd``)."""
+    item's pattern in other colours does not score as that item, nor (``coarse`` 1) make a product page a feed
+    (``crowd``). With ``coarse`` 2 colour is left to the full-size pass, after the feed is told: it is one."""
     a, b = (np.asarray(p).astype(np.int64) for p in _photos(3)[1:])
     page, other = Image.fromarray((a // 3 + 60).astype(np.uint8)), Image.fromarray((b // 3 + 60).astype(np.uint8))
     screen = Image.new("RGB", (180, 320), (240, 240, 240))
@@ -624,7 +625,10 @@ def test_search_scores_with_colour_so_a_panel_in_other_colours_is_no_second_phot
                            locate_all=True, coarse=coarse, crowd=0.65)
         thumbnails = check.thumbnails([page, other])
         scores = check.search(screen, [(windows, thumbnails)])[0][0]
-        assert scores[0] > 0.95 and scores[1] < 0.3  # a page of the first item, not a feed
+        if coarse == 2:
+            assert (scores == -1).all()
+            scores = dataclasses.replace(check, crowd=None).search(screen, [(windows, thumbnails)])[0][0]
+        assert scores[0] > 0.95 and scores[1] < 0.3  # a page of the first item (at coarse 1 not a feed)
         plain = dataclasses.replace(check, colour=None, crowd=None).search(screen, [(windows, thumbnails)])[0][0]
         assert plain[1] > 0.95  # without colour the panel is the second item
 
@@ -642,3 +646,27 @@ def test_coarse_search_matches_each_photo_at_full_size_in_the_frame_it_was_found
     scores, where = check.search(screens, variants)
     assert scores.argmax(dim=1).tolist() == [3, 5] and scores.amax(dim=1).min() > 0.95
     assert iou(where[0, 3:4].numpy(), (30, 60, 126, 156))[0] > 0.7
+
+
+def test_coarse_search_tells_a_feed_whose_other_cards_are_not_among_the_best_ten():
+    """A feed of two cards, the first an item with many near-copies in the catalogue: the best 10 are all
+    copies of the first card, so the feed must be told at the coarse stage, from every matched candidate."""
+    photos, rng = _photos(16), np.random.default_rng(5)
+    first = np.asarray(photos[0], np.float64)
+    copies = [Image.fromarray(np.clip(first + rng.normal(0, 6, first.shape), 0, 255).astype(np.uint8))
+              for _ in range(11)]
+    screen = Image.new("RGB", (180, 320), (240, 240, 240))
+    screen.paste(photos[0].resize((80, 120), Image.Resampling.BOX), (5, 60))
+    second = np.asarray(photos[1].resize((80, 120), Image.Resampling.BOX), np.float64)
+    screen.paste(Image.fromarray(np.clip(second + rng.normal(0, 25, second.shape), 0, 255).astype(np.uint8)), (95, 60))
+    screen = torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)[None]
+    catalogue = [photos[0]] + copies + photos[1:]
+    check = PhotoCheck(candidates=len(catalogue), size=(24, 16), coarse=2, contrast=1.0, locate_all=True, crowd=0.65)
+    windows = ScreenWindows.grid(narrowest=0.3, aspect=1.5, step=0.125, ratio=1.1).boxes(180, 320)
+    thumbnails = check.thumbnails(catalogue)
+    alone = dataclasses.replace(check, crowd=None).search(screen, [(windows, thumbnails)])[0][0]
+    assert alone[12] == -1 and int(alone.argmax()) < 12  # the second card is not among the best 10 ...
+    rough = dataclasses.replace(check, crowd=None, coarse=1, size=(12, 8)).search(
+        screen, [(windows, torch.nn.functional.avg_pool2d(thumbnails, 2))])[0][0]
+    assert rough[12] > alone.max() - 0.1  # ... though it matches alike at the coarse size
+    assert (check.search(screen, [(windows, thumbnails)])[0] == -1).all()  # a feed
