@@ -104,10 +104,10 @@ def main() -> None:
         codes = np.array([code[i] for i in ids])
         if args.catalog_items is not None and args.catalog_items < len(codes):
             parser.error(f"--catalog-items {args.catalog_items}: the recordings' catalog has {len(codes)} articles")
-        if args.catalog_items:  # the recordings' articles among others with photos, drawn at random
+        if args.catalog_items is not None:  # the recordings' articles among others with photos, drawn at random
             photos = np.flatnonzero([p is not None for p in full.image_paths])
             others = np.random.default_rng(args.seed).permutation(np.setdiff1d(photos, codes))
-            codes = np.r_[codes, np.sort(others[:max(0, args.catalog_items - len(codes))])]
+            codes = np.r_[codes, np.sort(others[:args.catalog_items - len(codes)])]
         catalog = full.subset(codes)
     else:
         catalog = make_world(from_dict(WorldConfig, {"seed": args.seed, "n_users": 400, "n_items": args.items,

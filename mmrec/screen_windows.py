@@ -446,9 +446,10 @@ class PhotoCheck:
         n, c, k = len(templates), templates.shape[1], len(windows)
         block = max(1, LOCATE_SCORES // max(1, n * k))  # candidates scored at once: [n, block, K] at most
         best, at = torch.empty(n, c), torch.empty(n, c, dtype=torch.long)
+        colourless = dataclasses.replace(self, colour=None)
         for s in range(0, c, block):
             scores = torch.bmm(templates[:, s:s + block], crops.transpose(1, 2)) * _agreement(
-                own[:, s:s + block, None], spread[:, None, :], self, colour=False)
+                own[:, s:s + block, None], spread[:, None, :], colourless)
             best[:, s:s + block], at[:, s:s + block] = scores.max(dim=2)
         return windows[at], best  # [N, C, 4], [N, C]
 
@@ -483,7 +484,8 @@ class PhotoCheck:
         # again on a grid as fine again around their best shift: a pixel off costs near-twins
         k = c if self.refine is None else min(self.refine, c)
         top = best.topk(k, dim=1).indices  # [N, k]
-        start = found.gather(1, top[..., None].expand(-1, -1, 4))  # [N, k, 4]
+        spots = top[..., None].expand(-1, -1, 4)
+        start = found.gather(1, spots)  # [N, k, 4]
         if self.scales:  # the start window and its rescalings about its centre: [N, k * (1 + scales), 4]
             start = torch.stack([start] + [_scaled(start, f) for f in self.scales], dim=2).flatten(1, 2)
         moved = _shifted(start, self.margin / (self.shifts - 1), 5).view(n, k, -1, 4)  # [N, k, 25 * (1 + scales), 4]
@@ -495,8 +497,7 @@ class PhotoCheck:
         ).max(dim=-1)  # [N, k]
         better = refined > best.gather(1, top)
         moved_best = moved.gather(2, at[..., None, None].expand(-1, -1, 1, 4))[:, :, 0]  # [N, k, 4]
-        found = found.scatter(1, top[..., None].expand(-1, -1, 4), torch.where(
-            better[..., None], moved_best, found.gather(1, top[..., None].expand(-1, -1, 4))))
+        found = found.scatter(1, spots, torch.where(better[..., None], moved_best, found.gather(1, spots)))
         return best.scatter(1, top, torch.maximum(best.gather(1, top), refined)), found
 
     def _uncrowded(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None
@@ -575,14 +576,13 @@ def _centred_with_contrast(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return F.normalize(centred, dim=-1), stats
 
 
-def _agreement(a: torch.Tensor, b: torch.Tensor, check: "PhotoCheck", colour: bool = True) -> torch.Tensor:
+def _agreement(a: torch.Tensor, b: torch.Tensor, check: "PhotoCheck") -> torch.Tensor:
     """How far two broadcast `_centred_with_contrast` statistics agree, in (0, 1]: ``(min / max contrast) **
-    check.contrast`` times ``exp(-(colour distance / check.colour) ** 2)`` (1 for a setting that is off; the
-    colour factor also with ``colour`` False)."""
+    check.contrast`` times ``exp(-(colour distance / check.colour) ** 2)`` (1 for a setting that is off)."""
     factor = torch.ones(())
     if check.contrast:
         x, y = a[..., 0], b[..., 0]
         factor = (torch.minimum(x, y) / torch.maximum(x, y).clamp(min=1e-6)).clamp(min=0) ** check.contrast
-    if colour and check.colour is not None:
+    if check.colour is not None:
         factor = factor * torch.exp(-((a[..., 1:] - b[..., 1:]).pow(2).sum(-1) / check.colour ** 2))
     return factor
