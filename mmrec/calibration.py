@@ -64,7 +64,7 @@ def labelled_streams(folders: Sequence[str | os.PathLike],
 
 
 def calibrate_grounder(grounder: Grounder, recordings: Sequence[str | os.PathLike], item_ids: Sequence[str],
-                       config: StreamConfig | None = None) -> tuple[float, dict[str, float]]:
+                       config: StreamConfig | None = None) -> tuple[float, dict[str, Any]]:
     """The threshold (and its precision, recall, F1) fitted on labelled recordings as the processor grounds
     them with ``config``; the grounder is not changed."""
     if not recordings:

@@ -354,8 +354,9 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     `LAYOUT_FREE_CROPS` apps crop photos to, at matching contrast and colour (a grey panel or a text block of
     a photo's shape is not the photo), the best 3 also in windows up to 5 % larger and smaller (half the gap
     between widths), on thumbnails 12 wide; with more than `LAYOUT_FREE_SHORTLIST` items, those located best
-    by thumbnails 6 wide go on; the best 10 are matched again on thumbnails 24 wide (``coarse`` 2), which
-    tell apart photos alike when small (black trousers on white). A screen where a second photo alike matches
+    by thumbnails 6 wide go on; the best 10 are matched again on thumbnails 36 wide (``coarse`` 3), which
+    tell apart photos alike when small (black trousers on white, two navy sweaters once a page has cut them
+    square). A screen where a second photo alike matches
     apart from the best (``crowd`` 0.65, see `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the
     screen (a feed card, a bag row) is no product page. ``threshold`` is then calibrated
     (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
@@ -363,9 +364,9 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
         raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "
                          f"got {aspect}, {items}")
     crops = tuple(a for a in LAYOUT_FREE_CROPS if abs(a / aspect - 1) > 0.05)
-    check = PhotoCheck(candidates=items, size=(max(2, round(24 * aspect)), 24), crowd=0.65, locate_all=True,
+    check = PhotoCheck(candidates=items, size=(max(2, round(36 * aspect)), 36), crowd=0.65, locate_all=True,
                        contrast=1.0, colour=40.0, crops=crops, smallest=0.35, scales=(0.95, 0.975, 1.025, 1.05),
-                       refine=3, shortlist=LAYOUT_FREE_SHORTLIST, coarse=2)
+                       refine=3, shortlist=LAYOUT_FREE_SHORTLIST, coarse=3)
     return GroundingSettings(threshold, ScreenWindows.grid(0.2, 1.0, aspect=aspect, ratio=1.12, stride=0.05), check)
 
 
@@ -436,7 +437,8 @@ def load_grounder(directory: str | os.PathLike, catalog: Catalog, *, threshold: 
                                 batch_size=batch_size, windows=settings.windows, check=settings.check)
 
 
-def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray) -> tuple[float, dict[str, float]]:
+def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray, identity: bool = True
+                        ) -> tuple[float, dict[str, Any]]:
     """The similarity threshold with the best F1 of "item X on screen" on labelled frames.
 
     ``codes``/``sims``: each frame's nearest item and similarity; ``truth``: its true item (`NO_ITEM` where the
@@ -445,10 +447,18 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray) 
     check's verdict that the screen shows no item page (a feed, a card), not a similarity: when the cut falls
     just above such frames, the threshold is midway between the cut and 0 (unrelated pictures correlate about
     0), not -1, so that it does not accept nearly everything on the screens of another app.
+
+    ``identity`` False: a frame counts as right when it names any item on a screen that shows one, so the
+    threshold only tells screens with an item from screens without. For a grounder that finds every catalog
+    photo by its pixels (`PhotoCheck.locate_all`), a wrong name on a product page is another article's photo
+    alike (a near-twin), scored as high as the right one: a cut above it drops the right names of every
+    page scored lower, which on another app's screens is most of them. The fit names its ``objective``.
     """
     codes, sims, truth = np.asarray(codes), np.asarray(sims, np.float64), np.asarray(truth)
     if not len(codes) or not (truth != NO_ITEM).any():
         raise ValueError("calibration needs frames, some of them showing an item")
+    if not identity:  # any item named on a screen showing one is right: only presence is judged
+        codes = np.where((truth != NO_ITEM) & (codes != NO_ITEM), truth, codes)
     order = np.argsort(-sims)
     right = (codes[order] == truth[order]).astype(np.float64)
     said = np.arange(1, len(order) + 1, dtype=np.float64)  # frames called "item" when cutting after each
@@ -462,4 +472,5 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray) 
     if below <= -1.0 and sims[order][k] > 0:  # rejected outright (PhotoCheck's -1), not a similarity
         below = 0.0
     threshold = float((sims[order][k] + below) / 2)
-    return threshold, {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k])}
+    return threshold, {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
+                       "objective": "item" if identity else "presence"}

@@ -23,7 +23,8 @@ import torch
 CROWD_OVERLAP = 0.1  # two windows are apart (two photos, not one seen twice) when they share under this of the smaller
 CROWD_MARGIN = 0.1  # ... and it matches within this of the best photo
 CROWD_SIZE = 0.5  # ... in a window at least this share of the best one's width
-SEARCH_MATCHED = 30  # candidates of a screen that PhotoCheck.search matches with shifts after locating them all
+SEARCH_MATCHED = 100  # candidates of a screen that PhotoCheck.search matches with shifts after locating them all
+# (enough that a feed's other cards stay among them when a catalogue holds many articles alike to one card)
 SEARCH_DETAILED = 10  # ... and, with coarse thumbnails, matches again at full size
 LOCATE_SCORES = 1 << 24  # candidate-window scores PhotoCheck.locate holds at once (64 MiB of float32)
 

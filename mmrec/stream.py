@@ -449,13 +449,14 @@ def segments(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig |
 
 
 def calibrate_on_streams(grounder: Grounder, labelled: Iterable[tuple[Iterable[Frame], np.ndarray]],
-                         config: StreamConfig | None = None) -> tuple[float, dict[str, float]]:
+                         config: StreamConfig | None = None) -> tuple[float, dict[str, Any]]:
     """The grounding threshold fitted (`calibrate_threshold`: best F1 per frame) on what the processor
     grounds: labelled streams ``(frames, true item per frame index)``, each run through change detection
     and encoding as `segments` runs them with ``config``, every frame counted with the label it gets. The
     threshold judges only the screens the processor encodes (settled ones, not the frames of a scroll or a
-    page sliding in), so it is fitted on those. Returns the threshold and the fit; the grounder is not
-    changed."""
+    page sliding in), so it is fitted on those. A grounder that finds every catalog photo by its pixels
+    (``check.locate_all``) is judged on presence alone (``identity`` False there: its wrong names are photos
+    alike, scored as high as right ones). Returns the threshold and the fit; the grounder is not changed."""
     codes, sims, truth = [], [], []
     for k, (frames, labels) in enumerate(labelled):
         labels = np.asarray(labels)
@@ -467,7 +468,9 @@ def calibrate_on_streams(grounder: Grounder, labelled: Iterable[tuple[Iterable[F
                 codes.append(label.item), sims.append(label.similarity), truth.append(labels[label.index])
     if not codes:
         raise ValueError("calibration needs at least one labelled stream with frames")
-    return calibrate_threshold(np.array(codes, np.int64), np.array(sims), np.array(truth, np.int64))
+    check = getattr(grounder, "check", None)
+    return calibrate_threshold(np.array(codes, np.int64), np.array(sims), np.array(truth, np.int64),
+                               identity=not (check is not None and check.locate_all))
 
 
 def events(screen_segments: Iterable[Segment | Confirmed], *, logs: Any = None, item_ids: Any = None,

@@ -71,12 +71,28 @@ def test_segments_tile_the_stream_and_keep_the_grounding_of_every_frame(setup, n
     assert (labelled == direct).mean() >= 0.9
 
 
+def test_presence_calibration_is_not_driven_above_right_names_by_a_near_twin():
+    """A page whose photo has a near-twin in the catalogue, named as the twin for many frames at 0.98: judged on
+    the item named, the best F1 cuts above it and with it every right name scored lower (0.9); judged on
+    presence (a photo search's wrong names are twins, no cut tells them), the cut only drops the screen
+    without an item."""
+    truth = np.array([3, 3, 5, 5, 5, 5, 6, NO_ITEM])
+    codes = np.array([3, 3, 9, 9, 9, 9, 6, 1])
+    sims = np.array([0.99, 0.99, 0.98, 0.98, 0.98, 0.98, 0.9, 0.3])
+    by_item, fit = calibrate_threshold(codes, sims, truth)
+    assert by_item == pytest.approx(0.985) and fit["objective"] == "item"
+    present, fit = calibrate_threshold(codes, sims, truth, identity=False)
+    assert present == pytest.approx(0.6) and fit == {"precision": 1.0, "recall": 1.0, "f1": 1.0,
+                                                     "objective": "presence"}
+
+
 def test_calibrated_threshold_separates_items_from_screens_without_one():
     truth = np.array([3, 3, 5, NO_ITEM, NO_ITEM, 5, NO_ITEM])
     codes = np.array([3, 3, 5, 1, 2, 4, 0])
     sims = np.array([0.9, 0.8, 0.85, 0.5, 0.6, 0.55, 0.4])
     threshold, fit = calibrate_threshold(codes, sims, truth)
-    assert 0.6 < threshold < 0.8 and fit == {"precision": 1.0, "recall": 0.75, "f1": pytest.approx(6 / 7)}
+    assert 0.6 < threshold < 0.8 and fit == {"precision": 1.0, "recall": 0.75, "f1": pytest.approx(6 / 7),
+                                             "objective": "item"}
     with pytest.raises(ValueError, match="calibration"):
         calibrate_threshold(codes, sims, np.full(7, NO_ITEM))
     # a photo check's -1 (no item page) is no similarity: the threshold is not pulled down to it
@@ -441,6 +457,7 @@ def test_cli_calibrate_layout_free_writes_settings_that_know_no_layout(setup, tm
     assert check["locate_all"] and check["candidates"] == len(world.catalog) and check["crowd"] == 0.65
     assert all(abs(a / aspect - 1) > 0.05 for a in check["crops"]) and len(check["crops"]) >= 2
     assert report["f1"] > 0.9 and written["threshold"] == report["threshold"]
+    assert report["objective"] == "presence"  # a photo search's wrong names are twins: the cut judges presence
     with pytest.raises(ValueError, match="aspect"):
         layout_free_settings(0.0, 8)
 

@@ -246,7 +246,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         settings = layout_free_settings(photo_aspect(catalog), len(catalog))
     settings, fit = calibrate_space(args.space, catalog, args.recordings, settings=settings,
                                     config=_stream_config(args), out=out, batch_size=args.batch_size)
-    emit({"threshold": settings.threshold, **{k: fit[k] for k in ("precision", "recall", "f1")},
+    emit({"threshold": settings.threshold, **{k: fit[k] for k in ("precision", "recall", "f1", "objective")},
           "windows": settings.windows is not None, "photo_check": settings.check is not None,
           "recordings": len(args.recordings), "photos_skipped": fit["photos_skipped"], "out": str(out.resolve())},
          args.json)
