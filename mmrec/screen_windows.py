@@ -23,6 +23,9 @@ import torch
 CROWD_OVERLAP = 0.1  # two windows are apart (two photos, not one seen twice) when they share under this of the smaller
 CROWD_MARGIN = 0.1  # ... and it matches within this of the best photo
 CROWD_SIZE = 0.5  # ... in a window at least this share of the best one's width
+CROWD_CHECKED = 5  # a feed found on coarse thumbnails: its best this many second photos are matched at full size,
+CROWD_CONFIDENT = 0.9  # and it is a product page after all where the best photo matches at least this there
+CROWD_MARGIN_DETAILED = 0.2  # ... and no second photo within this of it (small cards lose more detail than a page)
 SEARCH_MATCHED = 100  # candidates of a screen that PhotoCheck.search matches with shifts after locating them all
 # (enough that a feed's other cards stay among them when a catalogue holds many articles alike to one card)
 SEARCH_DETAILED = 10  # ... and, with coarse thumbnails, matches again at full size
@@ -334,8 +337,12 @@ class PhotoCheck:
         ``colour`` (a window placed to a coarse pixel takes in border or loses garment), and the
         `SEARCH_DETAILED` best of a screen are matched once more at full size (in their best window's variant,
         with ``colour``): their score is that match, every other candidate's -1; ``crowd`` and ``smallest``
-        judge both stages (a feed's other cards need not be among the best 10, so a feed is told at the coarse
-        stage, where a panel of another item's shape in other colours can pass for a second photo). Returns
+        judge both stages. A feed's other cards need not be among those 10, so a feed is told at the coarse
+        stage, from every candidate matched there; but there, without colour, a panel of another photo's shape
+        in other colours can pass for a second photo. So the `CROWD_CHECKED` best second photos are matched at
+        full size as well, and the coarse verdict is overturned where the best matches at least
+        `CROWD_CONFIDENT` and none of them within `CROWD_MARGIN_DETAILED` of it (a feed's cards, small and cut
+        to their frames, lose more at full size than a page's own photo, so that margin is wider). Returns
         the scores ``[N, C]`` (-1 off the shortlist) and each candidate's window ``[N, C, 4]`` (for those
         matched at full size, the box they matched best in)."""
         if not variants:
@@ -347,28 +354,43 @@ class PhotoCheck:
         rough = dataclasses.replace(self, colour=None)  # placed to a coarse pixel, a photo's colours are not yet its
         scores, where, chosen = rough._search(table, [(windows, _pooled(thumbnails, self.coarse))
                                                       for windows, thumbnails in variants])
-        scores, where = self._detailed(table, variants, rough._judged(scores, where, table.width), where, chosen)
-        return self._judged(scores, where, table.width), where
+        wide = self._wide(where, table.width)
+        crowded, crowders = rough._crowding(scores, where, wide)  # [N], [N, k] (-1 where none)
+        ranked = scores.masked_fill(~wide, -1.0)
+        top = ranked.topk(min(SEARCH_DETAILED, ranked.shape[1]), dim=1).indices  # [N, k]
+        # a coarse feed's second photos are matched at full size too, to overturn the verdict there
+        extra = (crowders >= 0) & ~(crowders[:, :, None] == top[:, None, :]).any(dim=2)
+        live = torch.cat([ranked.gather(1, top) > -1, extra], dim=1)
+        top = torch.cat([top, crowders.clamp(min=0)], dim=1)
+        scores, where = self._detailed(table, variants, top, live, where, chosen)
+        judged = self._judged(scores, where, table.width)
+        overturned = self._judged(scores, where, table.width, CROWD_MARGIN_DETAILED).amax(dim=1) >= CROWD_CONFIDENT
+        return judged.masked_fill((crowded & ~overturned)[:, None], -1.0), where
 
-    def _judged(self, scores: torch.Tensor, where: torch.Tensor, width: int) -> torch.Tensor:
-        """``scores`` ``[N, C]`` after ``crowd`` (another photo apart from the best: a feed) and ``smallest``
-        (the candidate's window ``where`` too narrow for a product page on a screen ``width`` wide) set some
-        to -1."""
+    def _wide(self, where: torch.Tensor, width: int) -> torch.Tensor:
+        """``[N, C]``: whether each candidate's window ``where`` is wide enough for a product page on a screen
+        ``width`` wide (``smallest``; all True without it)."""
         if self.smallest is None:
-            return self._uncrowded(scores, where)
-        wide = (where[..., 2] - where[..., 0]) >= self.smallest * width * (1 - 1e-6)
-        return self._uncrowded(scores, where, wide).masked_fill(~wide, -1.0)
+            return torch.ones(where.shape[:2], dtype=torch.bool)
+        return (where[..., 2] - where[..., 0]) >= self.smallest * width * (1 - 1e-6)
 
-    def _detailed(self, table: AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]], scores: torch.Tensor,
-                  where: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores ``[N, C]`` of the `SEARCH_DETAILED` best candidates of each screen by the coarse ``scores``
-        matched at full size in their window ``where`` of variant ``chosen``, -1 for every other, and the
-        windows ``[N, C, 4]`` (the box each of those was matched in at full size). Each is shifted about its
-        window as it is and at the extreme ``scales``, then refined (at every scale) a quarter as far about the
-        best: its window was located at the coarse size."""
+    def _judged(self, scores: torch.Tensor, where: torch.Tensor, width: int, margin: float = CROWD_MARGIN
+                ) -> torch.Tensor:
+        """``scores`` ``[N, C]`` after ``crowd`` (another photo apart from the best, within ``margin`` of it: a
+        feed) and ``smallest`` (the candidate's window ``where`` too narrow for a product page on a screen
+        ``width`` wide) set some to -1."""
+        wide = self._wide(where, width)
+        return self._uncrowded(scores, where, wide, margin).masked_fill(~wide, -1.0)
+
+    def _detailed(self, table: AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]], top: torch.Tensor,
+                  live: torch.Tensor, where: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``[N, C]`` of the candidates ``top`` (``[N, k]``, where ``live``) matched at full size in their
+        window ``where`` of variant ``chosen``, -1 for every other, and the windows ``[N, C, 4]`` (the box each
+        of those was matched in at full size). Each is shifted about its window as it is and at the extreme
+        ``scales``, then refined (at every scale) a quarter as far about the best: its window was located at
+        the coarse size."""
         rows = torch.arange(table.count)[:, None]
-        top = scores.topk(min(SEARCH_DETAILED, scores.shape[1]), dim=1).indices  # [N, k]
-        live, fine = scores.gather(1, top) > -1, torch.full(top.shape, -1.0)
+        fine = torch.full(top.shape, -1.0)
         spots = top[..., None].expand(-1, -1, 4)
         boxes_found = where.gather(1, spots)  # [N, k, 4]
         factors = (min(self.scales), max(self.scales)) if self.scales else ()
@@ -394,7 +416,10 @@ class PhotoCheck:
             fine.scatter_(1, first, torch.where(ours, matched, fine.gather(1, first)))
             at = first[..., None].expand(-1, -1, 4)
             boxes_found.scatter_(1, at, torch.where(ours[..., None], found, boxes_found.gather(1, at)))
-        return torch.full_like(scores, -1.0).scatter(1, top, fine), where.scatter(1, spots, boxes_found)
+        screen = rows.expand_as(top)[live]  # the live ones name each candidate at most once
+        scores, where = torch.full(chosen.shape, -1.0), where.clone()
+        scores[screen, top[live]], where[screen, top[live]] = fine[live], boxes_found[live]
+        return scores, where
 
     def _search(self, table: AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]]
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -501,28 +526,38 @@ class PhotoCheck:
         found = found.scatter(1, spots, torch.where(better[..., None], moved_best, found.gather(1, spots)))
         return best.scatter(1, top, torch.maximum(best.gather(1, top), refined)), found
 
-    def _uncrowded(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None
-                   ) -> torch.Tensor:
-        """``[N, C]`` scores, all -1 on screens where, besides the best candidate (among ``eligible`` ones, if
-        given), another matches at least ``crowd`` in a window (``[N, C, 4]``) overlapping the best one's by
-        under `CROWD_OVERLAP` of the smaller: two photos side by side, a feed (with ``crowd`` None: unchanged).
-        A feed shows its photos alike, so the other must also match within `CROWD_MARGIN` of the best, in a
-        window at least `CROWD_SIZE` of its width: a line of dark text on a white page can match a small
-        photo of a dark garment on white, never as well as the page's own photo matches."""
+    def _uncrowded(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None,
+                   margin: float = CROWD_MARGIN) -> torch.Tensor:
+        """``[N, C]`` scores, all -1 on screens `_crowding` finds crowded (with ``crowd`` None: unchanged)."""
         if self.crowd is None or scores.shape[1] < 2:
             return scores
+        return scores.masked_fill(self._crowding(scores, boxes, eligible, margin)[0][:, None], -1.0)
+
+    def _crowding(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None,
+                  margin: float = CROWD_MARGIN) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which screens ``[N]`` are crowded — besides the best candidate (among ``eligible`` ones, if given),
+        another matches at least ``crowd`` in a window (``[N, C, 4]``) overlapping the best one's by under
+        `CROWD_OVERLAP` of the smaller: two photos side by side, a feed — and the `CROWD_CHECKED` best such
+        other candidates ``[N, k]`` (-1 where fewer; never crowded with ``crowd`` None). A feed shows its photos
+        alike, so the other must also match within ``margin`` of the best, in a window at least `CROWD_SIZE` of
+        its width: a line of dark text on a white page can match a small photo of a dark garment on white, never
+        as well as the page's own photo matches."""
+        n = len(scores)
+        if self.crowd is None or scores.shape[1] < 2:
+            return torch.zeros(n, dtype=torch.bool), torch.full((n, 1), -1)
         ranked = scores if eligible is None else scores.masked_fill(~eligible, -2.0)
         first = ranked.argmax(dim=1)  # [N]
-        best_box = boxes[torch.arange(len(boxes)), first][:, None, :]  # [N, 1, 4]
+        best_box = boxes[torch.arange(n), first][:, None, :]  # [N, 1, 4]
         lo, hi = torch.maximum(boxes[..., :2], best_box[..., :2]), torch.minimum(boxes[..., 2:], best_box[..., 2:])
         inter = (hi - lo).clamp(min=0).prod(dim=-1)  # [N, C]
         area = (boxes[..., 2:] - boxes[..., :2]).prod(dim=-1)  # [N, C]
         apart = inter < CROWD_OVERLAP * torch.minimum(area, area.gather(1, first[:, None]))
         width = boxes[..., 2] - boxes[..., 0]
         alike = (width >= CROWD_SIZE * width.gather(1, first[:, None])) & (
-            scores >= ranked.gather(1, first[:, None]) - CROWD_MARGIN)
-        crowded = (apart & alike & (scores >= self.crowd)).any(dim=1)
-        return scores.masked_fill(crowded[:, None], -1.0)
+            scores >= ranked.gather(1, first[:, None]) - margin)
+        others = scores.masked_fill(~(apart & alike & (scores >= self.crowd)), -math.inf)
+        found, crowders = others.topk(min(CROWD_CHECKED, others.shape[1]), dim=1)
+        return found[:, 0] > -math.inf, crowders.masked_fill(found == -math.inf, -1)
 
 
 def _take(thumbnails: torch.Tensor, rows: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import mmrec.screen_windows as screen_windows
 from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
 from mmrec.grounding import Grounder, GroundingSettings, load_grounding, save_grounding
 from mmrec.screen_windows import AreaTable, PhotoCheck, ScreenWindows, crop_windows, iou, jittered_windows
@@ -609,10 +610,12 @@ def test_a_match_says_where_it_found_the_photo():
     assert np.abs(found[0, 0].numpy() - [40, 80, 100, 170]).max() < 3
 
 
-def test_search_scores_with_colour_so_a_panel_in_other_colours_is_no_second_photo():
+def test_search_scores_with_colour_so_a_panel_in_other_colours_is_no_second_photo(monkeypatch):
     """Locating ignores colour, but `search`'s scores are the colour-weighted matches: a panel with another
-    item's pattern in other colours does not score as that item, nor (``coarse`` 1) make a product page a feed
-    (``crowd``). With ``coarse`` 2 colour is left to the full-size pass, after the feed is told: it is one."""
+    item's pattern in other colours does not score as that item, nor make a product page a feed (``crowd``).
+    With ``coarse`` 2 the coarse pass, without colour, sees a feed; its second photo is matched again at full
+    size with colour, and the verdict is overturned there: the page's photo matches confidently
+    (`CROWD_CONFIDENT`) and the panel nowhere near it. Below that confidence the feed stands."""
     a, b = (np.asarray(p).astype(np.int64) for p in _photos(3)[1:])
     page, other = Image.fromarray((a // 3 + 60).astype(np.uint8)), Image.fromarray((b // 3 + 60).astype(np.uint8))
     screen = Image.new("RGB", (180, 320), (240, 240, 240))
@@ -625,12 +628,14 @@ def test_search_scores_with_colour_so_a_panel_in_other_colours_is_no_second_phot
                            locate_all=True, coarse=coarse, crowd=0.65)
         thumbnails = check.thumbnails([page, other])
         scores = check.search(screen, [(windows, thumbnails)])[0][0]
-        if coarse == 2:
-            assert (scores == -1).all()
-            scores = dataclasses.replace(check, crowd=None).search(screen, [(windows, thumbnails)])[0][0]
-        assert scores[0] > 0.95 and scores[1] < 0.3  # a page of the first item (at coarse 1 not a feed)
+        if coarse == 2:  # the coarse pass alone calls it a feed
+            rough = dataclasses.replace(check, coarse=1, size=(18, 12), colour=None)
+            assert (rough.search(screen, [(windows, rough.thumbnails([page, other]))])[0] == -1).all()
+        assert scores[0] > 0.95 and scores[1] < 0.3  # a page of the first item, not a feed
         plain = dataclasses.replace(check, colour=None, crowd=None).search(screen, [(windows, thumbnails)])[0][0]
         assert plain[1] > 0.95  # without colour the panel is the second item
+    monkeypatch.setattr(screen_windows, "CROWD_CONFIDENT", float(scores[0]) + 1e-3)
+    assert (check.search(screen, [(windows, thumbnails)])[0] == -1).all()
 
 
 def test_coarse_search_matches_each_photo_at_full_size_in_the_frame_it_was_found_in():
