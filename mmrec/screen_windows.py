@@ -529,8 +529,6 @@ class PhotoCheck:
     def _uncrowded(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None,
                    margin: float = CROWD_MARGIN) -> torch.Tensor:
         """``[N, C]`` scores, all -1 on screens `_crowding` finds crowded (with ``crowd`` None: unchanged)."""
-        if self.crowd is None or scores.shape[1] < 2:
-            return scores
         return scores.masked_fill(self._crowding(scores, boxes, eligible, margin)[0][:, None], -1.0)
 
     def _crowding(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None,
