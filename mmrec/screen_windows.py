@@ -222,7 +222,7 @@ class AreaTable:
                                 align_corners=True).view(n, 3, b, h + 1, w + 1)
         sums = corners.diff(dim=-1).diff(dim=-2)  # each cell: its four corners' +/- sum
         area = ((boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1]) / (w * h)).view(n, 1, b, 1, 1)
-        return (sums / area).transpose(1, 2)
+        return sums.div_(area).transpose(1, 2)
 
 
 @dataclass
@@ -474,8 +474,8 @@ class PhotoCheck:
         best, at = torch.empty(n, c), torch.empty(n, c, dtype=torch.long)
         colourless = dataclasses.replace(self, colour=None)
         for s in range(0, c, block):
-            scores = torch.bmm(templates[:, s:s + block], crops.transpose(1, 2)) * _agreement(
-                own[:, s:s + block, None], spread[:, None, :], colourless)
+            scores = torch.bmm(templates[:, s:s + block], crops.transpose(1, 2)).mul_(_agreement(
+                own[:, s:s + block, None], spread[:, None, :], colourless))
             best[:, s:s + block], at[:, s:s + block] = scores.max(dim=2)
         return windows[at], best  # [N, C, 4], [N, C]
 
@@ -603,20 +603,21 @@ def _centred_with_contrast(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     """Rows of colour crops (channel-major ``3 * h * w``) minus their mean, to unit length (their dot products
     are correlations), and each row's statistics ``[..., 4]``: its contrast (the root mean square of its
     centred values) and its mean colour."""
-    import torch.nn.functional as F
-
     centred = x - x.mean(-1, keepdim=True)
-    stats = torch.cat([centred.pow(2).mean(-1, keepdim=True).sqrt(), x.unflatten(-1, (3, -1)).mean(-1)], dim=-1)
-    return F.normalize(centred, dim=-1), stats
+    norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True)  # one pass, nothing squared is kept
+    stats = torch.cat([norm / math.sqrt(x.shape[-1]), x.unflatten(-1, (3, -1)).mean(-1)], dim=-1)
+    return centred.div_(norm.clamp_(min=1e-12)), stats
 
 
 def _agreement(a: torch.Tensor, b: torch.Tensor, check: "PhotoCheck") -> torch.Tensor:
     """How far two broadcast `_centred_with_contrast` statistics agree, in (0, 1]: ``(min / max contrast) **
     check.contrast`` times ``exp(-(colour distance / check.colour) ** 2)`` (1 for a setting that is off)."""
     factor = torch.ones(())
-    if check.contrast:
+    if check.contrast:  # in place on fresh tensors: over every window of a screen these are its largest
         x, y = a[..., 0], b[..., 0]
-        factor = (torch.minimum(x, y) / torch.maximum(x, y).clamp(min=1e-6)).clamp(min=0) ** check.contrast
+        factor = torch.minimum(x, y).div_(torch.maximum(x, y).clamp_(min=1e-6)).clamp_(min=0)
+        if check.contrast != 1:
+            factor.pow_(check.contrast)
     if check.colour is not None:
         factor = factor * torch.exp(-((a[..., 1:] - b[..., 1:]).pow(2).sum(-1) / check.colour ** 2))
     return factor

@@ -421,6 +421,26 @@ def test_contrast_keeps_a_faint_photo_from_matching_a_bolder_copy_of_its_shape()
         PhotoCheck(colour=0.0)
 
 
+def test_contrast_power_and_flat_areas_score_as_defined():
+    """The contrast factor is (min / max contrast) ** ``contrast`` for any power, and a flat screen area or a
+    flat photo (no contrast: nothing to correlate) scores about 0, never NaN."""
+    rng = np.random.default_rng(4)
+    pattern = rng.integers(-10, 11, (6, 4, 3))
+    faint = Image.fromarray(np.kron(128 + pattern, np.ones((15, 15, 1))).astype(np.uint8))
+    bold = Image.fromarray(np.kron(128 + 3 * pattern, np.ones((15, 15, 1))).astype(np.uint8))
+    flat = Image.new("RGB", (60, 90), (128, 128, 128))
+    box = (40, 80, 100, 170)
+    screens = torch.stack([_screen_with(bold, box), _screen_with(flat, box)])
+    boxes = torch.as_tensor([[box, box], [box, box]], dtype=torch.float32)
+    for power in (0.5, 1.0, 2.0):
+        check = PhotoCheck(candidates=2, contrast=power, shifts=1)
+        thumbnails = check.thumbnails([faint, flat])[None].expand(2, -1, -1, -1, -1)
+        scores = check.match(screens, boxes, thumbnails)
+        assert torch.isfinite(scores).all()
+        assert scores[0, 0] == pytest.approx((1 / 3) ** power, abs=0.02)  # the bold copy: 3 times the contrast
+        # (a flat area cut from the summed-area table keeps float rounding, far below any photo's contrast)
+        assert scores[0, 1].abs() < 1e-3 and scores[1, 0].abs() < 1e-3 and scores[1, 1].abs() < 1e-3
+
 def test_search_finds_a_photo_shown_cut_to_a_square_and_ignores_thumbnails_narrower_than_a_page_shows():
     """``crops``: a page that shows the photo cut to a square (``object-fit: cover``) is matched by the photo's
     square template; ``smallest``: the same photo as a narrow thumbnail (a bag row) is no product page."""
