@@ -30,6 +30,7 @@ SEARCH_MATCHED = 100  # candidates of a screen that PhotoCheck.search matches wi
 # (enough that a feed's other cards stay among them when a catalogue holds many articles alike to one card)
 SEARCH_DETAILED = 10  # ... and, with coarse thumbnails, matches again at full size
 LOCATE_SCORES = 1 << 24  # candidate-window scores PhotoCheck.locate holds at once (64 MiB of float32)
+LOCATE_BLOCK = 256  # ... and at most this many candidates (a narrow band of contrasts: see PhotoCheck._best_windows)
 
 
 @dataclass
@@ -465,19 +466,58 @@ class PhotoCheck:
         windows = torch.as_tensor(np.asarray(windows), dtype=torch.float32).reshape(-1, 4)
         size = tuple(thumbnails.shape[-2:])
         crops, spread = _centred_with_contrast(table.crops(windows[None].expand(table.count, -1, -1),
-                                                           size).flatten(2))  # [N, K, d], [N, K]
-        templates, own = _centred_with_contrast(thumbnails.to(crops).flatten(-3))  # [(N,) C, d], [(N,) C]
-        if templates.dim() == 2:  # shared by every screen
-            templates, own = templates.expand(table.count, -1, -1), own.expand(table.count, -1, -1)
-        n, c, k = len(templates), templates.shape[1], len(windows)
-        block = max(1, LOCATE_SCORES // max(1, n * k))  # candidates scored at once: [n, block, K] at most
+                                                           size).flatten(2))  # [N, K, d], [N, K, 4]
+        templates, own = _centred_with_contrast(thumbnails.to(crops).flatten(-3))  # [(N,) C, d], [(N,) C, 4]
+        n, c, k = table.count, templates.shape[-2], len(windows)
+        block = max(1, min(LOCATE_BLOCK, LOCATE_SCORES // max(1, k)))  # candidates scored at once: [block, K]
         best, at = torch.empty(n, c), torch.empty(n, c, dtype=torch.long)
-        colourless = dataclasses.replace(self, colour=None)
-        for s in range(0, c, block):
-            scores = torch.bmm(templates[:, s:s + block], crops.transpose(1, 2)).mul_(_agreement(
-                own[:, s:s + block, None], spread[:, None, :], colourless))
-            best[:, s:s + block], at[:, s:s + block] = scores.max(dim=2)
+        for i in range(n):  # a shared [C, d] is every screen's
+            mine = (templates, own) if templates.dim() == 2 else (templates[i], own[i])
+            best[i], at[i] = self._best_windows(*mine, crops[i], spread[i], block)
         return windows[at], best  # [N, C, 4], [N, C]
+
+    def _best_windows(self, templates: torch.Tensor, own: torch.Tensor, crops: torch.Tensor, spread: torch.Tensor,
+                      block: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One screen's `_locate`: each candidate's best window (an index into ``crops``) and its score, the
+        correlation times ``(min / max contrast) ** contrast`` (`_agreement`), from `_centred_with_contrast`'s
+        rows and statistics of the ``[C, d]`` templates and ``[K, d]`` window crops.
+
+        That factor, over every candidate and window, costs more than the correlations; but against a block of
+        candidates (taken in order of contrast) a window duller than all of them scores ``corr * (y / x) **
+        p`` and one brighter than all ``corr * (x / y) ** p`` (x, y the contrasts): the window's part goes into
+        its crop before the products and the candidate's after the best is found, so only the windows within
+        the block's band of contrasts are scored pair by pair."""
+        c, k, power = len(templates), len(crops), self.contrast
+        best, at = torch.empty(c), torch.empty(c, dtype=torch.long)
+        if not power:
+            for s in range(0, c, block):
+                best[s:s + block], at[s:s + block] = (templates[s:s + block] @ crops.T).max(dim=1)
+            return best, at
+        by_window = spread[:, 0].argsort()
+        spread, crops = spread[by_window], crops[by_window]
+        ys = spread[:, 0].contiguous()
+        duller, brighter = crops * ys[:, None] ** power, crops / ys.clamp(min=1e-6)[:, None] ** power
+        colourless = dataclasses.replace(self, colour=None)
+        by_candidate = own[:, 0].argsort()
+        for s in range(0, c, block):
+            rows = by_candidate[s:s + block]
+            xs, mine = own[rows, 0], templates[rows]
+            low, high = torch.searchsorted(ys, xs[[0, -1]].contiguous(), right=True).tolist()  # ys[:low] <= every x
+            parts = []  # (best score, its window) over each range of windows
+            if low:
+                score, where = (mine @ duller[:low].T).max(dim=1)
+                parts.append((score / xs.clamp(min=1e-6) ** power, where))
+            if high > low:
+                score, where = (mine @ crops[low:high].T).mul_(_agreement(
+                    own[rows, None], spread[None, low:high], colourless)).max(dim=1)
+                parts.append((score, where + low))
+            if high < k:
+                score, where = (mine @ brighter[high:].T).max(dim=1)
+                parts.append((score * xs ** power, where + high))
+            scores, wheres = torch.stack([p[0] for p in parts]), torch.stack([p[1] for p in parts])
+            part = scores.argmax(dim=0, keepdim=True)
+            best[rows], at[rows] = scores.gather(0, part)[0], by_window[wheres.gather(0, part)[0]]
+        return best, at
 
     def match(self, screens: torch.Tensor | AreaTable, boxes: np.ndarray | torch.Tensor,
               thumbnails: torch.Tensor, uncrowd: bool = True) -> torch.Tensor:

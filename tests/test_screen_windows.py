@@ -504,6 +504,33 @@ def test_locate_scores_candidates_in_blocks_with_the_same_result(monkeypatch):
     assert iou(whole[0][0, 1].numpy()[None], (20, 40, 84, 136))[0] > 0.7
 
 
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0, 2.0])
+def test_locate_in_contrast_bands_scores_every_window_as_defined(monkeypatch, power):
+    """`_locate` moves the contrast factor of windows duller or brighter than a whole block of candidates out of
+    the pairwise scores; every candidate's best window and score are still those of correlation times
+    (min / max contrast) ** ``contrast`` over every window, with thumbnails per screen or shared."""
+    import mmrec.screen_windows as sw
+
+    rng = np.random.default_rng(5)
+    screens = torch.from_numpy(np.clip(128 + rng.normal(0, 1, (2, 3, 96, 64)) * rng.uniform(2, 60, (2, 1, 96, 1)),
+                                       0, 255)).to(torch.uint8)
+    thumbnails = torch.from_numpy(128 + rng.normal(0, 1, (40, 3, 9, 6)) * rng.uniform(1, 60, (40, 1, 1, 1))).float()
+    windows = ScreenWindows.grid(narrowest=0.3, aspect=1.5, step=0.25).boxes(64, 96)
+    check = PhotoCheck(candidates=40, size=(9, 6), contrast=power)
+    table = AreaTable(screens)
+    crops, spread = screen_windows._centred_with_contrast(table.crops(torch.as_tensor(
+        windows, dtype=torch.float32)[None].expand(2, -1, -1), (9, 6)).flatten(2))
+    templates, own = screen_windows._centred_with_contrast(thumbnails.flatten(1))
+    x, y = own[None, :, None, 0], spread[:, None, :, 0]
+    factor = (torch.minimum(x, y) / torch.maximum(x, y).clamp(min=1e-6)) ** power
+    expected, at = (torch.einsum("cd,nkd->nck", templates, crops) * factor).max(dim=2)
+    monkeypatch.setattr(sw, "LOCATE_BLOCK", 3)  # many blocks: windows below, within and above each band
+    for given in (thumbnails, thumbnails[None].expand(2, -1, -1, -1, -1)):
+        boxes, scores = check._locate(table, windows, given)
+        assert torch.allclose(scores, expected, atol=1e-5)
+        assert torch.equal(boxes, torch.as_tensor(windows, dtype=torch.float32)[at])
+
+
 def test_search_takes_shared_thumbnails_and_a_shortlist_without_changing_the_answer():
     """A whole catalogue's thumbnails are shared by every screen (``[C, 3, h, w]``, not copied per screen) with
     the same scores; a ``shortlist`` keeps the best by half-size thumbnails and still finds the photo."""
