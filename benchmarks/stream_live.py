@@ -23,9 +23,9 @@
    all pages, the pages that got no view, frames dropped, how late the replay put frames; also the delay
    of the final view (with dwell) after the page ended.
 5. Offline check: the same recording through ``process`` read as fast as it decodes (with the live
-   ``max_wait``) gives exactly the final events of the live run (none dropped). ``--reference-stream FILE``
-   (an earlier mmrec/stream.py, e.g. ``git show REV:mmrec/stream.py > old.py``) also compares per-frame
-   labels and events of the default (recording) settings with that code's.
+   ``max_wait`` and ``hold``) gives exactly the final events of the live run (none dropped).
+   ``--reference-stream FILE`` (an earlier mmrec/stream.py, e.g. ``git show REV:mmrec/stream.py > old.py``)
+   also compares per-frame labels and events of the default (recording) settings with that code's.
 6. ``--throughput``: the benchmarks/stream_targets.py measurement (bare sequential decord against the
    processor on the same file, best of 5 interleaved, torch on 1 thread, 180x320 and 360x640 recordings with
    dwell doubled) with this grounder, and the reference code's processor in the same runs when given.
@@ -53,7 +53,7 @@ from mmrec.datasets.app_sim import record_sequence  # noqa: E402
 from mmrec.datasets.frames import LiveFrames, video_frames  # noqa: E402
 from mmrec.grounding import Grounder, load_grounder  # noqa: E402
 from mmrec.io import atomic_write_text  # noqa: E402
-from mmrec.stream import LIVE_MAX_WAIT, StreamConfig, StreamStats, process  # noqa: E402
+from mmrec.stream import LIVE_HOLD, LIVE_MAX_WAIT, StreamConfig, StreamStats, process  # noqa: E402
 
 FPS = 30
 
@@ -260,8 +260,9 @@ def main() -> None:
 
     catalog, _, sequences = _catalog(argparse.Namespace(**{**vars(args), "sessions": args.sessions}), out)
     grounder = build_grounder(args, catalog, out)
-    config = StreamConfig(max_wait=LIVE_MAX_WAIT)  # what process(live=True) uses; offline, the same batches
-    report["config"] = {"max_wait": config.max_wait, "batch_size": config.batch_size, "min_frames": config.min_frames,
+    config = StreamConfig(max_wait=LIVE_MAX_WAIT, hold=LIVE_HOLD)  # what process(live=True) uses; offline, the same
+    report["config"] = {"max_wait": config.max_wait, "hold": config.hold, "batch_size": config.batch_size,
+                        "min_frames": config.min_frames,
                         "capacity": args.capacity}
     reference = load_reference(args.reference_stream) if args.reference_stream else None
     pages, offline_equal, per_recording, costs = [], [], [], []

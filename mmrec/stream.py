@@ -21,11 +21,13 @@ with ``process(..., live=True)``, also yields each ``view`` as soon as its scree
 (``final=False``: item and start known, dwell not yet), then the view again, final, when the state ends.
 Live, labels do not wait for a full batch: once the frames waiting for theirs span
 ``StreamConfig.max_wait`` seconds of stream time (`LIVE_MAX_WAIT` unless set), the screens settled so far
-go to the worker (`frame_labels`), so a page's view follows its settling by a few frames plus one
-grounding call. A recording is read faster than it plays, and its screens are grounded in full batches
-(fewer encoder calls) unless ``max_wait`` is set. Broken frames are skipped and counted by the frame
-sources (`FrameStats`). The threshold is calibrated on what this processor grounds
-(`calibrate_on_streams`; on simulator recordings, `mmrec.calibration`).
+go to the worker (`frame_labels`), and a screen counts as settled once it has held still
+``StreamConfig.hold`` seconds (`LIVE_HOLD` unless set; the steps of a banner sliding in are not grounded one
+by one), so a page's view follows its settling by that hold plus one grounding call. A recording is read
+faster than it plays, and its screens are grounded in full batches (fewer encoder calls) unless ``max_wait``
+is set. Broken frames are skipped and counted by the frame sources (`FrameStats`). The threshold is
+calibrated on what this processor grounds (`calibrate_on_streams`; on simulator recordings,
+`mmrec.calibration`).
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 LOG_KINDS = ("click", "cart", "purchase")
 LIVE_MAX_WAIT = 0.1  # seconds of stream time a label may wait for its batch in a live stream (StreamConfig.max_wait)
+LIVE_HOLD = 0.15  # seconds a screen holds still before a live stream grounds it (StreamConfig.hold): a banner's or a
+# touch mark's steps hold 2-4 frames at 30 fps, and each one grounded keeps the next page's view waiting
 EVENT_COLUMNS = ("kind", "timestamp", "end", "dwell", "item", "item_id", "score", "frames", "on_screen",
                  "seen_ago")  # an Event's; the file adds ``user`` (`mmrec.events.EVENT_FIELDS`)
 
@@ -65,7 +69,11 @@ class StreamConfig:
     is unchanged and reuses that frame's grounding. Encoding (``encode``): ``"settled"`` encodes a screen
     once it holds still — the last changed frame, when the frame after it is unchanged — and gives the
     frames of the motion before it (a scroll, a page sliding in) that frame's label, so a new screen
-    starts at its first moving frame; ``"changed"`` encodes every changed frame. ``batch_size`` frames per
+    starts at its first moving frame; ``"changed"`` encodes every changed frame. ``hold``: seconds of stream
+    time a screen must stay unchanged to count as settled (None: the next frame; ``process(..., live=True)``
+    then uses `LIVE_HOLD`): a screen that changes again sooner (a step of a notification banner sliding in,
+    a touch mark) is part of the motion, and its frames take the label of the screen that motion settles
+    on. ``batch_size`` frames per
     encoder call (grounded in a worker thread, one batch at a time, while the next fills); a batch closes
     at ``max_pending`` frames waiting for its labels (bounds memory and the delay of events; a motion that
     outlasts it is encoded where it has got to). ``max_wait``: seconds of stream time a frame's label may
@@ -87,6 +95,7 @@ class StreamConfig:
     batch_size: int = 32
     max_pending: int = 512
     max_wait: float | None = None
+    hold: float | None = None
     threshold: float | None = None
     min_frames: int = 3
     log_window: float = 2.0
@@ -103,6 +112,8 @@ class StreamConfig:
             raise ValueError(f"StreamConfig.encode must be 'settled' or 'changed', got {self.encode!r}")
         if self.max_wait is not None and not 0 <= self.max_wait < math.inf:
             raise ValueError(f"StreamConfig.max_wait must be a finite number of seconds >= 0, got {self.max_wait!r}")
+        if self.hold is not None and not 0 <= self.hold < math.inf:
+            raise ValueError(f"StreamConfig.hold must be a finite number of seconds >= 0, got {self.hold!r}")
         if not self.log_window >= 0:
             raise ValueError(f"StreamConfig.log_window must be >= 0 seconds, got {self.log_window!r}")
         if self.threshold is not None:
@@ -316,7 +327,8 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
     reference: np.ndarray | None = None  # thumbnail of the last changed frame
     moving: Image.Image | None = None  # the last changed frame, not yet settled ("settled" mode)
     motion = 0  # position in `pending` of the first frame of the motion under way (while `moving`)
-    max_wait = config.max_wait
+    max_wait, hold = config.max_wait, config.hold or 0.0
+    changed_at = -math.inf  # stream time of the last changed frame
     resolved = (NO_ITEM, math.nan)  # nearest item and similarity of the last encoded frame
     started = time.perf_counter()
     worker = ThreadPoolExecutor(1, thread_name_prefix="mmrec-grounding")
@@ -364,6 +376,7 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
             if changed(thumb, reference, config.change_threshold):
                 stats.changed += 1
                 reference = thumb
+                changed_at = frame.timestamp
                 if moving is None:
                     motion = len(pending)
                 # the slot this frame's label will come from: its own, or (settled) the one its motion ends in
@@ -371,9 +384,11 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
                 moving = Image.fromarray(np.array(frame.image))  # a copy: the frame is a view of its batch
                 if config.encode == "changed":
                     settle()
-            elif moving is not None:
+            elif moving is not None and frame.timestamp - changed_at >= hold:
                 settle()
                 pending.append((frame.timestamp, frame.index, len(batch) - 1))
+            elif moving is not None:  # still, but not for ``hold`` yet: the slot the motion will end in
+                pending.append((frame.timestamp, frame.index, len(batch)))
             else:
                 pending.append((frame.timestamp, frame.index, -1))
             if len(batch) >= config.batch_size or len(pending) >= config.max_pending:
@@ -558,12 +573,14 @@ def process(frames: Iterable[Frame], grounder: Grounder, config: StreamConfig | 
             live: bool = False) -> Iterator[Event]:
     """`screen_states` then `events`: a frame stream → behaviour events, yielded as they become final; with
     ``live``, each view is also yielded (``final=False``) as soon as its screen state is confirmed, and
-    labels wait for their batch at most ``config.max_wait`` (`LIVE_MAX_WAIT` unless set). One path for
-    recordings and live captures: with the same ``config.max_wait`` the final events are the same with or
-    without ``live``."""
+    labels wait for their batch at most ``config.max_wait`` (`LIVE_MAX_WAIT` unless set) and a screen is
+    grounded once it has held still ``config.hold`` (`LIVE_HOLD` unless set). One path for recordings and
+    live captures: with the same ``max_wait`` and ``hold`` the final events are the same with or without
+    ``live``."""
     config = config or StreamConfig()
-    if live and config.max_wait is None:
-        config = dataclasses.replace(config, max_wait=LIVE_MAX_WAIT)
+    if live:
+        config = dataclasses.replace(config, max_wait=LIVE_MAX_WAIT if config.max_wait is None else config.max_wait,
+                                     hold=LIVE_HOLD if config.hold is None else config.hold)
     stats = stats if stats is not None else StreamStats()
     return events(screen_states(frames, grounder, config, stats), logs=logs, item_ids=item_ids, config=config,
                   stats=stats, live=live)

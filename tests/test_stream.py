@@ -13,8 +13,9 @@ from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_
 from mmrec.datasets.frames import iterator_frames, video_frames
 from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
 from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold
-from mmrec.stream import (LIVE_MAX_WAIT, Confirmed, Segmenter, StreamConfig, StreamStats, calibrate_on_streams, changed, events,
-                          frame_labels, process, screen_states, segments, thumbnail, write_events)
+from mmrec.stream import (LIVE_HOLD, LIVE_MAX_WAIT, Confirmed, Segmenter, StreamConfig, StreamStats,
+                          calibrate_on_streams, changed, events, frame_labels, process, screen_states, segments,
+                          thumbnail, write_events)
 
 SIM = dict(fps=15, width=120, height=208, notification_prob=0.0, jpeg_quality=(60, 90))
 
@@ -581,9 +582,9 @@ def test_live_and_offline_events_agree_on_a_recording_and_only_final_ones_are_wr
     world, _, _, session, video, _ = setup
     logs = pd.DataFrame([{"timestamp": e.timestamp, "kind": e.kind, "item": e.item} for e in session.events
                          if e.item is not None])
-    # live, labels wait for their batch at most LIVE_MAX_WAIT: offline with that setting, the same batches
-    offline = list(process(video_frames(video), nearest, StreamConfig(max_wait=LIVE_MAX_WAIT), logs=logs,
-                           item_ids=world.catalog.ids))
+    # live, labels wait for their batch at most LIVE_MAX_WAIT and screens hold LIVE_HOLD: offline with those
+    offline = list(process(video_frames(video), nearest, StreamConfig(max_wait=LIVE_MAX_WAIT, hold=LIVE_HOLD),
+                           logs=logs, item_ids=world.catalog.ids))
     live = list(process(video_frames(video), nearest, logs=logs, item_ids=world.catalog.ids, live=True))
     assert [e.to_row() for e in live if e.final] == [e.to_row() for e in offline]
     early = [e for e in live if not e.final]
@@ -644,11 +645,39 @@ def test_the_deadline_never_cuts_a_motion_short():
         StreamConfig(max_wait=-1)
 
 
+def test_a_screen_that_does_not_hold_still_for_hold_seconds_is_part_of_the_motion(inline_worker):
+    """A light screen shown for 2 frames (0.067 s at 30 fps: a step of a banner sliding in) between two dark
+    ones: settled after one still frame (``hold`` None or 0, recordings) it is grounded; with ``hold`` 0.15 s
+    it is not (no grounding call for it), its frames take the label of the screen the motion settles on, and
+    the screens that hold still are grounded as before. ``process(live=True)`` holds `LIVE_HOLD`."""
+    rng = np.random.default_rng(2)
+    dark, light = rng.integers(0, 60, (40, 30, 3), dtype=np.uint8), rng.integers(180, 255, (40, 30, 3), dtype=np.uint8)
+    other = rng.integers(0, 60, (40, 30, 3), dtype=np.uint8)
+    pictures = [dark] * 30 + [light] * 2 + [other] * 30
+    labelled = {}
+    for hold in (None, 0.0, 0.15):
+        grounder = MeanGrounder()
+        labels = list(frame_labels(iterator_frames((k / 30, p) for k, p in enumerate(pictures)), grounder,
+                                   StreamConfig(max_wait=0.1, hold=hold)))
+        labelled[hold] = ([label.item for label in labels], grounder.seen)
+    items, seen = labelled[None]
+    assert labelled[0.0] == labelled[None]
+    assert items[30:32] == [1, 1] and len(seen) == 3 and sum(m > 100 for m in seen) == 1
+    items, seen = labelled[0.15]
+    assert items == [0] * 62 and len(seen) == 2 and max(seen) < 100  # the light screen never grounded
+    assert 2 / 30 < LIVE_HOLD
+    grounder = MeanGrounder()
+    list(process(iterator_frames((k / 30, p) for k, p in enumerate(pictures)), grounder, live=True))
+    assert len(grounder.seen) == 2 and max(grounder.seen) < 100
+    with pytest.raises(ValueError, match="hold"):
+        StreamConfig(hold=-0.1)
+
+
 def test_cli_stream_reads_raw_frames_from_stdin_and_prints_events_as_they_come(setup, nearest, tmp_path, capsys,
                                                                                monkeypatch):
     """``mmrec stream -``: raw RGB24 frames on stdin (as a capture tool pipes them); ``--print-events`` prints
     every event as it is known (views first not final, then final), and the file holds the final ones —
-    the events the library gives for the same frames."""
+    the events the library gives for the same frames with the live settings (`LIVE_HOLD`)."""
     import io
     import sys
     import types
@@ -674,7 +703,7 @@ def test_cli_stream_reads_raw_frames_from_stdin_and_prints_events_as_they_come(s
     assert len(table) == len(final) == summary["rows"] and list(table["kind"]) == [r["kind"] for r in final]
     views = [(r["item"], r["timestamp"]) for r in final if r["kind"] == "view"]
     assert [(r["item"], r["timestamp"]) for r in early] == views and all(r["dwell"] is None for r in early)
-    library = process(iterator_frames((k / 15, f) for k, f in enumerate(frames)), nearest)
+    library = process(iterator_frames((k / 15, f) for k, f in enumerate(frames)), nearest, StreamConfig(hold=LIVE_HOLD))
     assert views and views == [(e.item, pytest.approx(e.timestamp)) for e in library]
     assert main(args) == 2 and "--raw-size" in capsys.readouterr().err  # '-' needs the frame size
     assert main([*args[:1], str(video), *args[2:], "--fps", "15"]) == 2  # --fps is for raw frames only

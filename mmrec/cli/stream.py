@@ -9,7 +9,8 @@ Tasks (nested sub-commands; ``run`` is taken when none is named, so ``mmrec stre
   carries ``--user`` (`mmrec.events.read_events` reads it back). A live capture: ``-`` reads raw RGB24
   frames of ``--raw-size`` from stdin as they come (``ffmpeg ... -f rawvideo -pix_fmt rgb24 - | mmrec
   stream - ...``), and ``--print-events`` prints each event as a JSON line as soon as it is known (a view
-  once its screen is confirmed, ``"final": false``, then again with its dwell).
+  once its screen is confirmed, ``"final": false``, then again with its dwell; live, a screen is grounded
+  once it has held still `mmrec.stream.LIVE_HOLD` seconds, so a banner sliding in is not grounded step by step).
 - ``calibrate``: fits the threshold on labelled recordings (folders with the video and ``truth.json``, as the
   app simulator writes them) as ``run`` grounds them, and writes ``SPACE/grounding.json`` (or ``--out``),
   keeping the space's windows and photo check (`mmrec.calibration.calibrate_space`); with ``--layout-free``,
