@@ -73,7 +73,9 @@ class StreamConfig:
     time a screen must stay unchanged to count as settled (None: the next frame; ``process(..., live=True)``
     then uses `LIVE_HOLD`): a screen that changes again sooner (a step of a notification banner sliding in,
     a touch mark) is part of the motion, and its frames take the label of the screen that motion settles
-    on. ``batch_size`` frames per
+    on — unless it differs from the last screen encoded by more than ``hold_change`` (mean absolute
+    difference of the grids, 0–1): a new page shown briefly (a grid tapped through) is encoded when it
+    changes, an overlay on the page before is not. ``batch_size`` frames per
     encoder call (grounded in a worker thread, one batch at a time, while the next fills); a batch closes
     at ``max_pending`` frames waiting for its labels (bounds memory and the delay of events; a motion that
     outlasts it is encoded where it has got to). ``max_wait``: seconds of stream time a frame's label may
@@ -96,6 +98,7 @@ class StreamConfig:
     max_pending: int = 512
     max_wait: float | None = None
     hold: float | None = None
+    hold_change: float = 0.15
     threshold: float | None = None
     min_frames: int = 3
     log_window: float = 2.0
@@ -114,6 +117,8 @@ class StreamConfig:
             raise ValueError(f"StreamConfig.max_wait must be a finite number of seconds >= 0, got {self.max_wait!r}")
         if self.hold is not None and not 0 <= self.hold < math.inf:
             raise ValueError(f"StreamConfig.hold must be a finite number of seconds >= 0, got {self.hold!r}")
+        if not 0 <= self.hold_change <= 1:
+            raise ValueError(f"StreamConfig.hold_change must be in [0, 1], got {self.hold_change!r}")
         if not self.log_window >= 0:
             raise ValueError(f"StreamConfig.log_window must be >= 0 seconds, got {self.log_window!r}")
         if self.threshold is not None:
@@ -326,6 +331,9 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
     in_flight: deque[tuple[Future, list[tuple[float, int, int]]]] = deque()  # batches being grounded
     reference: np.ndarray | None = None  # thumbnail of the last changed frame
     moving: Image.Image | None = None  # the last changed frame, not yet settled ("settled" mode)
+    moving_thumb: np.ndarray | None = None  # its thumbnail, and whether a still frame has followed it
+    still = False
+    encoded_thumb: np.ndarray | None = None  # thumbnail of the last screen encoded
     motion = 0  # position in `pending` of the first frame of the motion under way (while `moving`)
     max_wait, hold = config.max_wait, config.hold or 0.0
     changed_at = -math.inf  # stream time of the last changed frame
@@ -334,10 +342,10 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
     worker = ThreadPoolExecutor(1, thread_name_prefix="mmrec-grounding")
 
     def settle() -> None:
-        nonlocal moving
+        nonlocal moving, encoded_thumb
         if moving is not None:
             batch.append(moving)
-            moving = None
+            moving, encoded_thumb = None, moving_thumb
 
     def submit() -> Iterator[FrameLabel]:
         """Hand the batch to the worker, once the one before it is grounded (its labels are yielded)."""
@@ -375,6 +383,9 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
             thumb = thumbnail(frame.image, config.thumb_size)
             if changed(thumb, reference, config.change_threshold):
                 stats.changed += 1
+                if moving is not None and still and (encoded_thumb is None
+                                                     or changed(moving_thumb, encoded_thumb, config.hold_change)):
+                    settle()  # held still under ``hold``, but a new screen, not an overlay: encoded after all
                 reference = thumb
                 changed_at = frame.timestamp
                 if moving is None:
@@ -382,6 +393,7 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
                 # the slot this frame's label will come from: its own, or (settled) the one its motion ends in
                 pending.append((frame.timestamp, frame.index, len(batch)))
                 moving = Image.fromarray(np.array(frame.image))  # a copy: the frame is a view of its batch
+                moving_thumb, still = thumb, False
                 if config.encode == "changed":
                     settle()
             elif moving is not None and frame.timestamp - changed_at >= hold:
@@ -389,6 +401,7 @@ def frame_labels(frames: Iterable[Frame], grounder: Grounder, config: StreamConf
                 pending.append((frame.timestamp, frame.index, len(batch) - 1))
             elif moving is not None:  # still, but not for ``hold`` yet: the slot the motion will end in
                 pending.append((frame.timestamp, frame.index, len(batch)))
+                still = True
             else:
                 pending.append((frame.timestamp, frame.index, -1))
             if len(batch) >= config.batch_size or len(pending) >= config.max_pending:

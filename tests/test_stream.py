@@ -646,31 +646,42 @@ def test_the_deadline_never_cuts_a_motion_short():
 
 
 def test_a_screen_that_does_not_hold_still_for_hold_seconds_is_part_of_the_motion(inline_worker):
-    """A light screen shown for 2 frames (0.067 s at 30 fps: a step of a banner sliding in) between two dark
-    ones: settled after one still frame (``hold`` None or 0, recordings) it is grounded; with ``hold`` 0.15 s
-    it is not (no grounding call for it), its frames take the label of the screen the motion settles on, and
-    the screens that hold still are grounded as before. ``process(live=True)`` holds `LIVE_HOLD`."""
+    """A dark page, then for 2 frames (0.067 s at 30 fps) the same page under a light banner (a step of it
+    sliding in), then a light page: settled after one still frame (``hold`` None or 0, recordings) the
+    bannered screen is grounded; with ``hold`` 0.15 s it is not (no grounding call for it), its frames take
+    the label of the screen the motion settles on. A new page shown as briefly (the light page between two
+    dark ones: more than ``hold_change`` from the screen encoded before) is grounded all the same.
+    ``process(live=True)`` holds `LIVE_HOLD`."""
     rng = np.random.default_rng(2)
     dark, light = rng.integers(0, 60, (40, 30, 3), dtype=np.uint8), rng.integers(180, 255, (40, 30, 3), dtype=np.uint8)
+    bannered = dark.copy()
+    bannered[:4] = light[:4]  # a tenth of the screen: a change, far under hold_change
     other = rng.integers(0, 60, (40, 30, 3), dtype=np.uint8)
-    pictures = [dark] * 30 + [light] * 2 + [other] * 30
-    labelled = {}
-    for hold in (None, 0.0, 0.15):
+
+    def run(pictures, hold):
         grounder = MeanGrounder()
         labels = list(frame_labels(iterator_frames((k / 30, p) for k, p in enumerate(pictures)), grounder,
                                    StreamConfig(max_wait=0.1, hold=hold)))
-        labelled[hold] = ([label.item for label in labels], grounder.seen)
-    items, seen = labelled[None]
-    assert labelled[0.0] == labelled[None]
-    assert items[30:32] == [1, 1] and len(seen) == 3 and sum(m > 100 for m in seen) == 1
-    items, seen = labelled[0.15]
-    assert items == [0] * 62 and len(seen) == 2 and max(seen) < 100  # the light screen never grounded
+        return [label.item for label in labels], grounder.seen
+
+    banner = [dark] * 30 + [bannered] * 2 + [light] * 30
+    items, seen = run(banner, None)
+    assert run(banner, 0.0) == (items, seen)
+    assert items[30:32] == [0, 0] and len(seen) == 3  # the bannered screen grounded, as dark
+    items, seen = run(banner, 0.15)
+    assert items == [0] * 30 + [1] * 32 and len(seen) == 2  # not grounded: labelled as the light page
+    brief = [dark] * 30 + [light] * 2 + [other] * 30
+    for hold in (None, 0.15):
+        items, seen = run(brief, hold)
+        assert items == [0] * 30 + [1] * 2 + [0] * 30 and len(seen) == 3
     assert 2 / 30 < LIVE_HOLD
     grounder = MeanGrounder()
-    list(process(iterator_frames((k / 30, p) for k, p in enumerate(pictures)), grounder, live=True))
-    assert len(grounder.seen) == 2 and max(grounder.seen) < 100
+    list(process(iterator_frames((k / 30, p) for k, p in enumerate(banner)), grounder, live=True))
+    assert len(grounder.seen) == 2
     with pytest.raises(ValueError, match="hold"):
         StreamConfig(hold=-0.1)
+    with pytest.raises(ValueError, match="hold_change"):
+        StreamConfig(hold_change=2.0)
 
 
 def test_cli_stream_reads_raw_frames_from_stdin_and_prints_events_as_they_come(setup, nearest, tmp_path, capsys,
