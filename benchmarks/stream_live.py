@@ -261,9 +261,8 @@ def main() -> None:
     catalog, _, sequences = _catalog(argparse.Namespace(**{**vars(args), "sessions": args.sessions}), out)
     grounder = build_grounder(args, catalog, out)
     config = StreamConfig(max_wait=LIVE_MAX_WAIT, hold=LIVE_HOLD)  # what process(live=True) uses; offline, the same
-    report["config"] = {"max_wait": config.max_wait, "hold": config.hold, "batch_size": config.batch_size,
-                        "min_frames": config.min_frames,
-                        "capacity": args.capacity}
+    report["config"] = {"max_wait": config.max_wait, "hold": config.hold, "hold_change": config.hold_change,
+                        "batch_size": config.batch_size, "min_frames": config.min_frames, "capacity": args.capacity}
     reference = load_reference(args.reference_stream) if args.reference_stream else None
     pages, offline_equal, per_recording, costs = [], [], [], []
     for k, sequence in enumerate(sequences):
