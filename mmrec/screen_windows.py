@@ -653,7 +653,7 @@ def _agreement(a: torch.Tensor, b: torch.Tensor, check: "PhotoCheck") -> torch.T
     """How far two broadcast `_centred_with_contrast` statistics agree, in (0, 1]: ``(min / max contrast) **
     check.contrast`` times ``exp(-(colour distance / check.colour) ** 2)`` (1 for a setting that is off)."""
     factor = torch.ones(())
-    if check.contrast:  # in place on fresh tensors: over every window of a screen these are its largest
+    if check.contrast:  # in place: the tensors are fresh, and as large as the scores they scale
         x, y = a[..., 0], b[..., 0]
         factor = torch.minimum(x, y).div_(torch.maximum(x, y).clamp_(min=1e-6)).clamp_(min=0)
         if check.contrast != 1:
