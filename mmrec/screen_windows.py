@@ -487,12 +487,8 @@ class PhotoCheck:
         p`` and one brighter than all ``corr * (x / y) ** p`` (x, y the contrasts): the window's part goes into
         its crop before the products and the candidate's after the best is found, so only the windows within
         the block's band of contrasts are scored pair by pair."""
-        c, k, power = len(templates), len(crops), self.contrast
+        c, k, power = len(templates), len(crops), self.contrast  # power 0: every factor is 1
         best, at = torch.empty(c), torch.empty(c, dtype=torch.long)
-        if not power:
-            for s in range(0, c, block):
-                best[s:s + block], at[s:s + block] = (templates[s:s + block] @ crops.T).max(dim=1)
-            return best, at
         by_window = spread[:, 0].argsort()
         spread, crops = spread[by_window], crops[by_window]
         ys = spread[:, 0].contiguous()

@@ -441,6 +441,7 @@ def test_contrast_power_and_flat_areas_score_as_defined():
         # (a flat area cut from the summed-area table keeps float rounding, far below any photo's contrast)
         assert scores[0, 1].abs() < 1e-3 and scores[1, 0].abs() < 1e-3 and scores[1, 1].abs() < 1e-3
 
+
 def test_search_finds_a_photo_shown_cut_to_a_square_and_ignores_thumbnails_narrower_than_a_page_shows():
     """``crops``: a page that shows the photo cut to a square (``object-fit: cover``) is matched by the photo's
     square template; ``smallest``: the same photo as a narrow thumbnail (a bag row) is no product page."""
@@ -509,8 +510,6 @@ def test_locate_in_contrast_bands_scores_every_window_as_defined(monkeypatch, po
     """`_locate` moves the contrast factor of windows duller or brighter than a whole block of candidates out of
     the pairwise scores; every candidate's best window and score are still those of correlation times
     (min / max contrast) ** ``contrast`` over every window, with thumbnails per screen or shared."""
-    import mmrec.screen_windows as sw
-
     rng = np.random.default_rng(5)
     screens = torch.from_numpy(np.clip(128 + rng.normal(0, 1, (2, 3, 96, 64)) * rng.uniform(2, 60, (2, 1, 96, 1)),
                                        0, 255)).to(torch.uint8)
@@ -524,7 +523,7 @@ def test_locate_in_contrast_bands_scores_every_window_as_defined(monkeypatch, po
     x, y = own[None, :, None, 0], spread[:, None, :, 0]
     factor = (torch.minimum(x, y) / torch.maximum(x, y).clamp(min=1e-6)) ** power
     expected, at = (torch.einsum("cd,nkd->nck", templates, crops) * factor).max(dim=2)
-    monkeypatch.setattr(sw, "LOCATE_BLOCK", 3)  # many blocks: windows below, within and above each band
+    monkeypatch.setattr(screen_windows, "LOCATE_BLOCK", 3)  # many blocks: windows below, within and above each band
     for given in (thumbnails, thumbnails[None].expand(2, -1, -1, -1, -1)):
         boxes, scores = check._locate(table, windows, given)
         assert torch.allclose(scores, expected, atol=1e-5)
