@@ -38,6 +38,9 @@ NO_ITEM = -1
 GROUNDING_FILE = "grounding.json"
 PHOTO_BATCH = 128  # catalog photos decoded and embedded at a time
 SEARCH_SCORES = 1 << 24  # window-item scores a search holds at once (64 MiB of float32); more go in item blocks
+# a presence cut (a photo search's) sits at most this far below the lowest true page it keeps: another app shows
+# the same photo resampled and compressed otherwise, so its pages correlate a little less, not much less
+PRESENCE_MARGIN = 0.1
 
 
 def check_threshold(value: float, what: str = "threshold") -> float:
@@ -452,7 +455,12 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray, 
     threshold only tells screens with an item from screens without. For a grounder that finds every catalog
     photo by its pixels (`PhotoCheck.locate_all`), a wrong name on a product page is another article's photo
     alike (a near-twin), scored as high as the right one: a cut above it drops the right names of every
-    page scored lower, which on another app's screens is most of them. The fit names its ``objective``.
+    page scored lower, which on another app's screens is most of them. There the threshold is also at least
+    the lowest page kept less `PRESENCE_MARGIN`: a page scores as its photo correlates with itself on the
+    screen, much the same in any app, while the screens without an item that one app's recordings hold say
+    little of another app's (its checkout, its bag), and with none scored (all rejected as feeds) the midway
+    cut would accept any screen that correlates half as well with some photo. The fit names its
+    ``objective``.
     """
     codes, sims, truth = np.asarray(codes), np.asarray(sims, np.float64), np.asarray(truth)
     if not len(codes) or not (truth != NO_ITEM).any():
@@ -472,5 +480,7 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray, 
     if below <= -1.0 and sims[order][k] > 0:  # rejected outright (PhotoCheck's -1), not a similarity
         below = 0.0
     threshold = float((sims[order][k] + below) / 2)
+    if not identity:  # within the margin below the lowest page kept, never below the midway cut
+        threshold = max(threshold, float(sims[order][k]) - PRESENCE_MARGIN)
     return threshold, {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
                        "objective": "item" if identity else "presence"}

@@ -12,7 +12,7 @@ import torch
 from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_session, write_recording
 from mmrec.datasets.frames import iterator_frames, video_frames
 from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
-from mmrec.grounding import NO_ITEM, Grounder, calibrate_threshold
+from mmrec.grounding import NO_ITEM, PRESENCE_MARGIN, Grounder, calibrate_threshold
 from mmrec.stream import (LIVE_HOLD, LIVE_MAX_WAIT, Confirmed, Segmenter, StreamConfig, StreamStats,
                           calibrate_on_streams, changed, events, frame_labels, process, screen_states, segments,
                           thumbnail, write_events)
@@ -83,8 +83,23 @@ def test_presence_calibration_is_not_driven_above_right_names_by_a_near_twin():
     by_item, fit = calibrate_threshold(codes, sims, truth)
     assert by_item == pytest.approx(0.985) and fit["objective"] == "item"
     present, fit = calibrate_threshold(codes, sims, truth, identity=False)
-    assert present == pytest.approx(0.6) and fit == {"precision": 1.0, "recall": 1.0, "f1": 1.0,
-                                                     "objective": "presence"}
+    assert present == pytest.approx(0.9 - PRESENCE_MARGIN) and fit == {"precision": 1.0, "recall": 1.0, "f1": 1.0,
+                                                                       "objective": "presence"}
+
+
+def test_presence_cut_stays_within_the_margin_of_the_pages_it_keeps():
+    """With every screen without an item rejected (-1) the midway cut would fall halfway to 0, accepting another
+    app's checkout that correlates 0.7 with some photo; a presence cut stays within `PRESENCE_MARGIN` of the
+    lowest page kept. It never drops a page the fit keeps, nor falls below the midway cut where that is higher."""
+    truth = np.array([3, 3, 5, NO_ITEM, NO_ITEM])
+    codes = np.array([3, 3, 5, 1, 2])
+    sims = np.array([0.99, 0.97, 0.95, -1.0, -1.0])
+    by_item, _ = calibrate_threshold(codes, sims, truth)
+    present, fit = calibrate_threshold(codes, sims, truth, identity=False)
+    assert by_item == pytest.approx(0.95 / 2) and present == pytest.approx(0.95 - PRESENCE_MARGIN)
+    assert fit["recall"] == 1.0 and fit["precision"] == 1.0
+    close = np.array([0.99, 0.97, 0.95, 0.9, -1.0])  # a screen without an item at 0.9: the midway cut is higher
+    assert calibrate_threshold(codes, close, truth, identity=False)[0] == pytest.approx(0.925)
 
 
 def test_calibrated_threshold_separates_items_from_screens_without_one():
