@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 
 from mmrec.data import Catalog
+from mmrec.screen_text import TitleIndex, ocr_available, read_lines
 from mmrec.screen_windows import AreaTable, PhotoCheck, ScreenWindows, crop_windows
 from mmrec.space import UnifiedSpace
 
@@ -41,6 +43,9 @@ SEARCH_SCORES = 1 << 24  # window-item scores a search holds at once (64 MiB of 
 # a presence cut (a photo search's) sits at most this far below the lowest true page it keeps: another app shows
 # the same photo resampled and compressed otherwise, so its pages correlate a little less, not much less
 PRESENCE_MARGIN = 0.1
+# with ``titles``: a screen whose best photo has another within this of it is read (OCR), and an item its title
+# names is named instead where its photo, matched in the same window, comes within this of the best's
+TITLE_BAND = 0.1
 
 
 def check_threshold(value: float, what: str = "threshold") -> float:
@@ -79,7 +84,7 @@ class Grounder:
     def __init__(self, space: UnifiedSpace, item_vectors: torch.Tensor, valid: np.ndarray | None = None,
                  threshold: float = 0.5, batch_size: int = 32, windows: ScreenWindows | None = None,
                  check: PhotoCheck | None = None, thumbnails: torch.Tensor | None = None,
-                 crop_thumbnails: Sequence[torch.Tensor] = ()) -> None:
+                 crop_thumbnails: Sequence[torch.Tensor] = (), titles: Sequence[str] | None = None) -> None:
         if item_vectors.ndim != 2 or item_vectors.shape[1] != space.config.dim:
             raise ValueError(f"item_vectors must be [items, {space.config.dim}], got {tuple(item_vectors.shape)}")
         if "screen" not in space.encoders:
@@ -95,6 +100,16 @@ class Grounder:
                              f"crop (PhotoCheck.thumbnails(photos, aspect)), got {len(crop_thumbnails)}")
         self.windows, self.check, self.thumbnails = windows, check, thumbnails
         self.crop_thumbnails = list(crop_thumbnails)
+        self.titles = None
+        if titles is not None:
+            if check is None or not check.locate_all or len(titles) != len(item_vectors):
+                raise ValueError("titles tell apart photos a layout-free PhotoCheck finds alike: give one per item "
+                                 "and a check with locate_all")
+            if ocr_available():
+                self.titles = TitleIndex(titles)
+            else:
+                logger.warning("grounding: no tesseract program (Debian: tesseract-ocr), so screens are grounded "
+                               "by photo alone, not told apart by their titles")
         vectors = item_vectors.detach().float().to(space.device)
         if valid is not None:
             vectors = vectors.clone()
@@ -104,11 +119,12 @@ class Grounder:
     @classmethod
     def for_catalog(cls, space: UnifiedSpace, catalog: Catalog, threshold: float = 0.5,
                     batch_size: int = 32, windows: ScreenWindows | None = None,
-                    check: PhotoCheck | None = None) -> "Grounder":
+                    check: PhotoCheck | None = None, titles: bool = False) -> "Grounder":
         """Item vectors from the catalog photos (`embed_images` with the space's image tower), and the
         photos' thumbnails for ``check``. Photos are decoded ``PHOTO_BATCH`` at a time by the safe decoder
         (`mmrec.encoders.load_image`); one that cannot be decoded is skipped, logged and counted in
-        ``skipped_photos``, and its item is never grounded."""
+        ``skipped_photos``, and its item is never grounded. ``titles``: the catalog's titles tell apart items
+        whose photos the check finds alike (`Grounder`)."""
         from mmrec.encoders import ImageDecodeError, load_image
 
         if "image" not in space.encoders:
@@ -152,7 +168,8 @@ class Grounder:
         if skipped:
             logger.warning("grounding: %d of %d catalog photos skipped (undecodable); those items are never "
                            "grounded", len(skipped), len(skipped) + int(valid.sum()))
-        grounder = cls(space, vectors, valid, threshold, batch_size, windows, check, thumbnails, crops)
+        grounder = cls(space, vectors, valid, threshold, batch_size, windows, check, thumbnails, crops,
+                       catalog.titles if titles else None)
         grounder.skipped_photos = skipped
         return grounder
 
@@ -173,7 +190,7 @@ class Grounder:
         codes, sims = [], []
         every_item = (self.check is not None and self.check.locate_all
                       and self.check.candidates >= len(self.item_vectors))
-        for table in self._tables(screens):
+        for table, members in self._tables(screens):
             tick("screens")
             if every_item:  # every item is located by its photo: the tower would shortlist nothing
                 top = torch.arange(len(self.item_vectors)).expand(table.count, -1)  # item k in column k
@@ -193,7 +210,11 @@ class Grounder:
                 variants = [(all_boxes, pick(self.thumbnails))] + [
                     (dataclasses.replace(self.windows, aspect=aspect).boxes(table.width, table.height), pick(cropped))
                     for aspect, cropped in zip(self.check.crops, self.crop_thumbnails)]
-                match = self.check.search(table, variants)[0]
+                match, where = self.check.search(table, variants)
+                if self.titles is not None and every_item:  # columns are item codes
+                    tick("check")
+                    match = self._named_by_title([screens[m] for m in members], match, where, variants)
+                    tick("titles")
             else:
                 windows_at = torch.gather(where.cpu(), 1, top)  # each candidate's best window
                 boxes = torch.as_tensor(all_boxes)[windows_at]
@@ -223,7 +244,7 @@ class Grounder:
         if self.windows is None:
             return self._whole_screens(screens) @ self.item_vectors.t()
         return torch.cat([self._search(window_vectors(self.space, table, self.windows))[0]
-                          for table in self._tables(screens)])
+                          for table, _ in self._tables(screens)])
 
     def _whole_screens(self, screens: Sequence[Any]) -> torch.Tensor:
         """``[N, D]``: whole screens (PIL images or uint8 ``[H, W, 3]`` arrays) through the screen tower and adapter."""
@@ -232,13 +253,46 @@ class Grounder:
         screens = [Image.fromarray(s) if isinstance(s, np.ndarray) else s for s in screens]
         return self.space.embed_screens(screens, batch_size=self.batch_size)
 
-    def _tables(self, screens: Sequence[Any]) -> Iterator[AreaTable]:
-        """`AreaTable`s of at most ``batch_size`` screens of one size each, in order: the tower's windows and
-        the check's shifts are cut from one table per screen."""
+    def _tables(self, screens: Sequence[Any]) -> Iterator[tuple[AreaTable, list[int]]]:
+        """`AreaTable`s of at most ``batch_size`` screens of one size each, in order, with the screens' positions
+        in ``screens``: the tower's windows and the check's shifts are cut from one table per screen."""
         for start in range(0, len(screens), self.batch_size):
             batch = [screen_tensor(s) for s in screens[start:start + self.batch_size]]
             for same in _runs_of_one_size(batch):
-                yield AreaTable(torch.stack([batch[k] for k in same]))
+                yield AreaTable(torch.stack([batch[k] for k in same])), [start + k for k in same]
+
+    def _named_by_title(self, screens: Sequence[Any], match: torch.Tensor, where: torch.Tensor,
+                        variants: Sequence[tuple[np.ndarray, torch.Tensor]]) -> torch.Tensor:
+        """``match`` ``[N, C]`` (the check's scores, item k in column k) with, on each screen where another photo
+        comes within `TITLE_BAND` of the best, the best's score moved to the item the screen's text names
+        (`mmrec.screen_text`), where that item's photo, matched in the window the best was found in (at the
+        crop whose aspect is nearest the window's), comes within `TITLE_BAND` of the best's own match there.
+        The screen's similarity stays the best photo's: the title tells which of the photos alike it is, not
+        whether a page is on screen. Screens are read in threads (tesseract runs as its own process)."""
+        best, top = match.max(dim=1)
+        second = match.scatter(1, top[:, None], -1.0).amax(dim=1)
+        unsure = [i for i in range(len(match)) if best[i] > -1 and second[i] >= best[i] - TITLE_BAND]
+        if not unsure:
+            return match
+        with ThreadPoolExecutor(max_workers=min(len(unsure), os.cpu_count() or 1)) as pool:
+            lines = pool.map(lambda i: read_lines(screen_tensor(screens[i]).permute(1, 2, 0).numpy()), unsure)
+            read = {i: self.titles.named(text) for i, text in zip(unsure, lines)}
+        aspects = np.log([self.windows.aspect, *self.check.crops])
+        check = dataclasses.replace(self.check, refine=None)  # every one refined as finely as the best was
+        match = match.clone()
+        for i in unsure:
+            named = torch.as_tensor(read[i][read[i] != int(top[i])])
+            if not len(named):
+                continue
+            box = where[i, top[i]]
+            v = int(np.abs(aspects - np.log(float((box[3] - box[1]) / (box[2] - box[0])))).argmin())
+            candidates = torch.cat([top[i:i + 1], named])
+            scores = check.match(AreaTable(screen_tensor(screens[i])[None]), box.expand(1, len(candidates), 4),
+                                 variants[v][1][candidates][None], uncrowd=False)[0]
+            if (scores[1:] >= scores[0] - TITLE_BAND).any():
+                chosen = named[int(scores[1:].argmax())]
+                match[i, chosen], match[i, top[i]] = best[i], match[i, chosen].clamp(max=float(best[i]) - 1e-6)
+        return match
 
     def _search(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Window vectors ``[n, K, D]`` → each item's best similarity over the K windows ``[n, I]`` and which
@@ -332,11 +386,13 @@ def window_features(space: UnifiedSpace, table: AreaTable, windows: ScreenWindow
 @dataclass
 class GroundingSettings:
     """What grounds screens with a saved space besides its weights: the calibrated ``threshold`` (finite, in
-    [-1, 1]), the ``windows`` searched for the photo and the ``check`` re-ranking by photo (None: not used)."""
+    [-1, 1]), the ``windows`` searched for the photo, the ``check`` re-ranking by photo (None: not used) and
+    whether the screens' ``titles`` (OCR) tell apart items whose photos a layout-free check finds alike."""
 
     threshold: float
     windows: ScreenWindows | None = None
     check: PhotoCheck | None = None
+    titles: bool = False
 
     def __post_init__(self) -> None:
         self.threshold = check_threshold(self.threshold, "GroundingSettings.threshold")
@@ -370,7 +426,8 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     check = PhotoCheck(candidates=items, size=(max(2, round(36 * aspect)), 36), crowd=0.65, locate_all=True,
                        contrast=1.0, colour=40.0, crops=crops, smallest=0.35, scales=(0.95, 0.975, 1.025, 1.05),
                        refine=3, shortlist=LAYOUT_FREE_SHORTLIST, coarse=3)
-    return GroundingSettings(threshold, ScreenWindows.grid(0.2, 1.0, aspect=aspect, ratio=1.12, stride=0.05), check)
+    return GroundingSettings(threshold, ScreenWindows.grid(0.2, 1.0, aspect=aspect, ratio=1.12, stride=0.05), check,
+                             titles=True)
 
 
 def photo_aspect(catalog: Catalog, sample: int = 64) -> float:
@@ -412,7 +469,7 @@ def load_grounding(directory: str | os.PathLike) -> GroundingSettings:
                                 f"or give the threshold")
     values = read_json(path)  # names the file in its errors; NaN is not JSON
     try:
-        known = {k: values[k] for k in ("threshold", "windows", "check") if k in values}
+        known = {k: values[k] for k in ("threshold", "windows", "check", "titles") if k in values}
         return from_dict(GroundingSettings, known)
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: expected a JSON object with a numeric 'threshold' and optional 'windows' and "
@@ -437,7 +494,8 @@ def load_grounder(directory: str | os.PathLike, catalog: Catalog, *, threshold: 
             settings = GroundingSettings(threshold)
     space = UnifiedSpace.from_pretrained(directory, **({} if device is None else {"device": device}))
     return Grounder.for_catalog(space, catalog, threshold=settings.threshold if threshold is None else threshold,
-                                batch_size=batch_size, windows=settings.windows, check=settings.check)
+                                batch_size=batch_size, windows=settings.windows, check=settings.check,
+                                titles=settings.titles)
 
 
 def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray, identity: bool = True

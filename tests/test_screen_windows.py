@@ -231,7 +231,7 @@ def test_search_in_item_blocks_gives_the_same_result_and_stages_are_timed(monkey
     k = windows.count(180, 320)
     monkeypatch.setattr(grounding, "SEARCH_SCORES", 3 * k * 2)  # blocks of 2 items of the 7 for 3 screens
     torch.testing.assert_close(grounder.item_similarities(screens), whole)
-    vectors = grounding.window_vectors(space, next(grounder._tables(screens)), windows)
+    vectors = grounding.window_vectors(space, next(grounder._tables(screens))[0], windows)
     blocked = grounder._search(vectors)
     monkeypatch.setattr(grounding, "SEARCH_SCORES", 1 << 24)
     plain = grounder._search(vectors)
