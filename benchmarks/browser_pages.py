@@ -8,8 +8,8 @@ With ``--hm PATH``, real H&M purchase sequences and a catalog of ``--items`` of 
 (`app_sim.catalog_for_sequences`; the ids are in the report for benchmarks/cross_renderer.py). Otherwise
 the world and the session are the screen-stream demo's (`demos/screen_stream.py`: the synthetic world with
 ``--items`` items, 400 users, the second of two purchase sequences drawn with ``--seed``, rendered with
-seed 2000 (``--sessions`` adds others drawn with ``--seed`` + 1, seeds 2001, ...) and app_sim's default
-noise: touch marks, notifications, JPEG, x264), so ``--space`` can be the
+seed 2000 (``--render-seed``; ``--sessions`` adds others drawn with ``--seed`` + 1, seeds 2001, ...) and
+app_sim's default noise: touch marks, notifications, JPEG, x264), so ``--space`` can be the
 demo's ``OUT/space``. For each ``--size`` the session is recorded by `app_sim.record_sequence` and by
 `browser_pages.record_sequence` (same timeline), each timed: frames per second of wall time, MiB written.
 With ``--space``, each recording at the first size is processed by `mmrec.stream.segments` and scored as
@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sessions", type=int, default=1, help="sessions recorded (the demo's first, then more)")
+    parser.add_argument("--render-seed", type=int, default=2000, help="session k is drawn (its app's look, "
+                        "timings, noise) with this seed + k: give another base for recordings whose looks "
+                        "no earlier set shares")
     parser.add_argument("--size", type=_size, action="append", help="WIDTHxHEIGHT (repeatable; default 180x320)")
     parser.add_argument("--hm", help="an H&M folder (Kaggle layout): --sessions real purchase sequences and a "
                                      "catalog of --items articles with photos (theirs first) instead of the "
@@ -72,7 +75,8 @@ def main() -> None:
         if args.sessions > 1:
             sequences += app_sim.sessions_from_purchases(world.interactions, args.sessions - 1, min_len=3,
                                                          seed=args.seed + 1, max_len=4)
-    report: dict = {"items": args.items, "seed": args.seed, "hm": args.hm, "renders": [],
+    report: dict = {"items": args.items, "seed": args.seed, "render_seed": args.render_seed, "hm": args.hm,
+                    "renders": [],
                     "catalog_ids": [str(i) for i in catalog.ids],
                     "sequences": [[str(catalog.ids[i]) for i in s.items] for s in sequences]}
     sessions: dict = {}
@@ -81,7 +85,8 @@ def main() -> None:
     for k, sequence, size, name, module in runs:
         folder = out / f"{name}_{size[0]}x{size[1]}_{k}"
         start = time.perf_counter()
-        session, video = module.record_sequence(catalog, sequence, folder, seed=2000 + k, size=size, fps=30)
+        session, video = module.record_sequence(catalog, sequence, folder, seed=args.render_seed + k, size=size,
+                                                 fps=30)
         seconds = time.perf_counter() - start
         sessions.setdefault((name, size), []).append((session, video))
         report["renders"].append({

@@ -42,7 +42,7 @@ from mmrec.datasets import app_sim  # noqa: E402
 from mmrec.datasets.synthetic import WorldConfig, make_world  # noqa: E402
 from mmrec.grounding import (GroundingSettings, layout_free_settings, load_grounder, load_grounding,  # noqa: E402
                              photo_aspect)
-from mmrec.io import atomic_write_text  # noqa: E402
+from mmrec.io import atomic_write, atomic_write_text  # noqa: E402
 from mmrec.screen_windows import ScreenWindows  # noqa: E402
 from mmrec.stream import StreamConfig  # noqa: E402
 
@@ -78,6 +78,22 @@ def remember(grounder, cache: dict) -> None:
     grounder.similarities = similarities
 
 
+def load_cache(path: Path, fingerprint: str) -> dict:
+    """The screens' layout-free grounding `save_cache` wrote, for the catalog of ``fingerprint`` only."""
+    with np.load(path) as saved:
+        if str(saved["fingerprint"]) != fingerprint:
+            sys.exit(f"--cache {path}: written for another catalog (remove it or give another file)")
+        return {k.tobytes(): (int(c), float(v)) for k, c, v in zip(saved["keys"], saved["codes"], saved["sims"])}
+
+
+def save_cache(path: Path, cache: dict, fingerprint: str) -> None:
+    """Write the screens' grounding (by screen hash) with the catalog's ``fingerprint``, atomically."""
+    keys = list(cache)
+    atomic_write(path, lambda f: np.savez(
+        f, fingerprint=np.array(fingerprint), keys=np.frombuffer(b"".join(keys), np.uint8).reshape(-1, 16),
+        codes=np.array([cache[k][0] for k in keys], np.int64), sims=np.array([cache[k][1] for k in keys], np.float32)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recordings", required=True)
@@ -89,6 +105,11 @@ def main() -> None:
     parser.add_argument("--calibrate", type=int, action="append", help="training sessions (default 0)")
     parser.add_argument("--modes", default="fitted,layout-free", help="settings compared (fitted, layout-free)")
     parser.add_argument("--hm", help="the H&M folder the recordings' catalog came from (browser_pages.py --hm)")
+    parser.add_argument("--no-titles", action="store_true", help="layout-free: ground by photo alone, the "
+                        "screens' titles (OCR) not read")
+    parser.add_argument("--cache", help="a file keeping the layout-free grounding of every screen (read if it "
+                        "exists, written at the end): a rerun that changes only the threshold's calibration "
+                        "grounds nothing again (its ms_per_screen is then null)")
     parser.add_argument("--catalog-items", type=int, help="with --hm: ground against this many articles with "
                         "photos, the recordings' own and others drawn with --seed (all of them: 22246 or more)")
     args = parser.parse_args()
@@ -120,12 +141,19 @@ def main() -> None:
     settings = load_grounding(args.space)
     aspect = settings.windows.aspect if settings.windows is not None else 1.5
     report: dict = {"recordings": str(root), "space": args.space, "training_sessions": sorted(train),
-                    "catalog_items": len(catalog), "runs": []}
+                    "catalog_items": len(catalog), "titles": not args.no_titles, "runs": []}
     caches: dict = {}  # layout-free grounding of each screen, shared by both training renderers' runs
+    ids = [str(i) for i in catalog.ids]  # the cache's catalog, and whether titles were read
+    fingerprint = hashlib.blake2b(json.dumps(ids if args.no_titles else [ids, "titles"]).encode(),
+                                  digest_size=16).hexdigest()
+    if args.cache and Path(args.cache).exists():
+        caches["layout-free"] = load_cache(Path(args.cache), fingerprint)
     for trained in RENDERERS:
         calibration = [f for f in folders[trained] if int(f.name.rsplit("_", 1)[1]) in train]
         width, height = (int(x) for x in args.size.split("x"))
         modes = {"layout-free": layout_free_settings(photo_aspect(catalog), len(catalog))}
+        if args.no_titles:
+            modes["layout-free"].titles = False
         if trained == "browser":
             modes["fitted"] = GroundingSettings(settings.threshold, ScreenWindows.fit(
                 np.concatenate([browser_photo_boxes(f) for f in calibration]), (width, height), aspect=aspect),
@@ -168,6 +196,8 @@ def main() -> None:
                 report["runs"].append(result)
                 print(json.dumps(result), flush=True)
     atomic_write_text(out / "report.json", json.dumps(report, indent=1))
+    if args.cache and "layout-free" in caches:
+        save_cache(Path(args.cache), caches["layout-free"], fingerprint)
 
 
 if __name__ == "__main__":
