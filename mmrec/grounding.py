@@ -4,7 +4,8 @@ A `Grounder` embeds screenshots with the space's ``screen`` tower + adapter (`Un
 and compares them with the catalog's item vectors (`UnifiedSpace.embed_images` of the item photos): the
 nearest item is "on screen" when its cosine similarity reaches ``threshold``, else the screen shows "no
 item" (grids, bag, checkout). With `ScreenWindows` it searches the screen for the photo instead: every
-window goes through the screen tower and each item takes its best window (`mmrec.screen_windows`).
+window goes through the screen tower and each item takes its best window (`mmrec.screen_windows`). With
+``titles`` (layout-free), a page's title read by OCR tells apart photos the search finds alike (`mmrec.screen_text`).
 `calibrate_threshold` picks the threshold on labelled frames (`mmrec.stream.calibrate_on_streams`: on the
 screens the stream processor grounds in labelled streams; `mmrec.calibration` on simulator recordings, as
 ``mmrec stream calibrate`` runs it); `save_grounding` / `load_grounding` keep threshold, windows and photo
@@ -417,7 +418,8 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     tell apart photos alike when small (black trousers on white, two navy sweaters once a page has cut them
     square). A screen where a second photo alike matches
     apart from the best (``crowd`` 0.65, see `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the
-    screen (a feed card, a bag row) is no product page. ``threshold`` is then calibrated
+    screen (a feed card, a bag row) is no product page. Where photos alike compete, the page's title read by
+    OCR names the item (``titles``; `Grounder`). ``threshold`` is then calibrated
     (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
     if not (math.isfinite(aspect) and aspect > 0) or items < 1:
         raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "
