@@ -266,10 +266,11 @@ class Grounder:
                         variants: Sequence[tuple[np.ndarray, torch.Tensor]]) -> torch.Tensor:
         """``match`` ``[N, C]`` (the check's scores, item k in column k) with, on each screen where another photo
         comes within `TITLE_BAND` of the best, the best's score moved to the item the screen's text names
-        (`mmrec.screen_text`), where that item's photo, matched in the window the best was found in (at the
-        crop whose aspect is nearest the window's), comes within `TITLE_BAND` of the best's own match there.
-        The screen's similarity stays the best photo's: the title tells which of the photos alike it is, not
-        whether a page is on screen. Screens are read in threads (tesseract runs as its own process)."""
+        (`mmrec.screen_text`) whose photo comes within `TITLE_BAND` of the best: as the search scored it (in
+        the window it was found in), or matched in the window the best was found in (at the crop whose aspect
+        is nearest the window's) against the best's own match there. The screen's similarity stays the best
+        photo's: the title tells which of the photos alike it is, not whether a page is on screen. Screens are
+        read in threads (tesseract runs as its own process)."""
         best, top = match.max(dim=1)
         second = match.scatter(1, top[:, None], -1.0).amax(dim=1)
         unsure = [i for i in range(len(match)) if best[i] > -1 and second[i] >= best[i] - TITLE_BAND]
@@ -290,8 +291,10 @@ class Grounder:
             candidates = torch.cat([top[i:i + 1], named])
             scores = check.match(AreaTable(screen_tensor(screens[i])[None]), box.expand(1, len(candidates), 4),
                                  variants[v][1][candidates][None], uncrowd=False)[0]
-            if (scores[1:] >= scores[0] - TITLE_BAND).any():
-                chosen = named[int(scores[1:].argmax())]
+            close = (scores[1:] >= scores[0] - TITLE_BAND) | (match[i, named] >= best[i] - TITLE_BAND)
+            if close.any():  # the closest of them, by the better of its two scores against the best's
+                gap = torch.maximum(scores[1:] - scores[0], match[i, named] - best[i]).masked_fill(~close, -2.0)
+                chosen = named[int(gap.argmax())]
                 match[i, chosen], match[i, top[i]] = best[i], match[i, chosen].clamp(max=float(best[i]) - 1e-6)
         return match
 
