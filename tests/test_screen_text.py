@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw, ImageFont
 from test_screen_windows import _photos, _twin_space
 
@@ -97,3 +98,20 @@ def test_titles_need_a_layout_free_check_and_tesseract(monkeypatch, caplog, tmp_
     assert load_grounding(tmp_path).titles is True
     save_grounding(tmp_path, GroundingSettings(0.5))
     assert load_grounding(tmp_path).titles is False
+
+
+def test_a_named_item_scored_close_by_the_search_wins_where_the_best_window_does_not_fit_its_photo(monkeypatch):
+    """The search scored the named item's photo close to the best (in a window of its own); matched in the best's
+    window, where the best's photo is, it scores far lower. Its own score counts: it is named. An item named
+    whose own score is far below, and whose photo does not match in the best's window, is not."""
+    photos = _photos(3)
+    grounder = _twin_grounder(["Alpha coat", "Luve Jumper", "Harbour hoodie"], photos)
+    screen = _page(photos[0], "")  # the best's photo in the window the search gave it
+    match = torch.tensor([[0.98, 0.97, 0.5]])
+    where = torch.tensor([[[30.0, 20.0, 150.0, 200.0], [20.0, 30.0, 160.0, 240.0], [0.0, 0.0, 10.0, 15.0]]])
+    variants = [(None, grounder.thumbnails)]
+    monkeypatch.setattr(grounding, "read_lines", lambda image: ["luve jumper", "harbour hoodie"])
+    named = grounder._named_by_title([screen], match, where, variants)
+    assert int(named.argmax()) == 1 and float(named.max()) == pytest.approx(0.98)
+    monkeypatch.setattr(grounding, "read_lines", lambda image: ["harbour hoodie"])
+    assert torch.equal(grounder._named_by_title([screen], match, where, variants), match)
