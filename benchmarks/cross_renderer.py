@@ -5,7 +5,8 @@ other's, beside same-renderer results, with windows fitted to the training rende
 and cut to common frames, feeds told apart by a second photo).
 
     nice -n 10 .venv/bin/python benchmarks/cross_renderer.py --recordings out/browser_pages --space DIR \
-        --out out/cross_renderer [--items 120] [--seed 0] [--calibrate 0] [--modes fitted,layout-free]
+        --out out/cross_renderer [--items 120] [--seed 0] [--calibrate 0] [--modes fitted,layout-free] \
+        [--no-titles] [--cache FILE]
 
 ``--recordings`` is the output of benchmarks/browser_pages.py (folders ``app_sim_WxH_k`` and
 ``browser_WxH_k`` of one world, the same sessions drawn by both renderers, with the same ``--items`` and
@@ -20,7 +21,10 @@ and every mode's threshold is calibrated on those recordings only. The other ses
 the test recordings, scored as benchmarks/stream_targets.py scores them (per-frame precision and recall of
 the item on screen, product pages found, dwell error of the views found), with the processing time per
 encoded screen (layout-free: from the first training renderer's runs; the second's reuse its grounding of
-each screen, which does not depend on the threshold). Prints and writes ``OUT/report.json``.
+each screen, which does not depend on the threshold). Layout-free grounding reads a page's title where
+photos compete (``titles``; ``--no-titles``: by photo alone); ``--cache`` keeps each screen's layout-free
+grounding, so a rerun that changes only the calibration grounds nothing again. Prints and writes
+``OUT/report.json``.
 """
 from __future__ import annotations
 
