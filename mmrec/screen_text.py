@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 OCR_SCALE = 4  # screens are enlarged this much before OCR: a phone capture's text is 8-12 px tall
 OCR_TIMEOUT = 30.0  # seconds one screen may take; past it the screen is read as having no text (logged)
 TITLE_MATCH = 85.0  # the least ratio (0-100) of a line to a normalised title for the title to count as read
-TITLES_READ = 32  # at most this many items named by one screen's text (the best matched): a generic title
+TITLES_READ = 32  # at most this many items named by one screen's text, the best matched (a generic title names many)
 _WORDS = re.compile(r"[^0-9a-z]+")
 
 
