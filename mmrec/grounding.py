@@ -191,7 +191,7 @@ class Grounder:
         codes, sims = [], []
         every_item = (self.check is not None and self.check.locate_all
                       and self.check.candidates >= len(self.item_vectors))
-        for table, members in self._tables(screens):
+        for table, pixels in self._tables(screens):
             tick("screens")
             if every_item:  # every item is located by its photo: the tower would shortlist nothing
                 top = torch.arange(len(self.item_vectors)).expand(table.count, -1)  # item k in column k
@@ -214,7 +214,7 @@ class Grounder:
                 match, where = self.check.search(table, variants)
                 if self.titles is not None and every_item:  # columns are item codes
                     tick("check")
-                    match = self._named_by_title([screens[m] for m in members], match, where, variants)
+                    match = self._named_by_title(pixels, match, where, variants)
                     tick("titles")
             else:
                 windows_at = torch.gather(where.cpu(), 1, top)  # each candidate's best window
@@ -254,30 +254,32 @@ class Grounder:
         screens = [Image.fromarray(s) if isinstance(s, np.ndarray) else s for s in screens]
         return self.space.embed_screens(screens, batch_size=self.batch_size)
 
-    def _tables(self, screens: Sequence[Any]) -> Iterator[tuple[AreaTable, list[int]]]:
-        """`AreaTable`s of at most ``batch_size`` screens of one size each, in order, with the screens' positions
-        in ``screens``: the tower's windows and the check's shifts are cut from one table per screen."""
+    def _tables(self, screens: Sequence[Any]) -> Iterator[tuple[AreaTable, torch.Tensor]]:
+        """`AreaTable`s of at most ``batch_size`` screens of one size each, in order, with those screens (uint8
+        ``[n, 3, H, W]``): the tower's windows and the check's shifts are cut from one table per screen."""
         for start in range(0, len(screens), self.batch_size):
             batch = [screen_tensor(s) for s in screens[start:start + self.batch_size]]
             for same in _runs_of_one_size(batch):
-                yield AreaTable(torch.stack([batch[k] for k in same])), [start + k for k in same]
+                pixels = torch.stack([batch[k] for k in same])
+                yield AreaTable(pixels), pixels
 
-    def _named_by_title(self, screens: Sequence[Any], match: torch.Tensor, where: torch.Tensor,
+    def _named_by_title(self, pixels: torch.Tensor, match: torch.Tensor, where: torch.Tensor,
                         variants: Sequence[tuple[np.ndarray, torch.Tensor]]) -> torch.Tensor:
-        """``match`` ``[N, C]`` (the check's scores, item k in column k) with, on each screen where another photo
-        comes within `TITLE_BAND` of the best, the best's score moved to the item the screen's text names
-        (`mmrec.screen_text`) whose photo comes within `TITLE_BAND` of the best: as the search scored it (in
-        the window it was found in), or matched in the window the best was found in (at the crop whose aspect
-        is nearest the window's) against the best's own match there. The screen's similarity stays the best
-        photo's: the title tells which of the photos alike it is, not whether a page is on screen. Screens are
-        read in threads (tesseract runs as its own process)."""
+        """``match`` ``[N, C]`` (the check's scores of the screens ``pixels``, uint8 ``[N, 3, H, W]``; item k in
+        column k) with, on each screen where another photo comes within `TITLE_BAND` of the best, the best's
+        score moved to the item the screen's text names (`mmrec.screen_text`) whose photo comes within
+        `TITLE_BAND` of the best: as the search scored it (in the window it was found in), or matched in the
+        window the best was found in (at the crop whose aspect is nearest the window's) against the best's own
+        match there. The screen's similarity stays the best photo's: the title tells which of the photos alike
+        it is, not whether a page is on screen. Screens are read in threads (tesseract runs as its own
+        process)."""
         best, top = match.max(dim=1)
         second = match.scatter(1, top[:, None], -1.0).amax(dim=1)
         unsure = [i for i in range(len(match)) if best[i] > -1 and second[i] >= best[i] - TITLE_BAND]
         if not unsure:
             return match
         with ThreadPoolExecutor(max_workers=min(len(unsure), os.cpu_count() or 1)) as pool:
-            lines = pool.map(lambda i: read_lines(screen_tensor(screens[i]).permute(1, 2, 0).numpy()), unsure)
+            lines = pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), unsure)
             read = {i: self.titles.named(text) for i, text in zip(unsure, lines)}
         aspects = np.log([self.windows.aspect, *self.check.crops])
         check = dataclasses.replace(self.check, refine=None)  # every one refined as finely as the best was
@@ -289,7 +291,7 @@ class Grounder:
             box = where[i, top[i]]
             v = int(np.abs(aspects - np.log(float((box[3] - box[1]) / (box[2] - box[0])))).argmin())
             candidates = torch.cat([top[i:i + 1], named])
-            scores = check.match(AreaTable(screen_tensor(screens[i])[None]), box.expand(1, len(candidates), 4),
+            scores = check.match(AreaTable(pixels[i:i + 1]), box.expand(1, len(candidates), 4),
                                  variants[v][1][candidates][None], uncrowd=False)[0]
             close = (scores[1:] >= scores[0] - TITLE_BAND) | (match[i, named] >= best[i] - TITLE_BAND)
             if close.any():  # the closest of them, by the better of its two scores against the best's

@@ -106,12 +106,12 @@ def test_a_named_item_scored_close_by_the_search_wins_where_the_best_window_does
     whose own score is far below, and whose photo does not match in the best's window, is not."""
     photos = _photos(3)
     grounder = _twin_grounder(["Alpha coat", "Luve Jumper", "Harbour hoodie"], photos)
-    screen = _page(photos[0], "")  # the best's photo in the window the search gave it
+    screen = grounding.screen_tensor(_page(photos[0], ""))[None]  # the best's photo where the search found it
     match = torch.tensor([[0.98, 0.97, 0.5]])
     where = torch.tensor([[[30.0, 20.0, 150.0, 200.0], [20.0, 30.0, 160.0, 240.0], [0.0, 0.0, 10.0, 15.0]]])
     variants = [(None, grounder.thumbnails)]
     monkeypatch.setattr(grounding, "read_lines", lambda image: ["luve jumper", "harbour hoodie"])
-    named = grounder._named_by_title([screen], match, where, variants)
+    named = grounder._named_by_title(screen, match, where, variants)
     assert int(named.argmax()) == 1 and float(named.max()) == pytest.approx(0.98)
     monkeypatch.setattr(grounding, "read_lines", lambda image: ["harbour hoodie"])
-    assert torch.equal(grounder._named_by_title([screen], match, where, variants), match)
+    assert torch.equal(grounder._named_by_title(screen, match, where, variants), match)
