@@ -109,8 +109,8 @@ class Grounder:
             if ocr_available():
                 self.titles = TitleIndex(titles)
             else:
-                logger.warning("grounding: no tesseract program (Debian: tesseract-ocr), so screens are grounded "
-                               "by photo alone, not told apart by their titles")
+                logger.warning("grounding: no tesseract (the tesserocr binding and Debian's tesseract-ocr), so "
+                               "screens are grounded by photo alone, not told apart by their titles")
         vectors = item_vectors.detach().float().to(space.device)
         if valid is not None:
             vectors = vectors.clone()

@@ -3,7 +3,7 @@ lets a page's title tell apart photos its search finds alike."""
 from __future__ import annotations
 
 import logging
-import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -17,7 +17,8 @@ from mmrec.grounding import Grounder, GroundingSettings, layout_free_settings, l
 from mmrec.screen_text import TITLES_READ, TitleIndex, normalise, ocr_available, read_lines
 from mmrec.screen_windows import PhotoCheck, ScreenWindows
 
-needs_ocr = pytest.mark.skipif(not ocr_available(), reason="no tesseract program (apt-get install tesseract-ocr)")
+needs_ocr = pytest.mark.skipif(not ocr_available(),
+                               reason="no tesserocr or Tesseract model (apt-get install tesseract-ocr)")
 
 
 def _page(photo: Image.Image, title: str) -> Image.Image:
@@ -47,12 +48,30 @@ def test_read_lines_reads_a_title_drawn_on_a_screen():
 
 
 def test_a_failed_read_is_logged_and_reads_nothing(monkeypatch, caplog):
-    def fail(*args, **kwargs):
-        raise subprocess.TimeoutExpired("tesseract", 30)
-    monkeypatch.setattr(screen_text.subprocess, "run", fail)
+    class TimedOut:  # an engine whose recognition runs out of time
+        def SetImage(self, image):
+            pass
+
+        def Recognize(self, timeout):
+            return False
+
+        def Clear(self):
+            pass
+    monkeypatch.setattr(screen_text, "_engine", TimedOut)
+    monkeypatch.setattr(screen_text, "_idle_engines", screen_text.queue.SimpleQueue())
     with caplog.at_level(logging.WARNING, logger="mmrec.screen_text"):
         assert read_lines(Image.new("RGB", (30, 40))) == []
-    assert "tesseract read nothing" in caplog.text
+    assert "tesseract read nothing" in caplog.text and "no text within" in caplog.text
+
+
+@needs_ocr
+def test_screens_read_side_by_side_read_as_one_at_a_time():
+    """Threads share the pool of loaded engines: each screen's text is its own, however they interleave."""
+    names = ["Luve Jumper", "Harbour Hoodie", "Alpha Coat", "Tina Skirt"]
+    pages = [np.asarray(_page(photo, name)) for photo, name in zip(_photos(len(names)), names)] * 2
+    with ThreadPoolExecutor(4) as pool:
+        read = list(pool.map(read_lines, pages))
+    assert [normalise(name) in lines for name, lines in zip(names * 2, read)] == [True] * len(pages), read
 
 
 def _twin_grounder(titles, photos):
