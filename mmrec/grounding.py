@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mmrec.data import Catalog
-from mmrec.screen_text import TitleIndex, ocr_available, read_lines
+from mmrec.screen_text import READERS, TitleIndex, ocr_available, read_lines, start_readers
 from mmrec.screen_windows import AreaTable, PhotoCheck, ScreenWindows, crop_windows
 from mmrec.space import UnifiedSpace
 
@@ -108,6 +108,7 @@ class Grounder:
                                  "and a check with locate_all")
             if ocr_available():
                 self.titles = TitleIndex(titles)
+                start_readers()  # the first screens read (live: the first page's view) pay no start-up
             else:
                 logger.warning("grounding: no tesseract (the tesserocr binding and Debian's tesseract-ocr), so "
                                "screens are grounded by photo alone, not told apart by their titles")
@@ -271,14 +272,14 @@ class Grounder:
         `TITLE_BAND` of the best: as the search scored it (in the window it was found in), or matched in the
         window the best was found in (at the crop whose aspect is nearest the window's) against the best's own
         match there. The screen's similarity stays the best photo's: the title tells which of the photos alike
-        it is, not whether a page is on screen. Screens are read in threads (tesseract runs as its own
-        process)."""
+        it is, not whether a page is on screen. Screens are read side by side (`mmrec.screen_text`'s reader
+        processes)."""
         best, top = match.max(dim=1)
         second = match.scatter(1, top[:, None], -1.0).amax(dim=1)
         unsure = [i for i in range(len(match)) if best[i] > -1 and second[i] >= best[i] - TITLE_BAND]
         if not unsure:
             return match
-        with ThreadPoolExecutor(max_workers=min(len(unsure), os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=min(len(unsure), READERS)) as pool:
             lines = pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), unsure)
             read = {i: self.titles.named(text) for i, text in zip(unsure, lines)}
         aspects = np.log([self.windows.aspect, *self.check.crops])

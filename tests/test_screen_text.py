@@ -2,7 +2,11 @@
 lets a page's title tell apart photos its search finds alike."""
 from __future__ import annotations
 
+import io
 import logging
+import struct
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -47,21 +51,52 @@ def test_read_lines_reads_a_title_drawn_on_a_screen():
     assert "luve jumper" in lines, lines
 
 
-def test_a_failed_read_is_logged_and_reads_nothing(monkeypatch, caplog):
-    class TimedOut:  # an engine whose recognition runs out of time
-        def SetImage(self, image):
-            pass
-
-        def Recognize(self, timeout):
-            return False
-
-        def Clear(self):
-            pass
-    monkeypatch.setattr(screen_text, "_engine", TimedOut)
-    monkeypatch.setattr(screen_text, "_idle_engines", screen_text.queue.SimpleQueue())
+@needs_ocr
+def test_a_reader_that_died_is_logged_reads_nothing_and_is_replaced(caplog):
+    screen_text._stop_idle_readers()
+    screen_text.start_readers(1)
+    dead = screen_text._idle_readers.get_nowait()
+    dead.kill()
+    dead.wait()
+    screen_text._idle_readers.put(dead)
+    page = np.asarray(_page(_photos(1)[0], "Luve Jumper"))
     with caplog.at_level(logging.WARNING, logger="mmrec.screen_text"):
-        assert read_lines(Image.new("RGB", (30, 40))) == []
-    assert "tesseract read nothing" in caplog.text and "no text within" in caplog.text
+        assert read_lines(page) == []
+    assert "tesseract read nothing" in caplog.text
+    assert "luve jumper" in read_lines(page)  # a new reader started
+
+
+def test_a_reader_that_cannot_start_says_why(monkeypatch):
+    monkeypatch.setattr(screen_text, "tessdata", lambda: None)
+    sink = io.BytesIO()
+    screen_text._serve(io.BytesIO(), sink)
+    ok, size = struct.unpack("<BI", sink.getvalue()[:5])
+    assert ok == 0 and "no eng.traineddata" in sink.getvalue()[5:5 + size].decode()
+
+
+@needs_ocr
+def test_a_reader_answers_each_screen_until_its_input_ends():
+    pages = [_page(photo, name).convert("L") for photo, name in zip(_photos(2), ["Luve Jumper", "Alpha Coat"])]
+    source = io.BytesIO(b"".join(struct.pack("<II", *p.size) + p.tobytes() for p in pages))
+    sink = io.BytesIO()
+    screen_text._serve(source, sink)
+    answers, data = [], sink.getvalue()
+    while data:
+        ok, size = struct.unpack("<BI", data[:5])
+        answers.append((ok, normalise(data[5:5 + size].decode())))
+        data = data[5 + size:]
+    assert answers[0] == (1, "") and [ok for ok, _ in answers] == [1, 1, 1]  # ready, then one per screen
+    assert "luve jumper" in answers[1][1] and "alpha coat" in answers[2][1]
+
+
+@needs_ocr
+def test_screens_are_read_with_decord_loaded_first(tmp_path):
+    """decord loads its own old zlib into the process: Tesseract in-process then aborted the whole process."""
+    _page(_photos(1)[0], "Luve Jumper").save(tmp_path / "page.png")
+    code = ("import decord, numpy, PIL.Image; from mmrec.screen_text import read_lines; "
+            f"print(read_lines(numpy.asarray(PIL.Image.open(r'{tmp_path / 'page.png'}').convert('RGB'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "luve jumper" in done.stdout, done.stderr[-2000:]
 
 
 @needs_ocr
