@@ -88,8 +88,9 @@ def _answer(reader: subprocess.Popen) -> str:
 
 def _start_reader() -> subprocess.Popen:
     """A reader process with its model loaded (it answers once when ready)."""
+    path = os.pathsep.join(p for p in sys.path if p)  # mmrec importable there as here, installed or not
     reader = subprocess.Popen([sys.executable, "-m", "mmrec.screen_text"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path})
     try:
         _answer(reader)
     except RuntimeError:
@@ -201,4 +202,6 @@ class TitleIndex:
 
 
 if __name__ == "__main__":
-    _serve(sys.stdin.buffer, sys.stdout.buffer)
+    answers = os.fdopen(os.dup(1), "wb")  # the pipe to the parent, kept for answers alone: whatever a library
+    os.dup2(2, 1)  # prints to standard output goes where its errors go
+    _serve(sys.stdin.buffer, answers)
