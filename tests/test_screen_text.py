@@ -76,16 +76,18 @@ def test_a_reader_that_cannot_start_says_why(monkeypatch):
 
 @needs_ocr
 def test_a_reader_answers_each_screen_until_its_input_ends():
+    """The reader program itself (in-process, Tesseract would share this process's zlib: see the decord test)."""
     pages = [_page(photo, name).convert("L") for photo, name in zip(_photos(2), ["Luve Jumper", "Alpha Coat"])]
-    source = io.BytesIO(b"".join(struct.pack("<II", *p.size) + p.tobytes() for p in pages))
-    sink = io.BytesIO()
-    screen_text._serve(source, sink)
-    answers, data = [], sink.getvalue()
+    request = b"".join(struct.pack("<II", *p.size) + p.tobytes() for p in pages)
+    done = subprocess.run([sys.executable, "-m", "mmrec.screen_text"], input=request, capture_output=True,
+                          timeout=120)
+    answers, data = [], done.stdout
     while data:
         ok, size = struct.unpack("<BI", data[:5])
         answers.append((ok, normalise(data[5:5 + size].decode())))
         data = data[5 + size:]
-    assert answers[0] == (1, "") and [ok for ok, _ in answers] == [1, 1, 1]  # ready, then one per screen
+    assert done.returncode == 0 and answers[0] == (1, "")  # ready
+    assert [ok for ok, _ in answers] == [1, 1, 1]  # then one answer per screen
     assert "luve jumper" in answers[1][1] and "alpha coat" in answers[2][1]
 
 
