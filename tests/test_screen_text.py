@@ -103,7 +103,7 @@ def test_screens_are_read_with_decord_loaded_first(tmp_path):
 
 @needs_ocr
 def test_screens_read_side_by_side_read_as_one_at_a_time():
-    """Threads share the pool of loaded engines: each screen's text is its own, however they interleave."""
+    """Threads share the idle reader processes: each screen's text is its own, however they interleave."""
     names = ["Luve Jumper", "Harbour Hoodie", "Alpha Coat", "Tina Skirt"]
     pages = [np.asarray(_page(photo, name)) for photo, name in zip(_photos(len(names)), names)] * 2
     with ThreadPoolExecutor(4) as pool:
