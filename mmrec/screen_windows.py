@@ -26,6 +26,8 @@ CROWD_SIZE = 0.5  # ... in a window at least this share of the best one's width
 CROWD_CHECKED = 5  # a feed found on coarse thumbnails: its best this many second photos are matched at full size,
 CROWD_CONFIDENT = 0.9  # and it is a product page after all where the best photo matches at least this there
 CROWD_MARGIN_DETAILED = 0.2  # ... and no second photo within this of it (small cards lose more detail than a page)
+CROWD_INNER = 0.15  # a second photo's window without this share of its width and height at each side (its inside)
+CROWD_FLAT = 0.15  # ... holds at least this share of the window's contrast: else the match is the window's edge
 SEARCH_MATCHED = 100  # candidates of a screen that PhotoCheck.search matches with shifts after locating them all
 # (enough that a feed's other cards stay among them when a catalogue holds many articles alike to one card)
 SEARCH_DETAILED = 10  # ... and, with coarse thumbnails, matches again at full size
@@ -351,12 +353,12 @@ class PhotoCheck:
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         if self.coarse == 1:
             scores, where, _ = self._search(table, variants)
-            return self._judged(scores, where, table.width), where
+            return self._judged(scores, where, table), where
         rough = dataclasses.replace(self, colour=None)  # placed to a coarse pixel, a photo's colours are not yet its
         scores, where, chosen = rough._search(table, [(windows, _pooled(thumbnails, self.coarse))
                                                       for windows, thumbnails in variants])
         wide = self._wide(where, table.width)
-        crowded, crowders = rough._crowding(scores, where, wide)  # [N], [N, k] (-1 where none)
+        crowded, crowders = rough._crowding(scores, where, wide, table=table)  # [N], [N, k] (-1 where none)
         ranked = scores.masked_fill(~wide, -1.0)
         top = ranked.topk(min(SEARCH_DETAILED, ranked.shape[1]), dim=1).indices  # [N, k]
         # a coarse feed's second photos are matched at full size too, to overturn the verdict there
@@ -364,8 +366,8 @@ class PhotoCheck:
         live = torch.cat([ranked.gather(1, top) > -1, extra], dim=1)
         top = torch.cat([top, crowders.clamp(min=0)], dim=1)
         scores, where = self._detailed(table, variants, top, live, where, chosen)
-        judged = self._judged(scores, where, table.width)
-        overturned = self._judged(scores, where, table.width, CROWD_MARGIN_DETAILED).amax(dim=1) >= CROWD_CONFIDENT
+        judged = self._judged(scores, where, table)
+        overturned = self._judged(scores, where, table, CROWD_MARGIN_DETAILED).amax(dim=1) >= CROWD_CONFIDENT
         return judged.masked_fill((crowded & ~overturned)[:, None], -1.0), where
 
     def _wide(self, where: torch.Tensor, width: int) -> torch.Tensor:
@@ -375,13 +377,13 @@ class PhotoCheck:
             return torch.ones(where.shape[:2], dtype=torch.bool)
         return (where[..., 2] - where[..., 0]) >= self.smallest * width * (1 - 1e-6)
 
-    def _judged(self, scores: torch.Tensor, where: torch.Tensor, width: int, margin: float = CROWD_MARGIN
+    def _judged(self, scores: torch.Tensor, where: torch.Tensor, table: "AreaTable", margin: float = CROWD_MARGIN
                 ) -> torch.Tensor:
         """``scores`` ``[N, C]`` after ``crowd`` (another photo apart from the best, within ``margin`` of it: a
-        feed) and ``smallest`` (the candidate's window ``where`` too narrow for a product page on a screen
-        ``width`` wide) set some to -1."""
-        wide = self._wide(where, width)
-        return self._uncrowded(scores, where, wide, margin).masked_fill(~wide, -1.0)
+        feed) and ``smallest`` (the candidate's window ``where`` too narrow for a product page on the screens of
+        ``table``) set some to -1."""
+        wide = self._wide(where, table.width)
+        return self._uncrowded(scores, where, wide, margin, table).masked_fill(~wide, -1.0)
 
     def _detailed(self, table: AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]], top: torch.Tensor,
                   live: torch.Tensor, where: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -525,7 +527,7 @@ class PhotoCheck:
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
         best = self._match(table, boxes, thumbnails)[0]
-        return self._uncrowded(best, boxes) if uncrowd else best
+        return self._uncrowded(best, boxes, table=table) if uncrowd else best
 
     def _match(self, table: AreaTable, boxes: torch.Tensor, thumbnails: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -563,12 +565,12 @@ class PhotoCheck:
         return best.scatter(1, top, torch.maximum(best.gather(1, top), refined)), found
 
     def _uncrowded(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None,
-                   margin: float = CROWD_MARGIN) -> torch.Tensor:
+                   margin: float = CROWD_MARGIN, table: "AreaTable | None" = None) -> torch.Tensor:
         """``[N, C]`` scores, all -1 on screens `_crowding` finds crowded (with ``crowd`` None: unchanged)."""
-        return scores.masked_fill(self._crowding(scores, boxes, eligible, margin)[0][:, None], -1.0)
+        return scores.masked_fill(self._crowding(scores, boxes, eligible, margin, table)[0][:, None], -1.0)
 
     def _crowding(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None,
-                  margin: float = CROWD_MARGIN) -> tuple[torch.Tensor, torch.Tensor]:
+                  margin: float = CROWD_MARGIN, table: "AreaTable | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Which screens ``[N]`` are crowded — besides the best candidate (among ``eligible`` ones, if given),
         another matches at least ``crowd`` in a window (``[N, C, 4]``) overlapping the best one's by under
         `CROWD_OVERLAP` of the smaller: two photos side by side, a feed — and the `CROWD_CHECKED` best such
@@ -589,9 +591,37 @@ class PhotoCheck:
         width = boxes[..., 2] - boxes[..., 0]
         alike = (width >= CROWD_SIZE * width.gather(1, first[:, None])) & (
             scores >= ranked.gather(1, first[:, None]) - margin)
-        others = scores.masked_fill(~(apart & alike & (scores >= self.crowd)), -math.inf)
+        second = apart & alike & (scores >= self.crowd)
+        if table is not None:
+            second &= ~_flat_inside(table, boxes, second)
+        others = scores.masked_fill(~second, -math.inf)
         found, crowders = others.topk(min(CROWD_CHECKED, others.shape[1]), dim=1)
         return found[:, 0] > -math.inf, crowders.masked_fill(found == -math.inf, -1)
+
+
+def _flat_inside(table: AreaTable, boxes: torch.Tensor, which: torch.Tensor) -> torch.Tensor:
+    """``[N, C]``: which of the windows ``boxes`` (``[N, C, 4]``) marked in ``which`` are flat inside — their
+    inside (without `CROWD_INNER` of each side) holds under `CROWD_FLAT` of the whole window's contrast. A
+    window that reaches a little way onto a page's photo (on a dark page, the photo's white ground) can
+    correlate with a dark garment photographed on white through that edge alone; a second photo on a feed
+    has its own garment inside its window."""
+    flat = torch.zeros_like(which)
+    m = int(which.sum(dim=1).max()) if which.numel() else 0
+    if not m:
+        return flat
+    order = torch.sort(which.int(), dim=1, descending=True, stable=True).indices[:, :m]  # [N, m]: marked first
+    picked = boxes.gather(1, order[..., None].expand(-1, -1, 4))  # [N, m, 4]
+    size = (picked[..., 2:] - picked[..., :2]).repeat(1, 1, 2) * torch.tensor([1.0, 1.0, -1.0, -1.0])
+    inside = picked + CROWD_INNER * size
+    h, w = 12, 8  # coarse: the garment-scale structure, not texture or compression noise
+
+    def contrast(b: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        crops = table.crops(b, shape).flatten(3)  # [N, m, 3, h * w]: centred per channel, so a flat coloured
+        return (crops - crops.mean(-1, keepdim=True)).pow(2).mean((-2, -1)).sqrt()  # ground has no contrast
+
+    ratio = contrast(inside, (h - 4, w - 2)) / contrast(picked, (h, w)).clamp(min=1e-6)
+    marked = which.gather(1, order)
+    return flat.scatter(1, order, marked & (ratio < CROWD_FLAT))
 
 
 def _take(thumbnails: torch.Tensor, rows: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:

@@ -721,3 +721,27 @@ def test_coarse_search_tells_a_feed_whose_other_cards_are_not_among_the_best_ten
         screen, [(windows, torch.nn.functional.avg_pool2d(thumbnails, 2))])[0][0]
     assert rough[12] > alone.max() - 0.1  # ... though it matches alike at the coarse size
     assert (check.search(screen, [(windows, thumbnails)])[0] == -1).all()  # a feed
+
+
+def test_a_window_matching_only_by_its_edge_on_a_page_photo_is_no_second_photo(monkeypatch):
+    """On a dark page, a window over empty background that reaches a little onto the page photo's white ground
+    correlates with a dark garment photographed on white (a dark field, a white edge) through that edge alone;
+    the crowd rule does not count it as a feed's second photo, because it is flat inside (CROWD_FLAT)."""
+    rng = np.random.default_rng(7)
+    page_photo = np.full((126, 84, 3), 250, np.uint8)  # a garment on a white ground
+    page_photo[16:110, 14:70] = np.kron(rng.integers(30, 200, (47, 28, 3)), np.ones((2, 2, 1)))
+    edge_photo = np.full((96, 64, 3), 20, np.uint8)  # dark all over but a white strip at the right
+    edge_photo[:, 61:] = 250
+    photos = [Image.fromarray(page_photo), Image.fromarray(edge_photo)]
+    screen = Image.new("RGB", (180, 320), (18, 18, 18))
+    screen.paste(photos[0], (90, 60))
+    screens = torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)[None]
+    check = PhotoCheck(candidates=2, crowd=0.65, contrast=1.0, colour=40.0, smallest=0.35,
+                       scales=(0.95, 0.975, 1.025, 1.05))
+    windows = ScreenWindows.grid(narrowest=0.2, aspect=1.5, step=0.125, ratio=1.05).boxes(180, 320)
+    variants = [(windows, check.thumbnails(photos))]
+    monkeypatch.setattr(screen_windows, "CROWD_FLAT", 0.0)  # the rule without the inside test
+    assert (check.search(screens, variants)[0] == -1).all()  # the edge match makes the page a feed
+    monkeypatch.undo()
+    scores, _ = check.search(screens, variants)
+    assert scores[0].argmax() == 0 and scores[0, 0] > 0.9
