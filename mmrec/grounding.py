@@ -269,11 +269,13 @@ class Grounder:
         """``match`` ``[N, C]`` (the check's scores of the screens ``pixels``, uint8 ``[N, 3, H, W]``; item k in
         column k) with, on each screen where another photo comes within `TITLE_BAND` of the best, the best's
         score moved to the item the screen's text names (`mmrec.screen_text`) whose photo comes within
-        `TITLE_BAND` of the best: as the search scored it (in the window it was found in), or matched in the
+        `TITLE_BAND` of the best: as the search scored it (in the window it was found in), matched in the
         window the best was found in (at the crop whose aspect is nearest the window's) against the best's own
-        match there. The screen's similarity stays the best photo's: the title tells which of the photos alike
-        it is, not whether a page is on screen. Screens are read side by side (`mmrec.screen_text`'s reader
-        processes)."""
+        match there, or searched for on the screen by itself (every window of every crop): among many articles
+        alike, the catalogue-wide search may keep look-alikes at full size and not the named one, and find the
+        best in a window off the photo (a square cut of one trouser leg). The screen's similarity stays the
+        best photo's: the title tells which of the photos alike it is, not whether a page is on screen. Screens
+        are read side by side (`mmrec.screen_text`'s reader processes)."""
         best, top = match.max(dim=1)
         second = match.scatter(1, top[:, None], -1.0).amax(dim=1)
         unsure = [i for i in range(len(match)) if best[i] > -1 and second[i] >= best[i] - TITLE_BAND]
@@ -292,11 +294,14 @@ class Grounder:
             box = where[i, top[i]]
             v = int(np.abs(aspects - np.log(float((box[3] - box[1]) / (box[2] - box[0])))).argmin())
             candidates = torch.cat([top[i:i + 1], named])
-            scores = check.match(AreaTable(pixels[i:i + 1]), box.expand(1, len(candidates), 4),
-                                 variants[v][1][candidates][None], uncrowd=False)[0]
-            close = (scores[1:] >= scores[0] - TITLE_BAND) | (match[i, named] >= best[i] - TITLE_BAND)
-            if close.any():  # the closest of them, by the better of its two scores against the best's
-                gap = torch.maximum(scores[1:] - scores[0], match[i, named] - best[i]).masked_fill(~close, -2.0)
+            table = AreaTable(pixels[i:i + 1])
+            scores = check.match(table, box.expand(1, len(candidates), 4), variants[v][1][candidates][None],
+                                 uncrowd=False)[0]
+            alone = self.check.search(table, [(boxes, thumbnails[named][None]) for boxes, thumbnails in variants])[0][0]
+            found = torch.maximum(match[i, named], alone)
+            close = (scores[1:] >= scores[0] - TITLE_BAND) | (found >= best[i] - TITLE_BAND)
+            if close.any():  # the closest of them, by the better of its scores against the best's
+                gap = torch.maximum(scores[1:] - scores[0], found - best[i]).masked_fill(~close, -2.0)
                 chosen = named[int(gap.argmax())]
                 match[i, chosen], match[i, top[i]] = best[i], match[i, chosen].clamp(max=float(best[i]) - 1e-6)
         return match

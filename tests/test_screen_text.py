@@ -119,6 +119,23 @@ def _twin_grounder(titles, photos):
 
 
 @needs_ocr
+def test_a_titled_item_the_search_did_not_keep_is_found_by_its_own_photo():
+    """Among many articles alike the catalogue-wide search can keep look-alikes and not the shown item (score
+    -1), and find the best in a window off the photo: the item the title names is then searched for on the
+    screen by itself, and named where its photo comes within TITLE_BAND of the best (matched only in the
+    best's window, as before, it is not)."""
+    photos = _photos(3)
+    read = _twin_grounder(["Alpha coat", "Luve Jumper", "Harbour hoodie"], photos)
+    page = torch.from_numpy(np.asarray(_page(photos[1], "Luve Jumper")).copy()).permute(2, 0, 1)[None]
+    boxes = read.windows.boxes(180, 320)
+    match = torch.tensor([[0.95, -1.0, 0.9]])  # items 0 and 2 kept, alike (so the title is read); item 1 not
+    where = torch.zeros(1, 3, 4)
+    where[0, 0] = torch.tensor([0.0, 200.0, 80.0, 320.0])  # item 0 found below the photo
+    named = read._named_by_title(page, match, where, [(boxes, read.thumbnails)])
+    assert int(named[0].argmax()) == 1 and float(named[0].max()) == pytest.approx(0.95)
+
+
+@needs_ocr
 def test_a_title_tells_apart_photos_alike_and_is_read_only_where_they_are(monkeypatch):
     """Items 0 and 1 show one photo (twins, scored alike): by photo alone the first is named; the page's title
     names the second, whose photo comes as close in the same window, so it is named with the same similarity.
@@ -165,7 +182,7 @@ def test_a_named_item_scored_close_by_the_search_wins_where_the_best_window_does
     screen = grounding.screen_tensor(_page(photos[0], ""))[None]  # the best's photo where the search found it
     match = torch.tensor([[0.98, 0.97, 0.5]])
     where = torch.tensor([[[30.0, 20.0, 150.0, 200.0], [20.0, 30.0, 160.0, 240.0], [0.0, 0.0, 10.0, 15.0]]])
-    variants = [(None, grounder.thumbnails)]
+    variants = [(grounder.windows.boxes(180, 320), grounder.thumbnails)]
     monkeypatch.setattr(grounding, "read_lines", lambda image: ["luve jumper", "harbour hoodie"])
     named = grounder._named_by_title(screen, match, where, variants)
     assert int(named.argmax()) == 1 and float(named.max()) == pytest.approx(0.98)
