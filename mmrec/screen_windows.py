@@ -358,7 +358,7 @@ class PhotoCheck:
         scores, where, chosen = rough._search(table, [(windows, _pooled(thumbnails, self.coarse))
                                                       for windows, thumbnails in variants])
         wide = self._wide(where, table.width)
-        crowded, crowders = rough._crowding(scores, where, wide, table=table)  # [N], [N, k] (-1 where none)
+        crowded, crowders = rough._crowding(table, scores, where, wide)  # [N], [N, k] (-1 where none)
         ranked = scores.masked_fill(~wide, -1.0)
         top = ranked.topk(min(SEARCH_DETAILED, ranked.shape[1]), dim=1).indices  # [N, k]
         # a coarse feed's second photos are matched at full size too, to overturn the verdict there
@@ -383,7 +383,7 @@ class PhotoCheck:
         feed) and ``smallest`` (the candidate's window ``where`` too narrow for a product page on the screens of
         ``table``) set some to -1."""
         wide = self._wide(where, table.width)
-        return self._uncrowded(scores, where, wide, margin, table).masked_fill(~wide, -1.0)
+        return self._uncrowded(table, scores, where, wide, margin).masked_fill(~wide, -1.0)
 
     def _detailed(self, table: AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]], top: torch.Tensor,
                   live: torch.Tensor, where: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -527,7 +527,7 @@ class PhotoCheck:
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
         best = self._match(table, boxes, thumbnails)[0]
-        return self._uncrowded(best, boxes, table=table) if uncrowd else best
+        return self._uncrowded(table, best, boxes) if uncrowd else best
 
     def _match(self, table: AreaTable, boxes: torch.Tensor, thumbnails: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -564,20 +564,22 @@ class PhotoCheck:
         found = found.scatter(1, spots, torch.where(better[..., None], moved_best, found.gather(1, spots)))
         return best.scatter(1, top, torch.maximum(best.gather(1, top), refined)), found
 
-    def _uncrowded(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None,
-                   margin: float = CROWD_MARGIN, table: "AreaTable | None" = None) -> torch.Tensor:
+    def _uncrowded(self, table: "AreaTable", scores: torch.Tensor, boxes: torch.Tensor,
+                   eligible: torch.Tensor | None = None, margin: float = CROWD_MARGIN) -> torch.Tensor:
         """``[N, C]`` scores, all -1 on screens `_crowding` finds crowded (with ``crowd`` None: unchanged)."""
-        return scores.masked_fill(self._crowding(scores, boxes, eligible, margin, table)[0][:, None], -1.0)
+        return scores.masked_fill(self._crowding(table, scores, boxes, eligible, margin)[0][:, None], -1.0)
 
-    def _crowding(self, scores: torch.Tensor, boxes: torch.Tensor, eligible: torch.Tensor | None = None,
-                  margin: float = CROWD_MARGIN, table: "AreaTable | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _crowding(self, table: "AreaTable", scores: torch.Tensor, boxes: torch.Tensor,
+                  eligible: torch.Tensor | None = None, margin: float = CROWD_MARGIN
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Which screens ``[N]`` are crowded — besides the best candidate (among ``eligible`` ones, if given),
         another matches at least ``crowd`` in a window (``[N, C, 4]``) overlapping the best one's by under
         `CROWD_OVERLAP` of the smaller: two photos side by side, a feed — and the `CROWD_CHECKED` best such
         other candidates ``[N, k]`` (-1 where fewer; never crowded with ``crowd`` None). A feed shows its photos
         alike, so the other must also match within ``margin`` of the best, in a window at least `CROWD_SIZE` of
         its width: a line of dark text on a white page can match a small photo of a dark garment on white, never
-        as well as the page's own photo matches."""
+        as well as the page's own photo matches. And it must not be flat inside its window on the screens of
+        ``table`` (`_flat_inside`)."""
         n = len(scores)
         if self.crowd is None or scores.shape[1] < 2:
             return torch.zeros(n, dtype=torch.bool), torch.full((n, 1), -1)
@@ -592,8 +594,7 @@ class PhotoCheck:
         alike = (width >= CROWD_SIZE * width.gather(1, first[:, None])) & (
             scores >= ranked.gather(1, first[:, None]) - margin)
         second = apart & alike & (scores >= self.crowd)
-        if table is not None:
-            second &= ~_flat_inside(table, boxes, second)
+        second &= ~_flat_inside(table, boxes, second)
         others = scores.masked_fill(~second, -math.inf)
         found, crowders = others.topk(min(CROWD_CHECKED, others.shape[1]), dim=1)
         return found[:, 0] > -math.inf, crowders.masked_fill(found == -math.inf, -1)
