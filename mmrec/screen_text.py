@@ -186,11 +186,13 @@ class TitleIndex:
         self.titles = [normalise(t) for t in titles]
 
     def named(self, lines: Sequence[str]) -> np.ndarray:
-        """Codes of the items whose title matches a line, or two adjacent lines joined, with a ratio of at least
-        `TITLE_MATCH` (items without a title never), best matched first, at most `TITLES_READ`."""
+        """Codes of the items whose title matches a line, or two or three adjacent lines joined (a title set
+        large in a narrow column wraps), with a ratio of at least `TITLE_MATCH` (items without a title never),
+        best matched first, at most `TITLES_READ`."""
         from rapidfuzz import fuzz, process
 
-        queries = [q for q in [*lines, *(f"{a} {b}" for a, b in zip(lines, lines[1:]))] if len(q) >= 3]
+        joined = [" ".join(lines[k:k + n]) for n in (2, 3) for k in range(len(lines) - n + 1)]
+        queries = [q for q in [*lines, *joined] if len(q) >= 3]
         best: dict[int, float] = {}
         for query in queries:
             for _, score, code in process.extract(query, self.titles, scorer=fuzz.ratio, score_cutoff=TITLE_MATCH,

@@ -40,6 +40,7 @@ def test_titles_are_found_by_the_lines_that_name_them():
     assert index.named(["kvist", "luve jumper", "36 99 usd"]).tolist() == [0]
     assert index.named(["luve jumpcr"]).tolist() == [0]  # one letter misread still names it
     assert index.named(["regular printed tee", "9 99 b3"]).tolist() == [2]  # a title wrapped over two lines
+    assert index.named(["regular", "printed tee", "9 99 b3"]).tolist() == [2]  # ... and over three
     assert index.named(["", "ab", "add to bag"]).tolist() == []  # nothing near; an empty title is never named
     many = TitleIndex(["Tina"] * (TITLES_READ + 8))
     assert len(many.named(["tina"])) == TITLES_READ
