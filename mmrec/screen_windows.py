@@ -401,10 +401,10 @@ class PhotoCheck:
                                                                                     margin=self.margin / 4)
         for v, (_, thumbnails) in enumerate(variants):
             mine = live & (chosen.gather(1, top) == v)
-            m = int(mine.sum(dim=1).max())
-            if not m:
+            first = _marked_first(mine)  # [N, m]
+            if first is None:
                 continue
-            first = torch.sort(mine.int(), dim=1, descending=True, stable=True).indices[:, :m]  # [N, m]: mine first
+            m = first.shape[1]
             picked, sizes = top.gather(1, first), 1 + len(factors)
             boxes = where[rows, picked]
             boxes = torch.stack([boxes] + [_scaled(boxes, f) for f in factors], dim=2).flatten(1, 2)  # [N, m * sizes]
@@ -607,10 +607,9 @@ def _flat_inside(table: AreaTable, boxes: torch.Tensor, which: torch.Tensor) -> 
     correlate with a dark garment photographed on white through that edge alone; a second photo on a feed
     has its own garment inside its window."""
     flat = torch.zeros_like(which)
-    m = int(which.sum(dim=1).max()) if which.numel() else 0
-    if not m:
+    order = _marked_first(which)  # [N, m]
+    if order is None:
         return flat
-    order = torch.sort(which.int(), dim=1, descending=True, stable=True).indices[:, :m]  # [N, m]: marked first
     picked = boxes.gather(1, order[..., None].expand(-1, -1, 4))  # [N, m, 4]
     size = (picked[..., 2:] - picked[..., :2]).repeat(1, 1, 2) * torch.tensor([1.0, 1.0, -1.0, -1.0])
     inside = picked + CROWD_INNER * size
@@ -623,6 +622,13 @@ def _flat_inside(table: AreaTable, boxes: torch.Tensor, which: torch.Tensor) -> 
     ratio = contrast(inside, (h - 4, w - 2)) / contrast(picked, (h, w)).clamp(min=1e-6)
     marked = which.gather(1, order)
     return flat.scatter(1, order, marked & (ratio < CROWD_FLAT))
+
+
+def _marked_first(marks: torch.Tensor) -> torch.Tensor | None:
+    """``[N, m]``: each row's columns with its marked ones (``marks`` ``[N, C]`` bool) first, in order, m the most
+    marked in any row (so a row with fewer ends in unmarked columns); None where nothing is marked."""
+    m = int(marks.sum(dim=1).max()) if marks.numel() else 0
+    return torch.sort(marks.int(), dim=1, descending=True, stable=True).indices[:, :m] if m else None
 
 
 def _take(thumbnails: torch.Tensor, rows: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
