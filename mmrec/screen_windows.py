@@ -391,7 +391,9 @@ class PhotoCheck:
         window ``where`` of variant ``chosen``, -1 for every other, and the windows ``[N, C, 4]`` (the box each
         of those was matched in at full size). Each is shifted about its window as it is and at the extreme
         ``scales``, then refined (at every scale) a quarter as far about the best: its window was located at
-        the coarse size."""
+        the coarse size. One found by a cut of its photo is also matched whole, in the window the cut implies
+        (`_uncut`), and keeps the better: located on coarse thumbnails, a photo shown whole can fit a square cut
+        of its middle better than its own window, and a cut loses the detail that tells look-alikes apart."""
         rows = torch.arange(table.count)[:, None]
         fine = torch.full(top.shape, -1.0)
         spots = top[..., None].expand(-1, -1, 4)
@@ -399,14 +401,20 @@ class PhotoCheck:
         factors = (min(self.scales), max(self.scales)) if self.scales else ()
         shifted, closer = dataclasses.replace(self, refine=0), dataclasses.replace(self, refine=None,
                                                                                     margin=self.margin / 4)
-        for v, (_, thumbnails) in enumerate(variants):
-            mine = live & (chosen.gather(1, top) == v)
+        aspects = [thumbnails.shape[-2] / thumbnails.shape[-1] for _, thumbnails in variants]
+        whole = where.clone()
+        for v in range(1, len(variants)):
+            whole = torch.where((chosen == v)[..., None], _uncut(where, aspects[v], aspects[0]), whole)
+        on = chosen.gather(1, top)
+        passes = [(v, live & (on == v), where) for v in range(len(variants))] + [(0, live & (on > 0), whole)]
+        for v, mine, windows in passes:
+            thumbnails = variants[v][1]
             first = _marked_first(mine)  # [N, m]
             if first is None:
                 continue
             m = first.shape[1]
             picked, sizes = top.gather(1, first), 1 + len(factors)
-            boxes = where[rows, picked]
+            boxes = windows[rows, picked]
             boxes = torch.stack([boxes] + [_scaled(boxes, f) for f in factors], dim=2).flatten(1, 2)  # [N, m * sizes]
             templates = _take(thumbnails, rows, picked)
             matched, found = shifted._match(table, boxes, templates.repeat_interleave(sizes, dim=1))
@@ -415,7 +423,7 @@ class PhotoCheck:
             nearer, nearer_found = closer._match(table, found, templates)
             found = torch.where((nearer > matched)[..., None], nearer_found, found)
             matched = torch.maximum(matched, nearer)
-            ours = mine.gather(1, first)
+            ours = mine.gather(1, first) & (matched > fine.gather(1, first))
             fine.scatter_(1, first, torch.where(ours, matched, fine.gather(1, first)))
             at = first[..., None].expand(-1, -1, 4)
             boxes_found.scatter_(1, at, torch.where(ours[..., None], found, boxes_found.gather(1, at)))
@@ -654,6 +662,16 @@ def _centre_crop(photo: Any, aspect: float) -> Any:
         return photo.crop((0, top, width, height - top))
     left = round((width - height / aspect) / 2)
     return photo.crop((left, 0, width - left, height))
+
+
+def _uncut(boxes: torch.Tensor, cut: float, photo: float) -> torch.Tensor:
+    """``[..., 4]`` windows of a photo centre-cropped to aspect ``cut`` (height / width) → the windows the whole
+    photo (aspect ``photo``) fills when that cut of it fills them: the same centre, grown along the side the
+    cut shortened."""
+    centre, size = (boxes[..., :2] + boxes[..., 2:]) / 2, boxes[..., 2:] - boxes[..., :2]
+    grown = torch.stack([size[..., 0], size[..., 0] * photo] if cut < photo else
+                        [size[..., 1] / photo, size[..., 1]], dim=-1)
+    return torch.cat([centre - grown / 2, centre + grown / 2], dim=-1)
 
 
 def _scaled(boxes: torch.Tensor, factor: float) -> torch.Tensor:

@@ -745,3 +745,31 @@ def test_a_window_matching_only_by_its_edge_on_a_page_photo_is_no_second_photo(m
     monkeypatch.undo()
     scores, _ = check.search(screens, variants)
     assert scores[0].argmax() == 0 and scores[0, 0] > 0.9
+
+
+def test_a_photo_found_by_its_square_cut_is_also_matched_whole_where_the_cut_puts_it(monkeypatch):
+    """Located on coarse thumbnails, a photo shown whole can be found by a square cut of it, placed low on the
+    photo; shifting that cut at full size does not reach its place. The full-size pass also matches the whole
+    photo in the window the cut implies (grown to the photo's aspect about the same centre), which holds the
+    photo, and keeps the better match and its window."""
+    photos = _photos(12)
+    check = PhotoCheck(candidates=len(photos), size=(24, 16), coarse=2, contrast=1.0, locate_all=True, crops=(1.0,),
+                       scales=(0.95, 0.975, 1.025, 1.05))
+    shown = (30, 60, 94, 156)  # photo 3 whole, 64 x 96
+    table = AreaTable(_screen_with(photos[3], shown)[None])
+    variants = [(ScreenWindows.grid(narrowest=0.3, aspect=a, step=0.125, ratio=1.1).boxes(180, 320),
+                 check.thumbnails(photos, None if a == 1.5 else a)) for a in (1.5, 1.0)]
+    where = torch.zeros(1, len(photos), 4)
+    where[0, 3] = torch.tensor([30.0, 90.0, 94.0, 154.0])  # a square on the photo's lower part
+    chosen = torch.zeros(1, len(photos), dtype=torch.long)
+    chosen[0, 3] = 1  # found by the square cut
+
+    def detailed():
+        return check._detailed(table, variants, torch.tensor([[3]]), torch.tensor([[True]]), where, chosen)
+    monkeypatch.setattr(screen_windows, "_uncut", lambda boxes, cut, photo: boxes)  # the whole photo in the cut's box
+    assert float(detailed()[0][0, 3]) < 0.9
+    monkeypatch.undo()
+    scores, found = detailed()
+    assert float(scores[0, 3]) > 0.99 and iou(found[0, 3:4].numpy(), shown)[0] > 0.9
+    assert screen_windows._uncut(torch.tensor([30.0, 76.0, 94.0, 140.0]), 1.0, 1.5).tolist() == [30, 60, 94, 156]
+    assert screen_windows._uncut(torch.tensor([0.0, 0.0, 60.0, 60.0]), 2.0, 1.5).tolist() == [10, 0, 50, 60]
