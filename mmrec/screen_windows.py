@@ -392,8 +392,8 @@ class PhotoCheck:
         of those was matched in at full size). Each is shifted about its window as it is and at the extreme
         ``scales``, then refined (at every scale) a quarter as far about the best: its window was located at
         the coarse size. One found by a cut of its photo is also matched whole, in the window the cut implies
-        (`_uncut`), and keeps the better: located on coarse thumbnails, a photo shown whole can fit a square cut
-        of its middle better than its own window, and a cut loses the detail that tells look-alikes apart."""
+        (`_uncut`), and keeps the better: on coarse thumbnails a photo shown whole can be found by a cut of it
+        placed off its middle, too far for the shifts to reach, and then lose to a look-alike matched whole."""
         rows = torch.arange(table.count)[:, None]
         fine = torch.full(top.shape, -1.0)
         spots = top[..., None].expand(-1, -1, 4)
