@@ -412,9 +412,6 @@ class GroundingSettings:
 
 LAYOUT_FREE_CROPS = (1.0, 1.25, 1.5)  # frames apps cut photos to (height / width): square, 4:5, 2:3
 LAYOUT_FREE_SHORTLIST = 200  # items a layout-free search locates at full size after the half-size pass
-# the narrowest a product page shows its photo, as a share of the screen's width: a card of a two-column feed is
-# under half the width less its gutters (and a bag row's thumbnail narrower still), a page's photo wider
-LAYOUT_FREE_SMALLEST = 0.43
 
 
 def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> GroundingSettings:
@@ -430,18 +427,18 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     between widths), on thumbnails 12 wide; with more than `LAYOUT_FREE_SHORTLIST` items, those located best
     by thumbnails 6 wide go on; the best 10 are matched again on thumbnails 36 wide (``coarse`` 3), which
     tell apart photos alike when small (black trousers on white, two navy sweaters once a page has cut them
-    square). A screen where a second photo alike matches apart from the best (``crowd`` 0.65, see
-    `PhotoCheck`) is a feed, and a photo narrower than `LAYOUT_FREE_SMALLEST` of the screen (a feed card, a
-    bag row) is no product page. Where photos alike compete, the page's title read by OCR names the item
-    (``titles``; `Grounder`). ``threshold`` is then calibrated (`mmrec.calibration.calibrate_space`) on
-    labelled recordings of any app."""
+    square). A screen where a second photo alike matches
+    apart from the best (``crowd`` 0.65, see `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the
+    screen (a feed card, a bag row) is no product page. Where photos alike compete, the page's title read by
+    OCR names the item (``titles``; `Grounder`). ``threshold`` is then calibrated
+    (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
     if not (math.isfinite(aspect) and aspect > 0) or items < 1:
         raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "
                          f"got {aspect}, {items}")
     crops = tuple(a for a in LAYOUT_FREE_CROPS if abs(a / aspect - 1) > 0.05)
     check = PhotoCheck(candidates=items, size=(max(2, round(36 * aspect)), 36), crowd=0.65, locate_all=True,
-                       contrast=1.0, colour=40.0, crops=crops, smallest=LAYOUT_FREE_SMALLEST,
-                       scales=(0.95, 0.975, 1.025, 1.05), refine=3, shortlist=LAYOUT_FREE_SHORTLIST, coarse=3)
+                       contrast=1.0, colour=40.0, crops=crops, smallest=0.35, scales=(0.95, 0.975, 1.025, 1.05),
+                       refine=3, shortlist=LAYOUT_FREE_SHORTLIST, coarse=3)
     return GroundingSettings(threshold, ScreenWindows.grid(0.2, 1.0, aspect=aspect, ratio=1.12, stride=0.05), check,
                              titles=True)
 

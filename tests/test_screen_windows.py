@@ -394,27 +394,6 @@ def _screen_with(photo: Image.Image, box: tuple[int, int, int, int], size=(180, 
     return torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)
 
 
-def test_the_layout_free_preset_calls_a_two_column_feed_card_no_page_and_a_photo_half_the_width_one():
-    """`layout_free_settings`' ``smallest`` (`LAYOUT_FREE_SMALLEST`): a photo shown as wide as a card of a
-    two-column feed (0.41 of the width, alone on the screen so no second photo calls it a feed) is no product
-    page; as wide as a page shows it beside its text (0.47, a float layout) it is. The earlier 0.35 named the
-    card."""
-    from mmrec.grounding import LAYOUT_FREE_SMALLEST, layout_free_settings
-
-    photos = _photos(3)
-    settings = layout_free_settings(1.5, len(photos))
-    check, windows = settings.check, settings.windows
-    variants = [(windows.boxes(180, 320), check.thumbnails(photos))] + [
-        (dataclasses.replace(windows, aspect=a).boxes(180, 320), check.thumbnails(photos, a)) for a in check.crops]
-    card, page = _screen_with(photos[1], (10, 60, 84, 171)), _screen_with(photos[1], (10, 60, 95, 188))
-    scores, _ = check.search(torch.stack([card, page]), variants)
-    assert 74 / 180 < LAYOUT_FREE_SMALLEST < 85 / 180
-    assert (scores[0] == -1).all(), scores[0]
-    assert scores[1].argmax() == 1 and scores[1, 1] > 0.9, scores[1]
-    before = dataclasses.replace(check, smallest=0.35).search(torch.stack([card, page]), variants)[0]
-    assert before[0].argmax() == 1 and before[0, 1] > 0.9, before[0]
-
-
 def test_contrast_keeps_a_faint_photo_from_matching_a_bolder_copy_of_its_shape():
     """Correlation alone cannot tell a photo from the same pattern at three times its contrast (a text block of
     the same shape); ``contrast`` scales the match by the ratio of the two contrasts."""
