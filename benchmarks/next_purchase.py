@@ -27,7 +27,7 @@ from mmrec.pipeline import (PipelineConfig, NextPurchase, baseline, buys_new_art
                             with_history)
 
 ALL_GENERATORS = {"repurchase": 24, "trending": 48, "copurchase": 32, "colour_variants": 12,
-                  "segment_trending": 24, "content": 24}
+                  "segment_trending": 24, "content": 24, "lightgcn": 24}
 NO_CONTENT = tuple(g for g in FEATURE_GROUPS if g != "content")
 BASE = ["repurchase", "trending"]
 VARIANTS = [  # name, generators, feature groups[, the fallback list: the pipeline's by default]
@@ -37,6 +37,7 @@ VARIANTS = [  # name, generators, feature groups[, the fallback list: the pipeli
      Trending(n=12)),
     ("+ colour_variants", BASE + ["copurchase", "colour_variants"], NO_CONTENT),
     ("+ segment_trending", BASE + ["copurchase", "colour_variants", "segment_trending"], NO_CONTENT),
+    ("+ lightgcn", BASE + ["copurchase", "colour_variants", "lightgcn"], NO_CONTENT),
     ("+ content candidates", BASE + ["copurchase", "colour_variants", "content"], NO_CONTENT),
     ("+ content candidates + feature", BASE + ["copurchase", "colour_variants", "content"], FEATURE_GROUPS),
     ("+ content feature only", BASE + ["copurchase", "colour_variants"], FEATURE_GROUPS),

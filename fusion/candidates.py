@@ -15,6 +15,8 @@ Generators (the shape that won the H&M competition, plus content):
 - `CoPurchase`: articles bought by the buyers of the customer's articles (item-to-item co-purchase).
 - `ColourVariants`: other articles of the same ``product_code`` as the customer's purchases.
 - `SegmentTrending`: bestsellers of the sections the customer buys in, weighted by their share there.
+- `Trained`: the articles a recommender trained on the last weeks' purchases (LightGCN: graph embeddings,
+  one of the winners' generators) scores highest for the customer.
 - `ContentSimilar`: nearest articles to the customer's recency-weighted content profile (item vectors,
   e.g. MiniLM text or a UnifiedSpace) among articles sold lately or never sold — the only generator that
   reaches an article nobody bought yet.
@@ -340,6 +342,98 @@ class ContentSimilar:
         return top_per_user(pd.concat(frames, ignore_index=True), self.n)
 
 
+def fingerprint(history: Purchases, start: int, end: int) -> str:
+    """A digest of the purchase rows in days ``[start, end)``: what a fit on them depends on."""
+    import hashlib
+
+    mask = (history.days >= start) & (history.days < end)
+    digest = hashlib.blake2b(digest_size=16)
+    for column in (history.users, history.items, history.days):
+        digest.update(np.ascontiguousarray(column[mask], dtype=np.int64).tobytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class Trained:
+    """Articles an mmrec recommender scores highest for the customer, the model (``model``: a registered name,
+    LightGCN by default, with ``config``) trained from scratch on the distinct (customer, article) pairs of the
+    last ``window`` days before ``day``, so, like every generator, it never sees the day it predicts. Articles
+    the customer bought are kept (repurchase is a next purchase too). Customers without a pair in the window
+    get nothing (their vectors were never trained). ``epochs``, ``lr``, ``batch_size``, ``seed``: the fit,
+    through the one training loop (`mmrec.train.fit`); ``threads``: torch threads while it runs (0: leave
+    them). A fit per predicted day, kept for the next call on the same history (the pipeline asks for a day's
+    candidates more than once) — an instance serves one history at a time."""
+
+    n: int = 24
+    window: int = 28
+    model: str = "lightgcn"
+    config: dict = field(default_factory=dict)
+    epochs: int = 20
+    lr: float = 5e-3
+    batch_size: int = 4096
+    seed: int = 0
+    threads: int = 0
+    name: str = "lightgcn"
+    batch: int = 2048
+    _fitted: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def fitted(self, history: Purchases, day: int):
+        """The model trained on ``history``'s last ``window`` days before ``day`` and whether each customer has
+        a pair there (None when the window is empty)."""
+        key = (day, history.n_users, history.n_items, fingerprint(history, day - self.window, day))
+        if self._fitted is not None and self._fitted[0] == key:
+            return self._fitted[1]
+        import torch
+        from accelerate.utils import set_seed
+
+        from mmrec.recommender import create_model
+        from mmrec.train import TrainConfig
+
+        recent = history._select((history.days >= day - self.window) & (history.days < day))
+        result = None
+        if len(recent):
+            pairs = distinct(recent.users * history.n_items + recent.items)
+            train = Interactions(pairs // history.n_items, pairs % history.n_items,
+                                 np.arange(history.n_users).astype(str), np.arange(history.n_items).astype(str))
+            previous = torch.get_num_threads()
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            try:
+                set_seed(self.seed)  # the initial weights too, not only the batch order
+                model = create_model(self.model, history.n_users, history.n_items, dict(self.config))
+                model.fit(train, train_config=TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                                                          seed=self.seed, progress=False))
+            finally:
+                torch.set_num_threads(previous)
+            model.eval()
+            known = np.zeros(history.n_users, bool)
+            known[pairs // history.n_items] = True
+            result = (model, known)
+        self._fitted = (key, result)
+        return result
+
+    def generate(self, history: Purchases, users: np.ndarray, day: int, side: ItemSide) -> pd.DataFrame:
+        import torch
+
+        fitted = self.fitted(history, day)
+        if fitted is None:
+            return empty()
+        model, known = fitted
+        codes = distinct(np.asarray(users, np.int64))
+        codes = codes[known[codes]]
+        n = min(self.n, history.n_items)
+        if not len(codes) or n < 1:
+            return empty()
+        frames = []
+        with torch.no_grad():
+            for start in range(0, len(codes), self.batch):
+                block = codes[start:start + self.batch]
+                top = torch.topk(model.score(torch.as_tensor(block)).float(), n)
+                frames.append(pd.DataFrame({"user": np.repeat(block, n), "item": top.indices.cpu().numpy().ravel(),
+                                            "score": top.values.cpu().numpy().ravel().astype(np.float64)}))
+        return top_per_user(pd.concat(frames, ignore_index=True), self.n)
+
+
 def content_pool(history: Purchases, day: int, window: int) -> np.ndarray:
     """Articles content may propose: sold in the last ``window`` days before ``day``, or never sold before it."""
     sold = np.bincount(history.items, minlength=history.n_items) > 0
@@ -348,7 +442,8 @@ def content_pool(history: Purchases, day: int, window: int) -> np.ndarray:
 
 
 GENERATORS = {"repurchase": Repurchase, "trending": Trending, "copurchase": CoPurchase,
-              "colour_variants": ColourVariants, "segment_trending": SegmentTrending, "content": ContentSimilar}
+              "colour_variants": ColourVariants, "segment_trending": SegmentTrending, "content": ContentSimilar,
+              "lightgcn": Trained}
 
 
 def generate_all(generators: list, history: Purchases, users: np.ndarray, day: int,

@@ -130,11 +130,12 @@ class NextPurchase:
     def __init__(self, config: PipelineConfig, side: ItemSide, ages: np.ndarray | None = None,
                  ranker: Ranker | None = None) -> None:
         self.config, self.side, self.ages, self.ranker = config, side, ages, ranker
+        self.generators = config.generators()  # kept: a trained generator's fit serves a day's repeated calls
 
     # -- tables -------------------------------------------------------------------------------------
     def candidates(self, purchases: Purchases, users: np.ndarray, day: int) -> pd.DataFrame:
         """Candidates of ``users`` for the window starting on ``day`` from purchases before ``day``."""
-        return generate_all(self.config.generators(), purchases.before(day), users, day, self.side)
+        return generate_all(self.generators, purchases.before(day), users, day, self.side)
 
     def table(self, purchases: Purchases, users: np.ndarray, day: int,
               candidates: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -143,7 +144,7 @@ class NextPurchase:
         instead of generating them again (a customer's candidates do not depend on the other customers)."""
         history = purchases.before(day)
         if candidates is None:
-            cands = generate_all(self.config.generators(), history, users, day, self.side)
+            cands = generate_all(self.generators, history, users, day, self.side)
         else:
             cands = candidates[np.isin(candidates["user"].to_numpy(), users)].reset_index(drop=True)
         return features(cands, history, day, self.side, self.ages, self.config.features)
@@ -345,7 +346,7 @@ def day_report(model: NextPurchase, purchases: Purchases, start: int) -> dict[st
         out[name] = evaluate_day(predict, purchases, start, h)
         out[f"{name}_new_article_buyers"] = evaluate_day(predict, purchases, start, h, users_mask=new)
     del scored
-    out["candidates"] = recall_by_generator(cands, truth, [g.name for g in model.config.generators()])
+    out["candidates"] = recall_by_generator(cands, truth, [g.name for g in model.generators])
     out["shares"] = purchase_shares(purchases, start, h)
     return out
 

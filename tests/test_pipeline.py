@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mmrec.data import Catalog, Interactions
-from mmrec.fusion.candidates import (ContentSimilar, Purchases, Repurchase, Trending, empty,
+from mmrec.fusion.candidates import (ContentSimilar, Purchases, Repurchase, Trained, Trending, empty,
                                      generate_all)
 from mmrec.fusion.ranker import RankerConfig, features
 from mmrec.pipeline import NextPurchase, PipelineConfig, PipelineModel, item_side, train
@@ -279,3 +279,53 @@ def test_cli_train_pipeline_refit_all_then_recommend_answers_everyone(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mmrec", "recommend", "--model", str(out), "--user", "c000",
                            "--k", "12", "--exclude-seen", "--json"], capture_output=True, text=True)
     assert done.returncode == 0 and not bought & set(json.loads(done.stdout)["recommendations"]["c000"])
+
+
+def tiny_lightgcn(**kw) -> Trained:
+    return Trained(**{"n": 6, "epochs": 3, "batch_size": 256, "config": {"dim": 8}, **kw})
+
+
+def test_a_trained_generator_reads_only_purchases_before_the_day():
+    inter, catalog = shop()
+    purchases = Purchases.from_interactions(inter)
+    day, side = DAY0 + 6, item_side(catalog, None)
+    users = np.arange(N_USERS)
+    before = tiny_lightgcn().generate(purchases.before(day), users, day, side)
+    later = purchases.days >= day
+    changed = Purchases(purchases.users.copy(), purchases.items.copy(), purchases.days.copy(), N_USERS, N_ITEMS)
+    changed.items[later] = np.random.default_rng(3).integers(0, N_ITEMS, later.sum())
+    after = tiny_lightgcn().generate(changed, users, day, side)  # rows on and after the day are not read
+    pd.testing.assert_frame_equal(before, after)
+    assert (before.groupby("user").size() == 6).all()
+    # only customers with a purchase in the window are proposed to; the model's own scores, best first
+    window_users = np.unique(purchases.users[(purchases.days >= day - 2) & (purchases.days < day)])
+    short = tiny_lightgcn(window=2).generate(purchases.before(day), users, day, side)
+    assert set(short["user"]) == set(window_users)
+    assert (short.groupby("user")["score"].diff().dropna() <= 0).all()
+
+
+def test_a_trained_generator_without_purchases_in_its_window_proposes_nothing():
+    inter, catalog = shop()
+    purchases = Purchases.from_interactions(inter)
+    side = item_side(catalog, None)
+    ghost = int(np.flatnonzero(inter.user_ids == "ghost")[0])
+    assert tiny_lightgcn().generate(purchases.before(DAY0 + 6), np.array([ghost]), DAY0 + 6, side).empty
+    assert tiny_lightgcn().generate(purchases.before(DAY0), np.arange(N_USERS), DAY0, side).empty
+
+
+def test_a_pipeline_with_a_trained_generator_fits_once_per_history_and_recommends():
+    inter, catalog = shop()
+    purchases = Purchases.from_interactions(inter)
+    config = small_config(candidates={"repurchase": 10, "trending": 10, "lightgcn": 6})
+    model = NextPurchase(config, item_side(catalog, None))
+    (trained,) = [g for g in model.generators if isinstance(g, Trained)]
+    model.generators[model.generators.index(trained)] = tiny_lightgcn()
+    model.fit(purchases, DAY0 + 6, valid_day=DAY0 + 7)
+    users = np.unique(purchases.on(DAY0 + 7).users)
+    first = model.candidates(purchases, users, DAY0 + 7)
+    fitted = model.generators[-1]._fitted[1][0]
+    assert model.candidates(purchases, users, DAY0 + 7).equals(first)
+    assert model.generators[-1]._fitted[1][0] is fitted  # the day's fit is reused, not redone
+    assert first["lightgcn_rank"].notna().any()
+    top = model.recommend(purchases, users, DAY0 + 7, k=12)
+    assert top.shape == (len(users), 12) and (top >= 0).all()
