@@ -355,8 +355,9 @@ def fingerprint(history: Purchases, start: int, end: int) -> str:
 
 @dataclass
 class Trained:
-    """Articles an mmrec recommender scores highest for the customer, the model (``model``: a registered name,
-    LightGCN by default, with ``config``) trained from scratch on the distinct (customer, article) pairs of the
+    """Articles an mmrec recommender scores highest for the customer, the model (``model``: a registered name
+    of one that learns from (customer, article) pairs alone — ``lightgcn`` by default, ``bpr``, ``itemknn`` —
+    with ``config``) trained from scratch on the distinct (customer, article) pairs of the
     last ``window`` days before ``day``, so, like every generator, it never sees the day it predicts. Articles
     the customer bought are kept (repurchase is a next purchase too). Customers without a pair in the window
     get nothing (their vectors were never trained). ``epochs``, ``lr``, ``batch_size``, ``seed``: the fit,
