@@ -399,11 +399,13 @@ class Trained:
             previous = torch.get_num_threads()
             if self.threads:
                 torch.set_num_threads(self.threads)
-            try:
+            try:  # with gradients even where the caller scores without them (a saved pipeline's recommend)
                 set_seed(self.seed)  # the initial weights too, not only the batch order
                 model = create_model(self.model, history.n_users, history.n_items, dict(self.config))
-                model.fit(train, train_config=TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                                                          seed=self.seed, progress=False))
+                with torch.enable_grad():
+                    model.fit(train, train_config=TrainConfig(epochs=self.epochs, lr=self.lr,
+                                                              batch_size=self.batch_size, seed=self.seed,
+                                                              progress=False))
             finally:
                 torch.set_num_threads(previous)
             model.eval()

@@ -249,7 +249,7 @@ def test_cli_train_pipeline_refit_all_then_recommend_answers_everyone(tmp_path):
     inter, catalog = shop()
     write_hm_folder(tmp_path / "hm", inter, catalog)
     (tmp_path / "run.yaml").write_text(
-        "candidates: {repurchase: 10, trending: 12, copurchase: 10, colour_variants: 5}\n"
+        "candidates: {repurchase: 10, trending: 12, copurchase: 10, colour_variants: 5, lightgcn: 6}\n"
         "ranker: {n_estimators: 20, min_child_samples: 5, early_stopping_rounds: 5}\n")
     out = tmp_path / "model"
     cmd = [sys.executable, "-m", "mmrec", "train", "pipeline", "--data", str(tmp_path / "hm"), "--refit-all",
