@@ -355,15 +355,15 @@ def fingerprint(history: Purchases, start: int, end: int) -> str:
 
 @dataclass
 class Trained:
-    """Articles an mmrec recommender scores highest for the customer, the model (``model``: a registered name
-    of one that learns from (customer, article) pairs alone — ``lightgcn`` by default, ``bpr``, ``itemknn`` —
-    with ``config``) trained from scratch on the distinct (customer, article) pairs of the
-    last ``window`` days before ``day``, so, like every generator, it never sees the day it predicts. Articles
-    the customer bought are kept (repurchase is a next purchase too). Customers without a pair in the window
-    get nothing (their vectors were never trained). ``epochs``, ``lr``, ``batch_size``, ``seed``: the fit,
-    through the one training loop (`mmrec.train.fit`); ``threads``: torch threads while it runs (0: leave
-    them). A fit per predicted day, kept for the next call on the same history (the pipeline asks for a day's
-    candidates more than once) — an instance serves one history at a time."""
+    """Articles an mmrec recommender scores highest for the customer. The model (``model``, a registered name
+    of one that learns from (customer, article) pairs alone: ``lightgcn`` by default, ``bpr``, ``itemknn``; its
+    settings ``config``) is trained from scratch on the distinct pairs of the last ``window`` days before
+    ``day``, so, like every generator, it never sees the day it predicts. Articles the customer bought stay in
+    (a repurchase is a next purchase too); a customer without a pair in the window gets nothing (their vector
+    was never trained). ``epochs``, ``lr``, ``batch_size``, ``seed``: the fit, through the one training loop
+    (`mmrec.train.fit`); ``threads``: torch threads while it runs (0: as they are); ``batch``: customers scored
+    at a time. One fit per predicted day, kept for the next call on the same history (the pipeline asks for a
+    day's candidates more than once): an instance serves one history at a time."""
 
     n: int = 24
     window: int = 28
