@@ -44,6 +44,10 @@ SEARCH_SCORES = 1 << 24  # window-item scores a search holds at once (64 MiB of 
 # a presence cut (a photo search's) sits at most this far below the lowest true page it keeps: another app shows
 # the same photo resampled and compressed otherwise, so its pages correlate a little less, not much less
 PRESENCE_MARGIN = 0.1
+# ... and at least this, where most pages kept score well above it: a product page shows its photo large, and
+# correlates with it far above this in any app; under it a screen's best photo is a thumbnail (a checkout's, a
+# bag's), which one training page scored low would otherwise let through
+PRESENCE_FLOOR = 0.8
 # with ``titles``: a screen whose best photo has another within this of it is read (OCR), and an item its title
 # names is named instead where its photo, matched in the same window, comes within this of the best's
 TITLE_BAND = 0.1
@@ -530,8 +534,10 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray, 
     the lowest page kept less `PRESENCE_MARGIN`: a page scores as its photo correlates with itself on the
     screen, much the same in any app, while the screens without an item that one app's recordings hold say
     little of another app's (its checkout, its bag), and with none scored (all rejected as feeds) the midway
-    cut would accept any screen that correlates half as well with some photo. The fit names its
-    ``objective``.
+    cut would accept any screen that correlates half as well with some photo. It is also at least
+    `PRESENCE_FLOOR` (but no higher than the median page kept less the margin, so an app whose pages all
+    correlate less keeps its cut): one page of the training recording scored low drags the margin's cut down to
+    where another app's checkout thumbnails pass. The fit names its ``objective``.
     """
     codes, sims, truth = np.asarray(codes), np.asarray(sims, np.float64), np.asarray(truth)
     if not len(codes) or not (truth != NO_ITEM).any():
@@ -551,7 +557,9 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray, 
     if below <= -1.0 and sims[order][k] > 0:  # rejected outright (PhotoCheck's -1), not a similarity
         below = 0.0
     threshold = float((sims[order][k] + below) / 2)
-    if not identity:  # within the margin below the lowest page kept, never below the midway cut
-        threshold = max(threshold, float(sims[order][k]) - PRESENCE_MARGIN)
+    if not identity:  # within the margin below the lowest page kept, never below the midway cut or the floor
+        kept = sims[order][: k + 1][right[: k + 1] > 0]
+        floor = min(PRESENCE_FLOOR, float(np.median(kept)) - PRESENCE_MARGIN)
+        threshold = max(threshold, float(sims[order][k]) - PRESENCE_MARGIN, floor)
     return threshold, {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
                        "objective": "item" if identity else "presence"}

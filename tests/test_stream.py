@@ -12,7 +12,7 @@ import torch
 from mmrec.datasets.app_sim import SimConfig, sessions_from_purchases, simulate_session, write_recording
 from mmrec.datasets.frames import iterator_frames, video_frames
 from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
-from mmrec.grounding import NO_ITEM, PRESENCE_MARGIN, Grounder, calibrate_threshold
+from mmrec.grounding import NO_ITEM, PRESENCE_FLOOR, PRESENCE_MARGIN, Grounder, calibrate_threshold
 from mmrec.stream import (LIVE_HOLD, LIVE_MAX_WAIT, Confirmed, Segmenter, StreamConfig, StreamStats,
                           calibrate_on_streams, changed, events, frame_labels, process, screen_states, segments,
                           thumbnail, write_events)
@@ -100,6 +100,20 @@ def test_presence_cut_stays_within_the_margin_of_the_pages_it_keeps():
     assert fit["recall"] == 1.0 and fit["precision"] == 1.0
     close = np.array([0.99, 0.97, 0.95, 0.9, -1.0])  # a screen without an item at 0.9: the midway cut is higher
     assert calibrate_threshold(codes, close, truth, identity=False)[0] == pytest.approx(0.925)
+
+
+def test_presence_cut_is_not_dragged_to_thumbnails_by_one_low_page():
+    """One training page scored low (0.7) would put the margin's cut at 0.6, where another app's checkout
+    thumbnails (0.66-0.76 on H&M) pass: the cut stays at `PRESENCE_FLOOR`. An app whose pages all correlate
+    less keeps its own cut (the floor is at most the median page kept less the margin)."""
+    truth = np.array([3, 3, 5, 6, 7, NO_ITEM])
+    codes = np.array([3, 3, 5, 6, 7, 1])
+    present, fit = calibrate_threshold(codes, np.array([0.99, 0.97, 0.96, 0.95, 0.7, -1.0]), truth, identity=False)
+    assert present == pytest.approx(PRESENCE_FLOOR) and fit["recall"] == 1.0
+    dim = np.array([0.69, 0.67, 0.66, 0.65, 0.6, -1.0])  # every page correlates under the floor
+    present, _ = calibrate_threshold(codes, dim, truth, identity=False)
+    assert present == pytest.approx(0.66 - PRESENCE_MARGIN) and present < 0.6  # median kept 0.66, less the margin
+    assert calibrate_threshold(codes, dim, truth)[0] == pytest.approx(0.3)  # judged on the item named: no floor
 
 
 def test_calibrated_threshold_separates_items_from_screens_without_one():
