@@ -272,7 +272,8 @@ class Grounder:
                         variants: Sequence[tuple[np.ndarray, torch.Tensor]]) -> torch.Tensor:
         """``match`` ``[N, C]`` (the check's scores of the screens ``pixels``, uint8 ``[N, 3, H, W]``; item k in
         column k) with, on each screen where another photo comes within `TITLE_BAND` of the best, the best's
-        score moved to the item the screen's text names (`mmrec.screen_text`) whose photo comes within
+        score moved to the item the screen's text names better than it names the best (`mmrec.screen_text`;
+        text naming the best as well as any other leaves it) whose photo comes within
         `TITLE_BAND` of the best: as the search scored it (in the window it was found in), matched in the
         window the best was found in (at the crop whose aspect is nearest the window's) against the best's own
         match there, or searched for on the screen by itself (every window of every crop): among many articles
@@ -287,7 +288,7 @@ class Grounder:
             return match
         with ThreadPoolExecutor(max_workers=min(len(unsure), READERS)) as pool:
             lines = pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), unsure)
-            read = {i: self.titles.named(text) for i, text in zip(unsure, lines)}
+            read = {i: self.titles.named(text, above=int(top[i])) for i, text in zip(unsure, lines)}
         aspects = np.log([self.windows.aspect, *self.check.crops])
         check = dataclasses.replace(self.check, refine=None)  # every one refined as finely as the best was
         match = match.clone()

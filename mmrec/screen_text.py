@@ -185,10 +185,12 @@ class TitleIndex:
     def __init__(self, titles: Sequence[str]) -> None:
         self.titles = [normalise(t) for t in titles]
 
-    def named(self, lines: Sequence[str]) -> np.ndarray:
+    def named(self, lines: Sequence[str], above: int | None = None) -> np.ndarray:
         """Codes of the items whose title matches a line, or two or three adjacent lines joined (a title set
         large in a narrow column wraps), with a ratio of at least `TITLE_MATCH` (items without a title never),
-        best matched first, at most `TITLES_READ`."""
+        best matched first, at most `TITLES_READ`. ``above`` (an item code): only the items whose title
+        matches better than that item's does (all of them where it is not named), so text that names an item
+        as well as any other does not name another instead (colour variants share a title, or one adds to it)."""
         from rapidfuzz import fuzz, process
 
         joined = [" ".join(lines[k:k + n]) for n in (2, 3) for k in range(len(lines) - n + 1)]
@@ -199,7 +201,8 @@ class TitleIndex:
                                                   limit=None):
                 if self.titles[code] and score > best.get(code, -1.0):
                     best[code] = score
-        ranked = sorted(best, key=lambda c: (-best[c], c))[:TITLES_READ]
+        floor = best.get(above, -1.0) if above is not None else -1.0
+        ranked = sorted((c for c in best if best[c] > floor), key=lambda c: (-best[c], c))[:TITLES_READ]
         return np.array(ranked, np.int64)
 
 

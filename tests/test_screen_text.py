@@ -46,6 +46,18 @@ def test_titles_are_found_by_the_lines_that_name_them():
     assert len(many.named(["tina"])) == TITLES_READ
 
 
+def test_text_naming_an_item_as_well_as_any_other_names_no_other_instead():
+    """Colour variants share a title, or one adds to it ("(C)"): read text names both, and only the items
+    it names strictly better than a given one (``above``) could replace that one."""
+    index = TitleIndex(["Malaga loose tank (C)", "Malaga loose tank", "Malaga loose tank", "Tina"])
+    read = ["solstice", "malaga loose tank c", "89 99 usd"]
+    assert index.named(read).tolist() == [0, 1, 2]
+    assert index.named(read, above=0).tolist() == []  # the page's own title read exactly: nothing better
+    assert index.named(read, above=1).tolist() == [0]  # the variant without "(C)": the read names (C) better
+    assert index.named(["malaga loose tank"], above=1).tolist() == []  # a shared title: no variant is better
+    assert index.named(read, above=3).tolist() == [0, 1, 2]  # an item the text does not name: all of them
+
+
 @needs_ocr
 def test_read_lines_reads_a_title_drawn_on_a_screen():
     lines = read_lines(np.asarray(_page(_photos(1)[0], "Luve Jumper")))
