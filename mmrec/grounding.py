@@ -560,7 +560,7 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray, 
     threshold = float((sims[order][k] + below) / 2)
     if not identity:  # within the margin below the lowest page kept, never below the midway cut or the floor
         kept = sims[order][: k + 1][right[: k + 1] > 0]
-        floor = min(PRESENCE_FLOOR, float(np.median(kept)) - PRESENCE_MARGIN)
+        floor = min(PRESENCE_FLOOR, float(np.median(kept)) - PRESENCE_MARGIN) if len(kept) else -np.inf
         threshold = max(threshold, float(sims[order][k]) - PRESENCE_MARGIN, floor)
     return threshold, {"precision": float(precision[k]), "recall": float(recall[k]), "f1": float(f1[k]),
                        "objective": "item" if identity else "presence"}

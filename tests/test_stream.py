@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -114,6 +115,9 @@ def test_presence_cut_is_not_dragged_to_thumbnails_by_one_low_page():
     present, _ = calibrate_threshold(codes, dim, truth, identity=False)
     assert present == pytest.approx(0.66 - PRESENCE_MARGIN) and present < 0.6  # median kept 0.66, less the margin
     assert calibrate_threshold(codes, dim, truth)[0] == pytest.approx(0.3)  # judged on the item named: no floor
+    with warnings.catch_warnings():  # no page named at all: nothing to take a median of, and no floor
+        warnings.simplefilter("error")
+        calibrate_threshold(np.full(6, NO_ITEM), dim, truth, identity=False)
 
 
 def test_calibrated_threshold_separates_items_from_screens_without_one():
