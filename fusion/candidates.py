@@ -361,9 +361,9 @@ class Trained:
     ``day``, so, like every generator, it never sees the day it predicts. Articles the customer bought stay in
     (a repurchase is a next purchase too); a customer without a pair in the window gets nothing (their vector
     was never trained). ``epochs``, ``lr``, ``batch_size``, ``seed``: the fit, through the one training loop
-    (`mmrec.train.fit`); ``threads``: torch threads while it runs (0: as they are); ``batch``: customers scored
-    at a time. One fit per predicted day, kept for the next call on the same history (the pipeline asks for a
-    day's candidates more than once): an instance serves one history at a time."""
+    (`mmrec.train.fit`); ``batch``: customers scored at a time. One fit per predicted day, kept for the next
+    call on the same history (the pipeline asks for a day's candidates more than once): an instance serves one
+    history at a time."""
 
     n: int = 24
     window: int = 28
@@ -373,14 +373,13 @@ class Trained:
     lr: float = 5e-3
     batch_size: int = 4096
     seed: int = 0
-    threads: int = 0
     name: str = "lightgcn"
     batch: int = 2048
     _fitted: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     def fitted(self, history: Purchases, day: int):
-        """The model trained on ``history``'s last ``window`` days before ``day`` and whether each customer has
-        a pair there (None when the window is empty)."""
+        """The model trained on ``history``'s last ``window`` days before ``day`` (None when the window is
+        empty); the pairs it trained on are its seen items."""
         key = (day, history.n_users, history.n_items, fingerprint(history, day - self.window, day))
         if self._fitted is not None and self._fitted[0] == key:
             return self._fitted[1]
@@ -396,45 +395,32 @@ class Trained:
             pairs = distinct(recent.users * history.n_items + recent.items)
             train = Interactions(pairs // history.n_items, pairs % history.n_items,
                                  np.arange(history.n_users).astype(str), np.arange(history.n_items).astype(str))
-            previous = torch.get_num_threads()
-            if self.threads:
-                torch.set_num_threads(self.threads)
-            try:  # with gradients even where the caller scores without them (a saved pipeline's recommend)
-                set_seed(self.seed)  # the initial weights too, not only the batch order
-                model = create_model(self.model, history.n_users, history.n_items, dict(self.config))
-                with torch.enable_grad():
-                    model.fit(train, train_config=TrainConfig(epochs=self.epochs, lr=self.lr,
-                                                              batch_size=self.batch_size, seed=self.seed,
-                                                              progress=False))
-            finally:
-                torch.set_num_threads(previous)
-            model.eval()
-            known = np.zeros(history.n_users, bool)
-            known[pairs // history.n_items] = True
-            result = (model, known)
+            set_seed(self.seed)  # the initial weights too, not only the batch order
+            result = create_model(self.model, history.n_users, history.n_items, dict(self.config))
+            with torch.enable_grad():  # even where the caller scores without them (a saved pipeline's recommend)
+                result.fit(train, train_config=TrainConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
+                                                           seed=self.seed, progress=False))
+            result.eval()
         self._fitted = (key, result)
         return result
 
     def generate(self, history: Purchases, users: np.ndarray, day: int, side: ItemSide) -> pd.DataFrame:
         import torch
 
-        fitted = self.fitted(history, day)
-        if fitted is None:
+        model = self.fitted(history, day)
+        if model is None or self.n < 1:
             return empty()
-        model, known = fitted
         codes = distinct(np.asarray(users, np.int64))
-        codes = codes[known[codes]]
-        n = min(self.n, history.n_items)
-        if not len(codes) or n < 1:
-            return empty()
+        codes = codes[np.diff(model.seen_indptr.cpu().numpy())[codes] > 0]  # the others' vectors never trained
         frames = []
         with torch.no_grad():
             for start in range(0, len(codes), self.batch):
                 block = codes[start:start + self.batch]
-                top = torch.topk(model.score(torch.as_tensor(block)).float(), n)
-                frames.append(pd.DataFrame({"user": np.repeat(block, n), "item": top.indices.cpu().numpy().ravel(),
-                                            "score": top.values.cpu().numpy().ravel().astype(np.float64)}))
-        return top_per_user(pd.concat(frames, ignore_index=True), self.n)
+                items, scores = model.recommend(block, self.n, exclude_seen=False)
+                frames.append(pd.DataFrame({"user": np.repeat(block, items.shape[1]),
+                                            "item": items.cpu().numpy().ravel(),
+                                            "score": scores.cpu().numpy().ravel().astype(np.float64)}))
+        return top_per_user(pd.concat(frames, ignore_index=True), self.n) if frames else empty()
 
 
 def content_pool(history: Purchases, day: int, window: int) -> np.ndarray:

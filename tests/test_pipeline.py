@@ -323,9 +323,9 @@ def test_a_pipeline_with_a_trained_generator_fits_once_per_history_and_recommend
     model.fit(purchases, DAY0 + 6, valid_day=DAY0 + 7)
     users = np.unique(purchases.on(DAY0 + 7).users)
     first = model.candidates(purchases, users, DAY0 + 7)
-    fitted = model.generators[-1]._fitted[1][0]
+    fitted = model.generators[-1]._fitted[1]
     assert model.candidates(purchases, users, DAY0 + 7).equals(first)
-    assert model.generators[-1]._fitted[1][0] is fitted  # the day's fit is reused, not redone
+    assert model.generators[-1]._fitted[1] is fitted  # the day's fit is reused, not redone
     assert first["lightgcn_rank"].notna().any()
     top = model.recommend(purchases, users, DAY0 + 7, k=12)
     assert top.shape == (len(users), 12) and (top >= 0).all()
