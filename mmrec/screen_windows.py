@@ -30,6 +30,7 @@ CROWD_INNER = 0.15  # a second photo's window without this share of its width an
 CROWD_FLAT = 0.15  # ... holds at least this share of the window's contrast: else the match is the window's edge
 SEARCH_MATCHED = 100  # candidates of a screen that PhotoCheck.search matches with shifts after locating them all
 # (enough that a feed's other cards stay among them when a catalogue holds many articles alike to one card)
+SEARCH_APART = 20  # ... of which at least this many located apart from the best (a feed's other cards)
 SEARCH_DETAILED = 10  # ... and, with coarse thumbnails, matches again at full size
 LOCATE_SCORES = 1 << 24  # candidate-window scores PhotoCheck.locate holds at once (64 MiB of float32)
 LOCATE_BLOCK = 256  # ... and at most this many candidates (a narrow band of contrasts: see PhotoCheck._best_windows)
@@ -333,10 +334,11 @@ class PhotoCheck:
         more than ``shortlist`` candidates, the ``shortlist`` best by thumbnails half as fine (`_locate` over
         every variant) go on. Each candidate is found by its photo in every variant (`locate`, which scores
         the unshifted windows, without ``colour``); the `SEARCH_MATCHED` best of a screen are matched again with
-        shifts (`match`) in every variant, and their score is the best of these matches (with ``colour``),
-        every other candidate's -1. Then ``crowd`` (another photo apart from
-        the best: a feed) and ``smallest`` (its window too narrow for a product page) set scores to -1. With
-        ``coarse`` above 1, locating and matching run on thumbnails pooled ``coarse`` times and without
+        shifts (`match`) in every variant (in both lists the `SEARCH_APART` best located apart from the best
+        one keep a place, `_with_apart`: look-alikes of one card can fill a list and hide a feed's others), and
+        their score is the best of these matches (with ``colour``), every other candidate's -1. Then ``crowd``
+        (another photo apart from the best: a feed) and ``smallest`` (its window too narrow for a product page)
+        set scores to -1. With ``coarse`` above 1, locating and matching run on thumbnails pooled ``coarse`` times and without
         ``colour`` (a window placed to a coarse pixel takes in border or loses garment), and the
         `SEARCH_DETAILED` best of a screen are matched once more at full size (in their best window's variant,
         with ``colour``): their score is that match, every other candidate's -1; ``crowd`` and ``smallest``
@@ -439,9 +441,10 @@ class PhotoCheck:
         n, c = table.count, variants[0][1].shape[-4]
         rows = torch.arange(n)[:, None]
         if self.shortlist is not None and c > self.shortlist:
-            rough = torch.stack([self._locate(table, windows, _pooled(thumbnails, 2))[1]
-                                 for windows, thumbnails in variants]).amax(dim=0)  # [N, C]
-            listed = rough.topk(self.shortlist, dim=1).indices  # [N, S]
+            located = [self._locate(table, windows, _pooled(thumbnails, 2)) for windows, thumbnails in variants]
+            rough, best_variant = torch.stack([scores for _, scores in located]).max(dim=0)  # [N, C]
+            rough_where = torch.stack([boxes for boxes, _ in located])[best_variant, rows, torch.arange(c)]
+            listed = _with_apart(rough, rough_where, self.shortlist)  # [N, S]
             scores, where, chosen = dataclasses.replace(self, shortlist=None)._search(
                 table, [(windows, _take(thumbnails, rows, listed)) for windows, thumbnails in variants])
             return (torch.full((n, c), -1.0).scatter(1, listed, scores),
@@ -450,7 +453,7 @@ class PhotoCheck:
         located = [self._locate(table, windows, thumbnails) for windows, thumbnails in variants]
         best, chosen = torch.stack([scores for _, scores in located]).max(dim=0)  # [N, C] over [V, N, C]
         where = torch.stack([boxes for boxes, _ in located])[chosen, rows, torch.arange(c)]  # [N, C, 4]
-        keep = best.topk(min(SEARCH_MATCHED, c), dim=1).indices  # [N, M]
+        keep = _with_apart(best, where, min(SEARCH_MATCHED, c))  # [N, M]
         matched = torch.full(keep.shape, -math.inf)  # the located score (no colour) only chose them
         for v, ((_, thumbnails), (boxes, _)) in enumerate(zip(variants, located)):
             kept_boxes = boxes[rows, keep]
@@ -593,11 +596,7 @@ class PhotoCheck:
             return torch.zeros(n, dtype=torch.bool), torch.full((n, 1), -1)
         ranked = scores if eligible is None else scores.masked_fill(~eligible, -2.0)
         first = ranked.argmax(dim=1)  # [N]
-        best_box = boxes[torch.arange(n), first][:, None, :]  # [N, 1, 4]
-        lo, hi = torch.maximum(boxes[..., :2], best_box[..., :2]), torch.minimum(boxes[..., 2:], best_box[..., 2:])
-        inter = (hi - lo).clamp(min=0).prod(dim=-1)  # [N, C]
-        area = (boxes[..., 2:] - boxes[..., :2]).prod(dim=-1)  # [N, C]
-        apart = inter < CROWD_OVERLAP * torch.minimum(area, area.gather(1, first[:, None]))
+        apart = _apart(boxes, first)
         width = boxes[..., 2] - boxes[..., 0]
         alike = (width >= CROWD_SIZE * width.gather(1, first[:, None])) & (
             scores >= ranked.gather(1, first[:, None]) - margin)
@@ -630,6 +629,37 @@ def _flat_inside(table: AreaTable, boxes: torch.Tensor, which: torch.Tensor) -> 
     ratio = contrast(inside, (h - 4, w - 2)) / contrast(picked, (h, w)).clamp(min=1e-6)
     marked = which.gather(1, order)
     return flat.scatter(1, order, marked & (ratio < CROWD_FLAT))
+
+
+def _apart(boxes: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    """``[N, C]``: which windows ``boxes`` (``[N, C, 4]``) are apart from each screen's window ``first`` (``[N]``,
+    a column): they overlap it by under `CROWD_OVERLAP` of the smaller of the two (two photos, not one seen twice)."""
+    best_box = boxes[torch.arange(len(boxes)), first][:, None, :]  # [N, 1, 4]
+    lo, hi = torch.maximum(boxes[..., :2], best_box[..., :2]), torch.minimum(boxes[..., 2:], best_box[..., 2:])
+    inter = (hi - lo).clamp(min=0).prod(dim=-1)  # [N, C]
+    area = (boxes[..., 2:] - boxes[..., :2]).prod(dim=-1)  # [N, C]
+    return inter < CROWD_OVERLAP * torch.minimum(area, area.gather(1, first[:, None]))
+
+
+def _with_apart(scores: torch.Tensor, where: torch.Tensor, k: int) -> torch.Tensor:
+    """``[N, k]``: each screen's ``k`` best candidates by ``scores`` (``[N, C]``), with the `SEARCH_APART` best of
+    those located (``where``, ``[N, C, 4]``) apart from the best one's window among them (as `PhotoCheck`'s
+    ``crowd`` judges apart, in a window at least `CROWD_SIZE` of its width) in place of the weakest others.
+    Photos alike to one card of a feed (a dark page of black garments) can fill every place, leaving out the
+    feed's other cards, and a photo never matched cannot be seen as a second photo."""
+    n, c = scores.shape
+    if k >= c:
+        return scores.topk(c, dim=1).indices
+    first = scores.argmax(dim=1)
+    width = where[..., 2] - where[..., 0]
+    apart = _apart(where, first) & (width >= CROWD_SIZE * width.gather(1, first[:, None]))
+    extra = min(SEARCH_APART, k // 2, c)
+    chosen = scores.masked_fill(~apart, -math.inf).topk(extra, dim=1)
+    priority = scores.clone()
+    rows = torch.arange(n)[:, None].expand_as(chosen.indices)
+    lift = chosen.values > -math.inf
+    priority[rows[lift], chosen.indices[lift]] = math.inf  # ties among them: topk keeps them all (extra <= k)
+    return priority.topk(k, dim=1).indices
 
 
 def _marked_first(marks: torch.Tensor) -> torch.Tensor | None:

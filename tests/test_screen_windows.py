@@ -723,6 +723,42 @@ def test_coarse_search_tells_a_feed_whose_other_cards_are_not_among_the_best_ten
     assert (check.search(screen, [(windows, thumbnails)])[0] == -1).all()  # a feed
 
 
+def test_a_feed_is_told_when_look_alikes_of_one_card_would_fill_every_place_matched(monkeypatch):
+    """Photos alike to one card of a feed (a dark page of black garments) can fill every place `search` matches
+    with shifts, so the feed's other card is never matched and the screen is named as the first card; the best
+    located apart from the best keep their places (`SEARCH_APART`), and the feed is told."""
+    photos, rng = _photos(16), np.random.default_rng(5)
+    first = np.asarray(photos[0], np.float64)
+    copies = [Image.fromarray(np.clip(first + rng.normal(0, 6, first.shape), 0, 255).astype(np.uint8))
+              for _ in range(11)]
+    screen = Image.new("RGB", (180, 320), (240, 240, 240))
+    screen.paste(photos[0].resize((80, 120), Image.Resampling.BOX), (5, 60))
+    second = np.asarray(photos[1].resize((80, 120), Image.Resampling.BOX), np.float64)
+    screen.paste(Image.fromarray(np.clip(second + rng.normal(0, 25, second.shape), 0, 255).astype(np.uint8)), (95, 60))
+    screen = torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)[None]
+    catalogue = [photos[0]] + copies + photos[1:]
+    check = PhotoCheck(candidates=len(catalogue), size=(24, 16), contrast=1.0, locate_all=True, crowd=0.65)
+    windows = ScreenWindows.grid(narrowest=0.3, aspect=1.5, step=0.125, ratio=1.1).boxes(180, 320)
+    thumbnails = check.thumbnails(catalogue)
+    monkeypatch.setattr(screen_windows, "SEARCH_MATCHED", 8)  # fewer places than look-alikes of the first card
+    monkeypatch.setattr(screen_windows, "SEARCH_APART", 0)
+    named = check.search(screen, [(windows, thumbnails)])[0][0]
+    assert named[12] == -1 and int(named.argmax()) < 12 and named.max() > 0.8  # named as the first card
+    monkeypatch.setattr(screen_windows, "SEARCH_APART", 2)
+    assert (check.search(screen, [(windows, thumbnails)])[0] == -1).all()  # a feed
+
+
+def test_candidates_kept_apart_from_the_best_displace_the_weakest_and_keep_their_count():
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4]])
+    near, far = [0.0, 0.0, 60.0, 90.0], [100.0, 0.0, 160.0, 90.0]
+    where = torch.tensor([[near, near, near, near, far, far]])
+    kept = screen_windows._with_apart(scores, where, 4)
+    assert sorted(kept[0].tolist()) == [0, 1, 4, 5]  # the two apart ones in place of the two weakest near ones
+    assert sorted(screen_windows._with_apart(scores, where, 6)[0].tolist()) == list(range(6))
+    narrow = torch.tensor([[near, near, near, near, [100.0, 0.0, 110.0, 15.0], far]])  # too narrow for a photo
+    assert sorted(screen_windows._with_apart(scores, narrow, 4)[0].tolist()) == [0, 1, 2, 5]
+
+
 def test_a_window_matching_only_by_its_edge_on_a_page_photo_is_no_second_photo(monkeypatch):
     """On a dark page, a window over empty background that reaches a little onto the page photo's white ground
     correlates with a dark garment photographed on white (a dark field, a white edge) through that edge alone;
