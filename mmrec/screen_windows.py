@@ -338,8 +338,8 @@ class PhotoCheck:
         one keep a place, `_with_apart`: look-alikes of one card can fill a list and hide a feed's others), and
         their score is the best of these matches (with ``colour``), every other candidate's -1. Then ``crowd``
         (another photo apart from the best: a feed) and ``smallest`` (its window too narrow for a product page)
-        set scores to -1. With ``coarse`` above 1, locating and matching run on thumbnails pooled ``coarse`` times and without
-        ``colour`` (a window placed to a coarse pixel takes in border or loses garment), and the
+        set scores to -1. With ``coarse`` above 1, locating and matching run on thumbnails pooled ``coarse`` times
+        and without ``colour`` (a window placed to a coarse pixel takes in border or loses garment), and the
         `SEARCH_DETAILED` best of a screen are matched once more at full size (in their best window's variant,
         with ``colour``): their score is that match, every other candidate's -1; ``crowd`` and ``smallest``
         judge both stages. A feed's other cards need not be among those 10, so a feed is told at the coarse
