@@ -699,9 +699,9 @@ def test_coarse_search_matches_each_photo_at_full_size_in_the_frame_it_was_found
     assert iou(where[0, 3:4].numpy(), (30, 60, 126, 156))[0] > 0.7
 
 
-def test_coarse_search_tells_a_feed_whose_other_cards_are_not_among_the_best_ten():
-    """A feed of two cards, the first an item with many near-copies in the catalogue: the best 10 are all
-    copies of the first card, so the feed must be told at the coarse stage, from every matched candidate."""
+def _feed_of_look_alikes() -> tuple[torch.Tensor, list[Image.Image]]:
+    """A feed of two cards (``[1, 3, 320, 180]``) and a catalogue where the first card's photo has 11 near-copies
+    (items 0-11) and the second card's photo, shown noisier, is item 12."""
     photos, rng = _photos(16), np.random.default_rng(5)
     first = np.asarray(photos[0], np.float64)
     copies = [Image.fromarray(np.clip(first + rng.normal(0, 6, first.shape), 0, 255).astype(np.uint8))
@@ -710,8 +710,13 @@ def test_coarse_search_tells_a_feed_whose_other_cards_are_not_among_the_best_ten
     screen.paste(photos[0].resize((80, 120), Image.Resampling.BOX), (5, 60))
     second = np.asarray(photos[1].resize((80, 120), Image.Resampling.BOX), np.float64)
     screen.paste(Image.fromarray(np.clip(second + rng.normal(0, 25, second.shape), 0, 255).astype(np.uint8)), (95, 60))
-    screen = torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)[None]
-    catalogue = [photos[0]] + copies + photos[1:]
+    return torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)[None], [photos[0]] + copies + photos[1:]
+
+
+def test_coarse_search_tells_a_feed_whose_other_cards_are_not_among_the_best_ten():
+    """A feed of two cards, the first an item with many near-copies in the catalogue: the best 10 are all
+    copies of the first card, so the feed must be told at the coarse stage, from every matched candidate."""
+    screen, catalogue = _feed_of_look_alikes()
     check = PhotoCheck(candidates=len(catalogue), size=(24, 16), coarse=2, contrast=1.0, locate_all=True, crowd=0.65)
     windows = ScreenWindows.grid(narrowest=0.3, aspect=1.5, step=0.125, ratio=1.1).boxes(180, 320)
     thumbnails = check.thumbnails(catalogue)
@@ -727,16 +732,7 @@ def test_a_feed_is_told_when_look_alikes_of_one_card_would_fill_every_place_matc
     """Photos alike to one card of a feed (a dark page of black garments) can fill every place `search` matches
     with shifts, so the feed's other card is never matched and the screen is named as the first card; the best
     located apart from the best keep their places (`SEARCH_APART`), and the feed is told."""
-    photos, rng = _photos(16), np.random.default_rng(5)
-    first = np.asarray(photos[0], np.float64)
-    copies = [Image.fromarray(np.clip(first + rng.normal(0, 6, first.shape), 0, 255).astype(np.uint8))
-              for _ in range(11)]
-    screen = Image.new("RGB", (180, 320), (240, 240, 240))
-    screen.paste(photos[0].resize((80, 120), Image.Resampling.BOX), (5, 60))
-    second = np.asarray(photos[1].resize((80, 120), Image.Resampling.BOX), np.float64)
-    screen.paste(Image.fromarray(np.clip(second + rng.normal(0, 25, second.shape), 0, 255).astype(np.uint8)), (95, 60))
-    screen = torch.from_numpy(np.asarray(screen).copy()).permute(2, 0, 1)[None]
-    catalogue = [photos[0]] + copies + photos[1:]
+    screen, catalogue = _feed_of_look_alikes()
     check = PhotoCheck(candidates=len(catalogue), size=(24, 16), contrast=1.0, locate_all=True, crowd=0.65)
     windows = ScreenWindows.grid(narrowest=0.3, aspect=1.5, step=0.125, ratio=1.1).boxes(180, 320)
     thumbnails = check.thumbnails(catalogue)
