@@ -525,7 +525,10 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray, 
     between neighbouring similarities) and precision, recall and F1 there. A similarity of -1 is a photo
     check's verdict that the screen shows no item page (a feed, a card), not a similarity: when the cut falls
     just above such frames, the threshold is midway between the cut and 0 (unrelated pictures correlate about
-    0), not -1, so that it does not accept nearly everything on the screens of another app.
+    0), not -1, so that it does not accept nearly everything on the screens of another app. The cut never
+    falls below such frames: a rejected frame keeps the code it was searched for, and counting it right would
+    make the threshold accept every screen the check rejects (with every frame rejected, the threshold is 0, or
+    `PRESENCE_FLOOR` for presence).
 
     ``identity`` False: a frame counts as right when it names any item on a screen that shows one, so the
     threshold only tells screens with an item from screens without. For a grounder that finds every catalog
@@ -553,6 +556,11 @@ def calibrate_threshold(codes: np.ndarray, sims: np.ndarray, truth: np.ndarray, 
     f1 = np.where(true_pos > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
     ties = np.r_[sims[order][1:] == sims[order][:-1], False]  # cut only between distinct similarities
     f1[ties] = -1.0
+    scored = sims[order] > -1.0
+    if not scored.any():  # every frame rejected by the photo check: nothing to cut between
+        return (0.0 if identity else PRESENCE_FLOOR), {"precision": 0.0, "recall": 0.0, "f1": 0.0,
+                                                       "objective": "item" if identity else "presence"}
+    f1[~scored] = -1.0  # a cut under -1 would accept what the photo check rejected, whatever the code it kept
     k = int(np.argmax(f1))
     below = sims[order][k + 1] if k + 1 < len(order) else sims[order][k] - 1e-3
     if below <= -1.0 and sims[order][k] > 0:  # rejected outright (PhotoCheck's -1), not a similarity

@@ -120,6 +120,23 @@ def test_presence_cut_is_not_dragged_to_thumbnails_by_one_low_page():
         calibrate_threshold(np.full(6, NO_ITEM), dim, truth, identity=False)
 
 
+def test_presence_cut_never_accepts_what_the_photo_check_rejected():
+    """Product pages the photo check rejected (-1) keep the code they were searched for; judged on presence
+    they would count as right names, and with most pages rejected the best F1 would cut below -1, accepting
+    every screen. The cut stays above the rejected frames."""
+    truth = np.array([3, 5, 5, 5, 6, 6, 6, NO_ITEM])
+    codes = np.array([3, 5, 5, 5, 6, 6, 6, 1])
+    sims = np.array([0.97, 0.95, -1.0, -1.0, -1.0, -1.0, -1.0, -1.0])
+    for identity in (True, False):
+        threshold, fit = calibrate_threshold(codes, sims, truth, identity=identity)
+        assert threshold > -1.0 and fit["precision"] == 1.0 and fit["recall"] == pytest.approx(2 / 7)
+    assert calibrate_threshold(codes, sims, truth, identity=False)[0] == pytest.approx(0.95 - PRESENCE_MARGIN)
+    rejected = np.full(8, -1.0)  # nothing scored: no cut to fit, and none that accepts a rejection
+    assert calibrate_threshold(codes, rejected, truth, identity=False) == (
+        PRESENCE_FLOOR, {"precision": 0.0, "recall": 0.0, "f1": 0.0, "objective": "presence"})
+    assert calibrate_threshold(codes, rejected, truth)[0] == 0.0
+
+
 def test_calibrated_threshold_separates_items_from_screens_without_one():
     truth = np.array([3, 3, 5, NO_ITEM, NO_ITEM, 5, NO_ITEM])
     codes = np.array([3, 3, 5, 1, 2, 4, 0])
