@@ -216,11 +216,14 @@ class Grounder:
                 variants = [(all_boxes, pick(self.thumbnails))] + [
                     (dataclasses.replace(self.windows, aspect=aspect).boxes(table.width, table.height), pick(cropped))
                     for aspect, cropped in zip(self.check.crops, self.crop_thumbnails)]
-                match, where = self.check.search(table, variants)
                 if self.titles is not None and every_item:  # columns are item codes
+                    scores, where, feed = self.check.search_feeds(table, variants)
                     tick("check")
-                    match = self._named_by_title(pixels, match, where, variants)
+                    match = self._named_by_title(pixels, scores.masked_fill(feed[:, None], -1.0), where, variants)
+                    match = self._paged_by_title(pixels, match, scores, feed)
                     tick("titles")
+                else:
+                    match, where = self.check.search(table, variants)
             else:
                 windows_at = torch.gather(where.cpu(), 1, top)  # each candidate's best window
                 boxes = torch.as_tensor(all_boxes)[windows_at]
@@ -309,6 +312,34 @@ class Grounder:
                 gap = torch.maximum(scores[1:] - scores[0], found - best[i]).masked_fill(~close, -2.0)
                 chosen = named[int(gap.argmax())]
                 match[i, chosen], match[i, top[i]] = best[i], match[i, chosen].clamp(max=float(best[i]) - 1e-6)
+        return match
+
+    def _paged_by_title(self, pixels: torch.Tensor, match: torch.Tensor, scores: torch.Tensor, feed: torch.Tensor
+                        ) -> torch.Tensor:
+        """``match`` ``[N, C]`` (item k in column k) with, on each screen the photo check called a feed on its
+        coarse thumbnails alone (``feed``, `PhotoCheck.search_feeds`; ``scores``: its scores before that
+        verdict), the item the screen's text names given its own score, where the text names one title only
+        (`TitleIndex.one_title`) and that item's photo is found, wide enough for a page, within `TITLE_BAND`
+        of the best. Without colour a look-alike can match a page's coloured bar or text block as a second
+        photo; at full size no second photo came near the best (else the screen is a feed there too, and no
+        title overturns that: a grid's cards match as well as each other, and one card's title is often
+        read). A feed's titles, read, name two or more, and the verdict stands."""
+        best = scores.max(dim=1).values
+        called = [i for i in range(len(scores)) if feed[i] and best[i] > -1]
+        if not called:
+            return match
+        with ThreadPoolExecutor(max_workers=min(len(called), READERS)) as pool:
+            read = dict(zip(called, pool.map(lambda i: self.titles.named(
+                read_lines(pixels[i].permute(1, 2, 0).numpy())), called)))
+        match = match.clone()
+        for i in called:
+            named = torch.as_tensor(read[i])
+            if not len(named) or not self.titles.one_title(read[i]):
+                continue
+            own = scores[i, named]
+            k = int(own.argmax())
+            if own[k] > -1 and own[k] >= best[i] - TITLE_BAND:
+                match[i, named[k]] = own[k]
         return match
 
     def _search(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -435,7 +466,8 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     square). A screen where a second photo alike matches
     apart from the best (``crowd`` 0.65, see `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the
     screen (a feed card, a bag row) is no product page. Where photos alike compete, the page's title read by
-    OCR names the item (``titles``; `Grounder`). ``threshold`` is then calibrated
+    OCR names the item (``titles``; `Grounder`), and a screen called a feed on the coarse thumbnails alone is
+    a page after all where its text names one title whose photo is the best. ``threshold`` is then calibrated
     (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
     if not (math.isfinite(aspect) and aspect > 0) or items < 1:
         raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "

@@ -205,6 +205,16 @@ class TitleIndex:
         ranked = sorted((c for c in best if best[c] > floor), key=lambda c: (-best[c], c))[:TITLES_READ]
         return np.array(ranked, np.int64)
 
+    def one_title(self, codes: Sequence[int]) -> bool:
+        """Whether the items ``codes`` (`named` by a screen's text) share one title: each of their titles has
+        the first's words, or the first has its, give or take a word (rapidfuzz's token-set ratio at least
+        `TITLE_MATCH`), as one heading matches a title and its multipack or line ("Small basic scrunchie",
+        "PQ silk small basic scrunchie"), while a feed's cards name titles unlike each other."""
+        from rapidfuzz import fuzz
+
+        first = self.titles[int(codes[0])] if len(codes) else ""
+        return bool(first) and all(fuzz.token_set_ratio(first, self.titles[int(c)]) >= TITLE_MATCH for c in codes)
+
 
 if __name__ == "__main__":
     answers = os.fdopen(os.dup(1), "wb")  # the pipe to the parent, kept for answers alone: whatever a library

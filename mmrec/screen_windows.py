@@ -350,12 +350,22 @@ class PhotoCheck:
         to their frames, lose more at full size than a page's own photo, so that margin is wider). Returns
         the scores ``[N, C]`` (-1 off the shortlist) and each candidate's window ``[N, C, 4]`` (for those
         matched at full size, the box they matched best in)."""
+        scores, where, feed = self.search_feeds(screens, variants)
+        return scores.masked_fill(feed[:, None], -1.0), where
+
+    def search_feeds(self, screens: torch.Tensor | AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`search` with the verdict of the coarse stage apart: the scores ``[N, C]`` after ``smallest`` and the
+        ``crowd`` verdict at full size, the windows, and which screens ``[N]`` only the coarse stage calls
+        feeds (`search` sets all their scores to -1 too). That verdict, made without colour, can rest on a
+        panel passing for a second photo; other evidence (the page's title, `mmrec.grounding.Grounder`) may
+        overturn it. With ``coarse`` 1 there is no such stage and no screen is marked."""
         if not variants:
             raise ValueError("PhotoCheck.search needs at least one (windows, thumbnails) variant")
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         if self.coarse == 1:
             scores, where, _ = self._search(table, variants)
-            return self._judged(scores, where, table), where
+            return self._judged(scores, where, table), where, torch.zeros(len(scores), dtype=torch.bool)
         rough = dataclasses.replace(self, colour=None)  # placed to a coarse pixel, a photo's colours are not yet its
         scores, where, chosen = rough._search(table, [(windows, _pooled(thumbnails, self.coarse))
                                                       for windows, thumbnails in variants])
@@ -370,7 +380,7 @@ class PhotoCheck:
         scores, where = self._detailed(table, variants, top, live, where, chosen)
         judged = self._judged(scores, where, table)
         overturned = self._judged(scores, where, table, CROWD_MARGIN_DETAILED).amax(dim=1) >= CROWD_CONFIDENT
-        return judged.masked_fill((crowded & ~overturned)[:, None], -1.0), where
+        return judged, where, crowded & ~overturned & (judged > -1).any(dim=1)
 
     def _wide(self, where: torch.Tensor, width: int) -> torch.Tensor:
         """``[N, C]``: whether each candidate's window ``where`` is wide enough for a product page on a screen

@@ -56,6 +56,10 @@ def test_text_naming_an_item_as_well_as_any_other_names_no_other_instead():
     assert index.named(read, above=1).tolist() == [0]  # the variant without "(C)": the read names (C) better
     assert index.named(["malaga loose tank"], above=1).tolist() == []  # a shared title: no variant is better
     assert index.named(read, above=3).tolist() == [0, 1, 2]  # an item the text does not name: all of them
+    assert index.one_title([0, 1, 2]) and index.one_title([3]) and not index.one_title([0, 3])
+    lines = TitleIndex(["Small basic scrunchie", "PQ silk small basic scrunchie", "Velvet scrunchie"])
+    assert lines.one_title([0, 1]) and not lines.one_title([0, 2])  # a title within another's words: one
+    assert not index.one_title([]) and not TitleIndex(["", "Tina"]).one_title([0])
 
 
 @needs_ocr
@@ -201,3 +205,31 @@ def test_a_named_item_scored_close_by_the_search_wins_where_the_best_window_does
     assert int(named.argmax()) == 1 and float(named.max()) == pytest.approx(0.98)
     monkeypatch.setattr(grounding, "read_lines", lambda image: ["harbour hoodie"])
     assert torch.equal(grounder._named_by_title(screen, match, where, variants), match)
+
+
+def test_a_page_called_a_feed_is_named_by_its_one_title(monkeypatch):
+    """The photo check called the screen a feed (a look-alike matched a coloured bar apart from the photo), but
+    its text names one title, of the item found best: it is that item's page, at its own score. Text naming
+    two titles (a feed's cards), an item whose photo is far below the best, or no title, leaves the verdict;
+    a screen not called a feed is not read."""
+    grounder = _twin_grounder(["Alpha coat", "Luve Jumper", "Harbour hoodie"], _photos(3))
+    screens = grounding.screen_tensor(_page(_photos(1)[0], ""))[None].expand(2, -1, -1, -1)
+    scores = torch.tensor([[0.9, 0.97, 0.5], [0.9, 0.97, 0.5]])
+    judged = torch.full((2, 3), -1.0)
+    feed = torch.tensor([True, True])
+
+    def paged(lines: list[str], called: torch.Tensor = feed) -> torch.Tensor:
+        monkeypatch.setattr(grounding, "read_lines", lambda image: calls.append(1) or lines)
+        return grounder._paged_by_title(screens, judged.masked_fill(~called[:, None], 0.0), scores, called)
+
+    calls: list[int] = []
+    named = paged(["kvist", "luve jumper", "36 99 usd"])
+    assert named[:, 1].tolist() == pytest.approx([0.97, 0.97]) and (named[:, [0, 2]] == -1).all()
+    assert (paged(["luve jumper", "alpha coat"]) == -1).all()  # two titles: a feed's cards
+    grounder.titles = TitleIndex(["Alpha coat", "Luve Jumper", "Luve Jumper 2p"])
+    assert paged(["luve jumper"])[:, 1].tolist() == pytest.approx([0.97, 0.97])  # a title and its multipack: one
+    grounder.titles = TitleIndex(["Alpha coat", "Luve Jumper", "Harbour hoodie"])
+    assert (paged(["harbour hoodie"]) == -1).all()  # its photo 0.47 below the best
+    assert (paged(["add to bag"]) == -1).all()
+    calls.clear()
+    assert torch.equal(paged(["luve jumper"], torch.tensor([False, False])), torch.zeros(2, 3)) and not calls

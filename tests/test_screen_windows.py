@@ -585,6 +585,8 @@ def test_crowd_needs_a_second_photo_alike_in_size_and_match():
     loose = dataclasses.replace(check, smallest=None, crowd=None).search(screens, [(windows, thumbnails)])[0]
     assert loose[0, 1] > 0.9  # the thumbnail does match, better than the large photo: only its size tells them apart
     assert (scores[1] == -1).all()  # two photos alike side by side: a feed
+    kept, _, coarse_feeds = check.search_feeds(screens, [(windows, thumbnails)])  # no coarse stage: none marked
+    assert torch.equal(kept, scores) and not coarse_feeds.any()
 
 
 def test_one_shift_matches_the_window_itself():
@@ -682,6 +684,8 @@ def test_search_scores_with_colour_so_a_panel_in_other_colours_is_no_second_phot
         assert plain[1] > 0.95  # without colour the panel is the second item
     monkeypatch.setattr(screen_windows, "CROWD_CONFIDENT", float(scores[0]) + 1e-3)
     assert (check.search(screen, [(windows, thumbnails)])[0] == -1).all()
+    kept, _, coarse_feeds = check.search_feeds(screen, [(windows, thumbnails)])  # the coarse verdict apart
+    assert coarse_feeds.tolist() == [True] and torch.equal(kept[0], scores)
 
 
 def test_coarse_search_matches_each_photo_at_full_size_in_the_frame_it_was_found_in():
