@@ -467,7 +467,8 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     apart from the best (``crowd`` 0.65, see `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the
     screen (a feed card, a bag row) is no product page. Where photos alike compete, the page's title read by
     OCR names the item (``titles``; `Grounder`), and a screen called a feed on the coarse thumbnails alone is
-    a page after all where its text names one title whose photo is the best. ``threshold`` is then calibrated
+    a page after all where its text names one title whose photo comes within `TITLE_BAND` of the best.
+    ``threshold`` is then calibrated
     (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
     if not (math.isfinite(aspect) and aspect > 0) or items < 1:
         raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "
