@@ -13,7 +13,9 @@ teach: around the photo's true box, off by at most what the grid of windows can 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -34,6 +36,7 @@ SEARCH_APART = 20  # ... of which at least this many located apart from the best
 SEARCH_DETAILED = 10  # ... and, with coarse thumbnails, matches again at full size
 LOCATE_SCORES = 1 << 24  # candidate-window scores PhotoCheck.locate holds at once (64 MiB of float32)
 LOCATE_BLOCK = 256  # ... and at most this many candidates (a narrow band of contrasts: see PhotoCheck._best_windows)
+POOLED_KEPT = 16  # shared thumbnail tensors whose pooled copies _pooled keeps (a catalogue's variants at two sizes)
 
 
 @dataclass
@@ -107,20 +110,9 @@ class ScreenWindows:
 
     def boxes(self, width: int, height: int) -> np.ndarray:
         """``[K, 4]`` float boxes ``(left, top, right, bottom)`` in pixels covering the region of a ``width`` x
-        ``height`` screen at every window size."""
-        left, top, right, bottom = (self.region[0] * width, self.region[1] * height,
-                                    self.region[2] * width, self.region[3] * height)
-        out = []
-        for fraction in self.widths:
-            w = fraction * width
-            h = w * self.aspect
-            if h > height:
-                h, w = float(height), height / self.aspect
-            stride = self.step if self.stride is None else min(self.step, self.stride * width / w)  # of the size
-            for y in _starts(top, bottom, h, stride * w / h if self.stride is not None else stride, height):
-                for x in _starts(left, right, w, stride, width):
-                    out.append((x, y, x + w, y + h))
-        return np.asarray(out, np.float64)
+        ``height`` screen at every window size (a fresh copy: the windows of one shape are laid out once)."""
+        return _boxes(tuple(self.widths), float(self.aspect), float(self.step), tuple(self.region), self.stride,
+                      int(width), int(height)).copy()
 
     def count(self, width: int, height: int) -> int:
         """How many windows a ``width`` x ``height`` screen gets."""
@@ -131,6 +123,25 @@ class ScreenWindows:
         widths = sorted(self.widths)
         gaps = [b / a for a, b in zip(widths, widths[1:])]
         return math.sqrt(max(gaps)) if gaps else 1.0
+
+
+@functools.lru_cache(maxsize=64)
+def _boxes(widths: tuple[float, ...], aspect: float, step: float, region: tuple[float, float, float, float],
+           stride: float | None, width: int, height: int) -> np.ndarray:
+    """`ScreenWindows.boxes` of those settings, kept: a layout-free grid holds thousands of windows, laid out in
+    Python loops, and every screen of a stream has one of a few sizes."""
+    left, top, right, bottom = region[0] * width, region[1] * height, region[2] * width, region[3] * height
+    out = []
+    for fraction in widths:
+        w = fraction * width
+        h = w * aspect
+        if h > height:
+            h, w = float(height), height / aspect
+        across = step if stride is None else min(step, stride * width / w)  # of the window's size
+        for y in _starts(top, bottom, h, across * w / h if stride is not None else across, height):
+            for x in _starts(left, right, w, across, width):
+                out.append((x, y, x + w, y + h))
+    return np.asarray(out, np.float64)
 
 
 def _widths(narrow: float, wide: float, step: float) -> tuple[float, ...]:
@@ -672,6 +683,11 @@ def _with_apart(scores: torch.Tensor, where: torch.Tensor, k: int) -> torch.Tens
     return priority.topk(k, dim=1).indices
 
 
+# (id of the shared thumbnails, factor) -> (a weak reference to them, their version, their pooled copy); an id is
+# reused only once its tensor is gone, which the weak reference tells
+_POOLED: dict[tuple[int, int], tuple[weakref.ReferenceType, int, torch.Tensor]] = {}
+
+
 def _marked_first(marks: torch.Tensor) -> torch.Tensor | None:
     """``[N, m]``: each row's columns with its marked ones (``marks`` ``[N, C]`` bool) first, in order, m the most
     marked in any row (so a row with fewer ends in unmarked columns); None where nothing is marked."""
@@ -686,12 +702,27 @@ def _take(thumbnails: torch.Tensor, rows: torch.Tensor, chosen: torch.Tensor) ->
 
 
 def _pooled(thumbnails: torch.Tensor, factor: int) -> torch.Tensor:
-    """``[..., 3, h, w]`` thumbnails area-averaged ``factor`` times smaller (at least 2 x 2)."""
+    """``[..., 3, h, w]`` thumbnails area-averaged ``factor`` times smaller (at least 2 x 2). Shared ``[C, 3, h, w]``
+    thumbnails (a whole catalogue's, the same tensor for every screen) are pooled once and the result kept while
+    that tensor lives unchanged (`_POOLED`): pooling a catalogue again for every screen is a sizeable share of a
+    layout-free search."""
     import torch.nn.functional as F
 
+    shared = thumbnails.dim() == 4 and not thumbnails.is_inference()  # an inference tensor keeps no version
+    key = (id(thumbnails), factor)
+    if shared and key in _POOLED:
+        source, version, pooled = _POOLED[key]
+        if source() is thumbnails and version == thumbnails._version:
+            return pooled
     h, w = thumbnails.shape[-2:]
     size = (max(2, round(h / factor)), max(2, round(w / factor)))
-    return F.adaptive_avg_pool2d(thumbnails.flatten(0, -4), size).view(*thumbnails.shape[:-2], *size)
+    pooled = F.adaptive_avg_pool2d(thumbnails.flatten(0, -4), size).view(*thumbnails.shape[:-2], *size)
+    if shared:
+        _POOLED.pop(key, None)
+        while len(_POOLED) >= POOLED_KEPT:
+            _POOLED.pop(next(iter(_POOLED)))  # the oldest
+        _POOLED[key] = (weakref.ref(thumbnails), thumbnails._version, pooled)
+    return pooled
 
 
 def _centre_crop(photo: Any, aspect: float) -> Any:

@@ -809,3 +809,19 @@ def test_a_photo_found_by_its_square_cut_is_also_matched_whole_where_the_cut_put
     assert float(scores[0, 3]) > 0.99 and iou(found[0, 3:4].numpy(), shown)[0] > 0.9
     assert screen_windows._uncut(torch.tensor([30.0, 76.0, 94.0, 140.0]), 1.0, 1.5).tolist() == [30, 60, 94, 156]
     assert screen_windows._uncut(torch.tensor([0.0, 0.0, 60.0, 60.0]), 2.0, 1.5).tolist() == [10, 0, 50, 60]
+
+
+def test_shared_thumbnails_are_pooled_once_and_again_when_they_change():
+    shared = torch.rand(7, 3, 18, 12) * 255
+    first = screen_windows._pooled(shared, 3)
+    assert screen_windows._pooled(shared, 3) is first  # the same catalogue, the same pooled copy
+    assert torch.equal(first, torch.nn.functional.adaptive_avg_pool2d(shared, (6, 4)))
+    shared[2] = 0.0  # changed in place: pooled again, not served stale
+    again = screen_windows._pooled(shared, 3)
+    assert again is not first and torch.equal(again[2], torch.zeros(3, 6, 4))
+    per_screen = shared[None].clone()  # [N, C, 3, h, w]: each screen's own candidates, never kept
+    assert screen_windows._pooled(per_screen, 3) is not screen_windows._pooled(per_screen, 3)
+    windows = ScreenWindows.grid(0.2, 1.0, aspect=1.5, ratio=1.12, stride=0.05)
+    boxes = windows.boxes(180, 320)
+    boxes[:] = -1.0  # a caller's copy: the layout kept for the next screen is untouched
+    assert (windows.boxes(180, 320) >= 0).all() and len(windows.boxes(180, 320)) == windows.count(180, 320)
