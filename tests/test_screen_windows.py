@@ -825,3 +825,25 @@ def test_shared_thumbnails_are_pooled_once_and_again_when_they_change():
     boxes = windows.boxes(180, 320)
     boxes[:] = -1.0  # a caller's copy: the layout kept for the next screen is untouched
     assert (windows.boxes(180, 320) >= 0).all() and len(windows.boxes(180, 320)) == windows.count(180, 320)
+
+
+def test_layout_free_matching_scores_each_candidate_as_it_would_score_alone():
+    """Every candidate the layout-free check matches is refined (finer shifts, nearby sizes), so which go on to
+    full size is decided on equal terms: refining only the best few let a look-alike that fits the window's size
+    outrank the item itself, shown a few per cent off every window size. With ``refine`` 1 the others keep their
+    coarse-grid scores, which depend on who else competes."""
+    from mmrec.grounding import layout_free_settings
+
+    assert layout_free_settings(1.5, 10).check.refine is None
+    photos, rng = _photos(6), np.random.default_rng(3)
+    shown = np.asarray(photos[4], np.float64)
+    photos += [Image.fromarray(np.clip(shown + rng.normal(0, 20, shown.shape), 0, 255).astype(np.uint8))
+               for _ in range(6)]  # look-alikes of the photo shown
+    table = AreaTable(_screen_with(photos[4], (33, 61, 131, 208))[None])
+    windows = ScreenWindows.grid(0.3, 1.0, aspect=1.5, ratio=1.12, stride=0.05).boxes(180, 320)
+    for refine, equal in ((None, True), (1, False)):
+        check = PhotoCheck(candidates=12, contrast=1.0, refine=refine, scales=(0.95, 1.05))
+        thumbnails = check.thumbnails(photos)
+        together = check._search(table, [(windows, thumbnails)])[0][0]
+        alone = torch.stack([check._search(table, [(windows, thumbnails[[k]])])[0][0, 0] for k in range(12)])
+        assert torch.allclose(together, alone, atol=1e-6) == equal
