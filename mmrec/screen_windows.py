@@ -34,6 +34,7 @@ SEARCH_MATCHED = 100  # candidates of a screen that PhotoCheck.search matches wi
 # (enough that a feed's other cards stay among them when a catalogue holds many articles alike to one card)
 SEARCH_APART = 20  # ... of which at least this many located apart from the best (a feed's other cards)
 SEARCH_DETAILED = 10  # ... and, with coarse thumbnails, matches again at full size
+SEARCH_DETAILED_EACH = 1  # ... and this many best of each variant besides (the photo whole, each crop of it)
 LOCATE_SCORES = 1 << 24  # candidate-window scores PhotoCheck.locate holds at once (64 MiB of float32)
 LOCATE_BLOCK = 256  # ... and at most this many candidates (a narrow band of contrasts: see PhotoCheck._best_windows)
 POOLED_KEPT = 16  # shared thumbnail tensors whose pooled copies _pooled keeps (a catalogue's variants at two sizes)
@@ -351,8 +352,10 @@ class PhotoCheck:
         (another photo apart from the best: a feed) and ``smallest`` (its window too narrow for a product page)
         set scores to -1. With ``coarse`` above 1, locating and matching run on thumbnails pooled ``coarse`` times
         and without ``colour`` (a window placed to a coarse pixel takes in border or loses garment), and the
-        `SEARCH_DETAILED` best of a screen are matched once more at full size (in their best window's variant,
-        with ``colour``): their score is that match, every other candidate's -1; ``crowd`` and ``smallest``
+        `SEARCH_DETAILED` best of a screen, and the `SEARCH_DETAILED_EACH` best of each variant (a photo shown
+        whole may rank first only among whole matches, below look-alikes of its centre matched by their crops), are
+        matched once more at full size (in their best window's variant, with ``colour``): their score is that
+        match, every other candidate's -1; ``crowd`` and ``smallest``
         judge both stages. A feed's other cards need not be among those 10, so a feed is told at the coarse
         stage, from every candidate matched there; but there, without colour, a panel of another photo's shape
         in other colours can pass for a second photo. So the `CROWD_CHECKED` best second photos are matched at
@@ -375,19 +378,24 @@ class PhotoCheck:
             raise ValueError("PhotoCheck.search needs at least one (windows, thumbnails) variant")
         table = screens if isinstance(screens, AreaTable) else AreaTable(screens)
         if self.coarse == 1:
-            scores, where, _ = self._search(table, variants)
+            scores, where, _, _ = self._search(table, variants)
             return self._judged(scores, where, table), where, torch.zeros(len(scores), dtype=torch.bool)
         rough = dataclasses.replace(self, colour=None)  # placed to a coarse pixel, a photo's colours are not yet its
-        scores, where, chosen = rough._search(table, [(windows, _pooled(thumbnails, self.coarse))
-                                                      for windows, thumbnails in variants])
+        scores, where, chosen, each = rough._search(table, [(windows, _pooled(thumbnails, self.coarse))
+                                                            for windows, thumbnails in variants])
         wide = self._wide(where, table.width)
         crowded, crowders = rough._crowding(table, scores, where, wide)  # [N], [N, k] (-1 where none)
         ranked = scores.masked_fill(~wide, -1.0)
         top = ranked.topk(min(SEARCH_DETAILED, ranked.shape[1]), dim=1).indices  # [N, k]
-        # a coarse feed's second photos are matched at full size too, to overturn the verdict there
-        extra = (crowders >= 0) & ~(crowders[:, :, None] == top[:, None, :]).any(dim=2)
-        live = torch.cat([ranked.gather(1, top) > -1, extra], dim=1)
-        top = torch.cat([top, crowders.clamp(min=0)], dim=1)
+        live = ranked.gather(1, top) > -1
+        # each variant's best (a photo shown whole can rank first among whole matches only, below crops of
+        # look-alikes), and a coarse feed's second photos (to overturn the verdict there) are matched too
+        each = each.masked_fill(~wide, -1.0)
+        found, best_each = each.topk(min(SEARCH_DETAILED_EACH, each.shape[2]), dim=2)  # [V, N, e]
+        for more, alive in [(b, f > -1) for b, f in zip(best_each, found)] + [(crowders.clamp(min=0), crowders >= 0)]:
+            alive = alive & ~(more[:, :, None] == top[:, None, :]).any(dim=2)
+            alive = alive & ~torch.triu(more[:, :, None] == more[:, None, :], diagonal=1).any(dim=1)
+            live, top = torch.cat([live, alive], dim=1), torch.cat([top, more], dim=1)
         scores, where = self._detailed(table, variants, top, live, where, chosen)
         judged = self._judged(scores, where, table)
         overturned = self._judged(scores, where, table, CROWD_MARGIN_DETAILED).amax(dim=1) >= CROWD_CONFIDENT
@@ -456,9 +464,10 @@ class PhotoCheck:
         return scores, where
 
     def _search(self, table: AreaTable, variants: Sequence[tuple[np.ndarray, torch.Tensor]]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """`search` at the thumbnails' own size: the scores, windows and which variant each window is of
-        (``[N, C]``)."""
+        (``[N, C]``), and each variant's own match ``[V, N, C]`` (the scores are their best; -1 where the
+        candidate was not matched)."""
         n, c = table.count, variants[0][1].shape[-4]
         rows = torch.arange(n)[:, None]
         if self.shortlist is not None and c > self.shortlist:
@@ -466,24 +475,27 @@ class PhotoCheck:
             rough, best_variant = torch.stack([scores for _, scores in located]).max(dim=0)  # [N, C]
             rough_where = torch.stack([boxes for boxes, _ in located])[best_variant, rows, torch.arange(c)]
             listed = _with_apart(rough, rough_where, self.shortlist)  # [N, S]
-            scores, where, chosen = dataclasses.replace(self, shortlist=None)._search(
+            scores, where, chosen, each = dataclasses.replace(self, shortlist=None)._search(
                 table, [(windows, _take(thumbnails, rows, listed)) for windows, thumbnails in variants])
             return (torch.full((n, c), -1.0).scatter(1, listed, scores),
                     torch.zeros(n, c, 4).scatter(1, listed[..., None].expand(-1, -1, 4), where),
-                    torch.zeros(n, c, dtype=torch.long).scatter(1, listed, chosen))
+                    torch.zeros(n, c, dtype=torch.long).scatter(1, listed, chosen),
+                    torch.full((len(variants), n, c), -1.0).scatter(2, listed.expand(len(variants), -1, -1), each))
         located = [self._locate(table, windows, thumbnails) for windows, thumbnails in variants]
         best, chosen = torch.stack([scores for _, scores in located]).max(dim=0)  # [N, C] over [V, N, C]
         where = torch.stack([boxes for boxes, _ in located])[chosen, rows, torch.arange(c)]  # [N, C, 4]
         keep = _with_apart(best, where, min(SEARCH_MATCHED, c))  # [N, M]
         matched = torch.full(keep.shape, -math.inf)  # the located score (no colour) only chose them
+        each = torch.full((len(variants), n, c), -1.0)
         for v, ((_, thumbnails), (boxes, _)) in enumerate(zip(variants, located)):
             kept_boxes = boxes[rows, keep]
             scores = self.match(table, kept_boxes, _take(thumbnails, rows, keep), uncrowd=False)  # [N, M]
+            each[v].scatter_(1, keep, scores)
             better = scores > matched
             matched = torch.where(better, scores, matched)
             where[rows, keep] = torch.where(better[..., None], kept_boxes, where[rows, keep])
             chosen[rows, keep] = torch.where(better, v, chosen[rows, keep])
-        return torch.full_like(best, -1.0).scatter(1, keep, matched), where, chosen
+        return torch.full_like(best, -1.0).scatter(1, keep, matched), where, chosen, each
 
     def locate(self, screens: torch.Tensor | AreaTable, windows: np.ndarray | torch.Tensor,
                thumbnails: torch.Tensor) -> torch.Tensor:

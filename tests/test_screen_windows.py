@@ -847,3 +847,26 @@ def test_layout_free_matching_scores_each_candidate_as_it_would_score_alone():
         together = check._search(table, [(windows, thumbnails)])[0][0]
         alone = torch.stack([check._search(table, [(windows, thumbnails[[k]])])[0][0, 0] for k in range(12)])
         assert torch.allclose(together, alone, atol=1e-6) == equal
+
+
+def test_the_best_of_each_variant_is_matched_at_full_size_besides_the_best_overall(monkeypatch):
+    """Look-alikes by the square cut (their centre is the page photo's, their top and bottom are not) can fill
+    every place of the full-size pass while the photo shown whole ranks first only among whole matches: each
+    variant's best is matched at full size too, so the page's own item is scored there."""
+    photos, rng = _photos(12), np.random.default_rng(7)
+    true = np.asarray(photos[3], np.float64)
+    shown = true.copy()
+    shown[16:80] = np.clip(shown[16:80] + rng.normal(0, 40, shown[16:80].shape), 0, 255)  # a noisy middle
+    for k in range(3):  # look-alikes of the noisy middle, other tops and bottoms
+        other = np.asarray(photos[6 + k], np.float64).copy()
+        other[16:80] = shown[16:80]
+        photos.append(Image.fromarray(other.astype(np.uint8)))
+    table = AreaTable(_screen_with(Image.fromarray(shown.astype(np.uint8)), (30, 60, 94, 156))[None])
+    check = PhotoCheck(candidates=len(photos), size=(24, 16), coarse=2, contrast=1.0, locate_all=True, crops=(1.0,),
+                       scales=(0.95, 1.05))
+    variants = [(ScreenWindows.grid(narrowest=0.3, aspect=a, step=0.125, ratio=1.1).boxes(180, 320),
+                 check.thumbnails(photos, None if a == 1.5 else a)) for a in (1.5, 1.0)]
+    monkeypatch.setattr(screen_windows, "SEARCH_DETAILED", 2)
+    assert float(check.search(table, variants)[0][0, 3]) > 0.5
+    monkeypatch.setattr(screen_windows, "SEARCH_DETAILED_EACH", 0)
+    assert float(check.search(table, variants)[0][0, 3]) == -1.0  # the two best overall are look-alikes
