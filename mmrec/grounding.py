@@ -455,21 +455,22 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     space never saw (the fitted windows of `ScreenWindows.fit` know only the training app's photo region).
 
     Windows of the photos' ``aspect`` over the whole screen from a fifth of its width up, 12 % apart in width,
-    placed at most a twentieth of the screen's width apart (`ScreenWindows.grid`), and a `PhotoCheck` that
-    finds every one of the ``items`` photos in them (``locate_all``; with that many candidates the grounder
-    skips the screen tower, beyond them it shortlists with it): as the photo is and cut to the
-    `LAYOUT_FREE_CROPS` apps crop photos to, at matching contrast and colour (a grey panel or a text block of
-    a photo's shape is not the photo), each also on a finer grid and in windows up to 5 % larger and smaller
-    (half the gap between widths), on thumbnails 12 wide (refining only the best few let a look-alike that fits
-    the window's size outrank the item itself, shown a few per cent off it, and keep it from the next stage);
-    with more than `LAYOUT_FREE_SHORTLIST` items, those located best by thumbnails 6 wide go on; the best 10
-    are matched again on thumbnails 36 wide (``coarse`` 3), which tell apart photos alike when small (black
-    trousers on white, two navy sweaters once a page has cut them square). A screen where a second photo alike
-    matches apart from the best (``crowd`` 0.65, see `PhotoCheck`) is a feed, and a photo narrower than 0.35 of
-    the screen (a feed card, a bag row) is no product page. Where photos alike compete, the page's title read by
-    OCR names the item (``titles``; `Grounder`), and a screen called a feed on the coarse thumbnails alone is
-    a page after all where its text names one title whose photo comes within `TITLE_BAND` of the best.
-    ``threshold`` is then calibrated (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
+    placed at most a twentieth of the screen's width apart (`ScreenWindows.grid`), and a `PhotoCheck` that finds
+    every one of the ``items`` photos in them (``locate_all``; with that many candidates the grounder skips the
+    screen tower, beyond them it shortlists with it): as the photo is and cut to the `LAYOUT_FREE_CROPS` apps crop
+    photos to, at matching contrast and colour (a grey panel or a text block of a photo's shape is not the photo),
+    each also on a finer grid and in windows up to 5 % larger and smaller (half the gap between widths), on
+    thumbnails 12 wide (refining only the best few let a look-alike that fits the window's size outrank the item
+    itself, shown a few per cent off it, and keep it from the next stage); with more than `LAYOUT_FREE_SHORTLIST`
+    items, those located best by thumbnails 6 wide go on; the best 10, and the best of each variant (the photo
+    whole, each cut: a coat cut to 4:5 may rank only twelfth over all variants behind a dress's square cut), are
+    matched again on thumbnails 36 wide (``coarse`` 3), which tell apart photos alike when small (black trousers on
+    white, two navy sweaters once a page has cut them square). A screen where a second photo alike matches apart
+    from the best (``crowd`` 0.65, see `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the screen (a feed
+    card, a bag row) is no product page. Where photos alike compete, the page's title read by OCR names the item
+    (``titles``; `Grounder`), and a screen called a feed on the coarse thumbnails alone is a page after all where
+    its text names one title whose photo comes within `TITLE_BAND` of the best. ``threshold`` is then calibrated
+    (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
     if not (math.isfinite(aspect) and aspect > 0) or items < 1:
         raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "
                          f"got {aspect}, {items}")
