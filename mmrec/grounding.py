@@ -76,7 +76,9 @@ class Grounder:
     their photo, and the similarity is then the photo's correlation with the screen; with ``check.locate_all``
     every candidate is found by its photo (`PhotoCheck.search`), also in windows of each of ``check.crops``
     against ``crop_thumbnails`` (one ``[I, 3, h, w]`` per crop, `PhotoCheck.thumbnails` with the aspect), and
-    with ``check.candidates`` at least the catalog's size the tower is not run at all. ``skipped_photos``:
+    with ``check.candidates`` at least the catalog's size the tower is not run at all. ``titles`` and
+    ``descriptions`` (one per item each; with a ``locate_all`` check): a screen whose photos alike compete is
+    read by OCR, and the item its title or description names, among them, is chosen. ``skipped_photos``:
     (item id, reason) of catalog photos that could not be decoded (`for_catalog`). ``stage_seconds``: None
     (the default), or a dict that `similarities` adds its seconds to by stage — ``screens`` (screens to
     tensors and area tables), ``tower`` (windows or screens through the screen tower), ``search`` (every
@@ -89,7 +91,8 @@ class Grounder:
     def __init__(self, space: UnifiedSpace, item_vectors: torch.Tensor, valid: np.ndarray | None = None,
                  threshold: float = 0.5, batch_size: int = 32, windows: ScreenWindows | None = None,
                  check: PhotoCheck | None = None, thumbnails: torch.Tensor | None = None,
-                 crop_thumbnails: Sequence[torch.Tensor] = (), titles: Sequence[str] | None = None) -> None:
+                 crop_thumbnails: Sequence[torch.Tensor] = (), titles: Sequence[str] | None = None,
+                 descriptions: Sequence[str] | None = None) -> None:
         if item_vectors.ndim != 2 or item_vectors.shape[1] != space.config.dim:
             raise ValueError(f"item_vectors must be [items, {space.config.dim}], got {tuple(item_vectors.shape)}")
         if "screen" not in space.encoders:
@@ -111,11 +114,11 @@ class Grounder:
                 raise ValueError("titles tell apart photos a layout-free PhotoCheck finds alike: give one per item "
                                  "and a check with locate_all")
             if ocr_available():
-                self.titles = TitleIndex(titles)
+                self.titles = TitleIndex(titles, descriptions)
                 start_readers()  # the first screens read (live: the first page's view) pay no start-up
             else:
-                logger.warning("grounding: no tesseract (the tesserocr binding and Debian's tesseract-ocr), so "
-                               "screens are grounded by photo alone, not told apart by their titles")
+                logger.warning("grounding: no OCR reader (pip install rapidocr_onnxruntime), so screens are "
+                               "grounded by photo alone, not told apart by their titles")
         vectors = item_vectors.detach().float().to(space.device)
         if valid is not None:
             vectors = vectors.clone()
@@ -129,8 +132,8 @@ class Grounder:
         """Item vectors from the catalog photos (`embed_images` with the space's image tower), and the
         photos' thumbnails for ``check``. Photos are decoded ``PHOTO_BATCH`` at a time by the safe decoder
         (`mmrec.encoders.load_image`); one that cannot be decoded is skipped, logged and counted in
-        ``skipped_photos``, and its item is never grounded. ``titles``: the catalog's titles tell apart items
-        whose photos the check finds alike (`Grounder`)."""
+        ``skipped_photos``, and its item is never grounded. ``titles``: the catalog's titles and descriptions (its
+        texts) tell apart items whose photos the check finds alike (`Grounder`)."""
         from mmrec.encoders import ImageDecodeError, load_image
 
         if "image" not in space.encoders:
@@ -175,7 +178,7 @@ class Grounder:
             logger.warning("grounding: %d of %d catalog photos skipped (undecodable); those items are never "
                            "grounded", len(skipped), len(skipped) + int(valid.sum()))
         grounder = cls(space, vectors, valid, threshold, batch_size, windows, check, thumbnails, crops,
-                       catalog.titles if titles else None)
+                       catalog.titles if titles else None, catalog.texts if titles else None)
         grounder.skipped_photos = skipped
         return grounder
 

@@ -1,26 +1,28 @@
-"""Text on screens, read by OCR and matched to catalog titles: the cue a search by photo lacks.
+"""Text on screens, read by OCR and matched to catalog titles and descriptions: the cue a search by photo lacks.
 
-Two articles whose photos are alike at screen size (one knit in two lines, a crew-neck top and a sweatshirt of
-one navy) are told apart by no pixel search at these sizes, but a product page names its article in its title.
-`read_lines` reads a screen's text with Tesseract (its library binding ``tesserocr`` and the system's English
-model, Debian's ``tesseract-ocr``; without either `ocr_available` is False and a `mmrec.grounding.Grounder`
-grounds by photo alone), and `TitleIndex` finds the catalog items whose title matches a line read, or two
-adjacent lines (a title that wraps), by rapidfuzz's ratio. Reading is of text only: nothing in a screen is run.
+Two articles whose photos are alike at screen size (one knit in two lines, black jeggings and black skinny
+jeans) are told apart by no pixel search at these sizes, but a product page names its article in its title and
+often prints its description. `read_lines` reads a screen's text with RapidOCR (``rapidocr_onnxruntime``: the
+PP-OCR text detector and recogniser, shipped inside the package and run by onnxruntime, so nothing is
+downloaded; without it `ocr_available` is False and a `mmrec.grounding.Grounder` grounds by photo alone), and
+`TitleIndex` finds the catalog items whose title matches a line read, or two adjacent lines (a title that
+wraps), by rapidfuzz's ratio, or whose description a line is part of. Its detector finds small plain text
+(a description at phone size) that Tesseract, enlarged, read only in pieces. Reading is of text only:
+nothing in a screen is run.
 
-Tesseract runs in reader processes of its own (``python -m mmrec.screen_text``), each kept with its model
-loaded: loading costs more than reading a screen, and in-process it would share the process's libraries — with
-decord loaded first, Tesseract's PNG step bound to decord's old zlib and aborted the whole process.
+The reader runs in processes of its own (``python -m mmrec.screen_text``), each kept with its model loaded:
+loading costs more than reading a screen, and in-process it would share the process's libraries (with decord
+loaded first, an OCR library's PNG step once bound to decord's old zlib and aborted the whole process).
 """
 from __future__ import annotations
 
 import atexit
-import functools
-import glob
 import importlib.util
 import logging
 import os
 import queue
 import re
+import select
 import struct
 import subprocess
 import sys
@@ -31,36 +33,30 @@ from PIL import Image
 
 logger = logging.getLogger(__name__)
 
-OCR_SCALE = 4  # screens are enlarged this much before OCR: a phone capture's text is 8-12 px tall
-OCR_TIMEOUT = 30.0  # seconds one screen may take; past it the screen is read as having no text (logged)
+OCR_TIMEOUT = 30.0  # seconds one screen may take; past it the reader is stopped and the screen reads nothing (logged)
 TITLE_MATCH = 85.0  # the least ratio (0-100) of a line to a normalised title for the title to count as read
 TITLES_READ = 32  # at most this many items named by one screen's text, the best matched (a generic title names many)
+DESCRIPTION_LINE = 20  # the fewest characters (spaces aside) of a line read to match it to the catalog's descriptions
+DESCRIPTION_MATCH = 90.0  # the least partial ratio (0-100) of such a line to a description for the item to be named
 READERS = min(4, os.cpu_count() or 1)  # reader processes reading side by side at most (each holds a model)
-TESSDATA_PLACES = ("/usr/share/tesseract-ocr/*/tessdata", "/usr/share/tessdata", "/usr/local/share/tessdata",
-                   "/opt/homebrew/share/tessdata")  # where systems keep Tesseract's models, after TESSDATA_PREFIX
+READER_THREADS = 1  # onnxruntime threads in each reader: readers read side by side, one core each
 _WORDS = re.compile(r"[^0-9a-z]+")
 _idle_readers: queue.SimpleQueue = queue.SimpleQueue()  # reader processes started and not in use
 
 
-@functools.lru_cache(maxsize=1)
-def tessdata() -> str | None:
-    """The folder holding Tesseract's English model (``eng.traineddata``): ``TESSDATA_PREFIX`` (that folder, or
-    one with a ``tessdata`` folder in it) if it has one, else the first of `TESSDATA_PLACES` that has it (the
-    newest version first); None where none has."""
-    prefix = os.environ.get("TESSDATA_PREFIX")
-    places = [prefix, os.path.join(prefix, "tessdata")] if prefix else []
-    places += [p for pattern in TESSDATA_PLACES for p in sorted(glob.glob(pattern), reverse=True)]
-    return next((p for p in places if os.path.isfile(os.path.join(p, "eng.traineddata"))), None)
-
-
 def ocr_available() -> bool:
-    """Whether screens can be read here: the ``tesserocr`` binding is installed and `tessdata` finds the model."""
-    return importlib.util.find_spec("tesserocr") is not None and tessdata() is not None
+    """Whether screens can be read here: ``rapidocr_onnxruntime`` (with its models) is installed."""
+    return importlib.util.find_spec("rapidocr_onnxruntime") is not None
 
 
 def normalise(text: str) -> str:
     """Lower case, every run of characters other than letters and digits one space, trimmed."""
     return _WORDS.sub(" ", str(text).lower()).strip()
+
+
+def _unspaced(text: str) -> str:
+    """``text`` without its spaces."""
+    return text.replace(" ", "")
 
 
 class _NotRead(RuntimeError):
@@ -74,8 +70,11 @@ def _send(out: Any, ok: bool, text: str) -> None:
     out.flush()
 
 
-def _answer(reader: subprocess.Popen) -> str:
-    """The next answer of ``reader``: its text; `_NotRead` where it failed; RuntimeError where it stopped."""
+def _answer(reader: subprocess.Popen, timeout: float | None = None) -> str:
+    """The next answer of ``reader``: its text; `_NotRead` where it failed; RuntimeError where it stopped or
+    gave no answer within ``timeout`` seconds (None: waits)."""
+    if timeout is not None and not select.select([reader.stdout], [], [], timeout)[0]:
+        raise RuntimeError(f"no answer within {timeout:g} s")
     head = reader.stdout.read(5)
     if len(head) < 5:
         raise RuntimeError(f"the reader process stopped (exit status {reader.poll()})")
@@ -129,23 +128,23 @@ def start_readers(count: int = READERS) -> None:
 
 
 def read_lines(screen: Any) -> list[str]:
-    """The lines of text Tesseract reads on ``screen`` (PIL image or uint8 ``[H, W, 3]`` array), enlarged
-    `OCR_SCALE` times, as sparse text (any layout), each `normalise`d, empty ones left out. A failed read
-    (no binding or model, an error, over `OCR_TIMEOUT`, a reader that died) is logged and reads nothing.
-    Safe from several threads at once: each read takes an idle reader process, or starts one."""
+    """The lines of text read on ``screen`` (PIL image or uint8 ``[H, W, 3]`` array), each box of text the
+    detector finds one line, top to bottom, each `normalise`d, empty ones left out. A failed read (no
+    reader library, an error, over `OCR_TIMEOUT`, a reader that died) is logged and reads nothing. Safe
+    from several threads at once: each read takes an idle reader process, or starts one."""
     image = screen if isinstance(screen, Image.Image) else Image.fromarray(np.asarray(screen, np.uint8))
-    grey = image.convert("L")
+    rgb = image.convert("RGB")
     reader = None
     try:
         try:
             reader = _idle_readers.get_nowait()
         except queue.Empty:
             reader = _start_reader()
-        reader.stdin.write(struct.pack("<II", grey.width, grey.height) + grey.tobytes())
+        reader.stdin.write(struct.pack("<II", rgb.width, rgb.height) + rgb.tobytes())
         reader.stdin.flush()
-        text = _answer(reader)
+        text = _answer(reader, OCR_TIMEOUT)
     except (RuntimeError, OSError) as err:
-        logger.warning("screen text: tesseract read nothing (%s)", err)
+        logger.warning("screen text: the OCR reader read nothing (%s)", err)
         if reader is not None:
             _idle_readers.put(reader) if isinstance(err, _NotRead) else _stop(reader)
         return []
@@ -154,56 +153,85 @@ def read_lines(screen: Any) -> list[str]:
 
 
 def _serve(source: Any, sink: Any) -> None:
-    """A reader process: loads the model, answers that it is ready (or why not, and ends), then for each
-    screen on ``source`` (width and height as two little-endian uint32, then the grey pixels row by row)
-    answers with the text read, enlarged `OCR_SCALE` times, as sparse text; ends when ``source`` does."""
+    """A reader process: loads the models, answers that it is ready (or why not, and ends), then for each
+    screen on ``source`` (width and height as two little-endian uint32, then the RGB pixels row by row)
+    answers with the text read, one box of text a line; ends when ``source`` does. Screens are upright, so
+    the detector's boxes go straight to the recogniser (no orientation classifier)."""
     try:
-        import tesserocr
+        from rapidocr_onnxruntime import RapidOCR
 
-        path = tessdata()
-        if path is None:
-            raise RuntimeError("no eng.traineddata (Debian: apt-get install tesseract-ocr)")
-        engine = tesserocr.PyTessBaseAPI(path=path, lang="eng", psm=tesserocr.PSM.SPARSE_TEXT)
-    except (ImportError, RuntimeError) as err:
-        _send(sink, False, f"tesseract could not start: {err}")
+        engine = RapidOCR(intra_op_num_threads=READER_THREADS, inter_op_num_threads=1)
+    except Exception as err:  # noqa: BLE001 - whatever stops the library loading, the parent is told why
+        _send(sink, False, f"the OCR reader could not start: {type(err).__name__}: {err}")
         return
     _send(sink, True, "")
     while len(head := source.read(8)) == 8:
         width, height = struct.unpack("<II", head)
-        grey = Image.frombytes("L", (width, height), source.read(width * height))
-        engine.SetImage(grey.resize((width * OCR_SCALE, height * OCR_SCALE), Image.LANCZOS))
-        if engine.Recognize(timeout=int(OCR_TIMEOUT * 1000)):
-            _send(sink, True, engine.GetUTF8Text())
-        else:
-            _send(sink, False, f"no text within {OCR_TIMEOUT:g} s")
-        engine.Clear()
+        pixels = np.frombuffer(source.read(width * height * 3), np.uint8).reshape(height, width, 3)
+        try:
+            boxes, _ = engine(pixels, use_cls=False)
+        except Exception as err:  # noqa: BLE001 - one screen the library cannot read; the next may be fine
+            _send(sink, False, f"{type(err).__name__}: {err}")
+            continue
+        _send(sink, True, "\n".join(str(box[1]) for box in boxes or ()))
 
 
 class TitleIndex:
-    """The catalog's titles, `normalise`d, to find the items a screen's lines name (`named`)."""
+    """The catalog's titles, and optionally its descriptions, `normalise`d, to find the items a screen's lines
+    name (`named`). A description counts where a page prints it: set in plain type, it is read where a heavy
+    title at phone size is misread, and it tells apart articles whose photos are alike (black jeggings and
+    black skinny jeans). Lines are matched with their spaces left out, on both sides: the reader often runs
+    the words of small type together ("alphacoat")."""
 
-    def __init__(self, titles: Sequence[str]) -> None:
+    def __init__(self, titles: Sequence[str], descriptions: Sequence[str] | None = None) -> None:
         self.titles = [normalise(t) for t in titles]
+        if descriptions is not None and len(descriptions) != len(self.titles):
+            raise ValueError(f"TitleIndex needs one description per title: {len(descriptions)} for "
+                             f"{len(self.titles)} titles")
+        self.descriptions = [normalise(t) for t in descriptions] if descriptions is not None else None
+        self._titles = [_unspaced(t) for t in self.titles]
+        self._descriptions = [_unspaced(t) for t in self.descriptions] if self.descriptions is not None else None
 
     def named(self, lines: Sequence[str], above: int | None = None) -> np.ndarray:
         """Codes of the items whose title matches a line, or two or three adjacent lines joined (a title set
         large in a narrow column wraps), with a ratio of at least `TITLE_MATCH` (items without a title never),
-        best matched first, at most `TITLES_READ`. ``above`` (an item code): only the items whose title
+        and, with descriptions, the items whose description a line of at least `DESCRIPTION_LINE` characters
+        matches best, with a partial ratio (the line within the description) of at least `DESCRIPTION_MATCH`
+        (only the best: a phrase such as "in soft cotton jersey" is in many); each item scored by the better of
+        the two, best matched first, at most `TITLES_READ`. ``above`` (an item code): only the items whose text
         matches better than that item's does (all of them where it is not named), so text that names an item
         as well as any other does not name another instead (colour variants share a title, or one adds to it)."""
         from rapidfuzz import fuzz, process
 
-        joined = [" ".join(lines[k:k + n]) for n in (2, 3) for k in range(len(lines) - n + 1)]
+        lines = [_unspaced(line) for line in lines]
+        joined = ["".join(lines[k:k + n]) for n in (2, 3) for k in range(len(lines) - n + 1)]
         queries = [q for q in [*lines, *joined] if len(q) >= 3]
         best: dict[int, float] = {}
         for query in queries:
-            for _, score, code in process.extract(query, self.titles, scorer=fuzz.ratio, score_cutoff=TITLE_MATCH,
+            for _, score, code in process.extract(query, self._titles, scorer=fuzz.ratio, score_cutoff=TITLE_MATCH,
                                                   limit=None):
-                if self.titles[code] and score > best.get(code, -1.0):
+                if self._titles[code] and score > best.get(code, -1.0):
                     best[code] = score
+        for code, score in self._described(lines).items():
+            best[code] = max(best.get(code, -1.0), score)
         floor = best.get(above, -1.0) if above is not None else -1.0
         ranked = sorted((c for c in best if best[c] > floor), key=lambda c: (-best[c], c))[:TITLES_READ]
         return np.array(ranked, np.int64)
+
+    def _described(self, lines: Sequence[str]) -> dict[int, float]:
+        """The items whose description the (unspaced) lines match best (see `named`), with that partial ratio."""
+        from rapidfuzz import fuzz, process
+
+        if self._descriptions is None:
+            return {}
+        scores: dict[int, float] = {}
+        for line in (line for line in lines if len(line) >= DESCRIPTION_LINE):
+            for _, score, code in process.extract(line, self._descriptions, scorer=fuzz.partial_ratio,
+                                                  score_cutoff=DESCRIPTION_MATCH, limit=None):
+                if self._descriptions[code] and score > scores.get(code, -1.0):
+                    scores[code] = score
+        top = max(scores.values(), default=None)
+        return {code: score for code, score in scores.items() if score == top}
 
     def one_title(self, codes: Sequence[int]) -> bool:
         """Whether the items ``codes`` (`named` by a screen's text) share one title: each of their titles has

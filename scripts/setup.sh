@@ -2,9 +2,8 @@
 # Set up mmrec in ./.venv: Python venv, PyTorch (pinned: these builds are served from the local disk here;
 # an unpinned torch pulls a multi-GB CUDA build), then mmrec itself, editable, with the test extras.
 # Safe to run again: an existing .venv is reused and pip skips what is installed.
-# Chromium (mmrec.datasets.browser_pages, the second screen renderer) and Tesseract (mmrec.screen_text: the
-# titles read on screens) come from apt when missing and we are root with apt-get; otherwise a one-line note
-# each, and their tests skip.
+# Chromium (mmrec.datasets.browser_pages, the second screen renderer) comes from apt when missing and we are
+# root with apt-get; otherwise a one-line note, and its tests skip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -19,13 +18,5 @@ if [ ! -x /usr/bin/chromium ]; then
       >/dev/null 2>&1 || echo "setup: apt-get install chromium failed; browser_pages recordings and their tests are off"
   else
     echo "setup: no /usr/bin/chromium (needs root: apt-get install chromium); browser_pages recordings and their tests are off"
-  fi
-fi
-if ! command -v tesseract >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends tesseract-ocr tesseract-ocr-eng) \
-      >/dev/null 2>&1 || echo "setup: apt-get install tesseract-ocr failed; screens are grounded by photo alone and the OCR tests are off"
-  else
-    echo "setup: no tesseract (needs root: apt-get install tesseract-ocr); screens are grounded by photo alone and the OCR tests are off"
   fi
 fi
