@@ -285,21 +285,26 @@ class Grounder:
         match there, or searched for on the screen by itself (every window of every crop): among many articles
         alike, the catalogue-wide search may keep look-alikes at full size and not the named one, and find the
         best in a window off the photo (a square cut of one trouser leg). The screen's similarity stays the
-        best photo's: the title tells which of the photos alike it is, not whether a page is on screen. Screens
-        are read side by side (`mmrec.screen_text`'s reader processes)."""
+        best photo's: the title tells which of the photos alike it is, not whether a page is on screen, with one
+        exception: text that reads a title twice (`TitleIndex.read_twice`) lists two cards of it, so the screen
+        is a feed (every score -1), whatever its photos. Screens are read side by side (`mmrec.screen_text`'s
+        reader processes)."""
         best, top = match.max(dim=1)
         second = match.scatter(1, top[:, None], -1.0).amax(dim=1)
         unsure = [i for i in range(len(match)) if best[i] > -1 and second[i] >= best[i] - TITLE_BAND]
         if not unsure:
             return match
         with ThreadPoolExecutor(max_workers=min(len(unsure), READERS)) as pool:
-            lines = pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), unsure)
-            read = {i: self.titles.named(text, above=int(top[i])) for i, text in zip(unsure, lines)}
+            lines = dict(zip(unsure, pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), unsure)))
         aspects = np.log([self.windows.aspect, *self.check.crops])
         check = dataclasses.replace(self.check, refine=None)  # every one refined as finely as the best was
         match = match.clone()
         for i in unsure:
-            named = torch.as_tensor(read[i][read[i] != int(top[i])])
+            if self.titles.read_twice(lines[i]):  # two cards of one title: a list, not a page
+                match[i] = -1.0
+                continue
+            read = self.titles.named(lines[i], above=int(top[i]))
+            named = torch.as_tensor(read[read != int(top[i])])
             if not len(named):
                 continue
             box = where[i, top[i]]
@@ -326,18 +331,19 @@ class Grounder:
         of the best. Without colour a look-alike can match a page's coloured bar or text block as a second
         photo; at full size no second photo came near the best (else the screen is a feed there too, and no
         title overturns that: a grid's cards match as well as each other, and one card's title is often
-        read). A feed's titles, read, name two or more, and the verdict stands."""
+        read). A feed's titles, read, name two or more, or one twice (two cards of it), and the verdict
+        stands."""
         best = scores.max(dim=1).values
         called = [i for i in range(len(scores)) if feed[i] and best[i] > -1]
         if not called:
             return match
         with ThreadPoolExecutor(max_workers=min(len(called), READERS)) as pool:
-            read = dict(zip(called, pool.map(lambda i: self.titles.named(
-                read_lines(pixels[i].permute(1, 2, 0).numpy())), called)))
+            lines = dict(zip(called, pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), called)))
         match = match.clone()
         for i in called:
-            named = torch.as_tensor(read[i])
-            if not len(named) or not self.titles.one_title(read[i]):
+            read = self.titles.named(lines[i])
+            named = torch.as_tensor(read)
+            if not len(named) or not self.titles.one_title(read) or self.titles.read_twice(lines[i]):
                 continue
             own = scores[i, named]
             k = int(own.argmax())

@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 OCR_TIMEOUT = 30.0  # seconds one screen may take; past it the reader is stopped and the screen reads nothing (logged)
 TITLE_MATCH = 85.0  # the least ratio (0-100) of a line to a normalised title for the title to count as read
+TITLE_LINES = 6  # a title may be read over at most this many adjacent lines (a narrow column sets a word a line)
 TITLES_READ = 32  # at most this many items named by one screen's text, the best matched (a generic title names many)
 DESCRIPTION_LINE = 20  # the fewest characters (spaces aside) of a line read to match it to the catalog's descriptions
 DESCRIPTION_MATCH = 90.0  # the least partial ratio (0-100) of such a line to a description for the item to be named
@@ -188,38 +189,56 @@ class TitleIndex:
         if descriptions is not None and len(descriptions) != len(self.titles):
             raise ValueError(f"TitleIndex needs one description per title: {len(descriptions)} for "
                              f"{len(self.titles)} titles")
-        self.descriptions = [normalise(t) for t in descriptions] if descriptions is not None else None
         self._titles = [_unspaced(t) for t in self.titles]
-        self._descriptions = [_unspaced(t) for t in self.descriptions] if self.descriptions is not None else None
+        self._descriptions = [_unspaced(normalise(t)) for t in descriptions] if descriptions is not None else None
 
     def named(self, lines: Sequence[str], above: int | None = None) -> np.ndarray:
-        """Codes of the items whose title matches a line, or two or three adjacent lines joined (a title set
-        large in a narrow column wraps), with a ratio of at least `TITLE_MATCH` (items without a title never),
-        and, with descriptions, the items whose description a line of at least `DESCRIPTION_LINE` characters
-        matches best, with a partial ratio (the line within the description) of at least `DESCRIPTION_MATCH`
-        (only the best: a phrase such as "in soft cotton jersey" is in many); each item scored by the better of
-        the two, best matched first, at most `TITLES_READ`. ``above`` (an item code): only the items whose text
-        matches better than that item's does (all of them where it is not named), so text that names an item
-        as well as any other does not name another instead (colour variants share a title, or one adds to it)."""
-        from rapidfuzz import fuzz, process
-
+        """Codes of the items whose title matches a line, or up to `TITLE_LINES` adjacent lines joined (a title
+        set large in a narrow column wraps, a word a line), with a ratio of at least `TITLE_MATCH` (items without
+        a title never). Where no title is read and descriptions are given, the items whose description the lines
+        of at least `DESCRIPTION_LINE` characters match best instead: each such line within the description with
+        a partial ratio of at least `DESCRIPTION_MATCH`, the ratios summed over the lines (a phrase such as "in
+        soft cotton jersey" is in many; several lines tell). Descriptions are not asked beside a title read: H&M
+        gives look-alikes one description, so they would only add those. Best matched first, at most
+        `TITLES_READ`. ``above`` (an item code): only the items whose text matches better than that item's does
+        (all of them where it is not named), so text that names an item as well as any other does not name
+        another instead (colour variants share a title, or one adds to it)."""
         lines = [_unspaced(line) for line in lines]
-        joined = ["".join(lines[k:k + n]) for n in (2, 3) for k in range(len(lines) - n + 1)]
-        queries = [q for q in [*lines, *joined] if len(q) >= 3]
-        best: dict[int, float] = {}
-        for query in queries:
-            for _, score, code in process.extract(query, self._titles, scorer=fuzz.ratio, score_cutoff=TITLE_MATCH,
-                                                  limit=None):
-                if self._titles[code] and score > best.get(code, -1.0):
-                    best[code] = score
-        for code, score in self._described(lines).items():
-            best[code] = max(best.get(code, -1.0), score)
+        best = {code: max(score for score, _ in reads) for code, reads in self._title_reads(lines).items()}
+        if not best:  # no title read: the description may tell (read beside a title, it only adds look-alikes)
+            best = self._described(lines)
         floor = best.get(above, -1.0) if above is not None else -1.0
         ranked = sorted((c for c in best if best[c] > floor), key=lambda c: (-best[c], c))[:TITLES_READ]
         return np.array(ranked, np.int64)
 
+    def read_twice(self, lines: Sequence[str]) -> bool:
+        """Whether some title is read on two separate runs of ``lines`` (neither run holding a line of the
+        other), each with a ratio of at least `TITLE_MATCH`: the screen lists two cards of that title (colour
+        variants share one, in a grid or a bag); a product page prints its title once."""
+        reads = self._title_reads([_unspaced(line) for line in lines])
+        return any(a[1] <= b[0] for spans in reads.values() for _, a in spans for _, b in spans)
+
+    def _title_reads(self, lines: Sequence[str]) -> dict[int, list[tuple[float, tuple[int, int]]]]:
+        """Each item whose title a run of 1 to `TITLE_LINES` adjacent (unspaced) lines, joined, matches with a
+        ratio of at least `TITLE_MATCH` (items without a title never), with each such ratio and run (first
+        line, one past the last)."""
+        from rapidfuzz import fuzz, process
+
+        runs = [(k, k + n) for n in range(1, TITLE_LINES + 1) for k in range(len(lines) - n + 1)]
+        reads: dict[int, list[tuple[float, tuple[int, int]]]] = {}
+        for run in runs:
+            query = "".join(lines[run[0]:run[1]])
+            if len(query) < 3:
+                continue
+            for _, score, code in process.extract(query, self._titles, scorer=fuzz.ratio, score_cutoff=TITLE_MATCH,
+                                                  limit=None):
+                if self._titles[code]:
+                    reads.setdefault(code, []).append((score, run))
+        return reads
+
     def _described(self, lines: Sequence[str]) -> dict[int, float]:
-        """The items whose description the (unspaced) lines match best (see `named`), with that partial ratio."""
+        """The items whose description the (unspaced) lines match best (see `named`): each item's partial
+        ratios summed over the lines that match it, only the items with the highest sum."""
         from rapidfuzz import fuzz, process
 
         if self._descriptions is None:
@@ -228,8 +247,8 @@ class TitleIndex:
         for line in (line for line in lines if len(line) >= DESCRIPTION_LINE):
             for _, score, code in process.extract(line, self._descriptions, scorer=fuzz.partial_ratio,
                                                   score_cutoff=DESCRIPTION_MATCH, limit=None):
-                if self._descriptions[code] and score > scores.get(code, -1.0):
-                    scores[code] = score
+                if self._descriptions[code]:
+                    scores[code] = scores.get(code, 0.0) + score
         top = max(scores.values(), default=None)
         return {code: score for code, score in scores.items() if score == top}
 

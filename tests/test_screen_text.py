@@ -42,6 +42,9 @@ def test_titles_are_found_by_the_lines_that_name_them():
     assert index.named(["luve jumpcr"]).tolist() == [0]  # one letter misread still names it
     assert index.named(["regular printed tee", "9 99 b3"]).tolist() == [2]  # a title wrapped over two lines
     assert index.named(["regular", "printed tee", "9 99 b3"]).tolist() == [2]  # ... and over three
+    wrapped = TitleIndex(["Embrace Skinny Ankle High Waist", "Skinny"])  # a narrow column: a word a line
+    assert wrapped.named(["embrace", "skinny", "ankle", "high", "waist", "29 99"]).tolist() == [0, 1]
+    assert wrapped.named(["embrace", "skinny", "ankle", "high", "waist"], above=0).tolist() == []
     assert index.named(["", "ab", "add to bag"]).tolist() == []  # nothing near; an empty title is never named
     many = TitleIndex(["Tina"] * (TITLES_READ + 8))
     assert len(many.named(["tina"])) == TITLES_READ
@@ -50,7 +53,8 @@ def test_titles_are_found_by_the_lines_that_name_them():
 def test_a_line_of_a_description_names_the_items_it_matches_best():
     """A page prints its description in plain type, read where a heavy title is not: a line of at least
     DESCRIPTION_LINE characters within an item's description names it; of several descriptions holding the
-    line, only those that hold it best; a short or common phrase alone names nothing it should not."""
+    lines, only those that hold them best, summed over the lines; a short or common phrase alone names
+    nothing it should not; and where a title is read, descriptions are not asked."""
     titles = ["June Jeggings", "Jade HW Skinny", "Georgina", "Sonja top"]
     descriptions = ["Slim-fit, denim-look leggings in stretch twill with a high, elasticated waist.",
                     "5-pocket jeans in washed, stretch denim with a high waist and skinny legs.",
@@ -64,8 +68,25 @@ def test_a_line_of_a_description_names_the_items_it_matches_best():
     assert index.named(["with a high waist"]).tolist() == []  # shorter than a description line
     assert len("with a high waist") < DESCRIPTION_LINE
     assert TitleIndex(titles).named(["slim fit denim look leggings in stretch twill"]).tolist() == []
+    # beside a title read, descriptions are not asked (look-alikes share one)
+    assert index.named(["june jeggings", "in washed stretch denim with a high waist"]).tolist() == [0]
+    twins = TitleIndex(["Tee A", "Tee B"], ["Relaxed top in soft cotton jersey with a round neck.",
+                                            "Relaxed top in soft cotton jersey with short sleeves."])
+    assert twins.named(["relaxed top in soft cotton jersey"]).tolist() == [0, 1]  # a line both hold
+    assert twins.named(["relaxed top in soft cotton jersey", "jersey with short sleeves"]).tolist() == [1]  # summed
     with pytest.raises(ValueError, match="one description per title"):
         TitleIndex(titles, descriptions[:2])
+
+
+def test_a_title_read_on_two_separate_runs_of_lines_is_read_twice():
+    """A list shows two cards of one title (colour variants), each read, misread or not; a page prints its
+    title once, however it wraps, whatever junk is read beside it."""
+    index = TitleIndex(["RICHIE HOOD", "Greta Thong Mynta Low 3p"])
+    assert index.read_twice(["richie hood", "10 99 usd", "richehood", "56 99 usd"])
+    assert index.read_twice(["richie", "hood", "10 99", "richie hood"])  # wrapped once, then again
+    assert not index.read_twice(["richie hood", "10 99 usd", "greta thong mynta low 3p"])  # two titles, once each
+    assert not index.read_twice(["x", "richie hood", "hoodie in sweatshirt fabric"])  # overlapping runs: once
+    assert not index.read_twice(["richie", "hood"]) and not index.read_twice([])
 
 
 def test_text_naming_an_item_as_well_as_any_other_names_no_other_instead():
@@ -205,6 +226,8 @@ def test_a_title_tells_apart_photos_alike_and_is_read_only_where_they_are(monkey
     assert codes.tolist() == [0, 0]
     named, named_sims = read.similarities([twin_page, other_title])
     assert named.tolist() == [1, 0] and np.allclose(named_sims, sims)
+    monkeypatch.setattr(grounding, "read_lines", lambda screen: ["luve jumper", "9 99 usd", "luve jumpcr"])
+    assert read.similarities([twin_page])[1].tolist() == [-1.0]  # one title twice: a list's two cards, no page
     calls = []
     monkeypatch.setattr(grounding, "read_lines", lambda screen: calls.append(1) or ["luve jumper"])
     assert read.similarities([_page(photos[2], "Luve Jumper")])[0].tolist() == [2] and not calls
@@ -261,7 +284,8 @@ def test_a_named_item_scored_close_by_the_search_wins_where_the_best_window_does
 def test_a_page_called_a_feed_is_named_by_its_one_title(monkeypatch):
     """The photo check called the screen a feed (a look-alike matched a coloured bar apart from the photo), but
     its text names one title, of the item found best: it is that item's page, at its own score. Text naming
-    two titles (a feed's cards), an item whose photo is far below the best, or no title, leaves the verdict;
+    two titles (a feed's cards) or one title twice, an item whose photo is far below the best, or no title,
+    leaves the verdict;
     a screen not called a feed is not read."""
     grounder = _twin_grounder(["Alpha coat", "Luve Jumper", "Harbour hoodie"], _photos(3))
     screens = grounding.screen_tensor(_page(_photos(1)[0], ""))[None].expand(2, -1, -1, -1)
@@ -277,6 +301,7 @@ def test_a_page_called_a_feed_is_named_by_its_one_title(monkeypatch):
     named = paged(["kvist", "luve jumper", "36 99 usd"])
     assert named[:, 1].tolist() == pytest.approx([0.97, 0.97]) and (named[:, [0, 2]] == -1).all()
     assert (paged(["luve jumper", "alpha coat"]) == -1).all()  # two titles: a feed's cards
+    assert (paged(["luve jumper", "36 99 usd", "luve jumper"]) == -1).all()  # one title twice: two cards
     grounder.titles = TitleIndex(["Alpha coat", "Luve Jumper", "Luve Jumper 2p"])
     assert paged(["luve jumper"])[:, 1].tolist() == pytest.approx([0.97, 0.97])  # a title and its multipack: one
     grounder.titles = TitleIndex(["Alpha coat", "Luve Jumper", "Harbour hoodie"])
