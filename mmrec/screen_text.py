@@ -212,9 +212,9 @@ class TitleIndex:
         return np.array(ranked, np.int64)
 
     def read_twice(self, lines: Sequence[str]) -> bool:
-        """Whether some title is read on two separate runs of ``lines`` (neither run holding a line of the
-        other), each with a ratio of at least `TITLE_MATCH`: the screen lists two cards of that title (colour
-        variants share one, in a grid or a bag); a product page prints its title once."""
+        """Whether some title is read on two runs of ``lines`` that share no line, each with a ratio of at least
+        `TITLE_MATCH` (see `named`): the screen lists two cards of that title (colour variants share one, in a
+        grid or a bag); a product page prints its title once."""
         reads = self._title_reads([_unspaced(line) for line in lines])
         return any(a[1] <= b[0] for spans in reads.values() for _, a in spans for _, b in spans)
 

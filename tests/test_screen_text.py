@@ -285,8 +285,7 @@ def test_a_page_called_a_feed_is_named_by_its_one_title(monkeypatch):
     """The photo check called the screen a feed (a look-alike matched a coloured bar apart from the photo), but
     its text names one title, of the item found best: it is that item's page, at its own score. Text naming
     two titles (a feed's cards) or one title twice, an item whose photo is far below the best, or no title,
-    leaves the verdict;
-    a screen not called a feed is not read."""
+    leaves the verdict; a screen not called a feed is not read."""
     grounder = _twin_grounder(["Alpha coat", "Luve Jumper", "Harbour hoodie"], _photos(3))
     screens = grounding.screen_tensor(_page(_photos(1)[0], ""))[None].expand(2, -1, -1, -1)
     scores = torch.tensor([[0.9, 0.97, 0.5], [0.9, 0.97, 0.5]])
