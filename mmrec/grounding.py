@@ -300,10 +300,11 @@ class Grounder:
         check = dataclasses.replace(self.check, refine=None)  # every one refined as finely as the best was
         match = match.clone()
         for i in unsure:
-            if self.titles.read_twice(lines[i]):  # two cards of one title: a list, not a page
+            text = self.titles.read(lines[i])
+            if text.twice:  # two cards of one title: a list, not a page
                 match[i] = -1.0
                 continue
-            read = self.titles.named(lines[i], above=int(top[i]))
+            read = text.named(above=int(top[i]))
             named = torch.as_tensor(read[read != int(top[i])])
             if not len(named):
                 continue
@@ -341,9 +342,10 @@ class Grounder:
             lines = dict(zip(called, pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), called)))
         match = match.clone()
         for i in called:
-            read = self.titles.named(lines[i])
+            text = self.titles.read(lines[i])
+            read = text.named()
             named = torch.as_tensor(read)
-            if not len(named) or not self.titles.one_title(read) or self.titles.read_twice(lines[i]):
+            if not len(named) or not self.titles.one_title(read) or text.twice:
                 continue
             own = scores[i, named]
             k = int(own.argmax())

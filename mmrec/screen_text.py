@@ -5,7 +5,7 @@ jeans) are told apart by no pixel search at these sizes, but a product page name
 often prints its description. `read_lines` reads a screen's text with RapidOCR (``rapidocr_onnxruntime``: the
 PP-OCR text detector and recogniser, shipped inside the package and run by onnxruntime, so nothing is
 downloaded; without it `ocr_available` is False and a `mmrec.grounding.Grounder` grounds by photo alone), and
-`TitleIndex` finds the catalog items whose title matches a line read, or two adjacent lines (a title that
+`TitleIndex` finds the catalog items whose title matches a line read, or a few adjacent lines (a title that
 wraps), by rapidfuzz's ratio, or whose description a line is part of. Its detector finds small plain text
 (a description at phone size) that Tesseract, enlarged, read only in pieces. Reading is of text only:
 nothing in a screen is run.
@@ -17,6 +17,7 @@ loaded first, an OCR library's PNG step once bound to decord's old zlib and abor
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -177,6 +178,22 @@ def _serve(source: Any, sink: Any) -> None:
         _send(sink, True, "\n".join(str(box[1]) for box in boxes or ()))
 
 
+@dataclasses.dataclass(frozen=True)
+class TextReading:
+    """What one screen's lines say of the catalog (`TitleIndex.read`), so the grounder searches the titles once a
+    screen: ``scores``, each item the text names with how well (its best title ratio, or where no title is read
+    its description ratios summed); ``twice``, whether some title is read twice (`TitleIndex.read_twice`)."""
+
+    scores: dict[int, float]
+    twice: bool
+
+    def named(self, above: int | None = None) -> np.ndarray:
+        """The items named, best matched first, at most `TITLES_READ`; ``above``: see `TitleIndex.named`."""
+        floor = self.scores.get(above, -1.0) if above is not None else -1.0
+        ranked = sorted((c for c in self.scores if self.scores[c] > floor), key=lambda c: (-self.scores[c], c))
+        return np.array(ranked[:TITLES_READ], np.int64)
+
+
 class TitleIndex:
     """The catalog's titles, and optionally its descriptions, `normalise`d, to find the items a screen's lines
     name (`named`). A description counts where a page prints it: set in plain type, it is read where a heavy
@@ -203,20 +220,23 @@ class TitleIndex:
         `TITLES_READ`. ``above`` (an item code): only the items whose text matches better than that item's does
         (all of them where it is not named), so text that names an item as well as any other does not name
         another instead (colour variants share a title, or one adds to it)."""
-        lines = [_unspaced(line) for line in lines]
-        best = {code: max(score for score, _ in reads) for code, reads in self._title_reads(lines).items()}
-        if not best:  # no title read: the description may tell (read beside a title, it only adds look-alikes)
-            best = self._described(lines)
-        floor = best.get(above, -1.0) if above is not None else -1.0
-        ranked = sorted((c for c in best if best[c] > floor), key=lambda c: (-best[c], c))[:TITLES_READ]
-        return np.array(ranked, np.int64)
+        return self.read(lines).named(above)
 
     def read_twice(self, lines: Sequence[str]) -> bool:
         """Whether some title is read on two runs of ``lines`` that share no line, each with a ratio of at least
         `TITLE_MATCH` (see `named`): the screen lists two cards of that title (colour variants share one, in a
         grid or a bag); a product page prints its title once."""
-        reads = self._title_reads([_unspaced(line) for line in lines])
-        return any(a[1] <= b[0] for spans in reads.values() for _, a in spans for _, b in spans)
+        return self.read(lines).twice
+
+    def read(self, lines: Sequence[str]) -> TextReading:
+        """Both answers of one screen's ``lines``, `named` and `read_twice`, from one search of the titles."""
+        lines = [_unspaced(line) for line in lines]
+        reads = self._title_reads(lines)
+        twice = any(a[1] <= b[0] for spans in reads.values() for _, a in spans for _, b in spans)
+        best = {code: max(score for score, _ in spans) for code, spans in reads.items()}
+        if not best:  # no title read: the description may tell (read beside a title, it only adds look-alikes)
+            best = self._described(lines)
+        return TextReading(best, twice)
 
     def _title_reads(self, lines: Sequence[str]) -> dict[int, list[tuple[float, tuple[int, int]]]]:
         """Each item whose title a run of 1 to `TITLE_LINES` adjacent (unspaced) lines, joined, matches with a

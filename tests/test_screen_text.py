@@ -89,6 +89,24 @@ def test_a_title_read_on_two_separate_runs_of_lines_is_read_twice():
     assert not index.read_twice(["richie", "hood"]) and not index.read_twice([])
 
 
+def test_one_reading_of_a_screen_gives_the_items_named_and_whether_a_title_is_read_twice(monkeypatch):
+    """The grounder asks both of each screen read; `TitleIndex.read` answers both from one search of the titles,
+    as `named` and `read_twice` do one at a time."""
+    index = TitleIndex(["RICHIE HOOD", "Greta Thong Mynta Low 3p", "Richie hood 2p"])
+    searches: list[int] = []
+    title_reads = index._title_reads
+    monkeypatch.setattr(index, "_title_reads", lambda lines: searches.append(1) or title_reads(lines))
+    for lines in (["richie hood", "10 99 usd", "richehood"], ["greta thong mynta low 3p", "richie hood"], []):
+        searches.clear()
+        text = index.read(lines)
+        assert len(searches) == 1
+        assert text.twice == index.read_twice(lines)
+        for above in (None, 0, 1, 2):
+            assert text.named(above).tolist() == index.named(lines, above).tolist()
+    assert index.read(["richie hood", "x", "richie hood"]).twice
+    assert index.read(["richie hood"]).named().tolist() == [0, 2] and not index.read(["richie hood"]).twice
+
+
 def test_text_naming_an_item_as_well_as_any_other_names_no_other_instead():
     """Colour variants share a title, or one adds to it ("(C)"): read text names both, and only the items
     it names strictly better than a given one (``above``) could replace that one."""
@@ -308,3 +326,8 @@ def test_a_page_called_a_feed_is_named_by_its_one_title(monkeypatch):
     assert (paged(["add to bag"]) == -1).all()
     calls.clear()
     assert torch.equal(paged(["luve jumper"], torch.tensor([False, False])), torch.zeros(2, 3)) and not calls
+    searches: list[int] = []
+    title_reads = grounder.titles._title_reads
+    monkeypatch.setattr(grounder.titles, "_title_reads", lambda lines: searches.append(1) or title_reads(lines))
+    paged(["kvist", "luve jumper", "36 99 usd"])
+    assert len(searches) == 2  # the titles searched once a screen read
