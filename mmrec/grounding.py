@@ -294,8 +294,7 @@ class Grounder:
         unsure = [i for i in range(len(match)) if best[i] > -1 and second[i] >= best[i] - TITLE_BAND]
         if not unsure:
             return match
-        with ThreadPoolExecutor(max_workers=min(len(unsure), READERS)) as pool:
-            lines = dict(zip(unsure, pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), unsure)))
+        lines = _screen_lines(pixels, unsure)
         aspects = np.log([self.windows.aspect, *self.check.crops])
         check = dataclasses.replace(self.check, refine=None)  # every one refined as finely as the best was
         match = match.clone()
@@ -338,8 +337,7 @@ class Grounder:
         called = [i for i in range(len(scores)) if feed[i] and best[i] > -1]
         if not called:
             return match
-        with ThreadPoolExecutor(max_workers=min(len(called), READERS)) as pool:
-            lines = dict(zip(called, pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), called)))
+        lines = _screen_lines(pixels, called)
         match = match.clone()
         for i in called:
             text = self.titles.read(lines[i])
@@ -460,6 +458,12 @@ class GroundingSettings:
 LAYOUT_FREE_CROPS = (1.0, 1.25, 1.5)  # frames apps cut photos to (height / width): square, 4:5, 2:3
 LAYOUT_FREE_SHORTLIST = 200  # items a layout-free search locates at full size after the half-size pass
 
+
+def _screen_lines(pixels: torch.Tensor, rows: Sequence[int]) -> dict[int, list[str]]:
+    """The text lines `read_lines` reads on each screen ``rows`` of ``pixels`` (uint8 ``[N, 3, H, W]``), read side by
+    side (`mmrec.screen_text`'s reader processes, at most `READERS` at once)."""
+    with ThreadPoolExecutor(max_workers=max(1, min(len(rows), READERS))) as pool:
+        return dict(zip(rows, pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), rows)))
 
 def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> GroundingSettings:
     """Grounding settings that assume nothing about where an app puts its photos, for apps whose pages the
