@@ -461,9 +461,12 @@ LAYOUT_FREE_SHORTLIST = 200  # items a layout-free search locates at full size a
 
 def _screen_lines(pixels: torch.Tensor, rows: Sequence[int]) -> dict[int, list[str]]:
     """The text lines `read_lines` reads on each screen ``rows`` of ``pixels`` (uint8 ``[N, 3, H, W]``), read side by
-    side (`mmrec.screen_text`'s reader processes, at most `READERS` at once)."""
+    side (`mmrec.screen_text`'s reader processes, at most `READERS` at once); one screen is read ``alone``, on
+    the cores side-by-side reading would take (live, a page's one screen)."""
+    alone = len(rows) == 1
     with ThreadPoolExecutor(max_workers=max(1, min(len(rows), READERS))) as pool:
-        return dict(zip(rows, pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy()), rows)))
+        return dict(zip(rows, pool.map(lambda i: read_lines(pixels[i].permute(1, 2, 0).numpy(), alone), rows)))
+
 
 def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> GroundingSettings:
     """Grounding settings that assume nothing about where an app puts its photos, for apps whose pages the

@@ -42,6 +42,7 @@ DESCRIPTION_LINE = 20  # the fewest characters (spaces aside) of a line read to 
 DESCRIPTION_MATCH = 90.0  # the least partial ratio (0-100) of such a line to a description for the item to be named
 READERS = min(4, os.cpu_count() or 1)  # reader processes reading side by side at most (each holds a model)
 READER_THREADS = 1  # onnxruntime threads in each reader: readers read side by side, one core each
+ALONE_THREADS = READERS  # ... and in a screen read alone (`read_lines`' ``alone``): the cores the readers would use
 _WORDS = re.compile(r"[^0-9a-z]+")
 _idle_readers: queue.SimpleQueue = queue.SimpleQueue()  # reader processes started and not in use
 
@@ -129,11 +130,14 @@ def start_readers(count: int = READERS) -> None:
             return
 
 
-def read_lines(screen: Any) -> list[str]:
+def read_lines(screen: Any, alone: bool = False) -> list[str]:
     """The lines of text read on ``screen`` (PIL image or uint8 ``[H, W, 3]`` array), each box of text the
     detector finds one line, top to bottom, each `normalise`d, empty ones left out. A failed read (no
     reader library, an error, over `OCR_TIMEOUT`, a reader that died) is logged and reads nothing. Safe
-    from several threads at once: each read takes an idle reader process, or starts one."""
+    from several threads at once: each read takes an idle reader process, or starts one. ``alone``: no other
+    screen is read meanwhile, so the reader takes `ALONE_THREADS` threads, not `READER_THREADS` (the same
+    lines, read sooner: a live page waits on its one screen's text; side by side, more threads than cores
+    slow every read)."""
     image = screen if isinstance(screen, Image.Image) else Image.fromarray(np.asarray(screen, np.uint8))
     rgb = image.convert("RGB")
     reader = None
@@ -142,7 +146,8 @@ def read_lines(screen: Any) -> list[str]:
             reader = _idle_readers.get_nowait()
         except queue.Empty:
             reader = _start_reader()
-        reader.stdin.write(struct.pack("<II", rgb.width, rgb.height) + rgb.tobytes())
+        threads = ALONE_THREADS if alone else READER_THREADS
+        reader.stdin.write(struct.pack("<III", rgb.width, rgb.height, threads) + rgb.tobytes())
         reader.stdin.flush()
         text = _answer(reader, OCR_TIMEOUT)
     except (RuntimeError, OSError) as err:
@@ -156,22 +161,25 @@ def read_lines(screen: Any) -> list[str]:
 
 def _serve(source: Any, sink: Any) -> None:
     """A reader process: loads the models, answers that it is ready (or why not, and ends), then for each
-    screen on ``source`` (width and height as two little-endian uint32, then the RGB pixels row by row)
-    answers with the text read, one box of text a line; ends when ``source`` does. Screens are upright, so
-    the detector's boxes go straight to the recogniser (no orientation classifier)."""
+    screen on ``source`` (width, height and threads as three little-endian uint32, then the RGB pixels row by
+    row) answers with the text read, one box of text a line; ends when ``source`` does. The threads are
+    `READER_THREADS` or `ALONE_THREADS`: a model is loaded for each, as onnxruntime fixes its threads when it
+    loads. Screens are upright, so the detector's boxes go straight to the recogniser (no orientation
+    classifier)."""
     try:
         from rapidocr_onnxruntime import RapidOCR
 
-        engine = RapidOCR(intra_op_num_threads=READER_THREADS, inter_op_num_threads=1)
+        engines = {threads: RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
+                   for threads in {READER_THREADS, ALONE_THREADS}}
     except Exception as err:  # noqa: BLE001 - whatever stops the library loading, the parent is told why
         _send(sink, False, f"the OCR reader could not start: {type(err).__name__}: {err}")
         return
     _send(sink, True, "")
-    while len(head := source.read(8)) == 8:
-        width, height = struct.unpack("<II", head)
+    while len(head := source.read(12)) == 12:
+        width, height, threads = struct.unpack("<III", head)
         pixels = np.frombuffer(source.read(width * height * 3), np.uint8).reshape(height, width, 3)
         try:
-            boxes, _ = engine(pixels, use_cls=False)
+            boxes, _ = engines.get(threads, engines[READER_THREADS])(pixels, use_cls=False)
         except Exception as err:  # noqa: BLE001 - one screen the library cannot read; the next may be fine
             _send(sink, False, f"{type(err).__name__}: {err}")
             continue

@@ -165,9 +165,12 @@ def test_a_reader_that_cannot_start_says_why(monkeypatch):
 
 @needs_ocr
 def test_a_reader_answers_each_screen_until_its_input_ends():
-    """The reader program itself (in-process, its libraries would share this process's: see the decord test)."""
+    """The reader program itself (in-process, its libraries would share this process's: see the decord test); the
+    first screen asked again with the threads of a screen read alone reads the same."""
     pages = [_page(photo, name) for photo, name in zip(_photos(2), ["Luve Jumper", "Alpha Coat"])]
-    request = b"".join(struct.pack("<II", *p.size) + p.tobytes() for p in pages)
+    asked = [(pages[0], screen_text.READER_THREADS), (pages[1], screen_text.READER_THREADS),
+             (pages[0], screen_text.ALONE_THREADS)]
+    request = b"".join(struct.pack("<III", *p.size, threads) + p.tobytes() for p, threads in asked)
     done = subprocess.run([sys.executable, "-m", "mmrec.screen_text"], input=request, capture_output=True,
                           timeout=120)
     answers, data = [], done.stdout
@@ -176,8 +179,19 @@ def test_a_reader_answers_each_screen_until_its_input_ends():
         answers.append((ok, normalise(data[5:5 + size].decode())))
         data = data[5 + size:]
     assert done.returncode == 0 and answers[0] == (1, "")  # ready
-    assert [ok for ok, _ in answers] == [1, 1, 1]  # then one answer per screen
+    assert [ok for ok, _ in answers] == [1, 1, 1, 1]  # then one answer per screen
     assert "luvejumper" in answers[1][1].replace(" ", "") and "alphacoat" in answers[2][1].replace(" ", "")
+    assert answers[3] == answers[1]
+
+
+def test_one_screen_is_read_alone_and_several_side_by_side(monkeypatch):
+    """A screen read alone takes the readers' cores (a live page waits on its text); several share them."""
+    asked = []
+    monkeypatch.setattr(grounding, "read_lines", lambda image, alone=False: asked.append(alone) or [str(image.sum())])
+    pixels = torch.arange(3 * 3 * 2 * 2, dtype=torch.uint8).view(3, 3, 2, 2)
+    assert grounding._screen_lines(pixels, [1]) == {1: [str(int(pixels[1].sum()))]} and asked == [True]
+    asked.clear()
+    assert list(grounding._screen_lines(pixels, [0, 2])) == [0, 2] and asked == [False, False]
 
 
 @needs_ocr
@@ -244,10 +258,10 @@ def test_a_title_tells_apart_photos_alike_and_is_read_only_where_they_are(monkey
     assert codes.tolist() == [0, 0]
     named, named_sims = read.similarities([twin_page, other_title])
     assert named.tolist() == [1, 0] and np.allclose(named_sims, sims)
-    monkeypatch.setattr(grounding, "read_lines", lambda screen: ["luve jumper", "9 99 usd", "luve jumpcr"])
+    monkeypatch.setattr(grounding, "read_lines", lambda screen, alone=False: ["luve jumper", "9 99 usd", "luve jumpcr"])
     assert read.similarities([twin_page])[1].tolist() == [-1.0]  # one title twice: a list's two cards, no page
     calls = []
-    monkeypatch.setattr(grounding, "read_lines", lambda screen: calls.append(1) or ["luve jumper"])
+    monkeypatch.setattr(grounding, "read_lines", lambda screen, alone=False: calls.append(1) or ["luve jumper"])
     assert read.similarities([_page(photos[2], "Luve Jumper")])[0].tolist() == [2] and not calls
 
 
@@ -292,10 +306,10 @@ def test_a_named_item_scored_close_by_the_search_wins_where_the_best_window_does
     match = torch.tensor([[0.98, 0.97, 0.5]])
     where = torch.tensor([[[30.0, 20.0, 150.0, 200.0], [20.0, 30.0, 160.0, 240.0], [0.0, 0.0, 10.0, 15.0]]])
     variants = [(grounder.windows.boxes(180, 320), grounder.thumbnails)]
-    monkeypatch.setattr(grounding, "read_lines", lambda image: ["luve jumper", "harbour hoodie"])
+    monkeypatch.setattr(grounding, "read_lines", lambda image, alone=False: ["luve jumper", "harbour hoodie"])
     named = grounder._named_by_title(screen, match, where, variants)
     assert int(named.argmax()) == 1 and float(named.max()) == pytest.approx(0.98)
-    monkeypatch.setattr(grounding, "read_lines", lambda image: ["harbour hoodie"])
+    monkeypatch.setattr(grounding, "read_lines", lambda image, alone=False: ["harbour hoodie"])
     assert torch.equal(grounder._named_by_title(screen, match, where, variants), match)
 
 
@@ -311,7 +325,7 @@ def test_a_page_called_a_feed_is_named_by_its_one_title(monkeypatch):
     feed = torch.tensor([True, True])
 
     def paged(lines: list[str], called: torch.Tensor = feed) -> torch.Tensor:
-        monkeypatch.setattr(grounding, "read_lines", lambda image: calls.append(1) or lines)
+        monkeypatch.setattr(grounding, "read_lines", lambda image, alone=False: calls.append(1) or lines)
         return grounder._paged_by_title(screens, judged.masked_fill(~called[:, None], 0.0), scores, called)
 
     calls: list[int] = []
