@@ -457,6 +457,7 @@ class GroundingSettings:
 
 LAYOUT_FREE_CROPS = (1.0, 1.25, 1.5)  # frames apps cut photos to (height / width): square, 4:5, 2:3
 LAYOUT_FREE_SHORTLIST = 200  # items a layout-free search locates at full size after the half-size pass
+LAYOUT_FREE_SHORTLIST_SHARE = 0.04  # ... or this share of the catalogue where that is more (200 of 5,000)
 
 
 def _screen_lines(pixels: torch.Tensor, rows: Sequence[int]) -> dict[int, list[str]]:
@@ -480,14 +481,16 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     each also on a finer grid and in windows up to 5 % larger and smaller (half the gap between widths), on
     thumbnails 12 wide (refining only the best few let a look-alike that fits the window's size outrank the item
     itself, shown a few per cent off it, and keep it from the next stage); with more than `LAYOUT_FREE_SHORTLIST`
-    items, those located best by thumbnails 6 wide go on; the best 10, and the best of each variant (the photo
-    whole, each cut: a coat cut to 4:5 may rank only twelfth over all variants behind a dress's square cut), are
-    matched again on thumbnails 36 wide (``coarse`` 3), which tell apart photos alike when small (black trousers on
-    white, two navy sweaters once a page has cut them square). A screen where a second photo alike matches apart
-    from the best (``crowd`` 0.65, see `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the screen (a feed
-    card, a bag row) is no product page. Where photos alike compete, the page's title read by OCR names the item
-    (``titles``; `Grounder`), and a screen called a feed on the coarse thumbnails alone is a page after all where
-    its text names one title whose photo comes within `TITLE_BAND` of the best. ``threshold`` is then calibrated
+    items, those located best by thumbnails 6 wide go on, `LAYOUT_FREE_SHORTLIST` or `LAYOUT_FREE_SHORTLIST_SHARE`
+    of the items, whichever is more (a count fixed for 5,000 items let a whole catalogue's look-alikes at that size
+    crowd out the item itself); the best 10, and the best of each variant (the photo whole, each cut: a coat cut to
+    4:5 may rank only twelfth over all variants behind a dress's square cut), are matched again on thumbnails 36
+    wide (``coarse`` 3), which tell apart photos alike when small (black trousers on white, two navy sweaters once a
+    page has cut them square). A screen where a second photo alike matches apart from the best (``crowd`` 0.65, see
+    `PhotoCheck`) is a feed, and a photo narrower than 0.35 of the screen (a feed card, a bag row) is no product
+    page. Where photos alike compete, the page's title read by OCR names the item (``titles``; `Grounder`), and a
+    screen called a feed on the coarse thumbnails alone is a page after all where its text names one title whose
+    photo comes within `TITLE_BAND` of the best. ``threshold`` is then calibrated
     (`mmrec.calibration.calibrate_space`) on labelled recordings of any app."""
     if not (math.isfinite(aspect) and aspect > 0) or items < 1:
         raise ValueError(f"layout_free_settings needs a positive photo aspect (height / width) and items >= 1, "
@@ -495,7 +498,8 @@ def layout_free_settings(aspect: float, items: int, threshold: float = 0.5) -> G
     crops = tuple(a for a in LAYOUT_FREE_CROPS if abs(a / aspect - 1) > 0.05)
     check = PhotoCheck(candidates=items, size=(max(2, round(36 * aspect)), 36), crowd=0.65, locate_all=True,
                        contrast=1.0, colour=40.0, crops=crops, smallest=0.35, scales=(0.95, 0.975, 1.025, 1.05),
-                       refine=None, shortlist=LAYOUT_FREE_SHORTLIST, coarse=3)
+                       refine=None, shortlist=max(LAYOUT_FREE_SHORTLIST, round(LAYOUT_FREE_SHORTLIST_SHARE * items)),
+                       coarse=3)
     return GroundingSettings(threshold, ScreenWindows.grid(0.2, 1.0, aspect=aspect, ratio=1.12, stride=0.05), check,
                              titles=True)
 

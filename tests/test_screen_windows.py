@@ -870,3 +870,12 @@ def test_the_best_of_each_variant_is_matched_at_full_size_besides_the_best_overa
     assert float(check.search(table, variants)[0][0, 3]) > 0.5
     monkeypatch.setattr(screen_windows, "SEARCH_DETAILED_EACH", 0)
     assert float(check.search(table, variants)[0][0, 3]) == -1.0  # the two best overall are look-alikes
+
+
+def test_the_layout_free_shortlist_grows_with_the_catalogue():
+    """The 6-wide pass keeps 200 items up to 5,000 and 4 % of a larger catalogue: a fixed 200 of the whole H&M
+    catalogue dropped articles that ranked 267th to 1,097th there, behind look-alikes at that size."""
+    from mmrec.grounding import LAYOUT_FREE_SHORTLIST, layout_free_settings
+
+    shortlists = [layout_free_settings(1.5, items).check.shortlist for items in (10, 1_000, 5_000, 5_013, 22_246)]
+    assert shortlists == [LAYOUT_FREE_SHORTLIST] * 3 + [201, 890]
