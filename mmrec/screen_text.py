@@ -10,7 +10,7 @@ wraps), by rapidfuzz's ratio, or whose description a line is part of. Its detect
 (a description at phone size) that Tesseract, enlarged, read only in pieces. Reading is of text only:
 nothing in a screen is run.
 
-The reader runs in processes of its own (``python -m mmrec.screen_text``), each kept with its model loaded:
+The reader runs in processes of its own (``python -m mmrec.screen_text``), each kept with its models loaded:
 loading costs more than reading a screen, and in-process it would share the process's libraries (with decord
 loaded first, an OCR library's PNG step once bound to decord's old zlib and aborted the whole process).
 """
