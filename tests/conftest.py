@@ -1,5 +1,6 @@
 """Shared fixtures: where the real data lives, small deterministic interaction tables, the H&M article
-header, and a one-thread torch setting for modules of tiny models."""
+header, a one-thread torch setting for modules of tiny models, and each pytest-xdist worker's share of
+the cores."""
 from __future__ import annotations
 
 from pathlib import Path
