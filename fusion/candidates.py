@@ -178,13 +178,17 @@ class Trending:
 class CoPurchase:
     """Articles bought by customers who bought the customer's articles: score(u, j) = sum over the
     customer's recency-weighted articles i of P(j | i) (co-buyers of i and j over buyers of i), counted over
-    the last ``window`` days of purchases. ``batch``: customers scored at a time (bounds the memory of the
+    the last ``window`` days of purchases. ``neighbours`` > 0 keeps only each article's that many most
+    likely co-purchases (ties at the cut kept), item-kNN style: a customer's scores then reach at most
+    ``neighbours`` articles per article bought, not every co-buyer's every purchase (a share of the
+    catalogue that grows with the shop). ``batch``: customers scored at a time (bounds the memory of the
     customer × article score matrix; the result does not depend on it)."""
 
     n: int = 24
     window: int = 28
     name: str = "copurchase"
     batch: int = 1024
+    neighbours: int = 0
 
     def generate(self, history: Purchases, users: np.ndarray, day: int, side: ItemSide) -> pd.DataFrame:
         recent = history._select(history.days >= day - self.window)
@@ -196,7 +200,9 @@ class CoPurchase:
         cooc = (buyers.T @ buyers).tocsr()
         cooc.setdiag(0)
         counts = np.asarray(buyers.sum(0)).ravel()
-        cond = sp.diags(1.0 / np.maximum(counts, 1)) @ cooc  # row i: P(j | i)
+        cond = (sp.diags(1.0 / np.maximum(counts, 1)) @ cooc).tocsr()  # row i: P(j | i)
+        if self.neighbours > 0:
+            cond = top_per_row(cond, self.neighbours)
         weights = user_item_weights(history, users, day)
         if not len(weights):
             return empty()
@@ -228,6 +234,13 @@ def top_from_sparse(scores: sp.spmatrix, user_codes: np.ndarray, n: int) -> pd.D
     keep = data >= row_nth_largest(rows, data, csr.shape[0], n)[rows]
     frame = pd.DataFrame({"user": np.asarray(user_codes)[rows[keep]], "item": items[keep], "score": data[keep]})
     return top_per_user(frame, n)
+
+
+def top_per_row(matrix: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    """``matrix`` with only each row's ``k`` largest entries (every entry tied with the k-th kept)."""
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    keep = matrix.data >= row_nth_largest(rows, matrix.data, matrix.shape[0], k)[rows]
+    return sp.csr_matrix((matrix.data[keep], (rows[keep], matrix.indices[keep])), shape=matrix.shape)
 
 
 def row_nth_largest(rows: np.ndarray, values: np.ndarray, n_rows: int, n: int) -> np.ndarray:

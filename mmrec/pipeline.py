@@ -48,10 +48,11 @@ class PipelineConfig:
 
     ``candidates``: generator name → candidates per customer (0 or absent = generator off; names in
     `mmrec.fusion.candidates.GENERATORS`). ``trending_window`` / ``copurchase_window``: days of purchases the
-    trending and co-purchase generators count. ``features``: the ranker's feature groups. ``content``: the
-    encoder of the item content vectors (``"minilm"``; ``""`` = no content). The defaults are what was
-    chosen on the H&M valid day (benchmarks/next_purchase.py): segment trending and content (MiniLM
-    candidates and similarity feature) did not add there, so they are off; ``{"content": 24}`` in
+    trending and co-purchase generators count. ``copurchase_neighbours``: each article's most likely co-purchases
+    the co-purchase generator keeps (0 = all; `mmrec.fusion.candidates.CoPurchase`). ``features``: the ranker's
+    feature groups. ``content``: the encoder of the item content vectors (``"minilm"``; ``""`` = no content). The
+    defaults are what was chosen on the H&M valid day (benchmarks/next_purchase.py): segment trending and content
+    (MiniLM candidates and similarity feature) did not add there, so they are off; ``{"content": 24}`` in
     ``candidates``, ``"content"`` in ``features`` and ``content: minilm`` turn content on.
     ``horizon_days``: the length of a label window (a day here; a week on the full download).
     ``label_windows``: label windows the ranker trains on.
@@ -68,6 +69,7 @@ class PipelineConfig:
         "repurchase": 24, "trending": 48, "copurchase": 32, "colour_variants": 12})
     trending_window: int = 7
     copurchase_window: int = 28
+    copurchase_neighbours: int = 0
     features: tuple[str, ...] = ("generators", "customer", "article", "affinity")
     content: str = ""
     horizon_days: int = 1
@@ -86,6 +88,9 @@ class PipelineConfig:
         for name in ("horizon_days", "label_windows", "trending_window", "copurchase_window"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PipelineConfig.{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.copurchase_neighbours < 0:
+            raise ValueError(f"PipelineConfig.copurchase_neighbours must be ≥ 0 (0 = all), "
+                             f"got {self.copurchase_neighbours}")
         if not self.fallback_decay >= 0:
             raise ValueError(f"PipelineConfig.fallback_decay must be ≥ 0, got {self.fallback_decay}")
         bad = set(self.features) - set(FEATURE_GROUPS)
@@ -94,7 +99,8 @@ class PipelineConfig:
 
     def generators(self) -> list:
         """The enabled generators, in a fixed order."""
-        windows = {"trending": {"window": self.trending_window}, "copurchase": {"window": self.copurchase_window},
+        windows = {"trending": {"window": self.trending_window},
+                   "copurchase": {"window": self.copurchase_window, "neighbours": self.copurchase_neighbours},
                    "segment_trending": {"window": self.trending_window}}
         return [GENERATORS[name](n=n, **windows.get(name, {})) for name, n in self.candidates.items() if n > 0]
 

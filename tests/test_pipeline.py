@@ -161,6 +161,8 @@ def test_pipeline_config_errors_are_clear():
         PipelineConfig(candidates={"repurchase": 5})
     with pytest.raises(ValueError, match="unknown group"):
         PipelineConfig(features=("customer", "horoscope"))
+    with pytest.raises(ValueError, match="copurchase_neighbours"):
+        PipelineConfig(copurchase_neighbours=-1)
     inter, catalog = shop()
     with pytest.raises(ValueError, match="objective"):
         train(inter, catalog, small_config(candidates={"trending": 5}, ranker=RankerConfig(objective="softmax")))

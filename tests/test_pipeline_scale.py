@@ -1,6 +1,7 @@
 """The next-purchase pipeline's memory- and time-saving paths give the results of the plain ones: the per-row
-top-n of a sparse score matrix, co-purchase in blocks of customers, the ranker fitted on a list of label
-windows instead of their stacked table, and the purchase shares without a Python set."""
+top-n of a sparse score matrix, co-purchase in blocks of customers (and with each article's neighbours capped,
+against a dense reference), the ranker fitted on a list of label windows instead of their stacked table, and
+the purchase shares without a Python set."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from mmrec.fusion.candidates import (COLUMNS, CoPurchase, ItemSide, Purchases, row_nth_largest, top_from_sparse,
-                                     top_per_user)
+                                     top_per_row, top_per_user, user_item_weights)
 from mmrec.fusion.ranker import Ranker, RankerConfig
 from mmrec.pipeline import purchase_shares, stack
 
@@ -55,6 +56,39 @@ def test_copurchase_in_blocks_of_customers_equals_one_block():
     blocks = CoPurchase(n=6, window=10, batch=3).generate(history, users, 20, side)
     assert len(whole) > 0
     pd.testing.assert_frame_equal(blocks, whole)
+
+
+def test_top_per_row_by_hand_ties_kept():
+    matrix = sp.csr_matrix(np.array([[5.0, 1.0, 3.0, 3.0], [0.0, 2.0, 9.0, 0.0], [7.0, 7.0, 0.0, 7.0]]))
+    kept = top_per_row(matrix, 2).toarray()
+    np.testing.assert_array_equal(kept, [[5.0, 0.0, 3.0, 3.0], [0.0, 2.0, 9.0, 0.0], [7.0, 7.0, 0.0, 7.0]])
+
+
+def test_copurchase_neighbours_keep_each_articles_most_likely_co_purchases():
+    rng = np.random.default_rng(4)
+    n_users, n_items, rows, day = 80, 40, 900, 20
+    history = Purchases(rng.integers(0, n_users, rows), rng.integers(0, n_items, rows), rng.integers(0, day, rows),
+                        n_users, n_items)
+    side, users = ItemSide(np.arange(n_items)), np.arange(0, n_users, 3)
+    uncapped = CoPurchase(n=8, window=10).generate(history, users, day, side)
+    pd.testing.assert_frame_equal(CoPurchase(n=8, window=10, neighbours=n_items).generate(history, users, day, side),
+                                  uncapped)
+    # the reference, dense: P(j | i) over the window's distinct buyers, each row cut at its 3rd largest value
+    recent = history.days >= day - 10
+    bought = np.zeros((n_users, n_items))
+    bought[history.users[recent], history.items[recent]] = 1
+    cond = bought.T @ bought
+    np.fill_diagonal(cond, 0)
+    cond /= np.maximum(bought.sum(0), 1)[:, None]
+    third = -np.sort(-cond, axis=1)[:, 2:3]
+    cond = np.where((cond >= third) & (cond > 0), cond, 0)
+    weights = user_item_weights(history, users, day)
+    profile = np.zeros((n_users, n_items))
+    profile[weights["user"], weights["item"]] = weights["score"]
+    expected = reference_top(sp.csr_matrix(profile[users] @ cond), users, 8)
+    capped = CoPurchase(n=8, window=10, neighbours=3).generate(history, users, day, side)
+    pd.testing.assert_frame_equal(capped, expected, check_exact=False, rtol=1e-6)
+    assert not capped.equals(uncapped)
 
 
 def window_table(rng, users: np.ndarray) -> pd.DataFrame:
