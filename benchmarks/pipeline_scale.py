@@ -26,7 +26,10 @@ child runs and stops the child if available memory falls under ``--min-available
 shared).
 
     nice -n 10 python benchmarks/pipeline_scale.py --data /tmp/world/s16 /tmp/world/s4 --horizon-days 1 7 \\
-        --out runs/pipeline_scale
+        [--copurchase-neighbours 0 100] --out runs/pipeline_scale
+
+``--copurchase-neighbours`` measures each value in the same run (0 = every co-purchase kept), so a cap's saving
+is a ratio against the uncapped pipeline on the same machine and load.
 """
 from __future__ import annotations
 
@@ -120,8 +123,9 @@ class Meter:
         setattr(owner, name, measured)
 
 
-def child(data: str, horizon: int, refit_all: bool, label_windows: int, threads: int) -> dict:
-    """``mmrec train pipeline --no-content`` on ``data`` with every stage measured (the model is not saved)."""
+def child(data: str, horizon: int, refit_all: bool, label_windows: int, threads: int, neighbours: int) -> dict:
+    """``mmrec train pipeline --no-content`` on ``data`` with every stage measured (the model is not saved);
+    ``neighbours``: `PipelineConfig.copurchase_neighbours`."""
     import numpy as np
 
     import mmrec.pipeline as pipeline
@@ -141,7 +145,7 @@ def child(data: str, horizon: int, refit_all: bool, label_windows: int, threads:
     meter.wrap(Ranker, "fit", "ranker_fit")
     meter.wrap(Ranker, "predict", "ranker_predict")
     config = pipeline.PipelineConfig(horizon_days=horizon, label_windows=label_windows, content="",
-                                     ranker=RankerConfig(n_jobs=threads))
+                                     copurchase_neighbours=neighbours, ranker=RankerConfig(n_jobs=threads))
     days = interactions.timestamps // 86_400
     model, report = meter.measure("other", pipeline.train, interactions, catalog, config, customers=customers,
                                   refit_all=refit_all)
@@ -152,10 +156,12 @@ def child(data: str, horizon: int, refit_all: bool, label_windows: int, threads:
         s["us_per_row"] = s["seconds"] / max(n, 1) * 1e6
     test = report["test"]
     return {"data": data, "horizon_days": horizon, "label_windows": label_windows, "refit_all": refit_all,
+            "copurchase_neighbours": neighbours,
             "purchases": n, "users": interactions.n_users, "items": interactions.n_items,
             "first_day": str(np.datetime64(int(days.min()), "D")), "last_day": str(np.datetime64(int(days.max()), "D")),
             "valid_start": report["config"]["valid_start"], "test_start": report["config"]["test_start"],
             "test_buyers": test["pipeline"].get("users"), "test_map12": test["pipeline"].get("map@12"),
+            "valid_map12": report["valid"]["pipeline"].get("map@12"),
             "test_baseline_map12": test["repurchase_trending"].get("map@12"),
             "test_union_per_user": test["candidates"]["union"]["per_user"],
             "best_iteration": report["ranker"]["best_iteration"],
@@ -207,6 +213,8 @@ def mem_available_gib() -> float:
 
 
 def main() -> int:
+    from mmrec.pipeline import PipelineConfig
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", nargs="+", help="H&M-layout folders, smallest first")
     parser.add_argument("--horizon-days", type=int, nargs="+", default=[1],
@@ -214,15 +222,18 @@ def main() -> int:
     parser.add_argument("--label-windows", type=int, default=3, help="PipelineConfig.label_windows")
     parser.add_argument("--no-refit", action="store_true", help="skip the deploy refit (--refit-all)")
     parser.add_argument("--threads", type=int, default=1, help="LightGBM threads (RankerConfig.n_jobs)")
+    parser.add_argument("--copurchase-neighbours", type=int, nargs="+",
+                        default=[PipelineConfig.copurchase_neighbours],
+                        help="PipelineConfig.copurchase_neighbours values, each measured in this run (0 = uncapped)")
     parser.add_argument("--min-available-gib", type=float, default=3.0,
                         help="stop a child when the machine's available memory falls under this")
     parser.add_argument("--out", help="folder for results.json (every row of this run, rewritten atomically)")
-    parser.add_argument("--child", nargs=5, metavar=("DATA", "HORIZON", "REFIT", "WINDOWS", "THREADS"),
+    parser.add_argument("--child", nargs=6, metavar=("DATA", "HORIZON", "REFIT", "WINDOWS", "THREADS", "NEIGHBOURS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        data, horizon, refit, windows, threads = args.child
-        print(json.dumps(child(data, int(horizon), refit == "1", int(windows), int(threads))))
+        data, horizon, refit, windows, threads, neighbours = args.child
+        print(json.dumps(child(data, int(horizon), refit == "1", int(windows), int(threads), int(neighbours))))
         return 0
     if not args.data:
         parser.error("--data is required")
@@ -231,13 +242,14 @@ def main() -> int:
     rows: list[dict] = []
     for data in args.data:
         for horizon in args.horizon_days:
-            row = run_child([data, str(horizon), "0" if args.no_refit else "1", str(args.label_windows),
-                             str(args.threads)], args.min_available_gib)
-            summary = {k: v for k, v in row.items() if k != "calls"}
-            print(json.dumps(summary), flush=True)
-            rows.append(row)
-            if args.out:
-                atomic_write_json(Path(args.out) / "results.json", rows)
+            for neighbours in args.copurchase_neighbours:
+                row = run_child([data, str(horizon), "0" if args.no_refit else "1", str(args.label_windows),
+                                 str(args.threads), str(neighbours)], args.min_available_gib)
+                summary = {k: v for k, v in row.items() if k != "calls"}
+                print(json.dumps(summary), flush=True)
+                rows.append(row)
+                if args.out:
+                    atomic_write_json(Path(args.out) / "results.json", rows)
     return 0
 
 
