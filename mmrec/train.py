@@ -644,10 +644,13 @@ class _Loop:
             if self.evaluate_fn is not None and (self.epoch + 1) % config.eval_every == 0:
                 stop = self.validate(record)
             self.result.history.append(record)
-            log.info("epoch %d: loss %.4f, %s %s, %.0f samples/s, %.3g model GFLOP/s%s", self.epoch,
+            # torch's FLOP counter does not see every op (sparse products, e.g. LightGCN's propagation)
+            flops = (f"{record['model_tflops_per_s'] * 1e3:.3g} model GFLOP/s" if self.flops_per_sample
+                     else "model FLOPs not counted")
+            log.info("epoch %d: loss %.4f, %s %s, %.0f samples/s, %s%s", self.epoch,
                      record.get("loss", math.nan), config.early_stop_metric,
                      record.get("valid", {}).get(config.early_stop_metric, "-"), record["samples_per_s"],
-                     record["model_tflops_per_s"] * 1e3, f", MFU {record['mfu']:.1%}" if "mfu" in record else "")
+                     flops, f", MFU {record['mfu']:.1%}" if "mfu" in record else "")
             self.epoch += 1
             self.batch_in_epoch = 0
             self.result.epochs_run = self.epoch
