@@ -44,10 +44,33 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(dumps_json(config, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def check_replaceable(directory: str | os.PathLike, kind: str, what: str | None = None) -> Path:
+    """``directory`` if saving a ``kind`` there may replace what it holds: it is missing, an empty folder, or
+    a saved mmrec folder of that kind. Saving replaces the whole folder, so anything else — a data folder, a
+    split given as the input, someone's files — is refused (`FileExistsError`) instead of deleted."""
+    path, what = Path(directory), what or str(directory)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{what} is a file; it must be a folder (created if missing)")
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    manifest = path / MANIFEST_FILE
+    try:
+        saved = read_json(manifest) if manifest.is_file() else None
+    except ValueError:
+        saved = None
+    held = saved.get("kind") if isinstance(saved, dict) else None
+    if held != kind:
+        holds = f"a saved mmrec {held!r}" if held else "files that are not a saved mmrec folder"
+        raise FileExistsError(f"{what}: the folder exists and holds {holds}; saving a {kind} replaces the whole "
+                              f"folder, so choose a new or empty folder (or one a {kind} was saved to)")
+    return path
+
+
 def write_folder(directory: str | os.PathLike, kind: str, config: Any, fill: Callable[[Path], None]) -> Path:
     """Build a saved folder atomically: ``fill(tmp)`` writes the files, then the manifest is added and the
-    folder renamed onto ``directory`` (replacing an older one only once the new one is complete)."""
-    directory = Path(directory)
+    folder renamed onto ``directory`` (replacing an older one of the same kind only once the new one is
+    complete; anything else there is refused, see `check_replaceable`)."""
+    directory = check_replaceable(directory, kind)
     with atomic_folder(directory) as tmp:
         fill(tmp)
         files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}

@@ -114,6 +114,27 @@ def test_a_kill_during_save_leaves_the_old_folder(saved):
     Recommender.from_pretrained(saved)
 
 
+def test_saving_never_replaces_a_folder_that_is_not_an_older_save_of_the_same_kind(tmp_path, saved):
+    """Saving replaces the whole folder: a data folder, someone's files or another kind of saved folder (a
+    split given as --data) is refused and left as it was; an empty folder or an older model is replaced."""
+    model = create_model("most_popular", 12, 9)
+    model.remember(tiny_interactions())
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "articles.csv").write_text("article_id\n")
+    with pytest.raises(FileExistsError, match="not a saved mmrec folder"):
+        model.save_pretrained(data)
+    assert [p.name for p in data.iterdir()] == ["articles.csv"]
+    space = _space().save_pretrained(tmp_path / "space")
+    with pytest.raises(FileExistsError, match="saved mmrec 'space'"):
+        model.save_pretrained(space)
+    UnifiedSpace.from_pretrained(space)
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "empty", saved):
+        model.save_pretrained(folder)
+        assert Recommender.from_pretrained(folder).name == "most_popular"
+
+
 def test_saving_over_a_file_is_an_error(tmp_path):
     (tmp_path / "taken").write_text("x")
     model = create_model("most_popular", 12, 9)

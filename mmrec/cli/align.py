@@ -94,7 +94,7 @@ def _in_memory(space, args, config):
     from mmrec.content import item_texts
     from mmrec.fusion.alignment import CatalogPairs, RetrievalValidator, product_pages, split_by_group
 
-    data = load_data(args.data)
+    data = load_data(args.data, photos=True)
     if data.catalog is None:
         raise ValueError(f"--data {args.data}: alignment needs a catalog (an H&M folder or 'synthetic')")
     catalog = data.catalog

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,8 +72,11 @@ def warm_fraction_arg(text: str) -> float:
 
 
 def date_arg(text: str) -> str:
-    """A calendar day ``YYYY-MM-DD`` (kept as text; `make_split` converts it)."""
+    """A calendar day ``YYYY-MM-DD`` (kept as text; `make_split` converts it). Only that form: numpy would
+    also read ``2021-01`` as a month's first day, ``20200918`` as a year and ``NaT`` or ``today``."""
     try:
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            raise ValueError
         np.datetime64(text, "D")
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a day as YYYY-MM-DD, got {text!r}") from None
@@ -112,11 +116,17 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def check_out_folder(path: str | Path, flag: str = "--out") -> Path:
-    """``path`` as a folder to write: refused when it exists and is not a folder."""
+def check_out_folder(path: str | Path, flag: str = "--out", kind: str | None = None) -> Path:
+    """``path`` as a folder to write: refused when it exists and is not a folder; with ``kind`` (a saved
+    folder's kind, which replaces the whole folder) also when it holds anything but an older ``kind``
+    (`mmrec.pretrained.check_replaceable`), checked before any work is done."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{flag} {path} is a file; it must be a folder (created if missing)")
+    if kind is not None:
+        from mmrec.pretrained import check_replaceable
+
+        check_replaceable(path, kind, f"{flag} {path}")
     return path
 
 
@@ -177,8 +187,10 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
                              "test, so a ranking of every item is judged on warm and cold purchases together")
 
 
-def load_data(spec: str) -> Data:
-    """Read ``--data`` into `Data`, naming the path and what was expected when it fits no known layout."""
+def load_data(spec: str, *, photos: bool = False) -> Data:
+    """Read ``--data`` into `Data`, naming the path and what was expected when it fits no known layout. An
+    H&M folder without ``images/`` (the CSVs alone) loads without photos, with a warning, unless ``photos``
+    (a command that reads the photos) makes that an error."""
     if spec == "synthetic":
         import tempfile
 
@@ -197,7 +209,10 @@ def load_data(spec: str) -> Data:
     if path.is_dir() and (path / "articles.csv").is_file():
         from mmrec.datasets import hm
 
-        catalog, interactions = hm.load(path)
+        with_photos = photos or (path / hm.IMAGES_DIR).is_dir()
+        if not with_photos:
+            log.warning("--data %s has no %s/ folder: loading the articles without photos", path, hm.IMAGES_DIR)
+        catalog, interactions = hm.load(path, images=with_photos)
         return Data(interactions, catalog, None, "hm")
     raise ValueError(f"--data {path}: expected an MMRec folder with a <name>.inter file, an H&M folder with "
                      f"articles.csv, or 'synthetic'")

@@ -139,7 +139,7 @@ def _catalog(args: argparse.Namespace) -> Any:
         from mmrec.datasets.catalog_csv import read_catalog
 
         return read_catalog(args.catalog)
-    data = load_data(args.catalog)
+    data = load_data(args.catalog, photos=True)
     if data.catalog is None:
         raise ValueError(f"--catalog {args.catalog}: this data set has no catalog (item photos and texts)")
     return data.catalog

@@ -197,9 +197,10 @@ def _add_align(parser: argparse.ArgumentParser) -> None:
     _add_out(parser, "space")
 
 
-def _check_paths(args: argparse.Namespace) -> None:
-    """Paths the run will write, checked before any work."""
-    check_out_folder(args.out)
+def _check_paths(args: argparse.Namespace, kind: str = "recommender") -> None:
+    """Paths the run will write, checked before any work: ``--out`` (saving a ``kind`` replaces it whole,
+    so it may hold nothing else) and ``--checkpoint-dir``."""
+    check_out_folder(args.out, kind=kind)
     prepare_checkpoint_dir(args.checkpoint_dir)
 
 
@@ -303,7 +304,7 @@ def run_align(args: argparse.Namespace) -> int:
     """``mmrec train align`` (`mmrec.cli.align.run_align`)."""
     from mmrec.cli.align import run_align as run_task
 
-    _check_paths(args)
+    _check_paths(args, kind="space")
     if args.config:
         from mmrec.cli.align import AlignRunConfig
 
