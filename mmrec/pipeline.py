@@ -5,8 +5,9 @@ Protocol (`run`): with a horizon of ``h`` days and the test window starting on d
 on ``L`` the features read purchases before ``L`` and the labels are the purchases in ``[L, L + h)`` — and
 only customers who buy in a label window are training rows. Choosing: train on the ``label_windows``
 windows before ``V``, stop early on valid (``V``); the test ranker is the same recipe moved one window
-later (trained up to ``V``) with the chosen number of trees; deploy (``refit_all``) moves it once more
-and keeps every purchase as history, so the saved model answers for the day after the data ends.
+later (trained up to ``V``) with the chosen number of trees; deploy (``refit_all``) moves it on to the
+data's last window (the test window by default) and keeps every purchase as history, so the saved model
+answers for the day after the data ends.
 
 Library use::
 
@@ -26,7 +27,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -82,6 +83,9 @@ class PipelineConfig:
         unknown = set(self.candidates) - set(GENERATORS)
         if unknown:
             raise ValueError(f"PipelineConfig.candidates: unknown generator(s) {sorted(unknown)}; known: {list(GENERATORS)}")
+        for name, n in self.candidates.items():
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+                raise ValueError(f"PipelineConfig.candidates.{name}: expected a count ≥ 0 (an integer), got {n!r}")
         if self.candidates.get("trending", 0) < 1:
             raise ValueError("PipelineConfig.candidates needs trending ≥ 1: it is the only generator for a "
                              "customer without history")
@@ -183,6 +187,10 @@ class NextPurchase:
             if day not in tables:
                 tables[day] = with_positive(self.labelled(purchases, day))
         valid = tables[valid_day] if valid_day is not None else None
+        if valid is not None and not len(valid):
+            raise ValueError(f"the valid window starting {np.datetime64(valid_day, 'D')} has no customer with "
+                             f"history who bought one of their candidates, so the ranker has nothing to stop "
+                             f"early on: choose a later test_start or a longer horizon_days")
         # the windows go to the ranker as a list: no stacked copy of them (the same model as on `stack`)
         self.ranker = Ranker(self.config.ranker).fit([tables[d] for d in self.label_days(last_label_day)], valid,
                                                      rounds=rounds)
@@ -326,8 +334,11 @@ def run(purchases: Purchases, side: ItemSide, config: PipelineConfig, *, test_st
     report["fit_seconds"] = time.perf_counter() - started
     if not refit_all:
         return tested, report
-    deployed = NextPurchase(config, side, ages).fit(purchases, test_start, rounds=rounds, tables=tables)
-    report["refit"] = {"last_label_day": str(np.datetime64(test_start, "D")), "rounds": rounds,
+    # the last label window is the data's last: with an earlier test_start, the purchases after the test
+    # window are labels and history of the deployed model too
+    deploy_day = max(test_start, int(purchases.days.max()) - h + 1)
+    deployed = NextPurchase(config, side, ages).fit(purchases, deploy_day, rounds=rounds, tables=tables)
+    report["refit"] = {"last_label_day": str(np.datetime64(deploy_day, "D")), "rounds": rounds,
                        "history_rows": len(purchases)}
     return deployed, report
 
@@ -402,18 +413,22 @@ class PipelineModel(Recommender):
         return self.pipeline
 
     def score(self, users: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Ranker scores for each customer's candidates; every other article ranks after them by trending."""
+        """Ranker scores for each customer's candidates; every other article ranks after them by trending
+        (the order `NextPurchase.recommend` fills with). The fill sits just below the batch's lowest ranker
+        score: a far-off offset would merge the trending ranks into ties once the scores are float32."""
         pipeline = self._require()
         users_np = users.cpu().numpy().astype(np.int64)
         day = self.next_day
-        trend = trending_order_scores(self.history.before(day), day, self.config.fallback(1))
-        scores = np.tile(trend - 1e6, (len(users_np), 1)).astype(np.float32)
+        trend = trending_order_scores(self.history.before(day), day, self.config.fallback(1)).astype(np.float64)
         scored = pipeline.scored(self.history, users_np, day)
+        ranked = scored["score"].to_numpy(np.float64)
+        floor = min(float(ranked.min()), 0.0) - 2.0 if len(ranked) else -2.0  # trend < 1: the fill < floor + 1
+        scores = np.tile(trend + floor, (len(users_np), 1))
         if len(scored):
             rows = np.searchsorted(np.sort(users_np), scored["user"].to_numpy())
             order = np.argsort(users_np, kind="stable")
-            scores[order[rows], scored["item"].to_numpy()] = scored["score"].to_numpy(np.float32)
-        out = torch.as_tensor(scores, device=users.device)
+            scores[order[rows], scored["item"].to_numpy()] = ranked
+        out = torch.as_tensor(scores.astype(np.float32), device=users.device)
         return out if items is None else out[:, items]
 
     @torch.no_grad()
@@ -430,7 +445,13 @@ class PipelineModel(Recommender):
         codes = self.candidate_codes(candidates)
         pool = np.arange(self.n_items) if codes is None else codes
         order = pool[np.lexsort((pool, -scores[pool]))][:k]
-        return {"items": order, "fallback": "trending"}
+        return {"items": order, "scores": scores[order], "fallback": "trending"}
+
+    def answered_by_fallback(self, users: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Customers without a purchase in the history: they get the trending list alone (flagged)."""
+        self._require()
+        users = np.asarray(users, dtype=np.int64)
+        return ~np.isin(users, with_history(self.history, users, self.next_day))
 
     # -- persistence --------------------------------------------------------------------------------
     def save_extra(self, folder: Path) -> None:
@@ -496,6 +517,21 @@ def check_codes(path: Path, codes: np.ndarray, size: int) -> None:
         raise ValueError(f"{path}: codes outside 0..{size - 1}")
 
 
+def check_windows(first: int, last: int, test_start: int, config: PipelineConfig) -> None:
+    """Refuse a ``test_start`` (days since 1970-01-01) the purchases ``first``..``last`` cannot serve: a test
+    window that starts after the data ends, or training label windows with no day of history before them."""
+    h, day = config.horizon_days, (lambda d: np.datetime64(d, "D"))
+    span = f"the purchases span {day(first)}..{day(last)}"
+    if test_start > last:
+        raise ValueError(f"test_start {day(test_start)}: the test window starts after the data ends ({span})")
+    earliest = test_start - (config.label_windows + 1) * h  # the first training label window (valid is one later)
+    if earliest <= first:
+        raise ValueError(f"test_start {day(test_start)} with horizon_days {h} and label_windows "
+                         f"{config.label_windows}: the first training window would start on {day(earliest)}, "
+                         f"with no history before it ({span}; the earliest test_start is "
+                         f"{day(first + 1 + (config.label_windows + 1) * h)})")
+
+
 def trending_order_scores(history: Purchases, day: int, trending: Trending) -> np.ndarray:
     """``trending``'s scores (its window, decay and counting; not its ``n``) scaled into [0, 1) by rank (a
     total order: ties broken by article code)."""
@@ -523,8 +559,9 @@ def train(interactions: Interactions, catalog: Catalog, config: PipelineConfig |
     purchases = Purchases.from_interactions(interactions)
     if not len(purchases):
         raise ValueError("no purchases to train the pipeline on")
-    last = int(purchases.days.max())
+    first, last = int(purchases.days.min()), int(purchases.days.max())
     test_start = last - config.horizon_days + 1 if test_start is None else int(test_start)
+    check_windows(first, last, test_start, config)
     wants_content = "content" in config.features or config.candidates.get("content", 0) > 0
     if wants_content and vectors is None and not config.content:
         raise ValueError("the pipeline config asks for content (a content generator or feature) but names no "
@@ -536,7 +573,7 @@ def train(interactions: Interactions, catalog: Catalog, config: PipelineConfig |
     side = item_side(catalog, vectors)
     ages = customer_ages(customers, interactions.user_ids)
     pipeline, report = run(purchases, side, config, test_start=test_start, ages=ages, refit_all=refit_all)
-    keep = interactions.timestamps // 86_400 < (test_start + config.horizon_days if refit_all else test_start)
+    keep = np.ones(len(interactions), bool) if refit_all else interactions.timestamps // 86_400 < test_start
     model = PipelineModel(config, interactions.n_users, interactions.n_items)
     model.attach(pipeline, interactions.select(keep))
     return model, report

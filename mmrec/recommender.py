@@ -106,6 +106,12 @@ class Recommender(Pretrained, nn.Module):
         """Scores ``[len(users), n_items]`` (or ``[len(users), len(items)]``); higher is better."""
         raise NotImplementedError
 
+    def answered_by_fallback(self, users: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Which of the known ``users`` (codes) get only the unknown-user fallback (`recommend_for_unknown`),
+        as a bool array: the model knows their id but has nothing of theirs to rank by, so `mmrec recommend`
+        and `mmrec serve` flag their answers as they flag an unknown user's. None by default."""
+        return np.zeros(len(users), dtype=bool)
+
     def candidate_codes(self, candidates: str | Sequence[int] | np.ndarray | None) -> np.ndarray | None:
         """Item codes ``recommend`` ranks: ``None`` / ``"all"`` → None (every item); ``"cold"`` → items with
         no interaction known to the model (none among the seen pairs); ``"warm"`` → the others; else codes."""

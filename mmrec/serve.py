@@ -227,6 +227,8 @@ class ModelService:
                 codes, scores = model.recommend(np.array([code]), k, candidates=candidates,
                                                 exclude_seen=model.excludes_seen_by_default, **options)
                 codes, scores = codes[0].cpu().numpy(), scores[0].float().cpu().numpy()
+                if model.answered_by_fallback([code])[0]:  # known, but nothing of theirs to rank by
+                    fallback = _fallback(snap, 1, candidates)[2]
             else:
                 codes, scores, fallback = _fallback(snap, k, candidates)
         keep = np.isfinite(scores) & (codes >= 0)

@@ -151,7 +151,22 @@ def test_unknown_and_historyless_customers_get_the_same_trending_list(tmp_path):
                      refit_all=True)
     ghost = int(np.flatnonzero(inter.user_ids == "ghost")[0])
     fallback = model.recommend_for_unknown(k=12)["items"]
-    assert set(fallback) == set(model.recommend([ghost], k=12)[0][0].tolist())
+    assert list(fallback) == model.recommend([ghost], k=12)[0][0].tolist()  # the same order, not only the same set
+
+
+def test_saved_model_fills_after_the_candidates_in_the_evaluated_order():
+    """`PipelineModel.recommend` (what `mmrec recommend` answers) lists what the evaluator scores: the ranked
+    candidates, then the trending fill in trending order, for every customer and the whole catalogue."""
+    inter, catalog = shop()
+    model, _ = train(inter, catalog, small_config(), vectors=vectors(), refit_all=True)
+    users = np.arange(N_USERS)
+    codes, _ = model.recommend(users, k=N_ITEMS)
+    expected = model.pipeline.recommend(model.history, users, model.next_day, k=N_ITEMS)
+    ranked = model.pipeline.scored(model.history, users, model.next_day).groupby("user").size()
+    assert 0 < ranked.min() and ranked.max() < N_ITEMS  # every customer has candidates and a fill
+    for user, got, want in zip(users, codes.tolist(), expected.tolist()):
+        n = int(ranked.get(user, 0))  # equal ranker scores may swap places: the candidates as a set
+        assert set(got[:n]) == set(want[:n]) and got[n:] == want[n:]
 
 
 def test_pipeline_config_errors_are_clear():
@@ -163,6 +178,8 @@ def test_pipeline_config_errors_are_clear():
         PipelineConfig(features=("customer", "horoscope"))
     with pytest.raises(ValueError, match="copurchase_neighbours"):
         PipelineConfig(copurchase_neighbours=-1)
+    with pytest.raises(ValueError, match=r"candidates.trending: expected a count"):
+        PipelineConfig(candidates={"trending": 48.7})
     inter, catalog = shop()
     with pytest.raises(ValueError, match="objective"):
         train(inter, catalog, small_config(candidates={"trending": 5}, ranker=RankerConfig(objective="softmax")))
@@ -331,3 +348,84 @@ def test_a_pipeline_with_a_trained_generator_fits_once_per_history_and_recommend
     assert first["lightgcn_rank"].notna().any()
     top = model.recommend(purchases, users, DAY0 + 7, k=12)
     assert top.shape == (len(users), 12) and (top >= 0).all()
+
+
+def test_customers_without_history_are_flagged_and_unknown_ones_are_served(tmp_path):
+    """A known customer with nothing in the history gets the trending list, flagged like an unknown one, in
+    `mmrec recommend` and `mmrec serve`; an unknown customer is served the same list with its scores."""
+    from fastapi.testclient import TestClient
+
+    from mmrec.serve import ServeConfig, create_app
+
+    inter, catalog = shop()
+    model, _ = train(inter, catalog, small_config(candidates={"repurchase": 10, "trending": 12}), refit_all=True)
+    ghost = int(np.flatnonzero(inter.user_ids == "ghost")[0])
+    assert model.answered_by_fallback([0, ghost]).tolist() == [False, True]
+    model.save_pretrained(tmp_path / "pipe")
+    client = TestClient(create_app(tmp_path / "pipe", ServeConfig()), raise_server_exceptions=True)
+    unknown = client.get("/recommend", params={"user": "nobody", "k": 4}).json()
+    trending = model.recommend_for_unknown(k=4)
+    assert unknown["fallback"] == "trending" and unknown["items"] == [model.item_ids[c] for c in trending["items"]]
+    assert unknown["scores"] == sorted(unknown["scores"], reverse=True)
+    assert client.get("/recommend", params={"user": "ghost", "k": 4}).json()["fallback"] == "trending"
+    assert client.get("/recommend", params={"user": "c000", "k": 4}).json()["fallback"] is None
+
+
+def test_cli_flags_known_customers_without_history(tmp_path, capsys):
+    import json
+
+    from mmrec.cli import main
+
+    inter, catalog = shop()
+    model, _ = train(inter, catalog, small_config(candidates={"repurchase": 10, "trending": 12}))
+    model.save_pretrained(tmp_path / "pipe")  # trained to the test day: its history ends before it
+    (tmp_path / "users.txt").write_text("\ufeffc000\nghost\nnobody\n")  # a spreadsheet's byte-order mark first
+    assert main(["recommend", "--model", str(tmp_path / "pipe"), "--users", str(tmp_path / "users.txt"), "--k",
+                 "5", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["unknown_users"] == ["nobody"]
+    assert answer["fallback"] == {"kind": "trending", "users": ["nobody", "ghost"]}
+    assert answer["recommendations"]["ghost"] == answer["recommendations"]["nobody"]
+
+
+def test_a_test_day_the_data_cannot_serve_is_refused_naming_the_span():
+    inter, catalog = shop()
+    config = small_config(candidates={"repurchase": 10, "trending": 12})
+    with pytest.raises(ValueError, match=r"starts after the data ends .*purchases span"):
+        train(inter, catalog, config, test_start=DAY0 + N_DAYS)
+    with pytest.raises(ValueError, match=r"no history before it .*earliest test_start is"):
+        train(inter, catalog, config, test_start=DAY0 + 4)  # 3 training windows + valid need 4 days before
+    closed = inter.select(inter.timestamps // 86_400 != DAY0 + N_DAYS - 2)  # the shop shut on the valid day
+    with pytest.raises(ValueError, match="valid window starting .* nothing to stop early on"):
+        train(closed, catalog, config)
+
+
+def test_refit_all_with_an_earlier_test_day_still_learns_from_every_purchase():
+    inter, catalog = shop()
+    model, report = train(inter, catalog, small_config(candidates={"repurchase": 10, "trending": 12}),
+                          test_start=DAY0 + N_DAYS - 2, refit_all=True)
+    assert report["refit"]["last_label_day"] == str(np.datetime64(DAY0 + N_DAYS - 1, "D"))
+    assert model.next_day == DAY0 + N_DAYS and len(model.history) == len(inter) == report["refit"]["history_rows"]
+
+
+def test_cli_pipeline_options_are_checked_before_any_work(tmp_path, capsys):
+    """A day not written YYYY-MM-DD, and an --out that would replace the data, are refused (exit 2) before
+    training; a run file's ranker seed is kept unless --seed is given."""
+    import json
+
+    from mmrec.cli import main
+
+    inter, catalog = shop()
+    write_hm_folder(tmp_path / "hm", inter, catalog)
+    base = ["train", "pipeline", "--data", str(tmp_path / "hm"), "--no-content"]
+    for day in ("2021-01", "20200918", "NaT", "today"):
+        assert main([*base, "--test-start", day, "--out", str(tmp_path / "m")]) == 2
+        assert "YYYY-MM-DD" in capsys.readouterr().err
+    before = sorted(p.name for p in (tmp_path / "hm").iterdir())
+    assert main([*base, "--out", str(tmp_path / "hm")]) == 2
+    assert "not a saved mmrec folder" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "hm").iterdir()) == before
+    (tmp_path / "run.yaml").write_text("candidates: {repurchase: 10, trending: 12}\nranker: {seed: 7, n_estimators: 5}\n")
+    assert main([*base, "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "m"), "--json"]) == 0
+    capsys.readouterr()
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["config"]["ranker"]["seed"] == 7

@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-start", type=date_arg,
                         help="first day of the test window (default: the last --horizon-days days of the data)")
     parser.add_argument("--horizon-days", type=positive_int, help="length of a window in days (default 1)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="LightGBM's seed (bagging, features)")
+    parser.add_argument("--seed", type=non_negative_int,
+                        help="LightGBM's seed (bagging, features; default: the run file's ranker seed, else 0)")
     parser.add_argument("--no-content", action="store_true",
                         help="no content vectors: drop the content generator and feature")
     parser.add_argument("--content-cache", help="embedding cache folder for the item content vectors")
@@ -39,7 +40,8 @@ def pipeline_config(args: argparse.Namespace):
 
     config = load_yaml(PipelineConfig, args.config) if args.config else PipelineConfig()
     values = dataclasses.asdict(config)
-    values["ranker"]["seed"] = args.seed
+    if args.seed is not None:
+        values["ranker"]["seed"] = args.seed
     if args.horizon_days is not None:
         values["horizon_days"] = args.horizon_days
     if args.no_content:
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from mmrec.datasets import hm
     from mmrec.pipeline import train
 
-    out = check_out_folder(args.out)
+    out = check_out_folder(args.out, kind="recommender")
     config = pipeline_config(args)
     root = Path(args.data)
     if not (root / hm.ARTICLES_FILE).is_file():
