@@ -24,7 +24,7 @@ def read_catalog_csv(path: str | os.PathLike) -> Catalog:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     try:
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:  # a spreadsheet's byte-order mark is dropped
             reader = csv.DictReader(f)
             columns = reader.fieldnames or []
             missing = [c for c in REQUIRED if c not in columns]
@@ -69,7 +69,7 @@ def read_catalog(path: str | os.PathLike, images: str | os.PathLike | None = Non
         return catalog
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
-    with path.open(encoding="utf-8", errors="replace") as f:
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
         header = next(csv.reader([f.readline()]), [])
     if "article_id" in header:
         return hm.read_articles(path, images)

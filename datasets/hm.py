@@ -25,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,7 @@ TRANSACTION_COLUMNS = ("t_dat", "customer_id", "article_id")
 
 SKIP_REASONS = {
     "malformed_line": "wrong number of fields",
+    "not_utf8": "not UTF-8 text",
     "blank_line": "blank line",
     "missing_customer_id": "empty customer_id",
     "unknown_article_id": "article_id not in articles.csv",
@@ -151,7 +152,7 @@ def load_customers(root: str | os.PathLike) -> pd.DataFrame:
     """
     path = _required_file(Path(os.path.abspath(root)), CUSTOMERS_FILE)
     _require_columns(path, ("customer_id",))
-    df = pd.read_csv(path, dtype={"customer_id": str, "postal_code": str, "club_member_status": str,
+    df = _read_table(path, dtype={"customer_id": str, "postal_code": str, "club_member_status": str,
                                   "fashion_news_frequency": str}, keep_default_na=False, na_values=[""])
     empty = df["customer_id"].isna().to_numpy()
     if empty.any():
@@ -194,7 +195,7 @@ def _read_catalog(root: Path, images: bool, rep: LoadReport) -> Catalog:
 
 def _read_articles(path: Path, images_dir: Path | None, rep: LoadReport) -> Catalog:
     _require_columns(path, ARTICLE_COLUMNS)
-    df = pd.read_csv(path, dtype=str, usecols=list(ARTICLE_COLUMNS), keep_default_na=False, na_filter=False)
+    df = _read_table(path, dtype=str, usecols=list(ARTICLE_COLUMNS), keep_default_na=False, na_filter=False)
     if not len(df):
         raise HMDataError(path, "has a header but no articles")
     ids = df["article_id"].to_numpy(dtype=object)
@@ -209,6 +210,26 @@ def _read_articles(path: Path, images_dir: Path | None, rep: LoadReport) -> Cata
     rep.empty_texts = sum(not t.strip() for t in texts)
     return Catalog(ids=ids, titles=df["prod_name"].tolist(), texts=texts, image_paths=image_paths,
                    attributes={name: df[name].to_numpy(dtype=object) for name in ATTRIBUTE_COLUMNS})
+
+
+def _read_table(path: Path, **options: Any) -> pd.DataFrame:
+    """``pd.read_csv(path, **options)``, its parse and encoding errors naming the file."""
+    try:
+        return pd.read_csv(path, **options)
+    except UnicodeDecodeError as err:
+        with open(path, "rb") as f:  # pandas' byte offset is within its own buffer: find the line
+            line = next((n for n, raw in enumerate(f, 1) if not _is_utf8(raw)), None)
+        raise HMDataError(path, f"not UTF-8 text ({err.reason})", line=line) from None
+    except pd.errors.ParserError as err:
+        raise HMDataError(path, f"not a readable CSV ({str(err).strip()})") from None
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _check_article_ids(path: Path, ids: np.ndarray) -> None:
@@ -327,7 +348,8 @@ def _line_blocks(path: Path, header: list[str], block_bytes: int, rep: LoadRepor
     (pyarrow's streaming reader reads ahead without bound when parsing is slower than the disk).
     Transaction fields hold no newlines, so a line is a record; blank lines are parsed as records (then
     skipped as blank) and lines with the wrong number of fields are dropped by pyarrow and reported with
-    their line number.
+    their line number, as are lines that are not UTF-8 (a block is searched for them only when pyarrow
+    refuses it).
     """
     convert = pa_csv.ConvertOptions(include_columns=list(TRANSACTION_COLUMNS),
                                     column_types={c: DICTIONARY_STRING for c in TRANSACTION_COLUMNS})
@@ -348,23 +370,48 @@ def _line_blocks(path: Path, header: list[str], block_bytes: int, rep: LoadRepor
             f.seek(start + cut)
             lines = _LineMap(first_line, data.count(b"\n", 0, cut) + (data[cut - 1:cut] != b"\n"))
 
-            def on_invalid_line(row, lines: _LineMap = lines) -> str:
-                line = lines.first + row.number - 1
-                lines.skipped.append(line)
-                rep.skipped.add_many("malformed_line", 1, [f"line {line}: {row.text[:80]!r}"])
+            dropped: list[tuple[int, str]] = []  # (line, text) pyarrow dropped; counted once a parse succeeds
+
+            def on_invalid_line(row, lines: _LineMap = lines, dropped: list = dropped) -> str:
+                dropped.append((lines.first + row.number - 1, row.text))
                 return "skip"
 
-            table = pa_csv.read_csv(
-                pa.BufferReader(memoryview(data)[:cut]),
-                read_options=pa_csv.ReadOptions(column_names=header, use_threads=False, block_size=cut + 1),
-                parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_line, ignore_empty_lines=False),
-                convert_options=convert,
-            )
+            def parse(buffer) -> pa.Table:
+                return pa_csv.read_csv(
+                    pa.BufferReader(buffer),
+                    read_options=pa_csv.ReadOptions(column_names=header, use_threads=False, block_size=cut + 1),
+                    parse_options=pa_csv.ParseOptions(invalid_row_handler=on_invalid_line, ignore_empty_lines=False),
+                    convert_options=convert)
+
+            try:
+                table = parse(memoryview(data)[:cut])
+            except pa.ArrowInvalid as err:  # rare: only then is the block searched for lines that are not UTF-8
+                if "UTF8" not in str(err):
+                    raise HMDataError(path, f"lines {lines.first}..{lines.first + lines.count - 1}: {err}") from None
+                dropped.clear()
+                table = parse(_mark_non_utf8_lines(data[:cut]))
+            for line, text in dropped:
+                lines.skipped.append(line)
+                if text == _NOT_UTF8_LINE:
+                    rep.skipped.add_many("not_utf8", 1, [f"line {line}"])
+                else:
+                    rep.skipped.add_many("malformed_line", 1, [f"line {line}: {text[:80]!r}"])
             del data
             rep.transaction_lines_read += lines.count
             first_line += lines.count
             if table.num_rows:
                 yield lines, table.combine_chunks().to_batches()[0]
+
+
+# What a line that is not UTF-8 becomes before parsing: one field where the layout has several, so pyarrow
+# drops it as invalid and the handler counts it under "not_utf8" with its line number.
+_NOT_UTF8_LINE = "<mmrec: this line is not UTF-8>"
+
+
+def _mark_non_utf8_lines(block: bytes) -> bytes:
+    """``block`` with every line that does not decode as UTF-8 replaced by `_NOT_UTF8_LINE` (line count kept)."""
+    marker = _NOT_UTF8_LINE.encode()
+    return b"\n".join(line if _is_utf8(line) else marker for line in block.split(b"\n"))
 
 
 class _Block:
@@ -510,8 +557,12 @@ def _required_file(root: Path, name: str) -> Path:
 
 def _require_columns(path: Path, needed: tuple[str, ...]) -> list[str]:
     """The header's column names; raises naming the file and the missing columns."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        header = next(csv.reader(f), [])
+    with open(path, "rb") as f:  # the header line only: a later line that is not UTF-8 is the reader's to name
+        first = f.readline()
+    try:
+        header = next(csv.reader([first.decode("utf-8-sig")]), [])
+    except UnicodeDecodeError as err:
+        raise HMDataError(path, f"the header is not UTF-8 text ({err.reason} at byte {err.start})", line=1) from None
     missing = [c for c in needed if c not in header]
     if missing:
         raise HMDataError(path, f"missing column(s) {missing}; found {header}", line=1, column=missing[0])

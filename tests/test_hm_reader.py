@@ -160,6 +160,39 @@ def test_missing_images_folder_suggests_images_false(tiny: Path) -> None:
     with pytest.raises(FileNotFoundError, match="images=False"):
         hm.load(tiny)
     assert len(hm.load(tiny, images=False)[0]) == 3
+    # the command line reads the CSVs alone, saying so, unless the command needs the photos
+    from mmrec.cli.common import load_data
+
+    assert load_data(str(tiny)).catalog.image_paths == [None, None, None]
+    with pytest.raises(FileNotFoundError, match="images"):
+        load_data(str(tiny), photos=True)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 1000])
+def test_a_transaction_line_that_is_not_utf8_is_skipped_counted_and_named(tmp_path: Path, chunk_rows: int) -> None:
+    transactions = [tx("2020-09-20", "a", "0108775015"), "2020-09-20,a",  # line 3: two fields
+                    tx("2020-09-21", "b\udce9", "0108775015"),  # line 4: a Latin-1 byte in the customer id
+                    tx("2020-09-22", "c", "0108775015")]
+    root = write_layout(tmp_path / "hm", [article_line("0108775015")], [])
+    (root / "transactions_train.csv").write_bytes(
+        "\n".join([TRANSACTION_HEADER, *transactions, ""]).encode("utf-8", "surrogateescape"))
+    _, inter, report = hm.load(root, images=False, chunk_rows=chunk_rows, report=True)
+    assert list(inter.user_ids) == ["a", "c"]
+    assert report.skipped == {"malformed_line": 1, "not_utf8": 1}
+    assert report.skipped_examples["not_utf8"] == ["line 4"]
+    assert report.skipped_examples["malformed_line"][0].startswith("line 3:")
+
+
+def test_side_files_that_cannot_be_read_are_named_with_the_line(tmp_path: Path) -> None:
+    root = write_layout(tmp_path / "hm", [article_line("0108775015"), article_line("0110065001", "CafX")],
+                        [tx("2020-09-20", "a", "0108775015")])
+    raw = (root / "articles.csv").read_bytes()
+    (root / "articles.csv").write_bytes(raw.replace(b"CafX", b"Caf\xe9"))  # a Latin-1 byte on line 3
+    with pytest.raises(hm.HMDataError, match=r"articles.csv, line 3: not UTF-8"):
+        hm.load(root, images=False)
+    (root / "customers.csv").write_text("customer_id,age\nc1,25\nc2,26,extra,fields\n")
+    with pytest.raises(hm.HMDataError, match=r"customers.csv: not a readable CSV .*line 3"):
+        hm.load_customers(root)
 
 
 def test_missing_columns_are_named_with_the_columns_found(tmp_path: Path) -> None:
@@ -276,3 +309,15 @@ def test_read_articles_takes_any_csv_and_image_folder(tiny: Path, tmp_path: Path
         hm.read_articles(dupes)
     with pytest.raises(FileNotFoundError, match="layout of H&M"):
         hm.read_articles(tmp_path / "nope.csv")
+
+
+def test_catalog_files_saved_with_a_byte_order_mark_are_read(tmp_path: Path) -> None:
+    """Spreadsheets write a UTF-8 byte-order mark first; `--add-items` files are read the same with or without."""
+    from mmrec.datasets.catalog_csv import read_catalog
+
+    lines = [",".join(ARTICLE_HEADER), article_line("0108775015", "Strap top")]
+    (tmp_path / "hm.csv").write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "plain.csv").write_text("\ufeffid,title,text\nn1,red dress,for summer\n", encoding="utf-8")
+    assert list(read_catalog(tmp_path / "hm.csv").ids) == ["0108775015"]
+    plain = read_catalog(tmp_path / "plain.csv")
+    assert list(plain.ids) == ["n1"] and plain.titles == ["red dress"]
