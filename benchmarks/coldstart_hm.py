@@ -17,7 +17,8 @@ Protocol (issue 5, part 5):
   *targets* (fixed for every step). For n in 0, 1, 2, 5, 10, the first n buyers of every curve item are
   revealed — given to ``model.update(interactions)`` on a copy of the fitted model (no retraining) and
   masked as seen — and Recall@20 of the targets is measured ranking the curve items only (``vae_fusion``'s
-  update includes its co-buyer evidence, ``cobuyer_weight``; the variant ``vae_fusion-no_cobuyer`` leaves it out).
+  update includes its co-buyer and profile evidence, ``cobuyer_weight`` and ``profile_weight``; the variants
+  ``vae_fusion-no_cobuyer`` and ``vae_fusion-no_profile`` leave one out).
 * **Hybrid with warm targets** (``--warm-targets F``, ColdRec's protocol): F of the warm (user, item) pairs
   (users with at least 3) are also held out into valid and F into test, so *hybrid* (all items ranked) counts
   warm and cold purchases together and *warm* ranks the warm items alone. Without them the hybrid targets are
@@ -80,6 +81,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "vae_fusion-no_vae": ("vae_fusion", {"vae": False}, {}),
     "vae_fusion-no_affinity": ("vae_fusion", {"affinity": False}, {}),
     "vae_fusion-no_cobuyer": ("vae_fusion", {"cobuyer_weight": 0.0}, {}),  # the same model; its warm-up curve differs
+    "vae_fusion-no_profile": ("vae_fusion", {"profile_weight": 0.0}, {}),  # likewise, without the profile evidence
     "vae_fusion-prior_sample": ("vae_fusion", {"prior_sample": True}, {}),
     "vae_fusion-posterior_rank": ("vae_fusion", {"posterior_rank": True}, {}),
 }

@@ -35,7 +35,9 @@ into such an item from its buyers and adds the edges to the graph, but does not 
 `VAEFusion.trained_counts`). With ``cobuyer_weight`` > 0 such an item's score also gets the *co-buyer
 evidence*: the mean, over its buyers, of the cosine between the user's purchase history and the buyer's
 (both as sets), times that weight — who bought it says more through what else they bought than through
-their user vectors. Ablations: ``gate=False`` uses the learned vector for items with training
+their user vectors. With ``profile_weight`` > 0 it also gets the *profile evidence*: how close, in content,
+what the user bought is to what its buyers bought (`cobuyer_table`), which still speaks where two purchase
+sets share no article. Ablations: ``gate=False`` uses the learned vector for items with training
 interactions and the generated one otherwise; ``vae=False`` replaces the VAE by a plain content → ID-space
 regression; ``ranking_loss=False`` drops the generated-vector BPR; ``affinity=False`` drops a(u, i).
 ``prior_sample=True`` (off by default) trains on generated vectors decoded from a draw of p(z | content)
@@ -104,6 +106,8 @@ class VAEFusionConfig:
     affinity_train_exact: bool = False  # train on the exact affinity; the affinity_k graph then serves scoring only
     cold_offset: float = 0.0        # added to the scores of items without a trained ID embedding (`mmrec.hybrid`)
     cobuyer_weight: float = 30.0    # after `update`: weight of the co-buyer evidence on items without a trained ID
+    profile_weight: float = 3.0     # after `update`: weight of the buyers' content-profile evidence on those items
+    profile_power: float = 4.0      # ... as max(0, cos)^power
     prior_sample: bool = False      # training: generated vectors from a draw of the VAE's prior (tried; off)
     posterior_rank: bool = False    # training: BPR on the VAE's reconstructions of batch items (tried; off)
 
@@ -127,8 +131,11 @@ class VAEFusionConfig:
             raise ValueError(f"VAEFusionConfig.affinity_k must be ≥ 0, got {self.affinity_k}")
         if self.affinity_sample < 0:
             raise ValueError(f"VAEFusionConfig.affinity_sample must be ≥ 0, got {self.affinity_sample}")
-        if self.cobuyer_weight < 0:
-            raise ValueError(f"VAEFusionConfig.cobuyer_weight must be ≥ 0, got {self.cobuyer_weight}")
+        if self.cobuyer_weight < 0 or self.profile_weight < 0:
+            raise ValueError(f"VAEFusionConfig.cobuyer_weight and profile_weight must be ≥ 0, got "
+                             f"{self.cobuyer_weight}, {self.profile_weight}")
+        if self.profile_power <= 0:
+            raise ValueError(f"VAEFusionConfig.profile_power must be > 0, got {self.profile_power}")
         if self.posterior_rank and not self.vae:
             raise ValueError("VAEFusionConfig.posterior_rank needs vae: a regression has no posterior to rank through")
         if self.gate_a_init <= 0:
@@ -172,7 +179,7 @@ class VAEFusion(LightGCN):
         self._affinity_graph: AffinityGraph | None = None
         self._knn_csr: tuple[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
         self._similarity: tuple[tuple, torch.Tensor] | None = None
-        self._cobuyers: tuple[tuple, tuple[torch.Tensor, torch.Tensor, Any, Any] | None] | None = None
+        self._cobuyers: tuple[tuple, tuple | None] | None = None
 
     def _make_generator(self) -> ContentVAE | ContentRegressor:
         cfg = self.config
@@ -334,13 +341,18 @@ class VAEFusion(LightGCN):
         untrained = ~self.has_id if items is None else ~self.has_id[items]
         return scores + self.config.cold_offset * untrained.to(scores.dtype)
 
-    def cobuyer_table(self) -> tuple[torch.Tensor, torch.Tensor, Any, Any] | None:
-        """What the co-buyer evidence needs, derived from the seen pairs (so never saved): the *folded*
+    def cobuyer_table(self) -> tuple | None:
+        """What the buyers' evidence needs, derived from the seen pairs (so never saved): the *folded*
         items (buyers from `update`, no trained ID embedding), each item's column among them (-1 if not
-        folded), the users' purchase sets as rows of unit length ``H`` (sparse, users × items) and the mean of
-        each folded item's buyers' rows ``B`` (sparse, items × folded). A user's evidence for f is
-        ``(H @ B)[u, f]``: the mean cosine of the user's purchase set with each buyer's. None when no item is
-        folded. Sparse throughout, so a catalogue with many new items costs what its purchases cost."""
+        folded), the users' purchase sets as rows of unit length ``H`` (sparse, users × items), the mean of
+        each folded item's buyers' rows ``B`` (sparse, items × folded), the users' purchases of trained items
+        ``T`` (sparse, users × items) and the folded items' buyer profiles ``P`` (folded × content dims).
+        A user's co-buyer evidence for f is ``(H @ B)[u, f]``: the mean cosine of the user's purchase set
+        with each buyer's. Their profile evidence is max(0, cos(profile(u), P[f]))^p, a user's *profile*
+        being the unit mean of the `similarity_content` of the trained items they bought and P[f] the unit
+        mean of f's buyers' profiles: what kind of shopper buys f, read through what else they bought even
+        where two purchase sets share no article. None when no item is folded. Sparse where it can be, so a
+        catalogue with many new items costs what its purchases cost."""
         key = _tensor_key(self.seen_indices, self.counts, self.has_id)
         if self._cobuyers is not None and self._cobuyers[0] == key:
             return self._cobuyers[1]
@@ -360,19 +372,37 @@ class VAEFusion(LightGCN):
             buyers = sp.csr_matrix((np.ones(int(bought.sum()), dtype=np.float32), (column[items[bought]], users[bought])),
                                    shape=(len(folded), self.n_users))
             buyers = sp.diags(1.0 / np.asarray(buyers.sum(1)).ravel()).astype(np.float32) @ buyers
-            table = (folded, torch.as_tensor(column, device=self.device), history, (buyers @ history).T.tocsr())
+            trained = self.has_id.cpu().numpy()[items]
+            owned = sp.csr_matrix((np.ones(int(trained.sum()), dtype=np.float32), (users[trained], items[trained])),
+                                  shape=(self.n_users, self.n_items))
+            who = np.unique(users[bought])
+            profiles = self._profiles(owned, who)
+            buyer_profiles = torch.as_tensor(buyers[:, who] @ profiles.cpu().numpy(), device=self.device)
+            table = (folded, torch.as_tensor(column, device=self.device), history, (buyers @ history).T.tocsr(),
+                     owned, F.normalize(buyer_profiles, dim=1))
         self._cobuyers = (key, table)
         return table
 
+    def _profiles(self, owned: Any, users: np.ndarray) -> torch.Tensor:
+        """Unit means of the `similarity_content` of the trained items each of ``users`` bought (rows of the
+        sparse ``owned``); zero rows for users without one."""
+        content = self.similarity_content().detach().cpu().numpy()
+        return F.normalize(torch.as_tensor(owned[users] @ content, device=self.device), dim=1)
+
     def _add_cobuyer_evidence(self, scores: torch.Tensor, users: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
         """``scores`` (of all items, of the codes ``items``, or of each user's own candidates ``items``
-        ``[len(users), c]``) plus ``cobuyer_weight`` × the co-buyer evidence on folded items."""
-        weight = self.config.cobuyer_weight
-        table = self.cobuyer_table() if weight else None
+        ``[len(users), c]``) plus, on folded items, ``cobuyer_weight`` × the co-buyer evidence and
+        ``profile_weight`` × the buyers' profile evidence (`cobuyer_table`)."""
+        cfg = self.config
+        table = self.cobuyer_table() if cfg.cobuyer_weight or cfg.profile_weight else None
         if table is None:
             return scores
-        folded, column, history, buyers = table
-        evidence = weight * torch.as_tensor((history[users.cpu().numpy()] @ buyers).toarray(), device=scores.device)
+        folded, column, history, buyers, owned, buyer_profiles = table
+        rows = users.cpu().numpy()
+        evidence = cfg.cobuyer_weight * torch.as_tensor((history[rows] @ buyers).toarray(), device=scores.device)
+        if cfg.profile_weight:
+            cosine = self._profiles(owned, rows) @ buyer_profiles.T
+            evidence = evidence + cfg.profile_weight * cosine.clamp(min=0).pow(cfg.profile_power).to(evidence.dtype)
         if items is None:
             return scores.index_add_(1, folded, evidence.to(scores.dtype))
         where = column[items]

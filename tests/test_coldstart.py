@@ -490,3 +490,34 @@ def test_cobuyer_evidence_is_the_mean_cosine_of_purchase_sets_and_only_on_folded
     torch.testing.assert_close(subset, boosted[:, some])
     torch.testing.assert_close(per_user, model.score(users)[:, some], atol=1e-4, rtol=1e-4)
     assert (expected[:, :N_WARM] == 0).all() and (expected > 0).any()  # trained items: no evidence
+
+
+def test_profile_evidence_compares_the_user_with_the_buyers_through_content(world, fitted, content):
+    """A folded item f gains w·max(0, cos(profile(u), P_f))^p: a profile is the unit mean content of the trained
+    items a user bought, P_f the unit mean of f's buyers' profiles (the buyers' new purchases do not count)."""
+    model = copy.deepcopy(fitted)
+    model.add_items(world.catalog.ids[N_WARM:], content[N_WARM:])
+    future = world.new_item_interactions
+    model.update(future)
+    users = torch.arange(N_USERS)
+    with torch.no_grad():
+        model.config = type(model.config)(**{**vars(model.config), "profile_weight": 0.0})
+        plain = model.score(users).clone()
+        model.config = type(model.config)(**{**vars(model.config), "profile_weight": 2.0, "profile_power": 3.0})
+        boosted = model.score(users)
+        some = torch.tensor([3, N_WARM + 1, 7, N_WARM + 5])
+        per_user = model.score_candidates(users, some.repeat(N_USERS, 1))
+    ptr, idx = model.seen_indptr.numpy(), model.seen_indices.numpy()
+    c = model.similarity_content().numpy()
+    unit = lambda v: v / max(np.linalg.norm(v), 1e-12)  # noqa: E731
+    profile = np.stack([unit(c[[i for i in idx[ptr[u]:ptr[u + 1]] if i < N_WARM]].sum(0)) for u in range(N_USERS)])
+    expected = torch.zeros(N_USERS, model.n_items)
+    for item in np.unique(future.items):
+        buyers = [u for u in range(N_USERS) if item in idx[ptr[u]:ptr[u + 1]]]
+        p_f = unit(profile[buyers].mean(0))
+        expected[:, item] = torch.as_tensor(2.0 * np.clip(profile @ p_f, 0, None) ** 3.0, dtype=torch.float32)
+    torch.testing.assert_close(boosted - plain, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(per_user, boosted[:, some], atol=1e-4, rtol=1e-4)
+    assert (expected[:, :N_WARM] == 0).all() and (expected > 0).any()
+    with pytest.raises(ValueError, match="profile_power"):
+        create_model("vae_fusion", N_USERS, N_WARM, {"profile_power": 0.0})
