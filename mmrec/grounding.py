@@ -527,9 +527,14 @@ def save_grounding(target: str | os.PathLike, settings: GroundingSettings, **ext
     a folder's back."""
     from mmrec.io import atomic_write_json
 
+    from mmrec.pretrained import MANIFEST_FILE, relist_files
+
     target = Path(target)
     path = target if target.suffix == ".json" else target / GROUNDING_FILE
-    return atomic_write_json(path, {**asdict(settings), **extra}, indent=1)
+    atomic_write_json(path, {**asdict(settings), **extra}, indent=1)
+    if path.parent == target and (target / MANIFEST_FILE).is_file():
+        relist_files(target, [GROUNDING_FILE])  # part of the space folder: covered by its manifest like the rest
+    return path
 
 
 def load_grounding(directory: str | os.PathLike) -> GroundingSettings:

@@ -63,6 +63,14 @@ def check_replaceable(directory: str | os.PathLike, kind: str, what: str | None 
         holds = f"a saved mmrec {held!r}" if held else "files that are not a saved mmrec folder"
         raise FileExistsError(f"{what}: the folder exists and holds {holds}; saving a {kind} replaces the whole "
                               f"folder, so choose a new or empty folder (or one a {kind} was saved to)")
+    listed = set(saved.get("files") or {}) | {MANIFEST_FILE}
+    extra = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                   if p.relative_to(path).as_posix() not in listed and not (p.is_dir() and any(
+                       f.startswith(p.relative_to(path).as_posix() + "/") for f in listed)))
+    if extra:
+        raise FileExistsError(f"{what}: the saved {kind} there also holds {len(extra)} file(s) or folder(s) it did not "
+                              f"write, e.g. {extra[:3]}; saving replaces the whole folder, so move them or choose "
+                              f"another folder")
     return path
 
 

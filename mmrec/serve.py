@@ -50,7 +50,7 @@ import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException
 
 from mmrec.recommender import Recommender
@@ -392,8 +392,9 @@ def _fallback(snap: Snapshot, k: int, candidates: str) -> tuple[np.ndarray, np.n
 
 
 def _check_state_dir(state_dir: str | None, source: str | None) -> Path | None:
-    """``state_dir`` as a path, refused when it is the model folder (or inside it), or an existing path that is
-    not a saved model (it would be replaced on the first change)."""
+    """``state_dir`` as a path, refused when it is the model folder (or inside it) or an existing path that is
+    not an empty folder: the first change replaces it, so a foreign folder would be lost, and an earlier run's
+    saved changes too (serve those with ``--model`` instead)."""
     if state_dir is None:
         return None
     path = Path(state_dir)
@@ -406,7 +407,11 @@ def _check_state_dir(state_dir: str | None, source: str | None) -> Path | None:
     if path.exists():
         from mmrec.pretrained import MANIFEST_FILE
 
-        if not path.is_dir() or not ((path / MANIFEST_FILE).is_file() or not any(path.iterdir())):
+        if (path / MANIFEST_FILE).is_file():
+            raise ValueError(f"--state-dir {state_dir}: already holds a saved model (an earlier run's changes?), "
+                             f"which the first change would replace: serve it with --model {state_dir} and give a "
+                             f"new --state-dir")
+        if not path.is_dir() or any(path.iterdir()):
             raise ValueError(f"--state-dir {state_dir}: exists and is not a saved model folder (it would be "
                              f"replaced on the first change); give a new folder")
     return path
@@ -455,6 +460,28 @@ class ItemIn(BaseModel):
     text: str = ""
     attributes: dict[str, str] = Field(default_factory=dict)
     image: str | None = None
+
+    @field_validator("id", "title", "text")
+    @classmethod
+    def _utf8(cls, value: str) -> str:
+        """JSON can carry a lone surrogate (``"\\ud800"``), which no text encoder or file can take."""
+        return _encodable(value)
+
+    @field_validator("attributes")
+    @classmethod
+    def _utf8_attributes(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, text in value.items():
+            _encodable(key)
+            _encodable(text)
+        return value
+
+
+def _encodable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (a lone surrogate)") from None
+    return value
 
 
 class ItemsIn(BaseModel):

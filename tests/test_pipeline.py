@@ -423,7 +423,9 @@ def test_cli_pipeline_options_are_checked_before_any_work(tmp_path, capsys):
         assert "YYYY-MM-DD" in capsys.readouterr().err
     before = sorted(p.name for p in (tmp_path / "hm").iterdir())
     assert main([*base, "--out", str(tmp_path / "hm")]) == 2
-    assert "not a saved mmrec folder" in capsys.readouterr().err
+    assert "is the input folder" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "hm" / "model")]) == 2
+    assert "is the input folder" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "hm").iterdir()) == before
     (tmp_path / "run.yaml").write_text("candidates: {repurchase: 10, trending: 12}\nranker: {seed: 7, n_estimators: 5}\n")
     assert main([*base, "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "m"), "--json"]) == 0

@@ -133,6 +133,11 @@ def test_saving_never_replaces_a_folder_that_is_not_an_older_save_of_the_same_ki
     for folder in (tmp_path / "empty", saved):
         model.save_pretrained(folder)
         assert Recommender.from_pretrained(folder).name == "most_popular"
+    (saved / "NOTES.md").write_text("mine")  # an older save with a file it did not write keeps it
+    (saved / "runs").mkdir()
+    with pytest.raises(FileExistsError, match=r"did not write, e.g. \['NOTES.md', 'runs'\]"):
+        model.save_pretrained(saved)
+    assert (saved / "NOTES.md").read_text() == "mine"
 
 
 def test_saving_over_a_file_is_an_error(tmp_path):

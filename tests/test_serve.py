@@ -223,6 +223,9 @@ def test_bad_items_are_refused_and_change_nothing(folders, encoder, monkeypatch)
     _assert_error(post("/items", json={"items": [{"title": "no id"}]}), 422, "body items[0].id")
     _assert_error(post("/items", json={"items": [{"id": 7, "title": "x"}]}), 422, "items[0].id")
     _assert_error(post("/items", json={"items": [{"id": "a", "title": "x", "price": 3}]}), 422, "items[0].price")
+    lone = b'{"items": [{"id": "a", "title": "\\ud800"}]}'  # JSON may carry a lone surrogate; no encoder takes one
+    _assert_error(post("/items", content=lone, headers={"content-type": "application/json"}), 422,
+                  "items[0].title", "surrogate")
     _assert_error(post("/items", json={"stuff": []}), 422, "body")
     _assert_error(post("/items", json={"items": []}), 422, "empty")
     _assert_error(post("/items", json={"items": [{"id": "a"}]}), 422, "items[0]", "nothing")
@@ -433,6 +436,9 @@ def test_state_dir_must_not_be_the_model_folder_or_foreign_data(folders, tmp_pat
     (foreign / "todo.txt").write_text("mine")
     with pytest.raises(ValueError, match="--state-dir.*not a saved model"):
         create_app(folders["vae"], ServeConfig(state_dir=str(foreign)))
+    # a restart with the same state dir would answer from the original model and overwrite the saved changes
+    with pytest.raises(ValueError, match="--state-dir.*already holds a saved model.*serve it with --model"):
+        create_app(folders["vae"], ServeConfig(state_dir=str(folders["bpr"])))
 
 
 # -- command line -------------------------------------------------------------------------------------------

@@ -116,13 +116,22 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def check_out_folder(path: str | Path, flag: str = "--out", kind: str | None = None) -> Path:
-    """``path`` as a folder to write: refused when it exists and is not a folder; with ``kind`` (a saved
-    folder's kind, which replaces the whole folder) also when it holds anything but an older ``kind``
-    (`mmrec.pretrained.check_replaceable`), checked before any work is done."""
+def check_out_folder(path: str | Path, flag: str = "--out", kind: str | None = None,
+                     inputs: tuple[str | Path | None, ...] = ()) -> Path:
+    """``path`` as a folder to write: refused when it exists and is not a folder, or is one of ``inputs`` (the
+    command's input folders) or inside one; with ``kind`` (a saved folder's kind, which replaces the whole
+    folder) also when it holds anything but an older ``kind`` (`mmrec.pretrained.check_replaceable`);
+    checked before any work is done."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{flag} {path} is a file; it must be a folder (created if missing)")
+    resolved = path.resolve()
+    for given in inputs:
+        if given is None or not Path(given).is_dir():
+            continue
+        source = Path(given).resolve()
+        if resolved == source or source in resolved.parents:
+            raise ValueError(f"{flag} {path} is the input folder {given} or inside it: write the output elsewhere")
     if kind is not None:
         from mmrec.pretrained import check_replaceable
 

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from mmrec.encoders import create_encoder, embed
     from mmrec.encoders.cache import EmbeddingCache
 
-    out = check_out_folder(args.out)
+    out = check_out_folder(args.out, inputs=(args.data,))
     if args.cache:
         check_out_folder(args.cache, "--cache")
     if args.limit is not None and args.mmrec_folder:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from mmrec.datasets import hm
     from mmrec.pipeline import train
 
-    out = check_out_folder(args.out, kind="recommender")
+    out = check_out_folder(args.out, kind="recommender", inputs=(args.data,))
     config = pipeline_config(args)
     root = Path(args.data)
     if not (root / hm.ARTICLES_FILE).is_file():

@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> int:
     """Write the shards; the json text is the reference text of the data's text tower (H&M: article_texts)."""
     from mmrec.datasets.shards import write_catalog_shards
 
-    check_out_folder(args.out)
+    check_out_folder(args.out, inputs=(args.data,))
     data = load_data(args.data)
     if data.catalog is None:
         raise ValueError(f"--data {args.data}: has no catalog to write")

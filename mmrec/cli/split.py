@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     """Split and write; cold splits also write cold_items.json with the valid and test item ids."""
     from mmrec.datasets import mmrec_format
 
-    out = check_out_folder(args.out)
+    out = check_out_folder(args.out, inputs=(args.data,))
     data = load_data(args.data)
     split, _ = make_split(data, args)
     name = args.name or out.name
