@@ -553,8 +553,15 @@ def events(screen_segments: Iterable[Segment | Confirmed], *, logs: Any = None, 
         yield log_event(*queue.popleft())
 
 
+def check_logs(logs: Any, item_ids: Any = None) -> int:
+    """Check a logs table the way `events` reads it (columns, item ids, numeric timestamps), so a command can
+    refuse bad logs before decoding any frame; returns the number of rows of `LOG_KINDS`."""
+    return len(_log_rows(logs, item_ids))
+
+
 def _log_rows(logs: Any, item_ids: Any) -> list[tuple[float, str, int]]:
-    """(time, kind, item code) of the log rows of `LOG_KINDS`, in time order."""
+    """(time, kind, item code) of the log rows of `LOG_KINDS`, in time order; rows of other kinds are
+    skipped with a warning."""
     if logs is None:
         return []
     import pandas as pd
@@ -578,6 +585,10 @@ def _log_rows(logs: Any, item_ids: Any) -> list[tuple[float, str, int]]:
     if not np.isfinite(times).all():
         raise ValueError(f"logs: {int((~np.isfinite(times)).sum())} row(s) have no numeric timestamp")
     rows = [(float(t), str(k), int(c)) for t, k, c in zip(times, table["kind"], codes) if str(k) in LOG_KINDS]
+    if len(rows) < len(table):
+        other = sorted({str(k) for k in table["kind"] if str(k) not in LOG_KINDS})
+        logger.warning("logs: skipped %d row(s) of kinds other than %s, e.g. %s", len(table) - len(rows),
+                    sorted(LOG_KINDS), other[:3])
     return sorted(rows, key=lambda r: r[0])
 
 

@@ -356,6 +356,14 @@ def test_cli_stream_writes_events(setup, tmp_path, capsys):
     assert main(["stream", str(video), "--space", str(tmp_path), "--catalog", "synthetic", "--out", str(out)]) == 2
     assert main(["stream", str(video), "--space", str(space_dir), "--catalog", "synthetic", "--out", str(out),
                  "--torch-threads", "0"]) == 2
+    broken = tmp_path / "frames"  # a recording none of whose frames can be read is an error, not an empty success
+    broken.mkdir()
+    for name in ("0.000.png", "0.033.png"):
+        (broken / name).write_bytes(b"not a png")
+    capsys.readouterr()
+    assert main(["stream", str(broken), "--space", str(space_dir), "--catalog", "synthetic",
+                 "--out", str(tmp_path / "none.parquet"), "--torch-threads", "1"]) == 2
+    assert "no frame could be read" in capsys.readouterr().err
 
 
 def test_trained_towers_move_learn_and_survive_a_save(setup, tmp_path):
@@ -478,6 +486,18 @@ def test_cli_calibrate_writes_the_grounding_that_stream_reads(setup, tmp_path, c
     ran = json.loads(capsys.readouterr().out)
     assert ran["threshold"] == written["threshold"] and ran["user"] == "u7" and ran["photos_skipped"] == 0
     assert set(pd.read_parquet(out)["user"]) <= {"u7"}
+    # --out never replaces an input or a file that is not an earlier run's events; bad logs stop it before any
+    # frame is decoded, leaving the earlier events as they were
+    base = ["stream", str(video), "--space", str(space_dir), "--catalog", str(catalog), "--no-progress"]
+    kept = out.read_bytes()
+    for target, words in ((video, "is the source"), (catalog, "is --catalog"), (space_dir / "x.parquet", "inside the space"),
+                          (tmp_path, "is a folder")):
+        assert main([*base, "--out", str(target)]) == 2 and words in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main([*base, "--out", str(tmp_path / "notes.txt")]) == 2 and "not a Parquet" in capsys.readouterr().err
+    (tmp_path / "logs.csv").write_text("timestamp,kind,item_id\n1.0,click,NOPE\n")
+    assert main([*base, "--out", str(out), "--logs", str(tmp_path / "logs.csv")]) == 2
+    assert "--logs" in capsys.readouterr().err and out.read_bytes() == kept
     assert main(["stream", "calibrate", "--space", str(space_dir), "--catalog", str(catalog),
                  "--recordings", str(tmp_path)]) == 2  # no truth.json there
     from mmrec.calibration import recording_truth

@@ -183,12 +183,23 @@ def _stream(args: argparse.Namespace) -> int:
         raise ValueError(f"no --threshold given and {Path(args.space) / GROUNDING_FILE} does not exist; calibrate "
                          f"the space (mmrec stream calibrate) or pass --threshold")
     config = _stream_config(args)
+    _check_events_out(args)
     logs = None
     if args.logs:
         if not Path(args.logs).is_file():
             raise FileNotFoundError(f"--logs {args.logs} does not exist")
-        logs = pd.read_csv(args.logs, dtype={"item_id": str})
+        try:
+            logs = pd.read_csv(args.logs, dtype={"item_id": str}, keep_default_na=False)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ValueError(f"--logs {args.logs}: not a readable CSV ({str(err).strip()})") from None
     catalog = _catalog(args)
+    if logs is not None:  # checked before any frame is decoded: a bad row would stop the stream at its end
+        from mmrec.stream import check_logs
+
+        try:
+            check_logs(logs, catalog.ids)
+        except ValueError as err:
+            raise ValueError(f"--logs {args.logs}: {err}") from None
     grounder = load_grounder(args.space, catalog, threshold=threshold, batch_size=args.batch_size)
     frames = _open_source(args)
     stats = StreamStats(source=frames.stats)
@@ -197,9 +208,31 @@ def _stream(args: argparse.Namespace) -> int:
         events = process(_with_progress(frames, progress), grounder, config, logs=logs, item_ids=catalog.ids,
                          stats=stats, live=args.print_events)
         rows = write_events(_printed(events, user) if args.print_events else events, args.out, user=user)
+    if not stats.frames:
+        raise ValueError(f"{args.source}: no frame could be read ({stats.skipped} skipped: "
+                         f"{dict(stats.source.skips) if stats.source else {}}); {args.out} holds no events")
     emit({**stats.to_dict(), "rows": rows, "user": user, "threshold": grounder.threshold,
           "photos_skipped": len(grounder.skipped_photos), "out": str(Path(args.out).resolve())}, args.json)
     return 0
+
+
+def _check_events_out(args: argparse.Namespace) -> None:
+    """``--out`` may not be an input (the source, the catalog, the logs), lie inside the space folder, or
+    be an existing file other than a Parquet table (an earlier run's events): it is replaced whole."""
+    out = Path(args.out).resolve()
+    inputs = {"the source": args.source, "--catalog": args.catalog, "--logs": args.logs}
+    for flag, given in inputs.items():
+        if given and given != "-" and Path(given).resolve() == out:
+            raise ValueError(f"--out {args.out} is {flag}: write the events elsewhere")
+    if Path(args.space).resolve() in out.parents:
+        raise ValueError(f"--out {args.out} is inside the space folder {args.space}: write the events elsewhere")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {args.out} is a folder; it must be a file path (a Parquet table)")
+    if out.is_file():
+        with open(out, "rb") as f:
+            if f.read(4) != b"PAR1":
+                raise FileExistsError(f"--out {args.out} exists and is not a Parquet table (an earlier run's "
+                                      f"events); it would be replaced: choose another path")
 
 
 def _open_source(args: argparse.Namespace) -> Any:
