@@ -139,6 +139,8 @@ def _catalog(args: argparse.Namespace) -> Any:
         from mmrec.datasets.catalog_csv import read_catalog
 
         return read_catalog(args.catalog)
+    if args.catalog != "synthetic" and not Path(args.catalog).exists():
+        raise FileNotFoundError(f"--catalog {args.catalog} does not exist")
     data = load_data(args.catalog, photos=True)
     if data.catalog is None:
         raise ValueError(f"--catalog {args.catalog}: this data set has no catalog (item photos and texts)")
