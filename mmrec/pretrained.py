@@ -46,8 +46,9 @@ def config_hash(config: Any) -> str:
 
 def check_replaceable(directory: str | os.PathLike, kind: str, what: str | None = None) -> Path:
     """``directory`` if saving a ``kind`` there may replace what it holds: it is missing, an empty folder, or
-    a saved mmrec folder of that kind. Saving replaces the whole folder, so anything else — a data folder, a
-    split given as the input, someone's files — is refused (`FileExistsError`) instead of deleted."""
+    a saved mmrec folder of that kind holding only the files its manifest lists. Saving replaces the whole
+    folder, so anything else — a data folder, a split given as the input, a file someone put in a model
+    folder — is refused (`FileExistsError`) instead of deleted."""
     path, what = Path(directory), what or str(directory)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{what} is a file; it must be a folder (created if missing)")
