@@ -467,6 +467,14 @@ class ItemIn(BaseModel):
         """JSON can carry a lone surrogate (``"\\ud800"``), which no text encoder or file can take."""
         return _encodable(value)
 
+    @field_validator("id")
+    @classmethod
+    def _printable_id(cls, value: str) -> str:
+        """An id is printed in answers, logs and CSV files: not blank, no control characters."""
+        if not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("an item id must not be blank or hold control characters")
+        return value
+
     @field_validator("attributes")
     @classmethod
     def _utf8_attributes(cls, value: dict[str, str]) -> dict[str, str]:

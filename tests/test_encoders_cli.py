@@ -87,6 +87,12 @@ def test_errors_are_reported_with_exit_code_2(hm_folder, tmp_path, capsys, monke
     assert main(["embed", "--data", str(tmp_path / "nowhere"), "--encoder", "timm:resnet18@random",
                  "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main(["embed", "--data", str(data), "--encoder", "timm:resnet18@random", "--out", str(data / "vectors")]) == 2
+    assert "input folder" in capsys.readouterr().err  # never written into the data folder
+    for photo in (data / "images").rglob("*.jpg"):  # no article left with a usable photo: an error, not "valid: 0"
+        photo.write_bytes(b"broken")
+    assert main(["embed", "--data", str(data), "--encoder", "timm:resnet18@random", "--out", str(tmp_path / "o")]) == 2
+    assert "no article has a usable image" in capsys.readouterr().err
 
 
 class _Evil:

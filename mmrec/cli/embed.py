@@ -134,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         result = embed(catalog, encoder, texts=texts, batch_size=args.batch_size, num_workers=args.num_workers,
                        decoder=args.decoder, cache=cache, progress=progress)
+    if len(catalog) and not result.valid.any():  # every article skipped: no vectors to write
+        raise ValueError(f"--data {args.data}: no article has a usable {modality} (all {len(catalog)} skipped, "
+                         f"e.g. {[list(f) for f in result.failures[:2]]}); nothing to embed")
 
     atomic_save_npy(out / "item_ids.npy", np.asarray(catalog.ids, dtype=str))
     atomic_save_npy(out / f"{modality}_vectors.npy", result.vectors)
