@@ -321,3 +321,13 @@ def test_catalog_files_saved_with_a_byte_order_mark_are_read(tmp_path: Path) -> 
     assert list(read_catalog(tmp_path / "hm.csv").ids) == ["0108775015"]
     plain = read_catalog(tmp_path / "plain.csv")
     assert list(plain.ids) == ["n1"] and plain.titles == ["red dress"]
+
+
+def test_a_catalogue_command_reads_an_h_and_m_folder_without_transactions(tiny: Path) -> None:
+    from mmrec.cli.common import load_data
+
+    (tiny / "transactions_train.csv").unlink()  # e.g. the articles and photos alone, for `mmrec shards`
+    data = load_data(str(tiny), photos=True, transactions=False)
+    assert len(data.catalog) == 3 and len(data.interactions) == 0
+    with pytest.raises(FileNotFoundError, match="transactions_train.csv"):
+        load_data(str(tiny))

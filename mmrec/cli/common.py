@@ -196,10 +196,11 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
                              "test, so a ranking of every item is judged on warm and cold purchases together")
 
 
-def load_data(spec: str, *, photos: bool = False) -> Data:
+def load_data(spec: str, *, photos: bool = False, transactions: bool = True) -> Data:
     """Read ``--data`` into `Data`, naming the path and what was expected when it fits no known layout. An
     H&M folder without ``images/`` (the CSVs alone) loads without photos, with a warning, unless ``photos``
-    (a command that reads the photos) makes that an error."""
+    (a command that reads the photos) makes that an error; ``transactions=False`` reads an H&M folder's
+    catalogue alone (a command that needs no purchases)."""
     if spec == "synthetic":
         import tempfile
 
@@ -221,7 +222,7 @@ def load_data(spec: str, *, photos: bool = False) -> Data:
         with_photos = photos or (path / hm.IMAGES_DIR).is_dir()
         if not with_photos:
             log.warning("--data %s has no %s/ folder: loading the articles without photos", path, hm.IMAGES_DIR)
-        catalog, interactions = hm.load(path, images=with_photos)
+        catalog, interactions = hm.load(path, images=with_photos, transactions=transactions)
         return Data(interactions, catalog, None, "hm")
     raise ValueError(f"--data {path}: expected an MMRec folder with a <name>.inter file, an H&M folder with "
                      f"articles.csv, or 'synthetic'")

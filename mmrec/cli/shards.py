@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from mmrec.datasets.shards import write_catalog_shards
 
     check_out_folder(args.out, inputs=(args.data,))
-    data = load_data(args.data)
+    data = load_data(args.data, photos=True, transactions=False)  # a catalogue's photos and texts only
     if data.catalog is None:
         raise ValueError(f"--data {args.data}: has no catalog to write")
     texts = None
