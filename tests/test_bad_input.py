@@ -123,6 +123,13 @@ def test_out_that_is_a_file_is_refused_naming_it(capsys, tiny, tmp_path):
     fails(capsys, 2, ("--checkpoint-dir", str(target)), "train", "--data", str(tiny), "--model", "bpr",
           "--checkpoint-dir", str(target), "--out", str(tmp_path / "m"))
     assert target.read_text() == "not a folder"
+    before = sorted(p.name for p in tiny.iterdir())  # outputs are never written into the data folder
+    fails(capsys, 2, ("--out", "input folder"), "train", "--data", str(tiny), "--model", "most_popular",
+          "--out", str(tiny / "model"))
+    fails(capsys, 2, ("--checkpoint-dir", "input folder"), "train", "--data", str(tiny), "--model", "bpr",
+          "--checkpoint-dir", str(tiny / "ckpt"), "--out", str(tmp_path / "m"))
+    fails(capsys, 2, ("--out", "input folder"), "split", "--data", str(tiny), "--out", str(tiny))
+    assert sorted(p.name for p in tiny.iterdir()) == before
 
 
 def test_bad_dates_and_fractions_are_refused(capsys, tiny, tmp_path):

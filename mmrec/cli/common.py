@@ -139,11 +139,12 @@ def check_out_folder(path: str | Path, flag: str = "--out", kind: str | None = N
     return path
 
 
-def prepare_checkpoint_dir(path: str | None) -> str | None:
-    """Create ``--checkpoint-dir`` if missing (the first checkpoint is written after an epoch of work)."""
+def prepare_checkpoint_dir(path: str | None, inputs: tuple[str | Path | None, ...] = ()) -> str | None:
+    """Create ``--checkpoint-dir`` if missing (the first checkpoint is written after an epoch of work);
+    never one of ``inputs`` (the command's input folders) or inside one."""
     if path is None:
         return None
-    folder = check_out_folder(path, "--checkpoint-dir")
+    folder = check_out_folder(path, "--checkpoint-dir", inputs=inputs)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -200,8 +200,9 @@ def _add_align(parser: argparse.ArgumentParser) -> None:
 def _check_paths(args: argparse.Namespace, kind: str = "recommender") -> None:
     """Paths the run will write, checked before any work: ``--out`` (saving a ``kind`` replaces it whole,
     so it may hold nothing else) and ``--checkpoint-dir``."""
-    check_out_folder(args.out, kind=kind, inputs=(getattr(args, "data", None),))
-    prepare_checkpoint_dir(args.checkpoint_dir)
+    inputs = (getattr(args, "data", None),)
+    check_out_folder(args.out, kind=kind, inputs=inputs)
+    prepare_checkpoint_dir(args.checkpoint_dir, inputs)
 
 
 def run_recommender(args: argparse.Namespace) -> int:
