@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, ClassVar, TypeVar
 
 import torch
@@ -65,9 +65,8 @@ def check_replaceable(directory: str | os.PathLike, kind: str, what: str | None 
         raise FileExistsError(f"{what}: the folder exists and holds {holds}; saving a {kind} replaces the whole "
                               f"folder, so choose a new or empty folder (or one a {kind} was saved to)")
     listed = set(saved.get("files") or {}) | {MANIFEST_FILE}
-    extra = sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
-                   if p.relative_to(path).as_posix() not in listed and not (p.is_dir() and any(
-                       f.startswith(p.relative_to(path).as_posix() + "/") for f in listed)))
+    listed |= {str(parent) for name in listed for parent in PurePosixPath(name).parents if str(parent) != "."}
+    extra = sorted(name for p in path.rglob("*") if (name := p.relative_to(path).as_posix()) not in listed)
     if extra:
         raise FileExistsError(f"{what}: the saved {kind} there also holds {len(extra)} file(s) or folder(s) it did not "
                               f"write, e.g. {extra[:3]}; saving replaces the whole folder, so move them or choose "

@@ -4,6 +4,7 @@ without retraining, save/load round-trips, items without content still get vecto
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -462,17 +463,27 @@ def test_similarity_dims_keep_the_photo_half_out_of_the_affinity_and_the_content
         create_model("vae_fusion", warm_only.n_users, warm_only.n_items, {"content_dim": 18, "similarity_dims": 19})
 
 
-def test_cobuyer_evidence_is_the_mean_cosine_of_purchase_sets_and_only_on_folded_items(world, fitted, content):
+def _folded_scores(world, fitted, content, off: dict, on: dict):
+    """A copy of ``fitted`` with the new items added and their purchases folded in by `update`, and every
+    user's scores with the config changes ``off``, then ``on`` (which the returned model keeps)."""
     model = copy.deepcopy(fitted)
     model.add_items(world.catalog.ids[N_WARM:], content[N_WARM:])
     future = world.new_item_interactions
     model.update(future)
     users = torch.arange(N_USERS)
     with torch.no_grad():
-        model.config = type(model.config)(**{**vars(model.config), "cobuyer_weight": 0.0})
+        model.config = dataclasses.replace(model.config, **off)
         plain = model.score(users).clone()
-        model.config = type(model.config)(**{**vars(model.config), "cobuyer_weight": 2.0})
+        model.config = dataclasses.replace(model.config, **on)
         boosted = model.score(users)
+    return model, future, plain, boosted
+
+
+def test_cobuyer_evidence_is_the_mean_cosine_of_purchase_sets_and_only_on_folded_items(world, fitted, content):
+    model, future, plain, boosted = _folded_scores(world, fitted, content, {"cobuyer_weight": 0.0},
+                                                   {"cobuyer_weight": 2.0})
+    users = torch.arange(N_USERS)
+    with torch.no_grad():
         some = torch.tensor([3, N_WARM + 1, 7, N_WARM + 5])
         subset = model.score(users, some)
         candidates = some.repeat(N_USERS, 1)
@@ -495,16 +506,10 @@ def test_cobuyer_evidence_is_the_mean_cosine_of_purchase_sets_and_only_on_folded
 def test_profile_evidence_compares_the_user_with_the_buyers_through_content(world, fitted, content):
     """A folded item f gains w·max(0, cos(profile(u), P_f))^p: a profile is the unit mean content of the trained
     items a user bought, P_f the unit mean of f's buyers' profiles (the buyers' new purchases do not count)."""
-    model = copy.deepcopy(fitted)
-    model.add_items(world.catalog.ids[N_WARM:], content[N_WARM:])
-    future = world.new_item_interactions
-    model.update(future)
+    model, future, plain, boosted = _folded_scores(world, fitted, content, {"profile_weight": 0.0},
+                                                   {"profile_weight": 2.0, "profile_power": 3.0})
     users = torch.arange(N_USERS)
     with torch.no_grad():
-        model.config = type(model.config)(**{**vars(model.config), "profile_weight": 0.0})
-        plain = model.score(users).clone()
-        model.config = type(model.config)(**{**vars(model.config), "profile_weight": 2.0, "profile_power": 3.0})
-        boosted = model.score(users)
         some = torch.tensor([3, N_WARM + 1, 7, N_WARM + 5])
         per_user = model.score_candidates(users, some.repeat(N_USERS, 1))
     ptr, idx = model.seen_indptr.numpy(), model.seen_indices.numpy()
