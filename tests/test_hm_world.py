@@ -92,3 +92,24 @@ def test_cli_writes_a_world_and_refuses_an_existing_folder(tmp_path, capsys):
     assert payload["purchases"] == 300 and not (out / "images").exists()
     assert main(["world", "--out", str(out), "--users", "50"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_sigterm_mid_world_removes_the_half_written_folder(tmp_path):
+    """`kill` (SIGTERM) while a world is being written: exit 143, one line, and no temporary sibling left
+    (Python's default SIGTERM dies without running the ``finally`` that removes it)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "mmrec", "world", "--fraction", "0.05", "--out",
+                             str(tmp_path / "w")], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".w.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the world was written before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "mmrec world: terminated"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -8,7 +8,8 @@ sub-parsers and may name a ``DEFAULT_TASK`` taken when none is given. Commands t
 `main` is the one error boundary: an expected failure (bad input: a missing or malformed file, a bad
 value, an unusable device) is one line ``mmrec <command>: error: <message>`` on stderr and exit code 2;
 anything else is a bug, reported in one line with exit code 1 and a hint to rerun with ``-v``, which
-adds the traceback.
+adds the traceback. Ctrl-C (exit 130) and SIGTERM (exit 143, what ``kill`` and job schedulers send) both unwind
+through ``finally``, so a half-written file or folder is removed, never left beside the output.
 """
 from __future__ import annotations
 
@@ -17,10 +18,21 @@ import importlib
 import json
 import logging
 import pickle
+import signal
 import sys
+import threading
 import traceback
 
 COMMANDS = ("data_info", "split", "train", "evaluate", "recommend", "embed", "shards", "stream", "world", "serve")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM raised as an exception in the main thread: Python's default is to die at once, skipping the
+    ``finally`` blocks that remove a half-built output (`mmrec.io.atomic_folder`'s temporary sibling)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 class Parser(argparse.ArgumentParser):
@@ -132,11 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     command = f"mmrec {getattr(args, '_command', args.command)}"
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
-        print(f"{command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"{command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except expected_errors() as err:
         if args.verbose:
             traceback.print_exc()
@@ -149,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: internal error: {type(err).__name__}: {error_message(err)}{hint}", file=sys.stderr)
         return 1
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         close_process_group()
 
 
