@@ -303,7 +303,8 @@ class ModelService:
 
             model = _copy(snap.model)
             added = model.update(Interactions.from_ids(users, items))
-            new = self._publish(model, snap)
+            # pairs the model already had change nothing: same model, same version, nothing saved
+            new = self._publish(model, snap) if added else snap
         self.count("events_added", len(events))
         self.count("pairs_added", added)
         return {"events": len(events), "new_pairs": added, "version": new.version}

@@ -293,6 +293,8 @@ def test_events_fold_in_and_bought_items_are_then_excluded(folders, encoder):
                                                        {"user": "u2", "item": "n1"}]})
     assert response.status_code == 200, response.text
     assert response.json() == {"events": 3, "new_pairs": 2, "version": 2}
+    again = client.post("/events", json={"events": [{"user": "u5", "item": "n1"}]})  # a pair it already has
+    assert again.json() == {"events": 1, "new_pairs": 0, "version": 2}
     after = client.get("/recommend", params={"user": "u2", "k": 20}).json()
     assert "n1" not in after["items"]
     assert "n1" in client.get("/recommend", params={"user": "u0", "k": 20, "candidates": "warm"}).json()["items"]
