@@ -11,7 +11,9 @@ Every source yields the same records, `Frame` (index, timestamp in seconds, HxWx
 
 Each source function returns a `FrameStream`: an iterator of `Frame` that carries a `FrameStats` (frames
 read, frames skipped by reason). The checks every source shares: the first frame fixes the size, and a
-later frame of another size is skipped (``on_wrong_size="skip"``) or resized to it (``"resize"``); a
+later frame of another size is skipped (``on_wrong_size="skip"``) or resized to it (``"resize"``); when
+skipping, `SIZE_CHANGE_FRAMES` frames in a row of one other size make it the stream's size (a rotated phone, or
+one odd first frame, must not cost the rest of the recording; logged); a
 timestamp that is not a finite number, or earlier than the last delivered frame's, skips its frame. One
 bad frame never stops a stream: it is counted, and logged with ``logging.warning`` (the first few of each
 reason; a summary when the stream ends). Equal timestamps are allowed (coarse capture clocks).
@@ -174,14 +176,19 @@ def as_rgb_array(image: Any) -> np.ndarray:
     return image[:, :, :3] if image.shape[2] == 4 else image
 
 
+SIZE_CHANGE_FRAMES = 5  # frames in a row of one new size that make it the stream's size (when skipping)
+
+
 class _Checks:
-    """The checks every source shares: one frame size, finite timestamps that never go backwards."""
+    """The checks every source shares: one frame size (until `SIZE_CHANGE_FRAMES` in a row of another),
+    finite timestamps that never go backwards."""
 
     def __init__(self, stats: FrameStats, on_wrong_size: str) -> None:
         if on_wrong_size not in ("skip", "resize"):
             raise ValueError(f"on_wrong_size must be 'skip' or 'resize', got {on_wrong_size!r}")
         self.stats, self.resize = stats, on_wrong_size == "resize"
         self.shape: tuple[int, ...] | None = None
+        self.other: tuple[tuple[int, ...], int] | None = None  # a size other than the stream's, frames in a row
         self.last_time = -math.inf
 
     def __call__(self, index: int, timestamp: Any, image: Any, source: str) -> Frame | None:
@@ -201,13 +208,20 @@ class _Checks:
             return None
         if self.shape is None:
             self.shape = pixels.shape
+        elif pixels.shape != self.shape and self.resize:
+            size = (self.shape[1], self.shape[0])
+            pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
         elif pixels.shape != self.shape:
-            if not self.resize:
+            run = self.other[1] + 1 if self.other is not None and self.other[0] == pixels.shape else 1
+            self.other = (pixels.shape, run)
+            if run < SIZE_CHANGE_FRAMES:
                 self.stats.record_skip("wrong_size", key=source, detail=f"frame {index}: {pixels.shape[1]}x"
                                        f"{pixels.shape[0]}, stream is {self.shape[1]}x{self.shape[0]}")
                 return None
-            size = (self.shape[1], self.shape[0])
-            pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.Resampling.BILINEAR))
+            logger.warning("%s: frame size %dx%d from frame %d on (%d frames in a row), was %dx%d", source,
+                           pixels.shape[1], pixels.shape[0], index, run, self.shape[1], self.shape[0])
+            self.shape = pixels.shape
+        self.other = None
         self.last_time = time
         self.stats.record_read()
         return Frame(index, time, pixels, source)
@@ -792,6 +806,9 @@ def raw_frames(stream: Any, width: int, height: int, *, fps: float | None = None
     """
     if width < 1 or height < 1:
         raise ValueError(f"raw frames need a positive width and height, got {width}x{height}")
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:
+        raise ValueError(f"raw frames of {width}x{height} are {width * height:,} pixels, more than Pillow's "
+                         f"decompression-bomb guard allows ({Image.MAX_IMAGE_PIXELS:,}); a screen is far smaller")
     if fps is not None and not 0 < fps < math.inf:
         raise ValueError(f"raw frames: fps must be a positive number, got {fps!r}")
     stats = FrameStats(source) if stats is None else stats

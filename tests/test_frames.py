@@ -341,6 +341,24 @@ def test_iterator_frames_accepts_pil_and_arrays_and_skips_bad_frames(caplog):
     assert "backwards_timestamp" in caplog.text and "80x48" in caplog.text
 
 
+def test_a_new_size_that_persists_becomes_the_streams_size(caplog):
+    """One odd first frame (a splash screen) or a rotated phone must not cost the rest of the recording: after
+    SIZE_CHANGE_FRAMES frames in a row of another size that size is the stream's; a lone odd frame is still skipped."""
+    from mmrec.datasets.frames import SIZE_CHANGE_FRAMES
+
+    big = lambda k: numbered_image(k).repeat(2, 0).repeat(2, 1)  # noqa: E731
+    n = SIZE_CHANGE_FRAMES
+    items = [(0.0, big(0))] + [(0.1 * k, numbered_image(k)) for k in range(1, n + 3)]
+    items += [(1.0, big(n + 3)), (1.1, numbered_image(n + 4))]
+    with caplog.at_level(logging.WARNING):
+        stream = iterator_frames(items)
+        got = list(stream)
+    assert [f.index for f in got] == [0, n, n + 1, n + 2, n + 4]
+    assert [f.image.shape for f in got] == [big(0).shape] + [(HEIGHT, WIDTH, 3)] * 4
+    assert stream.stats.skips == {"wrong_size": n}  # n - 1 before the change, then the lone big frame
+    assert f"frame size {WIDTH}x{HEIGHT} from frame {n} on" in caplog.text
+
+
 def test_wrong_size_frames_can_be_resized_instead(caplog):
     items = [(0.0, numbered_image(0)), (1.0, numbered_image(1).repeat(2, 0).repeat(2, 1)), (1.0, numbered_image(2))]
     stream = iterator_frames(items, on_wrong_size="resize")
@@ -428,3 +446,5 @@ def test_raw_frames_from_a_pipe_take_their_time_from_fps_or_from_arrival():
     assert [f.timestamp for f in stream] == [0.0, 0.5, 2.0] and stream.stats.skips == {"bad_image": 1}
     with pytest.raises(ValueError, match="fps"):
         raw_frames(io.BytesIO(data), WIDTH, HEIGHT, fps=0)
+    with pytest.raises(ValueError, match="100000x100000 .*bomb guard"):  # not a MemoryError on the first frame
+        list(raw_frames(io.BytesIO(data), 100_000, 100_000))
