@@ -18,8 +18,8 @@ REQUIRED = ("id", "title", "text")
 
 
 def read_catalog_csv(path: str | os.PathLike) -> Catalog:
-    """A `Catalog` from a plain catalog CSV; a missing column, an empty or repeated id is an error naming
-    the file and line."""
+    """A `Catalog` from a plain catalog CSV; a missing column, a line with fewer or more fields than the
+    header, an empty or repeated id is an error naming the file and line."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
@@ -31,13 +31,21 @@ def read_catalog_csv(path: str | os.PathLike) -> Catalog:
             if missing:
                 raise ValueError(f"{path}: missing column(s) {missing}; a catalog CSV has {list(REQUIRED)} "
                                  f"and optionally 'image' and attribute columns")
-            rows = list(reader)
+            rows, lines = [], []
+            start = reader.line_num + 1
+            for row in reader:
+                fields = len(columns) - sum(v is None for v in row.values()) + len(row.get(None) or ())
+                if fields != len(columns):  # DictReader fills a short line with None, keeps a long one's rest
+                    raise ValueError(f"{path} line {start}: {fields} fields where the header has {len(columns)}")
+                rows.append(row)
+                lines.append(start)
+                start = reader.line_num + 1
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except csv.Error as err:
         raise ValueError(f"{path}: not a readable CSV ({err})") from None
     seen: set[str] = set()
-    for line, row in enumerate(rows, start=2):
+    for line, row in zip(lines, rows):
         item_id = (row["id"] or "").strip()
         if not item_id or item_id in seen:
             raise ValueError(f"{path} line {line}: {'empty' if not item_id else 'repeated'} id {item_id!r}")

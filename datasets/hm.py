@@ -198,6 +198,7 @@ def _read_articles(path: Path, images_dir: Path | None, rep: LoadReport) -> Cata
     df = _read_table(path, dtype=str, usecols=list(ARTICLE_COLUMNS), keep_default_na=False, na_filter=False)
     if not len(df):
         raise HMDataError(path, "has a header but no articles")
+    _check_records(path)
     ids = df["article_id"].to_numpy(dtype=object)
     _check_article_ids(path, ids)
     image_paths: list[str | None] = [None] * len(ids)
@@ -222,6 +223,27 @@ def _read_table(path: Path, **options: Any) -> pd.DataFrame:
         raise HMDataError(path, f"not UTF-8 text ({err.reason})", line=line) from None
     except pd.errors.ParserError as err:
         raise HMDataError(path, f"not a readable CSV ({str(err).strip()})") from None
+
+
+_SWALLOWED_ROW = re.compile(r"\n\d{10},")  # a text field holding a newline, then what starts an article's line
+
+
+def _check_records(path: Path) -> None:
+    """Refuse a damaged line that pandas reads without a word: a line cut short (its missing fields read as
+    empty) and a quote left open (the lines after it read as one text field, their articles lost). A quoted
+    text that spans lines is fine, unless it holds what starts an article's line."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        width = len(next(reader, []))
+        start = reader.line_num + 1
+        for row in reader:
+            if row and len(row) < width:
+                raise HMDataError(path, f"{len(row)} fields where the header has {width}: the line is cut short",
+                                  line=start)
+            if reader.line_num > start and any(_SWALLOWED_ROW.search(value) for value in row):
+                raise HMDataError(path, "a quote (\") opened on this line is not closed before the next article's "
+                                        "line, so the lines after it would be read as one text", line=start)
+            start = reader.line_num + 1
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -220,11 +220,29 @@ def test_article_ids_read_as_numbers_are_refused_with_a_fix(tmp_path: Path) -> N
 
 
 def test_duplicate_article_ids_name_both_lines_even_after_quoted_newlines(tmp_path: Path) -> None:
-    articles = [article_line("0108775015", desc="Two\nlines."), article_line("0110065001"),
+    articles = [article_line("0108775015", desc="Two\nlines, quoted."), article_line("0110065001"),
                 article_line("0108775015")]
     root = write_layout(tmp_path / "hm", articles, [])
     with pytest.raises(hm.HMDataError, match=r"line 5: article_id '0108775015' appears twice \(lines 2 and 5\)"):
         hm.load(root, images=False, transactions=False)
+
+
+def test_a_line_cut_short_or_a_quote_left_open_in_articles_is_an_error(tmp_path: Path) -> None:
+    """Both read without a word by pandas: missing fields as empty, an open quote as one long text that swallows
+    the articles after it (here until a later line's own quote closes it)."""
+    short = article_line("0110065001").rsplit(",", 3)[0]
+    root = write_layout(tmp_path / "short", [article_line("0108775015"), short], [])
+    with pytest.raises(hm.HMDataError, match=rf"articles\.csv, line 3: {len(ARTICLE_HEADER) - 3} fields where the "
+                                             rf"header has {len(ARTICLE_HEADER)}: the line is cut short"):
+        hm.load(root, images=False, transactions=False)
+    opened = article_line("0108775015").rsplit(",", 1)[0] + ',"Size 38'
+    closed = article_line("0110065002").rsplit(",", 1)[0] + ',"Waist 32"" fit"'
+    root = write_layout(tmp_path / "quote", [opened, article_line("0110065001"), closed, article_line("0110065003")],
+                        [])
+    with pytest.raises(hm.HMDataError, match=r"articles\.csv, line 2: a quote .* not closed before the next"):
+        hm.load(root, images=False, transactions=False)
+    fine = article_line("0108775015", desc="Two\nlines, quoted.")  # a text over lines, quoted properly
+    assert len(hm.load(write_layout(tmp_path / "fine", [fine], []), images=False, transactions=False)[0]) == 1
 
 
 def test_empty_or_unusable_transactions_are_errors(tmp_path: Path) -> None:
@@ -321,6 +339,19 @@ def test_catalog_files_saved_with_a_byte_order_mark_are_read(tmp_path: Path) -> 
     assert list(read_catalog(tmp_path / "hm.csv").ids) == ["0108775015"]
     plain = read_catalog(tmp_path / "plain.csv")
     assert list(plain.ids) == ["n1"] and plain.titles == ["red dress"]
+
+
+def test_a_plain_catalog_line_with_too_few_or_too_many_fields_is_an_error_naming_its_line(tmp_path: Path) -> None:
+    from mmrec.datasets.catalog_csv import read_catalog_csv
+
+    head = 'id,title,text\nn1,"red\ndress",summer\n'  # a quoted title over two lines: the next record is line 4
+    for name, row, fields in (("short", "n2,blue dress", 2), ("long", "n2,blue dress,summer,x", 4)):
+        (tmp_path / f"{name}.csv").write_text(head + row + "\n")
+        with pytest.raises(ValueError, match=rf"{name}\.csv line 4: {fields} fields where the header has 3"):
+            read_catalog_csv(tmp_path / f"{name}.csv")
+    (tmp_path / "dupe.csv").write_text(head + "n1,again,x\n")
+    with pytest.raises(ValueError, match=r"dupe\.csv line 4: repeated id 'n1'"):
+        read_catalog_csv(tmp_path / "dupe.csv")
 
 
 def test_a_catalogue_command_reads_an_h_and_m_folder_without_transactions(tiny: Path) -> None:
