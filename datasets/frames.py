@@ -63,6 +63,7 @@ SKIP_REASONS = {
     "damaged_shard": "shard is truncated or corrupt; its frames after the damage are lost",
     "bad_json": "frame json does not parse or is not an object",
     "incomplete_sample": "shard sample without json or without image",
+    "cut_short": "video file cut short: its header's duration outlasts its frames (counted at its frame rate)",
 }
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _NAME_TIMESTAMP = re.compile(r"(?:\d+_)?(\d+(?:\.\d+)?)")  # "1700000000.123" or "000123_1700000000.123"
@@ -274,7 +275,8 @@ def video_frames(path: str | os.PathLike, *, batch_size: int = 32, prefetch: int
     the path). A segment that fails to decode loses its frames from the failing batch on (counted as
     ``undecodable_video``, logged); decoding goes on with the next segment. If demuxing fails, the stream
     ends after the last frame that decoded and the rest are counted. A container cut short (e.g. a
-    truncated mkv) simply holds fewer frames: decord's index holds only what is there.
+    truncated mkv) holds fewer frames: decord's index holds only what is there; where the header still gives
+    the whole duration, the missing stretch is counted (``cut_short``, at the frame rate) and logged.
     """
     if batch_size < 1 or prefetch < 1 or (segment_frames is not None and segment_frames < 1) or segment_bytes < 1:
         raise ValueError(f"batch_size, prefetch, segment_frames and segment_bytes must be at least 1, got "
@@ -290,8 +292,9 @@ def video_frames(path: str | os.PathLike, *, batch_size: int = 32, prefetch: int
     times = index.get_frame_timestamp(list(range(count)))[:, 0].astype(np.float64) + float(start_time)
     del index
     stats = FrameStats(f"video {path}") if stats is None else stats
+    height, width, duration = _video_header(path)
+    _count_cut_short(times - float(start_time), duration, stats, path)
     if segment_frames is None:
-        height, width = _frame_size(path)
         segment_frames = max(16, segment_bytes // max(1, 3 * width * height))
     decoder = _VideoDecoder(path, times, batch_size, prefetch, segment_frames, num_threads, stats)
     return FrameStream(_checked(decoder.frames(), _Checks(stats, on_wrong_size)), stats)
@@ -308,13 +311,30 @@ def _open_video(path: str | io.BytesIO, num_threads: int, name: str | None = Non
                          f"video decord/FFmpeg can read, or it is damaged (e.g. an mp4 cut short)") from exn
 
 
-def _frame_size(path: str) -> tuple[int, int]:
-    """(height, width) of the video stream decord reads, from its header (PyAV; nothing decoded)."""
+def _video_header(path: str) -> tuple[int, int, float | None]:
+    """(height, width) of the video stream decord reads and the container's duration in seconds (None where the
+    header has none), from its header (PyAV; nothing decoded)."""
     import av
 
     with av.open(path) as source:
         context = source.streams.best("video").codec_context
-        return int(context.height), int(context.width)
+        duration = source.duration / av.time_base if source.duration else None
+        return int(context.height), int(context.width), duration
+
+
+CUT_SHORT_SECONDS = 1.0  # a header's duration may outlast the frames this much (rounding, a longer audio track)
+
+
+def _count_cut_short(times: np.ndarray, duration: float | None, stats: FrameStats, path: str) -> None:
+    """Count the frames a file cut short lost: the stretch its header's ``duration`` outlasts the last of the
+    frame ``times`` (from 0), at their median interval, when longer than `CUT_SHORT_SECONDS`."""
+    if duration is None or len(times) < 2:
+        return
+    step = float(np.median(np.diff(times)))
+    covered = float(times[-1]) + step
+    if step > 0 and duration - covered > max(CUT_SHORT_SECONDS, 2 * step):
+        stats.record_skip("cut_short", key=path, count=int(round((duration - covered) / step)),
+                          detail=f"the header says {duration:.2f} s, the frames end at {covered:.2f} s")
 
 
 def _keyframe_segments(path: str, segment_frames: int) -> Iterator[tuple[int, bytes]]:

@@ -106,8 +106,9 @@ def test_variable_frame_rate_and_late_start_keep_real_frame_times(tmp_path):
     gaps = [40 if i % 3 else 100 for i in range(60)]
     pts = list(2000 + np.concatenate([[0], np.cumsum(gaps[:-1])]))  # the first frame at 2 s
     path = write_video(tmp_path / "vfr.mp4", 60, pts_ms=[int(p) for p in pts])
-    got = list(video_frames(path, batch_size=7, start_time=100.0))
-    assert [read_number(f.image) for f in got] == list(range(60))
+    stream = video_frames(path, batch_size=7, start_time=100.0)
+    got = list(stream)
+    assert [read_number(f.image) for f in got] == list(range(60)) and stream.stats.skipped == 0
     # decord counts from the stream's first frame; start_time shifts the whole stream
     np.testing.assert_allclose([f.timestamp for f in got], 100.0 + (np.array(pts) - 2000) / 1000, atol=1e-3)
 
@@ -116,9 +117,14 @@ def test_truncated_video_gives_every_frame_before_the_cut(videos, tmp_path):
     data = videos["mkv"].read_bytes()
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[:len(data) // 2])
-    got = list(video_frames(cut))
+    stream = video_frames(cut)
+    got = list(stream)
     assert 50 < len(got) < 200
     assert [read_number(f.image) for f in got] == [f.index for f in got] == list(range(len(got)))
+    # the header still says 8 s (200 frames at 25 fps): the frames lost are counted, not silently missing
+    assert stream.stats.skips == {"cut_short": 200 - len(got)}
+    whole = video_frames(videos["mkv"])
+    assert len(list(whole)) == 200 and whole.stats.skipped == 0
 
 
 def test_damaged_stretch_of_video_is_counted_and_decoding_goes_on_after_it(videos, monkeypatch):
