@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmrec.cli import run_script
 from mmrec.data import Catalog, Interactions
 from mmrec.content import ContentRecipe
 from mmrec.recommender import create_model
-from mmrec.report import item_cards, write_page
+from mmrec.report import check_page_path, item_cards, write_page
 from mmrec.train import TrainConfig
 
 log = logging.getLogger("fashion_cold_start")
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=5, help="sample users shown")
     parser.add_argument("--cache", default="out/embed-cache", help="cache of the text tower's vectors")
     args = parser.parse_args()
+    check_page_path(args.out)  # before any work: a mistyped --out must not cost a run, or a file
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.manual_seed(args.seed)
 
@@ -140,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script("fashion_cold_start.py", main)

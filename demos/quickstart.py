@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmrec.cli import run_script
 from mmrec.data import Catalog, Interactions
 from mmrec.experiment import run
-from mmrec.report import item_cards, table, write_page
+from mmrec.report import check_page_path, item_cards, table, write_page
 from mmrec.splits import mmrec_protocol
 from mmrec.train import TrainConfig
 
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--users", type=int, default=4, help="sample users shown in the report")
     args = parser.parse_args()
+    check_page_path(args.out)  # before any work: a mistyped --out must not cost a run, or a file
+    config = TrainConfig(epochs=args.epochs, seed=args.seed, patience=20, progress=False, batch_size=1024)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -55,7 +58,6 @@ def main() -> None:
 
     rows, models = [], {}
     for name in MODELS:
-        config = TrainConfig(epochs=args.epochs, seed=args.seed, patience=20, progress=False, batch_size=1024)
         model, report = run(split, name, train_config=config)
         models[name] = model
         rows.append({"model": name, **{f"test {k}": report["test"][k] for k in ("recall@20", "ndcg@20", "recall@10")},
@@ -84,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script("quickstart.py", main)

@@ -40,6 +40,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from mmrec.calibration import calibrate_grounder
+from mmrec.cli import run_script
 from mmrec.config import from_dict
 from mmrec.data import Interactions
 from mmrec.datasets.app_sim import catalog_for_sequences, record_sequence, sessions_from_purchases
@@ -123,6 +124,20 @@ def next_items(inter: Interactions, seen: Interactions, session_user: str, k: in
     return [int(i) for i in np.argsort(-scores)[:k]]
 
 
+OUTPUTS = {"world", "calibration", "space", "session", "events.parquet", "timeline.png"}  # what a run writes
+
+
+def check_out(out: Path) -> None:
+    """``--out`` must be a new or empty folder, or an earlier run's (holding only `OUTPUTS`): a run rewrites them,
+    and must not write into a folder of someone else's."""
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; give a folder for the demo's outputs")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS) if out.is_dir() else []
+    if foreign:
+        raise FileExistsError(f"--out {out} holds files this demo did not write ({', '.join(foreign[:3])}"
+                              f"{', ...' if len(foreign) > 3 else ''}); give a new or empty folder")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="out/screen_stream")
@@ -141,6 +156,7 @@ def main() -> None:
     started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
+    check_out(out)
     out.mkdir(parents=True, exist_ok=True)
     if args.hm:
         from mmrec.datasets import hm
@@ -199,4 +215,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script("screen_stream.py", main)

@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mmrec.cli import run_script
 from mmrec.fusion.alignment import CatalogPairs, align
-from mmrec.report import item_cards, write_page
+from mmrec.report import check_page_path, item_cards, write_page
 from mmrec.space import UnifiedSpace, space_preset, tiny_vit
 from mmrec.train import TrainConfig
 
@@ -46,6 +47,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/search.html")
     args = parser.parse_args()
+    check_page_path(args.out)  # before any work: a mistyped --out must not cost a run, or a file
 
     if args.space:
         if not args.hm:
@@ -75,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script("search.py", main)

@@ -64,9 +64,25 @@ def table(rows: Sequence[dict], columns: Sequence[str]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_page(path: str | os.PathLike, title: str, sections: Sequence[str]) -> Path:
-    """Write a complete HTML page atomically and return its path."""
+def check_page_path(path: str | os.PathLike, what: str = "--out") -> Path:
+    """``path`` as a place for an HTML report: missing, or an earlier HTML page (a rerun replaces its report);
+    anything else (a folder, the README, a CSV) is refused, so a mistyped ``--out`` destroys nothing. Demos call
+    it before their work, `write_page` again before writing."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; give the HTML file to write, e.g. {path / 'report.html'}")
+    if path.exists():
+        with open(path, "rb") as f:
+            head = f.read(64).lstrip().lower()
+        if not (head.startswith(b"<!doctype html") or head.startswith(b"<html")):
+            raise FileExistsError(f"{what} {path} exists and is not an HTML page; a report replaces only an "
+                                  f"earlier report (give a new file name)")
+    return path
+
+
+def write_page(path: str | os.PathLike, title: str, sections: Sequence[str]) -> Path:
+    """Write a complete HTML page atomically (over an earlier page only: `check_page_path`) and return its path."""
+    path = check_page_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>")

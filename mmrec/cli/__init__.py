@@ -14,6 +14,7 @@ through ``finally``, so a half-written file or folder is removed, never left bes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import logging
@@ -22,6 +23,7 @@ import signal
 import sys
 import threading
 import traceback
+from typing import Any, Callable, Iterator
 
 COMMANDS = ("data_info", "split", "train", "evaluate", "recommend", "embed", "shards", "stream", "world", "serve")
 
@@ -33,6 +35,34 @@ class Terminated(KeyboardInterrupt):
 
 def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block SIGTERM raises `Terminated` (in the main thread; elsewhere signals cannot be set)."""
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run_script(name: str, body: Callable[[], Any]) -> None:
+    """The error boundary of a demo script, as `main` is the command line's: bad input is one line ``<name>:
+    error: ...`` and exit code 2; Ctrl-C and SIGTERM end it with 130 and 143 (``finally`` blocks run); anything
+    else is a bug and keeps Python's traceback."""
+    try:
+        with sigterm_raises():
+            body()
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, Terminated)
+        print(f"{name}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        sys.exit(143 if terminated else 130)
+    except expected_errors() as err:
+        print(f"{name}: error: {error_message(err)}", file=sys.stderr)
+        sys.exit(2)
 
 
 class Parser(argparse.ArgumentParser):
@@ -144,10 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     command = f"mmrec {getattr(args, '_command', args.command)}"
-    on_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if on_main_thread else None
     try:
-        return int(args._run(args) or 0)
+        with sigterm_raises():
+            return int(args._run(args) or 0)
     except KeyboardInterrupt as err:
         terminated = isinstance(err, Terminated)
         print(f"{command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
@@ -164,8 +193,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{command}: internal error: {type(err).__name__}: {error_message(err)}{hint}", file=sys.stderr)
         return 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
         close_process_group()
 
 
