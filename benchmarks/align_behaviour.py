@@ -30,6 +30,7 @@ from mmrec.encoders import create_encoder, embed
 from mmrec.evaluate import evaluate
 from mmrec.experiment import run
 from mmrec.fusion.alignment import CatalogPairs, align, retrieval_metrics, split_by_group
+from mmrec.io import atomic_write_json
 from mmrec.space import TowerConfig, UnifiedSpace, space_preset
 from mmrec.train import TrainConfig
 
@@ -106,8 +107,7 @@ def main() -> None:
         summary[f"t2b_{k}"] = (float(values.mean()), float(values.std()))
         summary[f"t2b_{k}_random"] = runs[0]["text_to_behaviour_random"][k]
     report = {"runs": runs, "summary_mean_std": summary}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2))
+    atomic_write_json(args.out, report)
     print(json.dumps(report, indent=2))
 
 

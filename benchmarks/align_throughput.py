@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from mmrec.fusion.alignment import CatalogPairs
+from mmrec.io import atomic_write_json
 from mmrec.space import TowerConfig, UnifiedSpace, space_preset, tiny_vit
 from mmrec.train import TrainConfig, fit
 
@@ -174,9 +175,7 @@ def main() -> None:
                       f"{row['samples_per_s'] / base['samples_per_s']:.2f}x")
             results[device] = rows
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"config": {k: getattr(args, k) for k in MODEL_FLAGS},
-                                              "results": results}, indent=2))
+        atomic_write_json(args.out, {"config": {k: getattr(args, k) for k in MODEL_FLAGS}, "results": results})
 
 
 if __name__ == "__main__":
