@@ -65,7 +65,9 @@ def check_replaceable(directory: str | os.PathLike, kind: str, what: str | None 
         raise FileExistsError(f"{what}: the folder exists and holds {holds}; saving a {kind} replaces the whole "
                               f"folder, so choose a new or empty folder (or one a {kind} was saved to)")
     listed = set(saved.get("files") or {}) | {MANIFEST_FILE}
-    listed |= {str(parent) for name in listed for parent in PurePosixPath(name).parents if str(parent) != "."}
+    folders = {str(parent) for name in listed for parent in PurePosixPath(name).parents}
+    listed |= folders - {"."}
+    listed |= {f"{folder}/{MANIFEST_FILE}" for folder in folders - {"."}}  # a saved folder's own (a model's space/)
     extra = sorted(name for p in path.rglob("*") if (name := p.relative_to(path).as_posix()) not in listed)
     if extra:
         raise FileExistsError(f"{what}: the saved {kind} there also holds {len(extra)} file(s) or folder(s) it did not "

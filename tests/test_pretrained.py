@@ -140,6 +140,23 @@ def test_saving_never_replaces_a_folder_that_is_not_an_older_save_of_the_same_ki
     assert (saved / "NOTES.md").read_text() == "mine"
 
 
+def test_a_model_holding_a_saved_space_can_be_saved_over_again(tmp_path):
+    """The outer manifest leaves out the nested space's own manifest.json: it is still the model's file (a served
+    model with --state-dir saves over its earlier save at every change)."""
+    from mmrec.pretrained import write_folder
+
+    def fill(tmp):
+        _space().save_pretrained(tmp / "space")
+        atomic_write_json(tmp / "config.json", {"model": "x"})
+
+    for _ in range(3):
+        write_folder(tmp_path / "model", "recommender", {"model": "x"}, fill)
+    assert (tmp_path / "model" / "space" / "manifest.json").is_file()
+    (tmp_path / "model" / "space" / "extra.bin").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match=r"did not write, e.g. \['space/extra.bin'\]"):
+        write_folder(tmp_path / "model", "recommender", {"model": "x"}, fill)
+
+
 def test_saving_over_a_file_is_an_error(tmp_path):
     (tmp_path / "taken").write_text("x")
     model = create_model("most_popular", 12, 9)
