@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmrec.config import check_at_least
 from mmrec.data import Interactions
 from mmrec.recommender import Recommender, register_model
 from mmrec.sampling import TripletDataset
@@ -50,6 +51,9 @@ class ItemKNNConfig:
 
     k: int = 100
     shrink: float = 10.0
+
+    def __post_init__(self) -> None:
+        check_at_least(self, k=1, shrink=0)
 
 
 @register_model("itemknn")
@@ -109,6 +113,9 @@ class BPRConfig:
     dim: int = 64
     reg_weight: float = 1e-4
 
+    def __post_init__(self) -> None:
+        check_at_least(self, dim=1, reg_weight=0)
+
 
 @register_model("bpr")
 class BPRMF(Recommender):
@@ -161,6 +168,9 @@ class LightGCNConfig:
     dim: int = 64
     n_layers: int = 2
     reg_weight: float = 1e-4
+
+    def __post_init__(self) -> None:
+        check_at_least(self, dim=1, n_layers=0, reg_weight=0)
 
 
 @register_model("lightgcn")

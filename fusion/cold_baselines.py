@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmrec.config import check_at_least
 from mmrec.data import Interactions
 from mmrec.fusion.baselines import BPRConfig, BPRMF
 from mmrec.fusion.cold_vae import history_affinity, history_mean, history_rows, knn_rows
@@ -187,6 +188,9 @@ class RandomConfig:
     dim: int = 32
     content_dim: int = 0
 
+    def __post_init__(self) -> None:
+        check_at_least(self, dim=1, content_dim=0)
+
 
 @register_model("random")
 class RandomScores(ContentRecommender):
@@ -266,6 +270,9 @@ class AffinityConfig:
     dense_mb: int = 4096
     content_dim: int = 0
 
+    def __post_init__(self) -> None:
+        check_at_least(self, power=1e-9, dense_mb=0, content_dim=0)
+
 
 @register_model("affinity")
 class HistoryAffinity(ContentRecommender):
@@ -339,6 +346,9 @@ class AffinityPopConfig:
     dense_mb: int = 4096
     content_dim: int = 0
 
+    def __post_init__(self) -> None:
+        check_at_least(self, power=1e-9, weight=0, neighbours=1, dense_mb=0, content_dim=0)
+
 
 def neighbour_popularity(content: torch.Tensor, counts: torch.Tensor, k: int) -> torch.Tensor:
     """Per item the mean log(1 + count) of its ``k`` nearest (cosine of ``content``, itself excluded) items
@@ -391,6 +401,12 @@ class DropoutNetConfig:
     out_dim: int = 128
     dropout: float = 0.5
     content_dim: int = 0
+
+    def __post_init__(self) -> None:
+        check_at_least(self, dim=1, bpr_epochs=1, bpr_lr=1e-12, bpr_reg_weight=0, hidden=1, out_dim=1, dropout=0,
+                       content_dim=0)
+        if not self.dropout < 1:
+            raise ValueError(f"DropoutNetConfig.dropout must be < 1, got {self.dropout!r}")
 
 
 def _tower(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -469,6 +485,9 @@ class VBPRConfig:
     reg_weight: float = 1e-4
     content_dim: int = 0
 
+    def __post_init__(self) -> None:
+        check_at_least(self, dim=1, content_factors=1, reg_weight=0, content_dim=0)
+
 
 def _fold_in_ids(model: ContentRecommender, seen: Interactions, items: np.ndarray,
                  user_table: torch.Tensor, item_table: torch.Tensor, known: torch.Tensor) -> None:
@@ -542,6 +561,12 @@ class CLCRecConfig:
     content_share: float = 0.5
     reg_weight: float = 1e-4
     content_dim: int = 0
+
+    def __post_init__(self) -> None:
+        check_at_least(self, dim=1, hidden=1, temperature=1e-9, lam=0, content_share=0, reg_weight=0, content_dim=0)
+        if not (self.lam <= 1 and self.content_share <= 1):
+            raise ValueError(f"CLCRecConfig.lam and content_share must be in [0, 1], got {self.lam}, "
+                             f"{self.content_share}")
 
 
 CONTRAST_CHUNK = 1024

@@ -67,6 +67,7 @@ import torch.nn.functional as F
 
 from mmrec.data import Catalog, Interactions
 from mmrec.fusion.baselines import LightGCN, csr_tensor, normalized_adjacency
+from mmrec.config import check_at_least
 from mmrec.content import ContentRecipe
 from mmrec.fusion.cold_vae import (AffinityGraph, AffinityWeight, ContentRegressor, ContentVAE, CountGate,
                                    add_history_affinity_, csr_row_sums, history_affinity_candidates,
@@ -112,9 +113,8 @@ class VAEFusionConfig:
     posterior_rank: bool = False    # training: BPR on the VAE's reconstructions of batch items (tried; off)
 
     def __post_init__(self) -> None:
-        for name in ("dim", "latent_dim", "hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"VAEFusionConfig.{name} must be ≥ 1, got {getattr(self, name)}")
+        check_at_least(self, dim=1, latent_dim=1, hidden_dim=1, n_layers=0, knn_k=1, reg_weight=0, beta=0,
+                       recon_weight=0, rank_weight=0)
         if self.content_dim < 0 or self.similarity_dims < 0:
             raise ValueError(f"VAEFusionConfig.content_dim and similarity_dims must be ≥ 0, got "
                              f"{self.content_dim}, {self.similarity_dims}")

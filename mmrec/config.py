@@ -17,6 +17,16 @@ import yaml
 T = TypeVar("T")
 
 
+def check_at_least(config: Any, **lows: float) -> None:
+    """Raise a one-line `ValueError` naming the first field of ``config`` below its lowest allowed value (or not a
+    number): a size or count of 0 or less trains on nothing or divides by zero, and would exit 0 with a useless
+    model. For a config's ``__post_init__``: ``check_at_least(self, dim=1, reg_weight=0)``."""
+    for name, low in lows.items():
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            raise ValueError(f"{type(config).__name__}.{name} must be ≥ {low}, got {value!r}")
+
+
 def _convert(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)

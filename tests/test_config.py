@@ -35,3 +35,17 @@ def test_nested_conversion_and_unknown_keys(tmp_path):
         load_yaml(TrainConfig, path)
     with pytest.raises(FileNotFoundError):
         load_yaml(TrainConfig, tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("model, key, value", [
+    ("lightgcn", "n_layers", -1),  # divided by n_layers + 1 = 0: trained on infinities and exited 0
+    ("lightgcn", "dim", 0), ("bpr", "reg_weight", -1e-3), ("itemknn", "k", 0), ("vae_fusion", "n_layers", -1),
+    ("vae_fusion", "knn_k", 0), ("vae_fusion", "beta", float("nan")), ("clcrec", "temperature", 0.0),
+    ("clcrec", "lam", 1.5), ("dropoutnet", "dropout", 1.0), ("vbpr", "content_factors", 0),
+    ("affinity_pop", "neighbours", 0), ("affinity", "power", -2.0), ("random", "dim", True)])
+def test_model_configs_refuse_sizes_and_weights_out_of_range(model, key, value):
+    import mmrec.fusion  # noqa: F401  (registers the models)
+    from mmrec.recommender import create_model
+
+    with pytest.raises(ValueError, match=rf"Config\.{key}\b"):
+        create_model(model, 5, 7, {key: value})
