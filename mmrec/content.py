@@ -133,9 +133,11 @@ class ContentRecipe:
                                                   **({"photo_half": True} if self.photo_half else {})})
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "ContentRecipe | None":
+    def load(cls, folder: str | os.PathLike, encoder: str | None = None) -> "ContentRecipe | None":
         """The recipe saved in a (verified) model folder, or None where the model has none. The space is
-        read from the folder's own ``space/`` only; no path is taken from the file."""
+        read from the folder's own ``space/`` only, and no path is taken from the file: an encoder saved as a
+        local path (a library user's own ``hf:/models/...``) is refused unless the caller names the encoder,
+        ``encoder`` (which replaces the saved text encoder)."""
         path = Path(folder) / CONTENT_FILE
         if not path.is_file():
             return None
@@ -144,6 +146,12 @@ class ContentRecipe:
                 or not isinstance(recipe["fields"], list):
             raise ValueError(f"{path}: expected {{'fields': [names], 'encoder': spec or 'space'[, 'photo_half': true]}}")
         photo_half = recipe.get("photo_half", False)
+        if encoder is not None and recipe["encoder"] != "space":
+            recipe["encoder"] = encoder
+        elif isinstance(recipe["encoder"], str) and names_a_path(recipe["encoder"]):
+            raise ValueError(f"{path}: the encoder {recipe['encoder']!r} is a local path, and a saved folder never "
+                             f"points outside itself; if you trust it, name it when loading "
+                             f"(from_pretrained(folder, content_encoder=...))")
         space = None
         if recipe["encoder"] == "space" or photo_half is True:
             from mmrec.space import UnifiedSpace
@@ -153,6 +161,20 @@ class ContentRecipe:
             return cls(tuple(recipe["fields"]), recipe["encoder"], space, photo_half)
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+
+
+def names_a_path(spec: str) -> bool:
+    """Whether an encoder spec builds from the local file system (an architecture or weights given as a path)
+    rather than from an alias or a hub name."""
+    from mmrec.encoders.registry import ALIASES, parse_spec
+
+    if spec.strip() in ALIASES:  # a name the package resolves (minilm: a pip package's own folder)
+        return False
+    parsed = parse_spec(spec)
+    for part in (parsed.arch, parsed.weights or ""):
+        if part.startswith(("/", "./", "../", "~")) or (part and os.path.exists(os.path.expanduser(part))):
+            return True
+    return False
 
 
 def content_vectors(catalog: Catalog, encoder: Any = "minilm", *, fields: Sequence[str] = DEFAULT_FIELDS,

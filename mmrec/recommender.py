@@ -202,8 +202,11 @@ class Recommender(Pretrained, nn.Module):
         """Read what `save_extra` wrote (the folder is verified against its manifest already)."""
 
     @classmethod
-    def read_files(cls, folder: Path, manifest: dict[str, Any], device: str | torch.device = "cpu") -> "Recommender":
-        """Build the registered model the config names and load its verified weights and vocabularies."""
+    def read_files(cls, folder: Path, manifest: dict[str, Any], device: str | torch.device = "cpu",
+                   content_encoder: str | None = None) -> "Recommender":
+        """Build the registered model the config names and load its verified weights and vocabularies.
+        ``content_encoder``: the text encoder for new items' content, replacing the saved one (which is never a
+        local path: `mmrec.content.ContentRecipe.load`)."""
         from mmrec.content import CONTENT_FILE, ContentRecipe
 
         meta = read_json(folder / CONFIG_FILE)
@@ -224,7 +227,7 @@ class Recommender(Pretrained, nn.Module):
         model.load_pretrained_state(state)
         model.user_ids, model.item_ids = _read_vocab(folder / VOCAB_FILE, model.n_users, model.n_items)
         if CONTENT_FILE in manifest["files"]:
-            model.content_recipe = ContentRecipe.load(folder)
+            model.content_recipe = ContentRecipe.load(folder, content_encoder)
         model.load_extra(folder)
         return model.to(device).eval()
 

@@ -208,6 +208,14 @@ def test_content_recipe_cannot_point_outside_the_model(tmp_path):
     _rewrite_json(folder, "content.json", {"space": "../.."})
     with pytest.raises(ValueError, match=r"content\.json"):
         Recommender.from_pretrained(folder)
+    outside = str(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    for spec in (f"hf:{outside}", f"openclip:ViT-B-32@{outside}/w.safetensors"):  # a tower from outside the folder
+        _rewrite_json(folder, "content.json", {"fields": ["title"], "encoder": spec})
+        with pytest.raises(ValueError, match=r"content\.json: the encoder .* is a local path"):
+            Recommender.from_pretrained(folder)
+    chosen = Recommender.from_pretrained(folder, content_encoder="minilm")  # unless the caller names it
+    assert chosen.content_recipe.encoder == "minilm"
 
 
 LIBRARY_ONLY = textwrap.dedent("""
