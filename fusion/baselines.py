@@ -61,6 +61,7 @@ class ItemKNN(Recommender):
     """Item-item cosine similarity on co-occurrence; a user's score is the sum over their training items."""
 
     config_class = ItemKNNConfig
+    item_edges = (("sim_indices", "sim_values"),)
 
     def __init__(self, config: ItemKNNConfig, n_users: int, n_items: int) -> None:
         super().__init__(config, n_users, n_items)

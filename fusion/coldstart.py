@@ -163,6 +163,7 @@ class VAEFusion(LightGCN):
     """
 
     config_class = VAEFusionConfig
+    item_edges = (("knn_indices", "knn_values"),)
 
     def __init__(self, config: VAEFusionConfig, n_users: int, n_items: int) -> None:
         super().__init__(config, n_users, n_items)

@@ -57,6 +57,8 @@ class Recommender(Pretrained, nn.Module):
     # Whether answers leave out what the user already bought unless told otherwise (a next-purchase model,
     # for which repurchase is a signal, sets False; `mmrec recommend` follows it).
     excludes_seen_by_default: ClassVar[bool] = True
+    # (indices, values) buffers of item × item edges (a similarity or content graph), checked on load
+    item_edges: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def __init__(self, config: Any, n_users: int, n_items: int) -> None:
         super().__init__()
@@ -212,7 +214,8 @@ class Recommender(Pretrained, nn.Module):
         meta = read_json(folder / CONFIG_FILE)
         if not isinstance(meta, dict) or set(meta) != {"model", "n_users", "n_items", "config"}:
             raise FolderError(f"{folder / CONFIG_FILE}: expected keys model, n_users, n_items, config")
-        if not all(isinstance(meta[k], int) and meta[k] >= 0 for k in ("n_users", "n_items")):
+        if not all(isinstance(meta[k], int) and not isinstance(meta[k], bool) and meta[k] >= 0
+                   for k in ("n_users", "n_items")):
             raise FolderError(f"{folder / CONFIG_FILE}: n_users and n_items must be counts")
         try:
             model = create_model(meta["model"], meta["n_users"], meta["n_items"], meta["config"])
@@ -224,6 +227,7 @@ class Recommender(Pretrained, nn.Module):
         state = load_tensors(path)
         check_state(path, model.state_dict(), state, model.resizable_state)
         model.check_seen(path, state)
+        model.check_item_edges(path, state)
         model.load_pretrained_state(state)
         model.user_ids, model.item_ids = _read_vocab(folder / VOCAB_FILE, model.n_users, model.n_items)
         if CONTENT_FILE in manifest["files"]:
@@ -246,6 +250,16 @@ class Recommender(Pretrained, nn.Module):
         if not ok:
             raise FolderError(f"{path}: the seen pairs (seen_indptr, seen_indices) do not fit "
                               f"{self.n_users} users x {self.n_items} items")
+
+    def check_item_edges(self, path: Path, state: dict[str, torch.Tensor]) -> None:
+        """Refuse `item_edges` that do not fit: ``[2, E]`` item codes in range and ``E`` finite values (an edge
+        out of range would crash the process in a sparse product, a negative one wrap to another item)."""
+        for indices, values in self.item_edges:
+            idx, val = state[indices], state[values]
+            ok = (idx.dim() == 2 and len(idx) == 2 and val.shape == (idx.shape[1],)
+                  and (idx.numel() == 0 or (int(idx.min()) >= 0 and int(idx.max()) < self.n_items)))
+            if not ok:
+                raise FolderError(f"{path}: the item edges ({indices}, {values}) do not fit {self.n_items} items")
 
     def load_pretrained_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load verified tensors; data-sized buffers (`resizable_state`) are resized first."""

@@ -103,6 +103,26 @@ def test_inconsistent_folder_is_refused_even_with_a_matching_manifest(saved, lie
         Recommender.from_pretrained(saved)
 
 
+@pytest.mark.parametrize("change", [
+    lambda s: s["sim_indices"].__setitem__((1, 0), 10**6),  # out of range: a sparse product crashed the process
+    lambda s: s["sim_indices"].__setitem__((1, 0), -1),  # negative: silently another item
+    lambda s: s.__setitem__("sim_values", s["sim_values"][:3])])
+def test_item_edges_that_do_not_fit_the_items_are_refused(tmp_path, change):
+    model = create_model("itemknn", 12, 9)
+    model.fit(tiny_interactions())
+    folder = model.save_pretrained(tmp_path / "knn")
+    assert len(Recommender.from_pretrained(folder).sim_values) > 3
+    _rewrite_weights(folder, change)
+    with pytest.raises(FolderError, match=r"item edges \(sim_indices, sim_values\) do not fit 9 items"):
+        Recommender.from_pretrained(folder)
+
+
+def test_a_count_that_is_a_boolean_is_refused(saved):
+    _rewrite_json(saved, "config.json", {"model": "bpr", "n_users": True, "n_items": 9, "config": {"dim": 4}})
+    with pytest.raises(FolderError, match="n_users and n_items must be counts"):
+        Recommender.from_pretrained(saved)
+
+
 def test_a_kill_during_save_leaves_the_old_folder(saved):
     before = {p.name: p.read_bytes() for p in saved.iterdir()}
     with pytest.raises(KeyboardInterrupt):
