@@ -75,6 +75,11 @@ def test_embed_images_and_texts_with_mmrec_features(hm_folder, tmp_path, capsys)
                     "--mmrec-folder", str(mmrec))
     assert text["valid"] == 5 and text["mmrec"]["filled_with_mean"] == 0
     assert np.load(out / "text_feat.npy").shape == (4, 16)
+    # the two modalities share item_ids.npy: a run over other articles must not rewrite it under the other's vectors
+    assert main(["embed", "--data", str(data), "--encoder", spec, "--modality", "text", "--out", str(out),
+                 "--limit", "2"]) == 2
+    assert "holds image_vectors.npy for 5 other article ids" in capsys.readouterr().err
+    assert np.load(out / "item_ids.npy").tolist() == IDS and np.load(out / "text_vectors.npy").shape == (5, 16)
 
 
 def test_errors_are_reported_with_exit_code_2(hm_folder, tmp_path, capsys, monkeypatch):

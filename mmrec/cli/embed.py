@@ -97,6 +97,20 @@ def _processes(device: str) -> tuple[int, int, str]:
     return state.process_index, state.num_processes, device
 
 
+def _check_shared_ids(out: Path, ids: Any, modality: str) -> None:
+    """Modalities embedded into one ``--out`` share its ``item_ids.npy``: refuse to rewrite it for other articles
+    while another modality's vectors there still follow the old ids (they would silently stop matching)."""
+    path = out / "item_ids.npy"
+    others = sorted(p.name for p in out.glob("*_vectors.npy") if p.name != f"{modality}_vectors.npy")
+    if not path.is_file() or not others:
+        return
+    old = np.load(path, allow_pickle=False)
+    new = np.asarray(ids, dtype=str)
+    if old.shape != new.shape or not (old == new).all():
+        raise ValueError(f"--out {out} holds {', '.join(others)} for {len(old)} other article ids (item_ids.npy); "
+                         f"these {len(new)} articles would leave them matching the wrong rows: give another --out")
+
+
 def run(args: argparse.Namespace) -> int:
     """Embed, write the files, report counts."""
     from mmrec.datasets import hm
@@ -117,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         catalog = catalog.subset(np.arange(min(args.limit, len(catalog))))
     mmrec_rows = _mmrec_rows(args.mmrec_folder, catalog) if args.mmrec_folder else None
+    _check_shared_ids(out, catalog.ids, modality)
     out.mkdir(parents=True, exist_ok=True)
     cache = None if args.no_cache else EmbeddingCache.for_encoder(args.cache or out / "cache", encoder)
     progress = (sys.stderr.isatty() if args.progress is None else args.progress) and rank == 0
