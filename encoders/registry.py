@@ -206,6 +206,11 @@ def create_encoder(spec: str, modality: str | None = None, *, device: str | torc
                 f"encoder spec {spec!r}: the weights file {parsed.weights} holds Python objects that could run "
                 f"code, and the weights-only loader refused it{f' ({blocked})' if blocked else ''}; give a "
                 f"safetensors file or a plain tensor state dict") from None
+        except TypeError as err:  # an option the family's builder does not take: bad input, not a bug
+            if "unexpected keyword argument" not in str(err):
+                raise
+            raise EncoderSourceError(f"encoder spec {spec!r}: {family.name} towers take no option "
+                                     f"{str(err).rpartition('argument ')[2]}") from None
     logger.info("built %r on %s (%s)", encoder, dev, dtype)
     if wanted == "screen":
         from mmrec.encoders.screenshot import ScreenshotEncoder

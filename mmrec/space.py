@@ -310,7 +310,10 @@ class UnifiedSpace(Pretrained, nn.Module):
                 raise FolderError(f"{path}: tower {modality!r} sets {unsafe}; options that can run code are never "
                                   f"read from a saved folder (pass trust_remote_code=True to from_pretrained "
                                   f"if you trust {tower.spec!r})")
-        space = cls(config, device=device, trust_remote_code=trust_remote_code)
+        try:
+            space = cls(config, device=device, trust_remote_code=trust_remote_code)
+        except ValueError as err:  # a tower the file describes cannot be built (an option its builder lacks)
+            raise FolderError(f"{path}: {err}") from None
         weights = folder / WEIGHTS_FILE
         state = load_tensors(weights, device)
         check_state(weights, space.state_dict(), state)

@@ -217,6 +217,19 @@ def test_no_code_from_a_space_folder_runs(tmp_path):
     assert not marker.exists()
 
 
+def test_a_tower_option_its_builder_does_not_take_is_a_folder_error_not_a_crash(tmp_path):
+    from mmrec.space import tiny_vit
+
+    space = UnifiedSpace(SpaceConfig(towers={"image": tiny_vit(16, width=16, depth=1, heads=1),
+                                             "tag": TowerConfig(input_dim=3)}, dim=8, pairs=("image-tag",)))
+    folder = space.save_pretrained(tmp_path / "space")
+    config = json.loads((folder / "space.json").read_text())
+    config["towers"]["image"]["options"]["pretrained_cfg_overlay"] = {"file": "x"}
+    _rewrite_json(folder, "space.json", config)
+    with pytest.raises(FolderError, match=r"space\.json: encoder spec .* take no option 'pretrained_cfg_overlay'"):
+        UnifiedSpace.from_pretrained(folder)
+
+
 def test_content_recipe_cannot_point_outside_the_model(tmp_path):
     from mmrec.content import ContentRecipe
 
