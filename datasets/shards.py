@@ -114,11 +114,13 @@ def write_catalog_shards(catalog: Catalog, out_dir: str | os.PathLike, *, items_
     byte-identical shards. ``<prefix>-shards.json`` records shard names and counts (items, with image,
     without image, image files left out by reason); the counts are also logged.
 
-    An image file that is missing, unreadable or neither JPEG, PNG nor WebP is left out of its sample
-    (the item keeps its json), counted and logged; if every image file fails, the paths are wrong and
-    `ValueError` is raised. An attribute value that is not a str, number, bool or None raises `TypeError`
-    naming item and attribute. Shards of an earlier, larger write under the same prefix are not deleted,
-    only reported: pass the returned list (or the manifest's names), not a glob, to the reader.
+    An image file that is missing, unreadable, neither JPEG, PNG nor WebP, or does not decode (cut short,
+    damaged, over Pillow's decompression-bomb guard: what a reader would drop the whole sample for) is left out
+    of its sample (the item keeps its json), counted and logged; if every image file fails, the paths are wrong
+    and `ValueError` is raised. An attribute value that is not a str, number, bool or None raises `TypeError`
+    naming item and attribute. Shards an earlier write under the same prefix listed in its manifest and this
+    one does not rewrite are deleted (a glob over the folder then reads one catalogue); other files are left
+    alone, and shard-named ones only reported: pass the returned list (or the manifest's names) to the reader.
     """
     if items_per_shard < 1:
         raise ValueError(f"items_per_shard must be at least 1, got {items_per_shard}")
@@ -133,6 +135,7 @@ def write_catalog_shards(catalog: Catalog, out_dir: str | os.PathLike, *, items_
     keys = _unique_keys(catalog.ids)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = _listed_shards(out / f"{prefix}-shards.json", prefix)
 
     counts = _WriteCounts()
     paths: list[Path] = []
@@ -152,6 +155,8 @@ def write_catalog_shards(catalog: Catalog, out_dir: str | os.PathLike, *, items_
         "image_files_left_out": counts.image_skips,
     }
     atomic_write(out / f"{prefix}-shards.json", lambda f: f.write(json.dumps(manifest, indent=1).encode("utf-8")))
+    for name in sorted(earlier - {p.name for p in paths}):  # the earlier write's own shards, now stale
+        (out / name).unlink(missing_ok=True)
     logger.info("wrote %d items (%d with image, %d without; image files left out: %s) into %d shards in %s",
                 counts.items, counts.with_image, counts.items - counts.with_image, counts.image_skips or 0,
                 len(paths), out)
@@ -200,13 +205,27 @@ def _image_member(path: str, item_id: str, counts: _WriteCounts) -> tuple[str, b
     except OSError as exn:
         counts.skip_image("unreadable_image_file", item_id, path, f"{type(exn).__name__}: {exn}")
         return None
-    for magic, extension in _IMAGE_MAGIC:
-        if data.startswith(magic):
-            return extension, data
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp", data
-    counts.skip_image("unsupported_image_format", item_id, path, f"starts with {data[:8]!r}, not JPEG/PNG/WebP")
-    return None
+    extension = next((ext for magic, ext in _IMAGE_MAGIC if data.startswith(magic)), None)
+    if extension is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        extension = "webp"
+    if extension is None:
+        counts.skip_image("unsupported_image_format", item_id, path, f"starts with {data[:8]!r}, not JPEG/PNG/WebP")
+        return None
+    try:
+        _check_decodes(data)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exn:
+        counts.skip_image("undecodable_image", item_id, path, f"{type(exn).__name__}: {exn}")
+        return None
+    return extension, data
+
+
+def _check_decodes(data: bytes) -> None:
+    """Decode image bytes as a reader's `decode_rgb` would (the bomb guard included), a JPEG at an eighth of its
+    size (its whole stream is still read, so a cut-short file fails just the same)."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format == "JPEG":
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+        image.load()
 
 
 def _json_value(value: Any, item_id: str, name: str) -> Any:
@@ -226,6 +245,16 @@ def _write_tar(f, samples: Iterable[dict[str, Any]]) -> None:
             tar.write(sample)
 
 
+
+
+def _listed_shards(manifest: Path, prefix: str) -> set[str]:
+    """The shard names an earlier write's manifest lists (only names of this prefix's shard form), or none."""
+    try:
+        names = json.loads(manifest.read_text(encoding="utf-8")).get("shards", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    pattern = re.compile(re.escape(prefix) + r"-\d{6}\.tar")
+    return {n for n in names if isinstance(n, str) and pattern.fullmatch(n)} if isinstance(names, list) else set()
 
 
 def _report_stale_shards(out: Path, prefix: str, written: set[str]) -> None:

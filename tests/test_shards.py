@@ -21,6 +21,7 @@ from torchvision.transforms.functional import pil_to_tensor
 from mmrec.data import Catalog
 from mmrec.datasets.shards import (SampleStats, catalog_samples, check_shard_count, shard_key,
                                    write_catalog_shards)
+from shard_damage import damage_image
 
 ODD_IDS = ["0108775015", "a/b.c", "with space", "ünïcode", "x" * 80, "__meta__", "plain-id_7", "."]
 
@@ -140,10 +141,35 @@ def test_a_failing_write_leaves_only_complete_shards(tmp_path):
     assert len(list(catalog_samples([out / "catalog-000000.tar"]))) == 3
 
 
+def test_an_image_file_that_does_not_decode_is_left_out_and_the_item_kept(tmp_path):
+    """Cut short, damaged or over the bomb guard: a reader would drop the whole sample, text included."""
+    catalog = _catalog(tmp_path, 4, images="all")
+    Path(catalog.image_paths[1]).write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20)
+    whole = Path(catalog.image_paths[2]).read_bytes()
+    Path(catalog.image_paths[2]).write_bytes(whole[:len(whole) // 2])
+    paths = write_catalog_shards(catalog, tmp_path / "s")
+    manifest = json.loads((tmp_path / "s" / "catalog-shards.json").read_text())
+    assert manifest["image_files_left_out"] == {"undecodable_image": 2} and manifest["with_image"] == 2
+    stats = SampleStats()
+    items = list(catalog_samples(paths, stats=stats))
+    assert [it["image"] is None for it in items] == [False, True, True, False] and stats.delivered == 4
+
+
+def test_an_earlier_writes_own_shards_are_removed_and_nothing_else(tmp_path):
+    catalog = _catalog(tmp_path, 10, images="none")
+    out = tmp_path / "s"
+    assert len(write_catalog_shards(catalog, out, items_per_shard=2)) == 5
+    (out / "notes.txt").write_text("mine")
+    (out / "catalog-000009.tar").write_bytes(b"")  # shard-named, but no write of ours listed it
+    assert len(write_catalog_shards(catalog, out, items_per_shard=4)) == 3
+    assert sorted(p.name for p in out.iterdir()) == ["catalog-000000.tar", "catalog-000001.tar", "catalog-000002.tar",
+                                                      "catalog-000009.tar", "catalog-shards.json", "notes.txt"]
+
+
 def test_corrupt_image_and_json_are_skipped_counted_and_logged(tmp_path, caplog):
     catalog = _catalog(tmp_path, 6, images="all")
-    Path(catalog.image_paths[2]).write_bytes(b"\xff\xd8\xff\xe0" + b"not really a jpeg" * 20)
     paths = write_catalog_shards(catalog, tmp_path / "s", items_per_shard=3)
+    damage_image(paths[0], shard_key(catalog.ids[2]))
     good = io.BytesIO()
     Image.new("RGB", (8, 8), "red").save(good, format="JPEG")
     meta = {"id": "crafted-ok", "code": 99, "title": "t", "text": "", "attributes": {}}
@@ -248,8 +274,8 @@ def test_stats_copy_outside_a_process_start_has_its_own_counters():
 
 def test_dataloader_workers_each_read_their_own_shards(tmp_path):
     catalog = _catalog(tmp_path, 12, images="all")
-    Path(catalog.image_paths[7]).write_bytes(b"\xff\xd8\xff" + b"\x00" * 50)  # decodes to an error
     paths = write_catalog_shards(catalog, tmp_path / "s", items_per_shard=3)
+    damage_image(paths[2], shard_key(catalog.ids[7]))  # decodes to an error
     stats = SampleStats()
     pipeline = catalog_samples(paths, image_transform=pil_to_tensor, stats=stats, num_workers=2)
     loader = torch.utils.data.DataLoader(pipeline, batch_size=None, num_workers=2)
