@@ -72,6 +72,41 @@ def test_unknown_config_key_is_an_error(tmp_path, capsys):
     assert code == 2 and "unknown key" in capsys.readouterr().err
 
 
+def test_run_files_and_flags_are_checked_alike_before_any_work(tmp_path, capsys):
+    """A run file's train.seed counts when --seed is not given; its checkpoint_dir, like --checkpoint-dir, is
+    never inside --data or --out (evaluate included); --protocol never silently loses to a folder's x_label;
+    train sequence only splits in time."""
+    folder = tmp_path / "split"
+    assert main(["split", "--data", "synthetic", "--out", str(folder)]) == 0
+    capsys.readouterr()
+
+    def metrics(*argv: str) -> tuple:
+        assert main(["train", "--data", str(folder), "--model", "bpr", "--json", *argv]) == 0, capsys.readouterr().err
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        return report["valid"]["recall@20"], report["test"]["recall@20"]
+
+    (tmp_path / "seed7.yaml").write_text("train: {epochs: 2, seed: 7, progress: false}\n")
+    from_file = metrics("--config", str(tmp_path / "seed7.yaml"), "--out", str(tmp_path / "a"))
+    assert from_file == metrics("--config", str(tmp_path / "seed7.yaml"), "--seed", "7", "--out", str(tmp_path / "b"))
+    assert from_file != metrics("--config", str(tmp_path / "seed7.yaml"), "--seed", "0", "--out", str(tmp_path / "c"))
+
+    (tmp_path / "ck.yaml").write_text(f"train: {{epochs: 1, checkpoint_dir: {folder / 'ck'}}}\n")
+    refused = [(["train", "--data", str(folder), "--model", "bpr", "--config", str(tmp_path / "ck.yaml"), "--out",
+                 str(tmp_path / "d")], "is the input folder"),
+               (["evaluate", "--data", str(folder), "--model", "bpr", "--epochs", "1", "--checkpoint-dir",
+                 str(folder / "ck")], "is the input folder"),
+               (["train", "--data", str(folder), "--model", "bpr", "--epochs", "1", "--checkpoint-dir",
+                 str(tmp_path / "e" / "ck"), "--out", str(tmp_path / "e")], "or inside it: saving the model replaces"),
+               (["split", "--data", str(folder), "--protocol", "cold", "--out", str(tmp_path / "f")], "x_label"),
+               (["train", "sequence", "--data", "synthetic", "--protocol", "mmrec", "--out", str(tmp_path / "g")],
+                "splits in time")]
+    for argv, message in refused:
+        assert main(argv) == 2 and message in capsys.readouterr().err, argv
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["manifest.json", "split.inter", "i_id_mapping.csv",
+                                                               "u_id_mapping.csv"])
+    assert not (tmp_path / "e").exists()
+
+
 ALIGN_YAML = ("space:\n  dim: 32\n  towers:\n    image: {spec: 'timm:vit_tiny_patch16_224@random', trainable: true,\n"
               "            options: {model_kwargs: {img_size: 32, patch_size: 8, embed_dim: 64, depth: 1, num_heads: 2}}}\n"
               "    text: {spec: minilm}\ntrain: {epochs: 1, batch_size: 64, early_stop_metric: t2i_recall@10}\n")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mmrec.cli.common import emit, load_data, load_run_file
+from mmrec.cli.common import emit, load_data, load_run_file, prepare_checkpoint_dir
 from mmrec.content import DEFAULT_FIELDS
 from mmrec.space import SPACE_PRESETS, SpaceConfig, space_preset
 from mmrec.train import TrainConfig
@@ -141,11 +141,14 @@ def run_align(args: argparse.Namespace) -> int:
     config = load_run_file(AlignRunConfig, args.config) if args.config else AlignRunConfig()
     if getattr(args, "preset", None):
         config.preset = args.preset
+    if args.seed is None:  # --seed, else the run file's train.seed
+        args.seed = config.train.seed
     config.train.seed = args.seed
     if args.epochs:
         config.train.epochs = args.epochs
     if args.checkpoint_dir:
         config.train.checkpoint_dir = args.checkpoint_dir
+    config.train.checkpoint_dir = prepare_checkpoint_dir(config.train.checkpoint_dir, (args.data,), args.out)
     if args.no_progress:
         config.train.progress = False
     if not (args.data or args.shards):

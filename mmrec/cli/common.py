@@ -139,12 +139,17 @@ def check_out_folder(path: str | Path, flag: str = "--out", kind: str | None = N
     return path
 
 
-def prepare_checkpoint_dir(path: str | None, inputs: tuple[str | Path | None, ...] = ()) -> str | None:
-    """Create ``--checkpoint-dir`` if missing (the first checkpoint is written after an epoch of work);
-    never one of ``inputs`` (the command's input folders) or inside one."""
+def prepare_checkpoint_dir(path: str | None, inputs: tuple[str | Path | None, ...] = (),
+                           out: str | Path | None = None) -> str | None:
+    """Create ``--checkpoint-dir`` (or a run file's ``train.checkpoint_dir``) if missing (the first checkpoint
+    is written after an epoch of work); never one of ``inputs`` (the command's input folders) or inside one,
+    nor ``out`` or inside it (saving the model replaces ``--out`` whole, after the run)."""
     if path is None:
         return None
     folder = check_out_folder(path, "--checkpoint-dir", inputs=inputs)
+    if out is not None and (folder.resolve() == Path(out).resolve() or Path(out).resolve() in folder.resolve().parents):
+        raise ValueError(f"--checkpoint-dir {path} is --out {out} or inside it: saving the model replaces --out "
+                         f"whole, so keep the checkpoints elsewhere")
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -186,7 +191,8 @@ def add_split_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=PROTOCOLS, default=None,
                         help="split protocol when the data has no x_label column (default: mmrec 8:1:1; "
                              "leave-last-out for 'train sequence', which ignores x_label)")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the split and of training")
+    parser.add_argument("--seed", type=non_negative_int, default=None,
+                        help="seed of the split and of training (default: the run file's train.seed, else 0)")
     parser.add_argument("--test-start", type=date_arg,
                         help="temporal protocol: first day of the test period (YYYY-MM-DD)")
     parser.add_argument("--cold-fraction", type=fraction_arg, default=0.2,
@@ -232,17 +238,22 @@ def load_data(spec: str, *, photos: bool = False, transactions: bool = True) -> 
 def make_split(data: Data, args: argparse.Namespace, *, default_protocol: str = "mmrec",
                use_labels: bool = True) -> tuple[Split, np.ndarray | None]:
     """The split the command works on, and MMRec ``x_label``s for warm protocols (None otherwise).
-    ``--protocol`` wins over ``default_protocol``; the data's own ``x_label`` split wins over both unless
-    ``use_labels`` is false (sequence models need a split in time, which ``x_label`` is not).
+    ``--protocol`` wins over ``default_protocol``; the data's own ``x_label`` split (MMRec's) wins over both
+    unless ``use_labels`` is false (sequence models need a split in time, which ``x_label`` is not), and asking
+    for another protocol on such data is an error rather than silently the warm split.
     A split with an empty valid or test part is an error: there would be nothing to evaluate."""
     protocol = getattr(args, "protocol", None) or default_protocol
+    seed = 0 if getattr(args, "seed", None) is None else args.seed
+    if use_labels and data.labels is not None and getattr(args, "protocol", None) not in (None, "mmrec"):
+        raise ValueError(f"--data {args.data} carries its own split (an x_label column), so --protocol "
+                         f"{args.protocol} cannot apply; drop --protocol, or split the data without x_label")
     if getattr(args, "warm_targets", 0.0) and protocol not in ("cold", "new-products"):
         raise ValueError(f"--warm-targets {args.warm_targets} needs --protocol cold or new-products, got {protocol}")
     labels = None
     if use_labels and data.labels is not None:
         split, labels, protocol = from_labels(data.interactions, data.labels), data.labels, "x_label"
     elif protocol == "mmrec":
-        split, labels = mmrec_protocol(data.interactions, seed=args.seed)
+        split, labels = mmrec_protocol(data.interactions, seed=seed)
     elif protocol == "temporal":
         if not args.test_start:
             raise ValueError("--protocol temporal needs --test-start YYYY-MM-DD")
@@ -253,10 +264,10 @@ def make_split(data: Data, args: argparse.Namespace, *, default_protocol: str = 
         if data.catalog is None or "product_code" not in data.catalog.attributes:
             raise ValueError(f"--data {args.data}: --protocol new-products needs a catalog with product_code")
         groups = data.catalog.attributes["product_code"][data.catalog.index_of(data.interactions.item_ids)]
-        split = cold_groups(data.interactions, groups, fraction=args.cold_fraction, seed=args.seed,
+        split = cold_groups(data.interactions, groups, fraction=args.cold_fraction, seed=seed,
                             warm_fraction=getattr(args, "warm_targets", 0.0))
     else:
-        split = cold_items(data.interactions, fraction=args.cold_fraction, seed=args.seed,
+        split = cold_items(data.interactions, fraction=args.cold_fraction, seed=seed,
                            warm_fraction=getattr(args, "warm_targets", 0.0))
     _check_evaluable(split, data, args, protocol)
     return split, labels

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from mmrec.cli.common import emit, prepare_checkpoint_dir
+from mmrec.cli.common import emit
 from mmrec.cli.train import add_model_arguments, fit_recommender, run_config
 
 NAME = "evaluate"
@@ -17,8 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print ``{"valid": {...}, "test": {...}, ...}``."""
-    prepare_checkpoint_dir(args.checkpoint_dir)
-    config = run_config(args)
+    config = run_config(args)  # --checkpoint-dir (or the run file's) is checked here, never inside --data
     _, report = fit_recommender(args, config)
     emit({"model": args.model, "seed": args.seed, **report}, args.json)
     return 0

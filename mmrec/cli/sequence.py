@@ -54,6 +54,9 @@ def run_sequence(args: argparse.Namespace, model_config: dict, train_config: Any
     """Fit `sasrec` with the epoch chosen on valid, report valid/test (test from train + valid history), save."""
     from mmrec.experiment import run
 
+    if args.protocol not in (None, "leave-last-out", "temporal"):  # a random split puts later events in history
+        raise ValueError(f"train sequence splits in time: --protocol leave-last-out (the default) or temporal, "
+                         f"got {args.protocol}")
     data = load_data(args.data)
     if getattr(args, "events", None):
         data = with_events(data, args.events)

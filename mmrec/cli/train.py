@@ -101,15 +101,21 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     """The YAML config (if any) with command-line overrides applied, checked as a whole (a bad key or
     value in the file is an error here, before any data is read)."""
     config = load_run_file(RunConfig, args.config) if args.config else RunConfig()
-    overrides: dict[str, Any] = {"seed": args.seed}
+    overrides: dict[str, Any] = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     if args.checkpoint_dir is not None:
-        overrides["checkpoint_dir"] = prepare_checkpoint_dir(args.checkpoint_dir)
+        overrides["checkpoint_dir"] = args.checkpoint_dir
     if args.no_progress:
         overrides["progress"] = False
     where = str(args.config) if args.config else "train"
     train = from_dict(TrainConfig, {**dataclasses.asdict(config.train), **overrides}, where=where)
+    # from the flag or from the file, checked the same way before any work
+    train.checkpoint_dir = prepare_checkpoint_dir(train.checkpoint_dir, (getattr(args, "data", None),),
+                                                  getattr(args, "out", None))
+    args.seed = train.seed  # one seed for the hold-out and the training: --seed, else the run file's
     return RunConfig(config.model, train)
 
 
@@ -192,7 +198,8 @@ def _add_align(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", help="stream items from catalog shards (webdataset brace notation, e.g. "
                                          "'out/shards/catalog-{000000..000021}.tar'); the last shard is held out "
                                          "for validation. Without it, --data is read into memory")
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the hold-out and of training")
+    parser.add_argument("--seed", type=non_negative_int, default=None,
+                        help="seed of the hold-out and of training (default: the run file's train.seed, else 0)")
     add_training_arguments(parser)
     _add_out(parser, "space")
 
@@ -202,7 +209,7 @@ def _check_paths(args: argparse.Namespace, kind: str = "recommender") -> None:
     so it may hold nothing else) and ``--checkpoint-dir``."""
     inputs = (getattr(args, "data", None),)
     check_out_folder(args.out, kind=kind, inputs=inputs)
-    prepare_checkpoint_dir(args.checkpoint_dir, inputs)
+    prepare_checkpoint_dir(args.checkpoint_dir, inputs, args.out)
 
 
 def run_recommender(args: argparse.Namespace) -> int:
