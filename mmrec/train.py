@@ -641,6 +641,9 @@ class _Loop:
                       **{k: v / max(n_batches, 1) for k, v in sums.items()}}
             if config.peak_flops:
                 record["mfu"] = per_process * (self.flops_per_sample or 0.0) / config.peak_flops
+            if not math.isfinite(record.get("loss", 0.0)):  # weights now NaN or inf: nothing left to rank with
+                raise TrainingDiverged(f"training diverged in epoch {self.epoch}: mean loss {record['loss']}; lower "
+                                       f"train.lr ({config.lr:g}) or set train.max_grad_norm")
             if self.evaluate_fn is not None and (self.epoch + 1) % config.eval_every == 0:
                 stop = self.validate(record)
             self.result.history.append(record)
@@ -661,6 +664,11 @@ class _Loop:
             self.model.load_state_dict(self._best_state)
         self.model.eval()
         return self.result
+
+
+class TrainingDiverged(ValueError):
+    """The loss stopped being finite: the settings (a learning rate too large) made the weights NaN or inf, so
+    the run stops rather than report metrics ranked from NaN scores and save a model the loader refuses."""
 
 
 def _batch_len(batch: Any) -> int:

@@ -95,3 +95,16 @@ def test_config_errors_are_clear():
     model = BPRMF(BPRConfig(dim=4), 3, 3)
     with pytest.raises(ValueError, match="built for 3 users"):
         model.fit(random_interactions(n_users=5, n_items=8, per_user=2))
+
+
+def test_a_run_that_diverges_stops_with_an_error_instead_of_reporting_nan_rankings(tmp_path):
+    """lr 1e30 made every weight NaN; the run used to exit 0 with ordinary-looking metrics and save a model the
+    loader refuses."""
+    from mmrec.train import TrainingDiverged
+
+    split = leave_last_out(random_interactions(n_users=60, n_items=30, per_user=6, seed=1))
+    model = BPRMF(BPRConfig(dim=8), split.train.n_users, split.train.n_items)
+    config = TrainConfig(epochs=3, batch_size=32, lr=1e30, progress=False, checkpoint_dir=str(tmp_path / "ck"))
+    with pytest.raises(TrainingDiverged, match=r"diverged in epoch 0: mean loss nan; lower train.lr \(1e\+30\)"):
+        model.fit(split.train, train_config=config)
+    assert not latest_checkpoint(tmp_path / "ck")  # no checkpoint of NaN weights to resume from
