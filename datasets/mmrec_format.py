@@ -38,6 +38,7 @@ USER_MAPPING_FILE = "u_id_mapping.csv"
 SPLIT_KIND = "mmrec-split"
 INTER_COLUMNS = ("userID", "itemID", "timestamp", "x_label")
 REQUIRED_COLUMNS = ("userID", "itemID")
+MAX_ID_GAP = 1000  # without a mapping file, the largest id may exceed twice the distinct ids by this much
 _EXPECTED = {"userID": "a non-negative integer", "itemID": "a non-negative integer",
              "timestamp": "an integer (Unix seconds)", "x_label": "0 (train), 1 (valid) or 2 (test)"}
 
@@ -208,7 +209,7 @@ def _read_inter(path: Path) -> dict[str, np.ndarray]:
     out = {}
     for column in present:
         values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values) | (values != np.round(values))
+        bad = ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) > 2.0 ** 53)  # exact in float64
         if column == "x_label":
             bad |= ~np.isin(values, (0, 1, 2))
         elif column != "timestamp":
@@ -226,6 +227,12 @@ def _vocabulary(mapping: Path, id_column: str, codes: np.ndarray, inter_path: Pa
     if mapping.is_file():
         vocab = _read_mapping(mapping, id_column)
     else:
+        distinct = len(np.unique(codes))
+        if int(codes.max()) + 1 > 2 * distinct + MAX_ID_GAP:  # one typo would make a vocabulary of billions
+            row = int(np.argmax(codes))
+            raise MMRecFormatError(inter_path, f"{id_column} {codes[row]} is far beyond the {distinct} distinct ids: "
+                                               f"without {mapping.name} ids are codes 0..n-1 (a mapping file maps "
+                                               f"raw ids to them)", line=_line_of(inter_path, row))
         vocab = np.array([str(i) for i in range(int(codes.max()) + 1)], dtype=object)
     if codes.max() >= len(vocab):
         row = int(np.flatnonzero(codes >= len(vocab))[0])
@@ -272,6 +279,12 @@ def _check_features(path: Path, array: np.ndarray, n_items: int) -> None:
     if array.shape[0] != n_items:
         raise MMRecFormatError(path, f"has {array.shape[0]} feature rows but the data set has {n_items} items "
                                      f"(row i must be itemID i)")
+    if array.shape[1] == 0:
+        raise MMRecFormatError(path, "features have width 0")
+    finite = np.isfinite(array).all(axis=1)
+    if not finite.all():
+        raise MMRecFormatError(path, f"feature row {int(np.flatnonzero(~finite)[0])} is not finite (NaN or "
+                                     f"infinity; {int((~finite).sum())} such row(s))")
 
 
 def _line_of(path: Path, record: int) -> int:

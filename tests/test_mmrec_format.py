@@ -125,6 +125,32 @@ def test_bad_x_label_names_line_and_value(tmp_path: Path) -> None:
         mf.load(tmp_path)
 
 
+def test_an_id_or_timestamp_no_vocabulary_or_int64_can_hold_is_named(tmp_path: Path) -> None:
+    """One typo in a file without a mapping used to build a vocabulary up to that id (billions of strings, out of
+    memory); a timestamp past 2**63 wrapped to a negative one, and past 2**53 lost digits, silently."""
+    head = "userID\titemID\ttimestamp\n" + "".join(f"{u}\t{u % 4}\t100\n" for u in range(30))
+    write_inter(tmp_path, head + "99999999999\t1\t100\n")
+    with pytest.raises(mf.MMRecFormatError, match=r"line 32: userID 99999999999 is far beyond the 31 distinct ids"):
+        mf.load(tmp_path)
+    write_inter(tmp_path, head + "3\t1\t99999999999999999999\n")
+    with pytest.raises(mf.MMRecFormatError, match=r"line 32: timestamp is '99999999999999999999', expected an integer"):
+        mf.load(tmp_path)
+    write_inter(tmp_path, head + "1030\t1\t100\n")  # a gap is fine: ids 0..1030 for 31 users
+    assert mf.load(tmp_path).interactions.n_users == 1031
+
+
+def test_feature_files_with_nan_or_no_width_are_refused(tmp_path: Path) -> None:
+    mf.save(tmp_path, "toy", small_split())
+    bad = np.ones((4, 8), np.float32)
+    bad[2, 5] = np.nan
+    np.save(tmp_path / "text_feat.npy", bad)
+    with pytest.raises(mf.MMRecFormatError, match=r"text_feat\.npy: feature row 2 is not finite"):
+        mf.load(tmp_path)
+    np.save(tmp_path / "text_feat.npy", np.ones((4, 0), np.float32))
+    with pytest.raises(mf.MMRecFormatError, match="width 0"):
+        mf.load(tmp_path)
+
+
 def test_feature_row_mismatch_names_file_and_counts(tmp_path: Path) -> None:
     mf.save(tmp_path, "toy", small_split())
     np.save(tmp_path / "text_feat.npy", np.ones((3, 8), np.float32))
