@@ -27,6 +27,23 @@ def check_at_least(config: Any, **lows: float) -> None:
             raise ValueError(f"{type(config).__name__}.{name} must be ≥ {low}, got {value!r}")
 
 
+def _short(value: Any) -> str:
+    """``repr(value)`` cut to 80 characters, for messages (a value from a file may be huge)."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` without aliases: a run file needs none, and nested ones expand a 1 KB file into
+    gigabytes of values ("billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:  # noqa: D102
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a run file",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
 def _convert(value: Any, annotation: Any, where: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -41,36 +58,36 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
                 return _convert(value, arg, where)
             except (TypeError, ValueError) as err:
                 errors.append(str(err))
-        raise ValueError(f"{where}: {value!r} fits none of {annotation}: {'; '.join(errors)}")
+        raise ValueError(f"{where}: {_short(value)} fits none of {annotation}: {'; '.join(errors)}")
     if origin is typing.Literal:
         if value not in args:
-            raise ValueError(f"{where}: {value!r} is not one of {list(args)}")
+            raise ValueError(f"{where}: {_short(value)} is not one of {list(args)}")
         return value
     if dataclasses.is_dataclass(annotation):
         return from_dict(annotation, value, where)
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ValueError(f"{where}: expected a list, got {_short(value)}")
         inner = args[0] if args else Any
         items = [_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ValueError(f"{where}: expected a mapping, got {_short(value)}")
         return dict(value)
     if annotation is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
+        raise ValueError(f"{where}: expected true/false, got {_short(value)}")
     if annotation in (int, float, str):
         if annotation is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"{where}: expected an integer, got {value!r}")
+            raise ValueError(f"{where}: expected an integer, got {_short(value)}")
         if isinstance(value, bool) and annotation is not str:
-            raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}")
+            raise ValueError(f"{where}: expected {annotation.__name__}, got {_short(value)}")
         try:
             return annotation(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{where}: expected {annotation.__name__}, got {value!r}") from None
+            raise ValueError(f"{where}: expected {annotation.__name__}, got {_short(value)}") from None
     return value
 
 
@@ -98,7 +115,7 @@ def load_yaml(cls: type[T], path: str | Path) -> T:
 
     stream = io.StringIO(read_text(path, str(path)))
     stream.name = str(path)  # YAML errors name the file
-    data = yaml.safe_load(stream)  # data only: a !!python tag is a YAML error, never an object
+    data = yaml.load(stream, Loader=_NoAliasLoader)  # safe: a !!python tag is a YAML error, never an object
     try:
         return from_dict(cls, data, where=str(path))
     except ValueError as err:  # a config's own checks (__post_init__) do not know the file

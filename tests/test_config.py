@@ -2,6 +2,7 @@
 from dataclasses import dataclass, field
 
 import pytest
+import yaml
 
 from mmrec.config import from_dict, load_yaml
 from mmrec.train import TrainConfig
@@ -49,3 +50,18 @@ def test_model_configs_refuse_sizes_and_weights_out_of_range(model, key, value):
 
     with pytest.raises(ValueError, match=rf"Config\.{key}\b"):
         create_model(model, 5, 7, {key: value})
+
+
+def test_a_yaml_alias_bomb_is_refused_and_long_values_are_cut_in_messages(tmp_path):
+    """Nested aliases expanded a 1 KB run file into gigabytes (an internal MemoryError, and a multi-MB message)."""
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]"
+                                                      for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(levels) + "\n")
+    with pytest.raises(yaml.YAMLError, match="aliases"):
+        load_yaml(TrainConfig, bomb)
+    long = tmp_path / "long.yaml"
+    long.write_text("epochs: [" + ", ".join(["1"] * 5000) + "]\n")
+    with pytest.raises(ValueError, match=r"epochs: expected int, got \[1, 1, .*\.\.\.$") as err:
+        load_yaml(TrainConfig, long)
+    assert len(str(err.value)) < 200
