@@ -148,7 +148,7 @@ class ContentRecipe:
         photo_half = recipe.get("photo_half", False)
         if encoder is not None and recipe["encoder"] != "space":
             recipe["encoder"] = encoder
-        elif isinstance(recipe["encoder"], str) and names_a_path(recipe["encoder"]):
+        elif isinstance(recipe["encoder"], str) and recipe["encoder"] != "space" and names_a_path(recipe["encoder"]):
             raise ValueError(f"{path}: the encoder {recipe['encoder']!r} is a local path, and a saved folder never "
                              f"points outside itself; if you trust it, name it when loading "
                              f"(from_pretrained(folder, content_encoder=...))")

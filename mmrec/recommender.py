@@ -110,9 +110,21 @@ class Recommender(Pretrained, nn.Module):
 
     def answered_by_fallback(self, users: Sequence[int] | np.ndarray) -> np.ndarray:
         """Which of the known ``users`` (codes) get only the unknown-user fallback (`recommend_for_unknown`),
-        as a bool array: the model knows their id but has nothing of theirs to rank by, so `mmrec recommend`
-        and `mmrec serve` flag their answers as they flag an unknown user's. None by default."""
-        return np.zeros(len(users), dtype=bool)
+        as a bool array: the model knows their id but has nothing of theirs to rank by — by default, no seen
+        pair (a user whose every purchase fell in valid or test), whose scores would be an untrained row —
+        so `mmrec recommend` and `mmrec serve` answer them with the fallback, flagged, as an unknown user."""
+        users = torch.as_tensor(np.asarray(users, dtype=np.int64), device=self.seen_indptr.device)
+        return (self.seen_indptr[users + 1] == self.seen_indptr[users]).cpu().numpy()
+
+    def recommend_for_unknown(self, k: int = 10, candidates: Any = "all") -> dict[str, Any]:
+        """The answer for a user the model does not know (or knows without history): ``{"items", "scores",
+        "fallback"}``, here the ``k`` candidates with the most known interactions ("most_popular"), ties in code
+        order. Models with a better guess override it."""
+        counts = torch.bincount(self.seen_indices.cpu(), minlength=self.n_items).double()
+        cand = self.candidate_codes(candidates)
+        pool = torch.arange(self.n_items) if cand is None else torch.as_tensor(np.asarray(cand, dtype=np.int64))
+        order = pool[torch.argsort(-counts[pool], stable=True)][:k]
+        return {"items": order.numpy(), "scores": counts[order].numpy(), "fallback": "most_popular"}
 
     def candidate_codes(self, candidates: str | Sequence[int] | np.ndarray | None) -> np.ndarray | None:
         """Item codes ``recommend`` ranks: ``None`` / ``"all"`` → None (every item); ``"cold"`` → items with

@@ -10,9 +10,9 @@ Endpoints (JSON in and out)::
     POST /events  {"events": [{"user", "item"}]}   purchases folded in by the model's ``update``
 
 Bad input is a 4xx answer ``{"error": "<one line naming the input and the problem>"}``, never a 500; a
-500 means a bug. A user the model does not know gets the model's fallback, flagged: ``vae_fusion``'s
-``recommend_for_unknown`` ("popular_by_content"), for other models the items with the most known
-purchases ("most_popular").
+500 means a bug. A user the model does not know, or knows without history, gets the model's
+``recommend_for_unknown``, flagged: ``vae_fusion``'s "popular_by_content", a pipeline's trending list, for
+other models the items with the most known purchases ("most_popular").
 
 Concurrency: requests run in uvicorn's thread pool. Readers never lock: each takes the current
 `Snapshot` (model, its retrieval index, its version) and answers from it. A writer (``/items``,
@@ -110,7 +110,6 @@ class Snapshot:
     index: Any
     version: int
     item_index: dict[str, int]
-    popularity: np.ndarray | None  # known purchases per item: the fallback of models without their own
     # The unknown-user answer per candidate set, computed once per snapshot (the same for every unknown user;
     # at full catalogue size it scores every item). Filling it from two threads at once only repeats work.
     fallbacks: dict = field(default_factory=dict)
@@ -172,10 +171,7 @@ class ModelService:
                     index = None
             if index is None:
                 index = index_for(model, self.config.index)
-        popularity = None
-        if not hasattr(model, "recommend_for_unknown"):
-            popularity = np.bincount(model.seen_indices.cpu().numpy(), minlength=model.n_items).astype(np.float64)
-        return Snapshot(model, index, version, {str(i): c for c, i in enumerate(model.item_ids)}, popularity)
+        return Snapshot(model, index, version, {str(i): c for c, i in enumerate(model.item_ids)})
 
     def count(self, name: str, n: int = 1) -> None:
         """Add ``n`` to a counter (thread-safe)."""
@@ -224,11 +220,12 @@ class ModelService:
                 index = snap.index if candidates == "all" else None
                 options = {} if index is None else {"index": index,
                                                     "index_candidates": self.config.index_candidates}
-                codes, scores = model.recommend(np.array([code]), k, candidates=candidates,
-                                                exclude_seen=model.excludes_seen_by_default, **options)
-                codes, scores = codes[0].cpu().numpy(), scores[0].float().cpu().numpy()
                 if model.answered_by_fallback([code])[0]:  # known, but nothing of theirs to rank by
-                    fallback = _fallback(snap, 1, candidates)[2]
+                    codes, scores, fallback = _fallback(snap, k, candidates)
+                else:
+                    codes, scores = model.recommend(np.array([code]), k, candidates=candidates,
+                                                    exclude_seen=model.excludes_seen_by_default, **options)
+                    codes, scores = codes[0].cpu().numpy(), scores[0].float().cpu().numpy()
             else:
                 codes, scores, fallback = _fallback(snap, k, candidates)
         keep = np.isfinite(scores) & (codes >= 0)
@@ -375,21 +372,15 @@ def _copy(model: Recommender) -> Recommender:
 
 
 def _fallback(snap: Snapshot, k: int, candidates: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """Codes, scores and name of the answer for a user the model does not know: the model's own
-    ``recommend_for_unknown``, else the items with the most known purchases ("most_popular")."""
+    """Codes, scores and name of the answer for a user the model does not know (or knows without history):
+    the model's ``recommend_for_unknown``."""
     model = snap.model
-    if snap.popularity is None:
-        if candidates not in snap.fallbacks:  # every unknown user gets the same list: rank it once, as long as
-            answer = model.recommend_for_unknown(model.n_items, candidates)  # any k can ask for
-            snap.fallbacks[candidates] = (np.asarray(answer["items"], dtype=np.int64),
-                                          np.asarray(answer["scores"], dtype=np.float64), str(answer["fallback"]))
-        codes, scores, name = snap.fallbacks[candidates]
-        return codes[:k], scores[:k], name
-    counts = snap.popularity
-    cand = model.candidate_codes(candidates)
-    pool = np.arange(model.n_items) if cand is None else cand
-    order = pool[np.argsort(-counts[pool], kind="stable")][:k]
-    return order, counts[order], "most_popular"
+    if candidates not in snap.fallbacks:  # every such user gets the same list: rank it once, as long as
+        answer = model.recommend_for_unknown(model.n_items, candidates)  # any k can ask for
+        snap.fallbacks[candidates] = (np.asarray(answer["items"], dtype=np.int64),
+                                      np.asarray(answer["scores"], dtype=np.float64), str(answer["fallback"]))
+    codes, scores, name = snap.fallbacks[candidates]
+    return codes[:k], scores[:k], name
 
 
 def _check_state_dir(state_dir: str | None, source: str | None) -> Path | None:

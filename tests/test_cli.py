@@ -62,7 +62,8 @@ def test_split_train_recommend_round_trip(tmp_path, capsys):
                  "--k", "5", "--json"]) == 0
     recs = json.loads(capsys.readouterr().out)
     assert len(recs["recommendations"][ids[0]]) == 5 and len(recs["recommendations"][ids[1]]) == 5
-    assert recs["unknown_users"] == ["nobody"] and recs["fallback"] is None and "nobody" not in recs["recommendations"]
+    assert recs["unknown_users"] == ["nobody"] and recs["fallback"] == {"kind": "most_popular", "users": ["nobody"]}
+    assert len(recs["recommendations"]["nobody"]) == 5
 
 
 def test_unknown_config_key_is_an_error(tmp_path, capsys):

@@ -36,3 +36,24 @@ def test_seen_items_come_back_only_when_asked(model):
 def test_bad_k_is_an_error(model, k):
     with pytest.raises(ValueError, match="k must be a positive integer"):
         model.recommend([0], k=k)
+
+
+def test_a_known_user_without_history_gets_the_flagged_most_popular_fallback(tmp_path, capsys):
+    """User 'c' is in the vocabulary with no seen pair (every purchase of theirs was held out): its scores
+    would be an untrained row (ItemKNN: all zero, items in code order), so it gets the fallback, flagged."""
+    from mmrec.cli import main
+
+    train = Interactions(np.array([0, 0, 1, 1, 0]), np.array([3, 2, 3, 1, 1]), np.array(["a", "b", "c"], dtype=object),
+                         np.array(["i0", "i1", "i2", "i3", "i4"], dtype=object))
+    model = create_model("itemknn", 3, 5)
+    model.fit(train)
+    assert model.answered_by_fallback([0, 2, 1]).tolist() == [False, True, False]
+    answer = model.recommend_for_unknown(3, candidates=np.array([0, 2, 3, 4]))
+    assert answer["items"].tolist() == [3, 2, 0] and answer["fallback"] == "most_popular"  # 2 bought once, 0 never
+    model.save_pretrained(tmp_path / "m")
+    assert main(["recommend", "--model", str(tmp_path / "m"), "--user", "a", "--user", "c", "--k", "2", "--json"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert out["recommendations"]["c"] == ["i1", "i3"] and out["fallback"] == {"kind": "most_popular", "users": ["c"]}
+    assert out["recommendations"]["a"] != ["i1", "i3"] and out["unknown_users"] == []

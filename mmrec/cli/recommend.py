@@ -6,8 +6,9 @@ first — no retraining — and ``--candidates new`` ranks only them.
 
 The JSON answer is ``{"recommendations": {user: [item ids]}, "fallback": {"kind", "users"} | null,
 "unknown_users": [...]}``: metadata never shares a namespace with user ids. ``fallback.users`` lists the
-unknown users and the known ones the model has nothing of theirs to rank by (a pipeline's customers
-without a purchase in its history), who got the same fallback list. A user's list holds at most
+unknown users and the known ones the model has nothing of theirs to rank by (no pair seen in training; a
+pipeline's customers without a purchase in its history), who got the same fallback list (the model's
+``recommend_for_unknown``: most popular, unless the model has a better guess). A user's list holds at most
 ``--k`` items and never an item masked for them, so it can be shorter than ``--k`` when few candidates are
 left. Items seen in training are masked unless ``--include-seen`` is given or the model keeps them by
 default (a next-purchase pipeline, for which repurchase is a signal; ``--exclude-seen`` masks them there).
@@ -121,13 +122,13 @@ def run(args: argparse.Namespace) -> int:
         for user, row, row_scores in zip(known, codes.cpu().numpy(), scores.float().cpu().numpy()):
             recommendations[user] = ranked_ids(model, row, row_scores)
     fallback = None
-    # known users the model has nothing of theirs to rank by got its fallback list above: flagged as well
+    # known users the model has nothing of theirs to rank by get the fallback list too, flagged
     historyless = [u for u, flag in zip(known, model.answered_by_fallback([index[u] for u in known])) if flag]
-    if (unknown or historyless) and hasattr(model, "recommend_for_unknown"):
+    if unknown or historyless:
         answer = model.recommend_for_unknown(args.k, candidates)
         items = ranked_ids(model, np.asarray(answer["items"]),
                            np.asarray(answer.get("scores", np.zeros(len(answer["items"]))), dtype=np.float64))
-        recommendations.update({u: list(items) for u in unknown})
+        recommendations.update({u: list(items) for u in [*unknown, *historyless]})
         fallback = {"kind": answer["fallback"], "users": [*unknown, *historyless]}
     emit({"recommendations": recommendations, "fallback": fallback, "unknown_users": unknown}, args.json)
     return 0
