@@ -41,6 +41,7 @@ import copy
 import os
 import tempfile
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Literal
@@ -462,9 +463,10 @@ class ItemIn(BaseModel):
     @field_validator("id")
     @classmethod
     def _printable_id(cls, value: str) -> str:
-        """An id is printed in answers, logs and CSV files: not blank, no control characters."""
-        if not value.strip() or any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise ValueError("an item id must not be blank or hold control characters")
+        """An id is printed in answers, logs and CSV files: not blank, no control, format (zero-width, direction)
+        or line/paragraph-separator characters — an id that looks like another, or splits a line, in a log."""
+        if not value.strip() or any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in value):
+            raise ValueError("an item id must not be blank or hold control characters (or invisible ones)")
         return value
 
     @field_validator("attributes")
