@@ -136,11 +136,14 @@ def inside(root: str | os.PathLike, relative: str, what: str) -> Path:
 
 
 def read_text(path: str | os.PathLike, what: str | None = None) -> str:
-    """A UTF-8 text file's contents, without a leading byte-order mark (spreadsheets write one); missing or not
-    UTF-8 is an error naming ``what`` (default: the path)."""
+    """A UTF-8 text file's contents, without a leading byte-order mark (spreadsheets write one); missing, a
+    folder or not UTF-8 is an error naming ``what`` (default: the path). A pipe reads as it comes (a shell's
+    ``<(...)``)."""
     path = Path(path)
     label = what or str(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise IsADirectoryError(f"{label} is a folder, not a file")
+    if not path.exists():
         raise FileNotFoundError(f"{label} is missing" if what is None else f"{label} does not exist")
     try:
         return path.read_text(encoding="utf-8-sig")

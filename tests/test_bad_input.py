@@ -155,6 +155,23 @@ def test_config_that_is_not_utf8_is_named(capsys, tiny, tmp_path):
           "--out", str(tmp_path / "m"))
 
 
+def test_a_missing_or_folder_input_file_says_which_and_a_pipe_is_read(capsys, tiny, tmp_path, model_dir):
+    fails(capsys, 2, (f"--config {tmp_path / 'nope.yaml'} does not exist",), "train", "--data", str(tiny), "--model",
+          "bpr", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "m"))
+    fails(capsys, 2, (f"--config {tmp_path} is a folder, not a file",), "train", "--data", str(tiny), "--model", "bpr",
+          "--config", str(tmp_path), "--out", str(tmp_path / "m"))
+    fails(capsys, 2, (f"--users {tmp_path} is a folder",), "recommend", "--model", str(model_dir), "--users",
+          str(tmp_path))
+    import os
+
+    fifo = tmp_path / "users.fifo"  # what a shell's <(...) gives: not a regular file, read as it comes
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"printf 'nobody\\n' > {fifo}"])
+    assert main(["recommend", "--model", str(model_dir), "--users", str(fifo), "--k", "2", "--json"]) == 0
+    writer.wait(timeout=30)
+    assert json.loads(capsys.readouterr().out)["unknown_users"] == ["nobody"]
+
+
 def test_config_with_a_python_tag_is_refused_and_runs_nothing(capsys, tiny, tmp_path):
     flag = tmp_path / "ran"
     cfg = tmp_path / "run.yaml"

@@ -166,6 +166,8 @@ def load_run_file(cls: type, path: str | Path) -> Any:
         return load_yaml(cls, path)
     except ValueError as err:
         raise ValueError(f"--config {err}") from None
+    except OSError as err:  # missing, a folder: the message names the path; say which option gave it
+        raise type(err)(f"--config {err}") from None
 
 
 # -- data and splits ---------------------------------------------------------------------------------------
