@@ -226,7 +226,8 @@ def test_a_user_named_like_metadata_gets_their_answer(capsys, model_dir):
                            "--user", "nobody", "--k", "3", "--json")
     answer = strict_json(out)
     assert code == 0 and len(answer["recommendations"]["_unknown_users"]) == 3
-    assert answer["unknown_users"] == ["nobody"] and answer["fallback"] is None
+    assert answer["unknown_users"] == ["nobody"] and answer["fallback"]["users"] == ["nobody"]
+    assert len(answer["recommendations"]["nobody"]) == 3  # the model's fallback, under its own key
 
 
 def test_users_file_that_is_empty_or_not_utf8_is_named(capsys, model_dir, tmp_path):
