@@ -44,6 +44,8 @@ def read_catalog_csv(path: str | os.PathLike) -> Catalog:
         raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except csv.Error as err:
         raise ValueError(f"{path}: not a readable CSV ({err})") from None
+    if not rows:
+        raise ValueError(f"{path}: has a header but no items")
     seen: set[str] = set()
     for line, row in zip(lines, rows):
         item_id = (row["id"] or "").strip()

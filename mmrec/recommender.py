@@ -136,10 +136,11 @@ class Recommender(Pretrained, nn.Module):
                 raise ValueError(f"candidates must be 'all', 'cold', 'warm' or item codes, got {candidates!r}")
             counts = np.bincount(self.seen_indices.cpu().numpy(), minlength=self.n_items)
             return np.flatnonzero(counts == 0 if candidates == "cold" else counts > 0)
-        codes = np.asarray(candidates, dtype=np.int64)
+        codes = np.asarray(candidates, dtype=np.int64).reshape(-1)
         if len(codes) and (codes.min() < 0 or codes.max() >= self.n_items):
             raise ValueError(f"candidate item codes must be in 0..{self.n_items - 1}")
-        return codes
+        _, first = np.unique(codes, return_index=True)
+        return codes[np.sort(first)]  # each once, in the order given (a repeat would fill a list with one item)
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(user_vectors [n_users, d], item_vectors [n_items, d])`` whose inner products are the model's

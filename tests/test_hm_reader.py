@@ -349,6 +349,9 @@ def test_a_plain_catalog_line_with_too_few_or_too_many_fields_is_an_error_naming
         (tmp_path / f"{name}.csv").write_text(head + row + "\n")
         with pytest.raises(ValueError, match=rf"{name}\.csv line 4: {fields} fields where the header has 3"):
             read_catalog_csv(tmp_path / f"{name}.csv")
+    (tmp_path / "empty.csv").write_text("id,title,text\n")
+    with pytest.raises(ValueError, match=r"empty\.csv: has a header but no items"):
+        read_catalog_csv(tmp_path / "empty.csv")
     (tmp_path / "dupe.csv").write_text(head + "n1,again,x\n")
     with pytest.raises(ValueError, match=r"dupe\.csv line 4: repeated id 'n1'"):
         read_catalog_csv(tmp_path / "dupe.csv")

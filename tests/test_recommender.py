@@ -57,3 +57,9 @@ def test_a_known_user_without_history_gets_the_flagged_most_popular_fallback(tmp
     out = json.loads(capsys.readouterr().out)
     assert out["recommendations"]["c"] == ["i1", "i3"] and out["fallback"] == {"kind": "most_popular", "users": ["c"]}
     assert out["recommendations"]["a"] != ["i1", "i3"] and out["unknown_users"] == []
+
+
+def test_repeated_candidates_count_once(model):
+    codes, _ = model.recommend([1], k=3, candidates=np.array([4, 4, 2, 4]))
+    assert sorted(codes[0].tolist()) == [2, 4]  # k capped at the 2 distinct candidates
+    assert model.candidate_codes([4, 4, 2, 4]).tolist() == [4, 2]
