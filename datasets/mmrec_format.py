@@ -190,7 +190,8 @@ def _inter_file(folder: Path, name: str | None) -> Path:
     found = sorted(folder.glob("*.inter"))
     if len(found) != 1:
         what = "no .inter file" if not found else f"several .inter files {[p.name for p in found]}"
-        raise FileNotFoundError(f"{folder} has {what}; pass name= to choose the data set")
+        raise FileNotFoundError(f"{folder} has {what}; keep one data set per folder (from Python, "
+                                f"mmrec_format.load(folder, name=...) chooses one)")
     return found[0]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -122,6 +123,10 @@ def _streamed(space, args, config):
     from mmrec.fusion.shard_pairs import ShardPairs
 
     urls = wds.shardlists.expand_urls(args.shards)
+    missing = [u for u in urls if "://" not in u and not u.startswith("pipe:") and not Path(u).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--shards {args.shards}: {len(missing)} of {len(urls)} shard file(s) do not exist, "
+                                f"e.g. {missing[:3]}")
     if len(urls) < 2:
         raise ValueError(f"--shards {args.shards}: needs at least 2 shards (the last one is held out for validation)")
     data = ShardPairs(space, urls[:-1], shuffle_buffer=config.shuffle_buffer, seed=args.seed,
