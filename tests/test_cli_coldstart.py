@@ -90,6 +90,10 @@ def test_duplicate_or_known_article_ids_are_errors_naming_them(trained, tmp_path
     assert bad.returncode == 2 and vocab["item_ids"][0] in bad.stderr
     no_items = _mmrec("recommend", "--model", str(model_dir), "--user", "x", "--candidates", "new", check=False)
     assert no_items.returncode == 2 and "--add-items" in no_items.stderr
+    blank = tmp_path / "blank.csv"  # ids and nothing else: added, but nothing tells them apart; say so
+    _write_articles(blank, [{"article_id": "0912345678"}, {"article_id": "0912345679", "prod_name": "Red dress"}])
+    warned = _mmrec("recommend", "--model", str(model_dir), "--add-items", str(blank), "--user", "x", "--json")
+    assert "1 of 2 new articles have no text or photo the model can read" in warned.stderr
 
 
 def test_cold_protocol_selects_on_cold_valid_with_the_benchmark_schedule(tmp_path):

@@ -16,6 +16,7 @@ default (a next-purchase pipeline, for which repurchase is a signal; ``--exclude
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,15 @@ def add_articles(model, model_dir: str, catalog_path: str, images: str | None) -
     if model.content_recipe is None:
         raise ValueError(f"--add-items: {model_dir} has no content recipe (content.json), so new items cannot be "
                          f"embedded the way its items were")
-    return model.add_items(read_catalog(catalog_path, images))
+    codes = model.add_items(read_catalog(catalog_path, images))
+    content = getattr(model, "content", None)
+    if content is not None:  # zero rows: nothing the recipe could read (no text, no photo)
+        empty = int((content[len(content) - len(codes):].norm(dim=1) == 0).sum())
+        if empty:
+            logging.getLogger(__name__).warning(
+                "--add-items %s: %d of %d new articles have no text or photo the model can read (zero content "
+                "vectors), so nothing tells them apart", catalog_path, empty, len(codes))
+    return codes
 
 
 def run(args: argparse.Namespace) -> int:
