@@ -30,8 +30,9 @@ def normalize_rows(vectors: np.ndarray | torch.Tensor) -> np.ndarray:
     if len(bad):
         raise ValueError(f"{len(bad)} content vector(s) have NaN or infinite values (rows {bad[:5].tolist()}); "
                          f"give an item without content an all-zero row")
-    norms = np.linalg.norm(array, axis=1, keepdims=True)
-    return np.where(norms > 1e-12, array / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
+    wide = array.astype(np.float64)  # a float32 row near 1e38 has a norm float32 cannot hold (it was zeroed)
+    norms = np.linalg.norm(wide, axis=1, keepdims=True)
+    return np.where(norms > 1e-12, wide / np.maximum(norms, 1e-12), 0.0).astype(np.float32)
 
 
 def power_(x: torch.Tensor, power: float) -> torch.Tensor:

@@ -164,6 +164,9 @@ def test_item_without_content_still_gets_a_vector(fitted, content):
     with pytest.raises(ValueError, match="NaN or infinite"):  # a NaN vector is a bug upstream, never a silent zero
         model.add_items(["NAN"], np.full((1, content.shape[1]), np.nan))
     assert model.n_items == fitted.n_items
+    huge = np.full((1, content.shape[1]), 1e38, np.float32)  # finite, but its norm is not in float32
+    code = model.add_items(["HUGE"], huge)[0]
+    assert torch.equal(model.content[code].sign(), torch.ones(content.shape[1]))  # was zeroed: "no content"
     codes = model.add_items(["BLANK", "BLANK2"], np.zeros((2, content.shape[1])))
     vectors = model.item_vectors()["fused"][torch.as_tensor(codes)]
     assert torch.isfinite(vectors).all() and (vectors.norm(dim=1) > 0).all()
