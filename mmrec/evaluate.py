@@ -100,6 +100,8 @@ def evaluate(model: Scorer | Callable[[torch.Tensor], torch.Tensor], split: Spli
     eval_users = np.unique(target.users)
     if users is not None:
         eval_users = np.intersect1d(eval_users, np.asarray(users, dtype=np.int64))
+    if not len(ks) or any(isinstance(k, bool) or int(k) != k or k < 1 for k in ks):
+        raise ValueError(f"ks must be cut-offs of at least 1, got {tuple(ks)!r}")
     ks = tuple(sorted(set(int(k) for k in ks)))
     if not len(eval_users):
         return EvalResult({f"{m}@{k}": float("nan") for m in metrics for k in ks} | {"users": 0},
@@ -135,14 +137,17 @@ def evaluate(model: Scorer | Callable[[torch.Tensor], torch.Tensor], split: Spli
                 raise ValueError(f"score() returned shape {tuple(scores.shape)}, expected ({stop - start}, {n_items})")
             # A fresh dense copy: masking must not write into the model's tensors (or an expanded view).
             scores = scores.to(dev, torch.float32).index_select(1, cand_t)
+            if torch.isnan(scores).any():  # topk would rank NaN first: a metric of nothing
+                raise ValueError(f"the model's scores hold NaN for {int(torch.isnan(scores).any(1).sum())} of "
+                                 f"{stop - start} users; NaN is no score to rank by")
             s0, s1 = seen_ptr[start], seen_ptr[stop]
             mask_(scores, seen_rows[s0:s1] - start, seen_cols[s0:s1])
-            top_idx = torch.topk(scores, top, dim=1).indices
+            top_values, top_idx = torch.topk(scores, top, dim=1)
             relevant = torch.zeros_like(scores, dtype=torch.bool)
             r0, r1 = rel_ptr[start], rel_ptr[stop]
             relevant[torch.as_tensor(rel_rows[r0:r1] - start, device=dev),
                      torch.as_tensor(rel_cols[r0:r1], device=dev)] = True
-            hits = torch.gather(relevant, 1, top_idx)
+            hits = torch.gather(relevant, 1, top_idx) & (top_values > float("-inf"))  # a masked item is no hit
             if top < max_k:
                 hits = torch.cat([hits, hits.new_zeros(hits.shape[0], max_k - top)], 1)
             n_rel = torch.as_tensor(n_relevant[start:stop], device=dev)

@@ -72,6 +72,28 @@ def test_evaluator_masks_train_items_and_matches_hand_values():
     assert masked["recall@1"] == pytest.approx((0.5 + 1.0) / 2)
 
 
+def test_a_masked_training_item_is_never_a_hit_however_short_the_candidate_list():
+    """A repeat purchase: user 1 bought item 5 in training and again in test. With k at least the candidates
+    left, topk reached the masked item (score -inf) and counted it a hit: recall 1 for a hidden item."""
+    ids = dict(user_ids=["a", "b"], item_ids=[f"i{i}" for i in range(6)])
+    split = Split(Interactions([0, 1], [0, 5], **ids), Interactions([0, 1], [1, 3], **ids),
+                  Interactions([0, 1], [2, 5], **ids))
+    scores = torch.tensor([[6.0, 5, 4, 3, 2, 1]]).repeat(2, 1)
+    result = evaluate(lambda users: scores[users], split, on="test", ks=(2,), candidates=[2, 5])
+    assert result.per_user["recall@2"].tolist() == [1.0, 0.0]
+    assert evaluate(lambda users: scores[users], split, on="test", ks=(6,))["recall@6"] == pytest.approx(0.5)
+
+
+def test_nan_scores_and_bad_cutoffs_are_errors():
+    split = _tiny_split()
+    scores = torch.tensor([[6.0, float("nan"), 4, 3, 2, 1]]).repeat(2, 1)
+    with pytest.raises(ValueError, match="NaN for 2 of 2 users"):  # topk ranked NaN first, for every user
+        evaluate(lambda users: scores[users], split, on="test", ks=(1,))
+    for ks in ((0,), (-1,), ()):
+        with pytest.raises(ValueError, match="cut-offs of at least 1"):
+            evaluate(lambda users: scores[users].nan_to_num(), split, on="test", ks=ks)
+
+
 def test_evaluator_hands_user_ids_to_a_model_on_its_own_device():
     # A model trained on a GPU scores user ids on its device (vae_fusion's history affinity failed on CUDA when
     # they came on the CPU); "meta" stands in for a device this CPU machine does not have.
