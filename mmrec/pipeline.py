@@ -418,17 +418,16 @@ class PipelineModel(Recommender):
         score: a far-off offset would merge the trending ranks into ties once the scores are float32."""
         pipeline = self._require()
         users_np = users.cpu().numpy().astype(np.int64)
+        unique, inverse = np.unique(users_np, return_inverse=True)  # a customer asked twice is scored once
         day = self.next_day
         trend = trending_order_scores(self.history.before(day), day, self.config.fallback(1)).astype(np.float64)
-        scored = pipeline.scored(self.history, users_np, day)
+        scored = pipeline.scored(self.history, unique, day)
         ranked = scored["score"].to_numpy(np.float64)
         floor = min(float(ranked.min()), 0.0) - 2.0 if len(ranked) else -2.0  # trend < 1: the fill < floor + 1
-        scores = np.tile(trend + floor, (len(users_np), 1))
+        scores = np.tile(trend + floor, (len(unique), 1))
         if len(scored):
-            rows = np.searchsorted(np.sort(users_np), scored["user"].to_numpy())
-            order = np.argsort(users_np, kind="stable")
-            scores[order[rows], scored["item"].to_numpy()] = ranked
-        out = torch.as_tensor(scores.astype(np.float32), device=users.device)
+            scores[np.searchsorted(unique, scored["user"].to_numpy()), scored["item"].to_numpy()] = ranked
+        out = torch.as_tensor(scores[inverse].astype(np.float32), device=users.device)
         return out if items is None else out[:, items]
 
     @torch.no_grad()

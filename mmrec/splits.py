@@ -1,6 +1,7 @@
 """Train/valid/test splits by the standard protocols, all returning one `Split`."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,7 +71,7 @@ def mmrec_protocol(interactions: Interactions, *, seed: int = 0, core: int = 5,
     otherwise valid and test get ``round(ratio * n)`` (at least one each). Returns the split and the
     ``x_label`` column (0/1/2) of the kept rows, so it can be written in MMRec's format.
     """
-    if abs(sum(ratios) - 1.0) > 1e-6 or min(ratios) <= 0:
+    if len(ratios) != 3 or not all(math.isfinite(r) and r > 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
         raise ValueError(f"ratios must be three positive numbers summing to 1, got {ratios}")
     pairs = k_core(interactions.unique_pairs(), core)
     if not len(pairs):
@@ -89,6 +90,9 @@ def temporal(interactions: Interactions, *, test_start: int, test_days: int = 7,
     """Train before ``test_start - valid_days``, valid in the ``valid_days`` after it, test in the
     ``test_days`` from ``test_start`` (Unix seconds; H&M style: next week's purchases)."""
     day = 86_400
+    if any(isinstance(d, bool) or int(d) != d or d < 1 for d in (test_days, valid_days)):
+        raise ValueError(f"temporal test_days and valid_days must be whole days ≥ 1, got {test_days} and "
+                         f"{valid_days} (fewer would put test rows in training or leave a part empty)")
     ts = interactions.timestamps
     if not (ts > 0).any():
         raise ValueError("a temporal split needs timestamps; these interactions have none")

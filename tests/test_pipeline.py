@@ -167,6 +167,9 @@ def test_saved_model_fills_after_the_candidates_in_the_evaluated_order():
     for user, got, want in zip(users, codes.tolist(), expected.tolist()):
         n = int(ranked.get(user, 0))  # equal ranker scores may swap places: the candidates as a set
         assert set(got[:n]) == set(want[:n]) and got[n:] == want[n:]
+    twice = model.recommend(np.array([3, 3, 1, 3]), k=N_ITEMS)[0]  # a customer asked twice gets one answer twice
+    assert twice[0].tolist() == twice[1].tolist() == twice[3].tolist() == codes[3].tolist()
+    assert twice[2].tolist() == codes[1].tolist()
 
 
 def test_pipeline_config_errors_are_clear():

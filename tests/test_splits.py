@@ -59,6 +59,11 @@ def test_temporal_and_leave_last_out():
     assert list(llo.valid.item_ids[llo.valid.items]) == ["4"]
     with pytest.raises(ValueError, match="timestamps"):
         temporal(Interactions.from_ids(["a"], ["1"]), test_start=10)
+    for days in ({"valid_days": -7}, {"test_days": 0}, {"valid_days": 1.5}):  # -7 put every test row in training
+        with pytest.raises(ValueError, match="whole days ≥ 1"):
+            temporal(inter, test_start=4 * day, **days)
+    with pytest.raises(ValueError, match="three positive numbers"):  # NaN passed every comparison
+        mmrec_protocol(inter, ratios=(float("nan"), 0.5, 0.5))
 
 
 def test_cold_items_withholds_all_interactions_of_cold_items():
