@@ -8,18 +8,20 @@ from typing import Any, Callable, Sequence
 
 from accelerate.utils import set_seed
 
+from mmrec.config import from_dict
 from mmrec.evaluate import evaluate
 from mmrec.recommender import Recommender, create_model
 from mmrec.splits import Split
 from mmrec.train import TrainConfig
 
 
-def run(split: Split, model_name: str, *, model_config: Any = None, train_config: TrainConfig | None = None,
-        ks: Sequence[int] = (10, 20, 50), select_on: str = "recall@20",
+def run(split: Split, model_name: str, *, model_config: Any = None,
+        train_config: TrainConfig | dict | None = None, ks: Sequence[int] = (10, 20, 50),
         setup: Callable[[Recommender], None] | None = None, refit_all: bool = False,
         candidates: Any = "all") -> tuple[Recommender, dict]:
-    """Fit ``model_name`` on ``split.train``; early stopping and the reported point use valid ``select_on``
-    ranking ``candidates`` (`mmrec.evaluate.evaluate`'s: ``"all"``, or ``"cold"`` for a cold split, where
+    """Fit ``model_name`` on ``split.train``; early stopping and the reported point use the valid
+    ``train_config.early_stop_metric`` (Recall@20 by default; its cut-off joins the valid ``ks``) ranking
+    ``candidates`` (`mmrec.evaluate.evaluate`'s: ``"all"``, or ``"cold"`` for a cold split, where
     Recall@20 over all items says little about cold items). The reported valid and test metrics rank the
     same candidates; with candidates other than ``"all"`` the report adds ``"test_all"`` (every item
     ranked, the hybrid view). ``"selected_on"`` says which metric and candidates chose the point.
@@ -38,14 +40,17 @@ def run(split: Split, model_name: str, *, model_config: Any = None, train_config
     early stopping, and that model is returned, so it answers for the day after the data ends; the report
     gains ``"refit": {"rows", "epochs", "fit_seconds"}`` (the metrics stay those of the chosen point).
     """
-    train_config = train_config or TrainConfig()
+    train_config = from_dict(TrainConfig, train_config, "train_config")  # a dict as model_config may be
+    valid_ks = tuple(sorted(set(ks) | {int(train_config.early_stop_metric.partition("@")[2])}))
+    if len(split.valid) == 0:  # every evaluation would be NaN: early stopping would stop at patience, choosing nothing
+        raise ValueError("the split's valid part is empty: nothing to choose the epoch on")
     set_seed(train_config.seed)  # initial weights depend on the seed too, not only the batch order
     model = create_model(model_name, split.train.n_users, split.train.n_items, model_config)
     if setup is not None:
         setup(model)
 
     def validate(m: Recommender) -> dict[str, float]:
-        return evaluate(m, split, on="valid", ks=ks, candidates=candidates).metrics
+        return evaluate(m, split, on="valid", ks=valid_ks, candidates=candidates).metrics
 
     started = time.perf_counter()
     result = model.fit(split.train, train_config=train_config, evaluate_fn=validate)

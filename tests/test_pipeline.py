@@ -434,3 +434,15 @@ def test_cli_pipeline_options_are_checked_before_any_work(tmp_path, capsys):
     assert main([*base, "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "m"), "--json"]) == 0
     capsys.readouterr()
     assert json.loads((tmp_path / "m" / "config.json").read_text())["config"]["ranker"]["seed"] == 7
+
+
+def test_cli_pipeline_under_a_launcher_runs_in_the_main_process_only(tmp_path, capsys, monkeypatch, caplog):
+    """Under `accelerate launch` every rank ran the whole pipeline: two reports on stdout, two writers of --out."""
+    from mmrec.cli import main
+
+    inter, catalog = shop()
+    write_hm_folder(tmp_path / "hm", inter, catalog)
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "pipeline", "--data", str(tmp_path / "hm"), "--no-content", "--out", str(tmp_path / "m"),
+                 "--json"]) == 0
+    assert capsys.readouterr().out == "" and "runs in one process" in caplog.text and not (tmp_path / "m").exists()

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,17 @@ def test_a_run_that_diverges_stops_with_an_error_instead_of_reporting_nan_rankin
     with pytest.raises(TrainingDiverged, match=r"diverged in epoch 0: mean loss nan; lower train.lr \(1e\+30\)"):
         model.fit(split.train, train_config=config)
     assert not latest_checkpoint(tmp_path / "ck")  # no checkpoint of NaN weights to resume from
+
+
+def test_run_takes_a_dict_train_config_chooses_on_its_metric_and_refuses_an_empty_valid_part():
+    from mmrec.experiment import run
+    from mmrec.splits import Split
+
+    split = leave_last_out(random_interactions(n_users=60, n_items=30, per_user=6, seed=1))
+    model, report = run(split, "bpr", model_config={"dim": 8}, ks=(5,),
+                        train_config={"epochs": 2, "batch_size": 64, "progress": False, "early_stop_metric": "ndcg@10"})
+    assert report["selected_on"].startswith("valid ndcg@10") and "ndcg@10" in report["valid"]
+    assert "recall@5" in report["test"]
+    empty = Split(split.train, split.valid.select(np.zeros(len(split.valid), dtype=bool)), split.test)
+    with pytest.raises(ValueError, match="valid part is empty"):  # was: stopped at patience, choosing nothing
+        run(empty, "bpr", train_config={"epochs": 50, "progress": False})

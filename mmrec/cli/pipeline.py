@@ -52,12 +52,19 @@ def pipeline_config(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train, report, save."""
+    """Train, report, save. The pipeline trains in one process (LightGBM's own threads): under ``accelerate
+    launch`` only the main process runs it, so one report is printed and one process writes ``--out``."""
+    import logging
+
     from mmrec.cli.common import check_out_folder, emit
     from mmrec.datasets import hm
+    from mmrec.experiment import is_main_process
     from mmrec.pipeline import train
 
     out = check_out_folder(args.out, kind="recommender", inputs=(args.data,))
+    if not is_main_process():
+        logging.getLogger(__name__).warning("train pipeline runs in one process; this one (not the main) stops")
+        return 0
     config = pipeline_config(args)
     root = Path(args.data)
     if not (root / hm.ARTICLES_FILE).is_file():
