@@ -208,6 +208,7 @@ def recommend_with_index(model: "Recommender", users: np.ndarray, k: int, index:
     -1 / -inf when fewer than ``k`` unseen items exist."""
     if len(index) != model.n_items:
         raise ValueError(f"the index holds {len(index)} items, the model {model.n_items}: rebuild it")
+    k = min(k, len(index))  # as without an index: capped at the items there are
     user_vecs, _ = model.factors()
     user_vecs = user_vecs.float().cpu().numpy()
     ptr, idx = model.seen_indptr.cpu().numpy(), model.seen_indices.cpu().numpy()

@@ -136,9 +136,7 @@ class Recommender(Pretrained, nn.Module):
                 raise ValueError(f"candidates must be 'all', 'cold', 'warm' or item codes, got {candidates!r}")
             counts = np.bincount(self.seen_indices.cpu().numpy(), minlength=self.n_items)
             return np.flatnonzero(counts == 0 if candidates == "cold" else counts > 0)
-        codes = np.asarray(candidates, dtype=np.int64).reshape(-1)
-        if len(codes) and (codes.min() < 0 or codes.max() >= self.n_items):
-            raise ValueError(f"candidate item codes must be in 0..{self.n_items - 1}")
+        codes = as_codes(candidates, "candidate item codes", self.n_items)
         _, first = np.unique(codes, return_index=True)
         return codes[np.sort(first)]  # each once, in the order given (a repeat would fill a list with one item)
 
@@ -167,9 +165,7 @@ class Recommender(Pretrained, nn.Module):
         ``index_candidates`` per user and `score_candidates` re-ranks them (`mmrec.index.recommend_with_index`)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
-        users_np = np.asarray(users.cpu() if isinstance(users, torch.Tensor) else users, dtype=np.int64)
-        if len(users_np) and (users_np.min() < 0 or users_np.max() >= self.n_users):
-            raise ValueError(f"user codes must be in 0..{self.n_users - 1}")
+        users_np = as_codes(users, "user codes", self.n_users)
         if index is not None:
             from mmrec.index import recommend_with_index
 
@@ -281,6 +277,22 @@ class Recommender(Pretrained, nn.Module):
             if own[key].shape != value.shape:
                 setattr_path(self, key, torch.empty_like(value))
         self.load_state_dict(state)
+
+
+def as_codes(values: Any, what: str, n: int) -> np.ndarray:
+    """``values`` (a list, array or tensor) as a 1-D int64 array of codes in ``0..n-1``. A scalar, floats that are
+    not whole numbers and booleans are errors naming ``what``: silently truncated, 0.7 and 1.9 were users 0 and 1."""
+    raw = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values)
+    if raw.ndim != 1:
+        raise ValueError(f"{what} must be a list of codes, got {'a single value' if raw.ndim == 0 else raw.shape}")
+    if raw.size and not np.issubdtype(raw.dtype, np.integer):
+        whole = np.issubdtype(raw.dtype, np.floating) and bool(np.all(np.isfinite(raw) & (np.mod(raw, 1) == 0)))
+        if not whole:
+            raise ValueError(f"{what} must be whole numbers, got {raw.dtype} values such as {raw[:3].tolist()}")
+    codes = raw.astype(np.int64)
+    if codes.size and (codes.min() < 0 or codes.max() >= n):
+        raise ValueError(f"{what} must be in 0..{n - 1}")
+    return codes
 
 
 def _read_vocab(path: Path, n_users: int, n_items: int) -> tuple[np.ndarray | None, np.ndarray | None]:

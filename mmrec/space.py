@@ -191,7 +191,9 @@ class UnifiedSpace(Pretrained, nn.Module):
 
     @torch.no_grad()
     def embed_texts(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """Texts → ``[N, D]``."""
+        """Texts → ``[N, D]`` (a list of strings: one string alone is refused, not read as its characters)."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("embed_texts takes a list of texts; wrap one text as [text]")
         return self._embed_batches("text", list(texts), batch_size, lambda enc, b: enc.encode(b))
 
     @torch.no_grad()
@@ -217,6 +219,8 @@ class UnifiedSpace(Pretrained, nn.Module):
         return self.embed_images(screens, batch_size, modality="screen")
 
     def _embed_batches(self, modality: str, inputs: list, batch_size: int, encode) -> torch.Tensor:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
         if modality not in self.encoders:
             raise ValueError(f"this space has no {modality!r} tower; it has {sorted(self.encoders)}")
         was_training = self.training

@@ -98,6 +98,8 @@ def test_recommend_through_an_exact_index_equals_dense_scoring(lightgcn):
     torch.testing.assert_close(scores, dense_scores, rtol=1e-4, atol=1e-4)
     seen = set(lightgcn.seen_indices[: lightgcn.seen_indptr[1]].tolist())
     assert len(seen) > 50 and not seen & set(codes[0].tolist())
+    huge = lightgcn.recommend(users[:2], 10**9, index=index_for(lightgcn, "flat"))[0]  # was a 7 GiB allocation
+    assert huge.shape == lightgcn.recommend(users[:2], 10**9)[0].shape == (2, lightgcn.n_items)
 
 
 def test_approximate_indexes_recall_the_exact_top_12(lightgcn):

@@ -63,3 +63,13 @@ def test_repeated_candidates_count_once(model):
     codes, _ = model.recommend([1], k=3, candidates=np.array([4, 4, 2, 4]))
     assert sorted(codes[0].tolist()) == [2, 4]  # k capped at the 2 distinct candidates
     assert model.candidate_codes([4, 4, 2, 4]).tolist() == [4, 2]
+
+
+def test_codes_that_are_not_whole_numbers_or_not_a_list_are_refused(model):
+    with pytest.raises(ValueError, match="user codes must be whole numbers"):  # 0.7 and 1.9 were users 0 and 1
+        model.recommend([0.7, 1.9], k=2)
+    with pytest.raises(ValueError, match="candidate item codes must be whole numbers"):
+        model.recommend([0], k=2, candidates=[1.5, 2.2])
+    with pytest.raises(ValueError, match="user codes must be a list of codes, got a single value"):
+        model.recommend(0, k=2)
+    assert model.recommend(np.array([0.0, 1.0]), k=2)[0].shape == (2, 2)  # whole floats are codes

@@ -243,3 +243,16 @@ def test_moving_the_space_moves_what_its_trained_towers_are_fed():
     assert space.encoders["image"].device.type == "meta" and space.device.type == "meta"
     assert all(p.device.type == "meta" for p in space.adapters.parameters())
     assert UnifiedSpace(space.config, device="meta").device.type == "meta"
+
+
+def test_embed_texts_refuses_a_bare_string_and_a_batch_size_below_one():
+    from mmrec.space import SpaceConfig, TowerConfig, UnifiedSpace
+
+    space = UnifiedSpace(SpaceConfig(towers={"text": TowerConfig(spec="minilm"), "tag": TowerConfig(input_dim=3)},
+                                     dim=8, pairs=("text-tag",)))
+    with pytest.raises(TypeError, match=r"wrap one text as \[text\]"):  # was one vector per character
+        space.embed_texts("red floral summer dress")
+    for size in (0, -1):  # -1 gave no vectors for two texts, 0 a range() error
+        with pytest.raises(ValueError, match="batch_size must be an integer ≥ 1"):
+            space.embed_texts(["a", "b"], batch_size=size)
+    assert space.embed_texts(["red dress"]).shape == (1, 8)
