@@ -89,6 +89,10 @@ class Index:
         config = config if isinstance(config, IndexConfig) else from_dict(IndexConfig, config or {})
         x = _float32(vectors, "item vectors")
         n, dim = x.shape
+        if n == 0 and config.kind != "flat":
+            raise ValueError(f"an {config.kind} index needs items to train on; there are none")
+        if config.kind == "ivf" and config.nlist > n:
+            raise ValueError(f"IndexConfig.nlist {config.nlist} exceeds the {n} items: each list needs an item")
         max_norm = float(np.linalg.norm(x, axis=1).max()) if n else 0.0
         if config.transform:
             x = _augment_items(x, max_norm)

@@ -73,10 +73,10 @@ def mmrec_protocol(interactions: Interactions, *, seed: int = 0, core: int = 5,
     """
     if len(ratios) != 3 or not all(math.isfinite(r) and r > 0 for r in ratios) or abs(sum(ratios) - 1.0) > 1e-6:
         raise ValueError(f"ratios must be three positive numbers summing to 1, got {ratios}")
+    rng = np.random.default_rng(_seed(seed))
     pairs = k_core(interactions.unique_pairs(), core)
     if not len(pairs):
         raise ValueError(f"no interactions survive the {core}-core filter")
-    rng = np.random.default_rng(seed)
     rank, size = _per_user_rank(pairs.users, rng.random(len(pairs)))
     n_valid = np.where(size < 10, 1, np.maximum(1, np.rint(size * ratios[1]).astype(np.int64)))
     n_test = np.where(size < 10, 1, np.maximum(1, np.rint(size * ratios[2]).astype(np.int64)))
@@ -84,6 +84,13 @@ def mmrec_protocol(interactions: Interactions, *, seed: int = 0, core: int = 5,
     labels[rank >= size - n_valid - n_test] = 1
     labels[rank >= size - n_test] = 2
     return from_labels(pairs, labels), labels
+
+
+def _seed(seed: object) -> int:
+    """A split's seed: a non-negative integer (numpy's own message for 1.5 names no argument)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"a split's seed must be a non-negative integer, got {seed!r}")
+    return int(seed)
 
 
 def temporal(interactions: Interactions, *, test_start: int, test_days: int = 7, valid_days: int = 7) -> Split:
@@ -131,7 +138,7 @@ def cold_items(interactions: Interactions, *, fraction: float = 0.2, seed: int =
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction must be in (0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_seed(seed))
     active = np.flatnonzero(interactions.item_counts() > 0)
     n_cold = max(2, int(round(fraction * len(active))))
     if n_cold >= len(active):
@@ -161,7 +168,7 @@ def cold_groups(interactions: Interactions, groups: np.ndarray, *, fraction: flo
     n_cold = max(2, int(round(fraction * len(active_groups))))
     if n_cold >= len(active_groups):
         raise ValueError(f"only {len(active_groups)} groups have interactions; cannot withhold {n_cold}")
-    cold = np.random.default_rng(seed).permutation(active_groups)[:n_cold]
+    cold = np.random.default_rng(_seed(seed)).permutation(active_groups)[:n_cold]
     valid = active & np.isin(group_codes, cold[: n_cold // 2])
     test = active & np.isin(group_codes, cold[n_cold // 2:])
     return _withhold(interactions, np.flatnonzero(valid), np.flatnonzero(test), warm_fraction, seed)

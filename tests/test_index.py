@@ -167,3 +167,12 @@ def test_a_copy_grows_without_touching_the_original(vectors):
     assert (len(index), len(grown)) == (N_ITEMS - 5, N_ITEMS)
     for a, b in zip(before, index.search(queries, 5)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_index_faiss_cannot_train_is_a_clear_error(vectors):
+    items, _ = vectors
+    with pytest.raises(ValueError, match="needs items to train on"):  # was a raw FAISS RuntimeError
+        Index.build(items[:0], "ivf")
+    with pytest.raises(ValueError, match="nlist 50 exceeds the 10 items"):
+        Index.build(items[:10], {"kind": "ivf", "nlist": 50})
+    assert len(Index.build(items[:0], "flat")) == 0

@@ -64,6 +64,8 @@ def test_temporal_and_leave_last_out():
             temporal(inter, test_start=4 * day, **days)
     with pytest.raises(ValueError, match="three positive numbers"):  # NaN passed every comparison
         mmrec_protocol(inter, ratios=(float("nan"), 0.5, 0.5))
+    with pytest.raises(ValueError, match="seed must be a non-negative integer, got 1.5"):
+        mmrec_protocol(inter, seed=1.5)
 
 
 def test_cold_items_withholds_all_interactions_of_cold_items():
