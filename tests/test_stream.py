@@ -361,9 +361,11 @@ def test_cli_stream_writes_events(setup, tmp_path, capsys):
     for name in ("0.000.png", "0.033.png"):
         (broken / name).write_bytes(b"not a png")
     capsys.readouterr()
+    kept = out.read_bytes()  # an earlier run's events: a run that reads no frame leaves them as they were
     assert main(["stream", str(broken), "--space", str(space_dir), "--catalog", "synthetic",
-                 "--out", str(tmp_path / "none.parquet"), "--torch-threads", "1"]) == 2
-    assert "no frame could be read" in capsys.readouterr().err
+                 "--out", str(out), "--torch-threads", "1"]) == 2
+    assert "no frame could be read" in capsys.readouterr().err and out.read_bytes() == kept
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".staged")]
 
 
 def test_trained_towers_move_learn_and_survive_a_save(setup, tmp_path):
@@ -494,7 +496,9 @@ def test_cli_calibrate_writes_the_grounding_that_stream_reads(setup, tmp_path, c
                           (tmp_path, "is a folder")):
         assert main([*base, "--out", str(target)]) == 2 and words in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("mine")
-    assert main([*base, "--out", str(tmp_path / "notes.txt")]) == 2 and "not a Parquet" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "notes.txt")]) == 2 and "not an earlier run's" in capsys.readouterr().err
+    pd.DataFrame({"customer_id": ["c1"], "spend": [3.0]}).to_parquet(tmp_path / "sales.parquet")  # Parquet, not events
+    assert main([*base, "--out", str(tmp_path / "sales.parquet")]) == 2 and "not an earlier run's" in capsys.readouterr().err
     (tmp_path / "logs.csv").write_text("timestamp,kind,item_id\n1.0,click,NOPE\n")
     assert main([*base, "--out", str(out), "--logs", str(tmp_path / "logs.csv")]) == 2
     assert "--logs" in capsys.readouterr().err and out.read_bytes() == kept

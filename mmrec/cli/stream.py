@@ -21,7 +21,9 @@ A file named like a task (``run``, ``calibrate``) is given as ``mmrec stream run
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -206,13 +208,23 @@ def _stream(args: argparse.Namespace) -> int:
     frames = _open_source(args)
     stats = StreamStats(source=frames.stats)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    with frames:
-        events = process(_with_progress(frames, progress), grounder, config, logs=logs, item_ids=catalog.ids,
-                         stats=stats, live=args.print_events)
-        rows = write_events(_printed(events, user) if args.print_events else events, args.out, user=user)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, staged = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".staged")
+    os.close(handle)
+    try:
+        with frames:
+            events = process(_with_progress(frames, progress), grounder, config, logs=logs, item_ids=catalog.ids,
+                             stats=stats, live=args.print_events)
+            rows = write_events(_printed(events, user) if args.print_events else events, staged, user=user)
+    finally:  # the events (even those before an error) replace --out only if some frame was read
+        if stats.frames and os.path.getsize(staged):
+            os.replace(staged, out)
+        else:
+            os.unlink(staged)
     if not stats.frames:
         raise ValueError(f"{args.source}: no frame could be read ({stats.skipped} skipped: "
-                         f"{dict(stats.source.skips) if stats.source else {}}); {args.out} holds no events")
+                         f"{dict(stats.source.skips) if stats.source else {}}); {args.out} was left as it was")
     emit({**stats.to_dict(), "rows": rows, "user": user, "threshold": grounder.threshold,
           "photos_skipped": len(grounder.skipped_photos), "out": str(Path(args.out).resolve())}, args.json)
     return 0
@@ -231,10 +243,17 @@ def _check_events_out(args: argparse.Namespace) -> None:
     if out.is_dir():
         raise IsADirectoryError(f"--out {args.out} is a folder; it must be a file path (a Parquet table)")
     if out.is_file():
-        with open(out, "rb") as f:
-            if f.read(4) != b"PAR1":
-                raise FileExistsError(f"--out {args.out} exists and is not a Parquet table (an earlier run's "
-                                      f"events); it would be replaced: choose another path")
+        import pyarrow.parquet as pq
+
+        from mmrec.events import event_schema
+
+        try:
+            columns = set(pq.read_schema(out).names)
+        except Exception:  # noqa: BLE001 - whatever pyarrow says, it is no events table
+            columns = None
+        if columns != set(event_schema().names):
+            raise FileExistsError(f"--out {args.out} exists and is not an earlier run's events (a Parquet table "
+                                  f"with the events' columns); it would be replaced: choose another path")
 
 
 def _open_source(args: argparse.Namespace) -> Any:
