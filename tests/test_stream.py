@@ -496,14 +496,23 @@ def test_cli_calibrate_writes_the_grounding_that_stream_reads(setup, tmp_path, c
                           (tmp_path, "is a folder")):
         assert main([*base, "--out", str(target)]) == 2 and words in capsys.readouterr().err
     (tmp_path / "notes.txt").write_text("mine")
-    assert main([*base, "--out", str(tmp_path / "notes.txt")]) == 2 and "not an earlier run's" in capsys.readouterr().err
     pd.DataFrame({"customer_id": ["c1"], "spend": [3.0]}).to_parquet(tmp_path / "sales.parquet")  # Parquet, not events
-    assert main([*base, "--out", str(tmp_path / "sales.parquet")]) == 2 and "not an earlier run's" in capsys.readouterr().err
+    for foreign in ("notes.txt", "sales.parquet"):
+        assert main([*base, "--out", str(tmp_path / foreign)]) == 2 and "not an earlier run's" in capsys.readouterr().err
     (tmp_path / "logs.csv").write_text("timestamp,kind,item_id\n1.0,click,NOPE\n")
     assert main([*base, "--out", str(out), "--logs", str(tmp_path / "logs.csv")]) == 2
     assert "--logs" in capsys.readouterr().err and out.read_bytes() == kept
     assert main(["stream", "calibrate", "--space", str(space_dir), "--catalog", str(catalog),
                  "--recordings", str(tmp_path)]) == 2  # no truth.json there
+    calibrate = ["stream", "calibrate", "--space", str(space_dir), "--catalog", str(catalog), "--recordings",
+                 str(root / "calib"), "--out"]
+    truth = (root / "calib" / "truth.json").read_bytes()
+    (tmp_path / "other.json").write_text('{"mine": 1}')
+    for target, words in ((root / "calib" / "truth.json", "inside the recording"), (catalog, ".json file path"),
+                          (space_dir / "space.json", "would break the space"), (tmp_path / "g.txt", ".json file path"),
+                          (tmp_path / "other.json", "not an earlier grounding file")):
+        assert main([*calibrate, str(target)]) == 2 and words in capsys.readouterr().err, target
+    assert (root / "calib" / "truth.json").read_bytes() == truth and (tmp_path / "other.json").read_text() == '{"mine": 1}'
     from mmrec.calibration import recording_truth
 
     video_path, truth = recording_truth(root / "calib", world.catalog.ids)

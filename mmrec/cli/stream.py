@@ -286,6 +286,35 @@ def _printed(events: Any, user: str) -> Iterator[Any]:
         yield event
 
 
+def _check_grounding_out(args: argparse.Namespace, out: Path) -> None:
+    """Where calibrate writes: a ``.json`` path that is no input (a recording's truth.json, the catalog), no
+    other file of the space than its grounding.json, and, if it exists, an earlier grounding file; refused
+    before any work, since it is replaced whole."""
+    if out.suffix != ".json":
+        raise ValueError(f"--out {out}: give a .json file path for the grounding settings")
+    resolved, space = out.resolve(), Path(args.space).resolve()
+    if args.catalog and Path(args.catalog).resolve() == resolved:
+        raise ValueError(f"--out {out} is --catalog: write the grounding elsewhere")
+    for folder in args.recordings:
+        if Path(folder).resolve() in resolved.parents:
+            raise ValueError(f"--out {out} is inside the recording {folder}: write the grounding elsewhere")
+    if space in resolved.parents and resolved != space / GROUNDING_FILE:
+        raise ValueError(f"--out {out} is inside the space {args.space} but not its {GROUNDING_FILE}: it would "
+                         f"break the space; leave --out out to write {GROUNDING_FILE} there")
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a folder; give a .json file path")
+    if out.is_file():
+        from mmrec.io import read_json
+
+        try:
+            earlier = read_json(out)
+        except ValueError:
+            earlier = None
+        if not (isinstance(earlier, dict) and "threshold" in earlier):
+            raise FileExistsError(f"--out {out} exists and is not an earlier grounding file; it would be replaced: "
+                                  f"choose another path")
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     from mmrec.calibration import calibrate_space
 
@@ -294,6 +323,7 @@ def _calibrate(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--recordings {folder} is not a folder (a labelled recording: the video and "
                                     f"truth.json)")
     out = Path(args.out) if args.out else Path(args.space) / GROUNDING_FILE
+    _check_grounding_out(args, out)
     catalog, settings = _catalog(args), None
     if args.layout_free:
         from mmrec.grounding import layout_free_settings, photo_aspect
