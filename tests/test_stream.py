@@ -498,7 +498,8 @@ def test_cli_calibrate_writes_the_grounding_that_stream_reads(setup, tmp_path, c
     (tmp_path / "notes.txt").write_text("mine")
     pd.DataFrame({"customer_id": ["c1"], "spend": [3.0]}).to_parquet(tmp_path / "sales.parquet")  # Parquet, not events
     for foreign in ("notes.txt", "sales.parquet"):
-        assert main([*base, "--out", str(tmp_path / foreign)]) == 2 and "not an earlier run's" in capsys.readouterr().err
+        assert main([*base, "--out", str(tmp_path / foreign)]) == 2
+        assert "not an earlier run's" in capsys.readouterr().err
     (tmp_path / "logs.csv").write_text("timestamp,kind,item_id\n1.0,click,NOPE\n")
     assert main([*base, "--out", str(out), "--logs", str(tmp_path / "logs.csv")]) == 2
     assert "--logs" in capsys.readouterr().err and out.read_bytes() == kept
@@ -512,7 +513,8 @@ def test_cli_calibrate_writes_the_grounding_that_stream_reads(setup, tmp_path, c
                           (space_dir / "space.json", "would break the space"), (tmp_path / "g.txt", ".json file path"),
                           (tmp_path / "other.json", "not an earlier grounding file")):
         assert main([*calibrate, str(target)]) == 2 and words in capsys.readouterr().err, target
-    assert (root / "calib" / "truth.json").read_bytes() == truth and (tmp_path / "other.json").read_text() == '{"mine": 1}'
+    assert (root / "calib" / "truth.json").read_bytes() == truth
+    assert (tmp_path / "other.json").read_text() == '{"mine": 1}'
     from mmrec.calibration import recording_truth
 
     video_path, truth = recording_truth(root / "calib", world.catalog.ids)
