@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from mmrec.config import check_at_least
 from mmrec.fusion.candidates import ItemSide, Purchases, distinct, recency_weight, trending_scores
 
 FEATURE_GROUPS = ("generators", "customer", "article", "affinity", "content")
@@ -181,6 +182,18 @@ class RankerConfig:
     early_stopping_rounds: int = 50
     seed: int = 0
     n_jobs: int = 1
+
+    def __post_init__(self) -> None:
+        """LightGBM checks these only once the data is loaded and the candidates built, and ends in an internal
+        error: refused here, naming the setting (0 for ``n_jobs`` or ``early_stopping_rounds`` would quietly
+        mean every core, or no early stopping)."""
+        if self.objective not in ("lambdarank", "binary"):
+            raise ValueError(f"RankerConfig.objective must be 'lambdarank' or 'binary', got {self.objective!r}")
+        check_at_least(self, n_estimators=1, learning_rate=1e-12, num_leaves=2, min_child_samples=1,
+                       early_stopping_rounds=1, seed=0, n_jobs=1)
+        for name in ("subsample", "colsample_bytree"):
+            if not 0 < getattr(self, name) <= 1:
+                raise ValueError(f"RankerConfig.{name} must be in (0, 1], got {getattr(self, name)!r}")
 
 
 class Ranker:

@@ -95,8 +95,10 @@ class PipelineConfig:
         if self.copurchase_neighbours < 0:
             raise ValueError(f"PipelineConfig.copurchase_neighbours must be ≥ 0 (0 = all), "
                              f"got {self.copurchase_neighbours}")
-        if not self.fallback_decay >= 0:
-            raise ValueError(f"PipelineConfig.fallback_decay must be ≥ 0, got {self.fallback_decay}")
+        if not 0 <= self.fallback_decay < float("inf"):
+            raise ValueError(f"PipelineConfig.fallback_decay must be a finite number ≥ 0, got {self.fallback_decay}")
+        if not self.features:
+            raise ValueError(f"PipelineConfig.features: give at least one group of {list(FEATURE_GROUPS)}")
         bad = set(self.features) - set(FEATURE_GROUPS)
         if bad:
             raise ValueError(f"PipelineConfig.features: unknown group(s) {sorted(bad)}; known: {list(FEATURE_GROUPS)}")

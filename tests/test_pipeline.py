@@ -183,6 +183,15 @@ def test_pipeline_config_errors_are_clear():
         PipelineConfig(copurchase_neighbours=-1)
     with pytest.raises(ValueError, match=r"candidates.trending: expected a count"):
         PipelineConfig(candidates={"trending": 48.7})
+    # LightGBM refused these only after loading and candidate generation, as an internal error (or, 0, silently)
+    for bad in ({"num_leaves": 1}, {"learning_rate": -1.0}, {"subsample": 2.0}, {"n_estimators": 0},
+                {"early_stopping_rounds": 0}, {"n_jobs": 0}):
+        with pytest.raises(ValueError, match=rf"RankerConfig\.{next(iter(bad))}"):
+            RankerConfig(**bad)
+    with pytest.raises(ValueError, match="at least one group"):
+        PipelineConfig(features=())
+    with pytest.raises(ValueError, match="fallback_decay must be a finite"):  # failed only when saving, as JSON
+        PipelineConfig(fallback_decay=float("inf"))
     inter, catalog = shop()
     with pytest.raises(ValueError, match="objective"):
         train(inter, catalog, small_config(candidates={"trending": 5}, ranker=RankerConfig(objective="softmax")))
