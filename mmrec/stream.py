@@ -571,8 +571,16 @@ def _log_rows(logs: Any, item_ids: Any) -> list[tuple[float, str, int]]:
     if missing or not ({"item", "item_id"} & set(table.columns)):
         raise ValueError(f"logs need columns timestamp, kind and item or item_id; missing "
                          f"{sorted(missing) or ['item or item_id']} (have {list(table.columns)})")
+    if {"item", "item_id"} <= set(table.columns):
+        raise ValueError("logs have both an item column (codes) and item_id (ids); keep one")
     if "item" in table.columns:
-        codes = table["item"].to_numpy()
+        codes = pd.to_numeric(table["item"], errors="coerce").to_numpy(float)
+        n = len(item_ids) if item_ids is not None else None
+        bad = ~np.isfinite(codes) | (codes != np.round(codes)) | (codes < 0) | ((codes >= n) if n else False)
+        if bad.any():  # a negative code wrapped to another item, one past the catalog failed after the whole stream
+            raise ValueError(f"logs: item {table['item'].iloc[int(np.flatnonzero(bad)[0])]!r} is no item code "
+                             f"(0..{n - 1 if n else '?'}); {int(bad.sum())} such row(s)")
+        codes = codes.astype(np.int64)
     else:
         if item_ids is None:
             raise ValueError("logs name items by item_id; pass the catalog's ids to map them to codes")

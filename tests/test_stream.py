@@ -15,8 +15,8 @@ from mmrec.datasets.frames import iterator_frames, video_frames
 from mmrec.fusion.screen_tower import ScreenSpaceConfig, train_screen_space
 from mmrec.grounding import NO_ITEM, PRESENCE_FLOOR, PRESENCE_MARGIN, Grounder, calibrate_threshold
 from mmrec.stream import (LIVE_HOLD, LIVE_MAX_WAIT, Confirmed, Segmenter, StreamConfig, StreamStats,
-                          calibrate_on_streams, changed, events, frame_labels, process, screen_states, segments,
-                          thumbnail, write_events)
+                          calibrate_on_streams, changed, check_logs, events, frame_labels, process, screen_states,
+                          segments, thumbnail, write_events)
 
 SIM = dict(fps=15, width=120, height=208, notification_prob=0.0, jpeg_quality=(60, 90))
 
@@ -327,6 +327,14 @@ def test_events_join_the_logs_and_are_written_as_parquet(setup, nearest, tmp_pat
     with pytest.raises(ValueError, match="item id"):
         list(events([], logs=pd.DataFrame({"timestamp": [1.0], "kind": ["click"], "item_id": ["nope"]}),
                     item_ids=world.catalog.ids))
+    n = len(world.catalog)  # item codes: a negative one wrapped to another item, one past the catalog failed late
+    for code in (-2, n, 2.7, "x"):
+        with pytest.raises(ValueError, match="is no item code"):
+            check_logs(pd.DataFrame({"timestamp": [1.0], "kind": ["click"], "item": [code]}), world.catalog.ids)
+    with pytest.raises(ValueError, match="keep one"):
+        check_logs(pd.DataFrame({"timestamp": [1.0], "kind": ["click"], "item": [1], "item_id": ["x"]}),
+                   world.catalog.ids)
+    assert check_logs(pd.DataFrame({"timestamp": [1.0], "kind": ["click"], "item": [n - 1]}), world.catalog.ids) == 1
 
 
 def test_cli_stream_writes_events(setup, tmp_path, capsys):
