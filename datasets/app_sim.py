@@ -901,9 +901,14 @@ def load_truth(path: str | os.PathLike) -> tuple[Session, dict[str, Any]]:
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path}: not a readable truth.json ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a truth.json is a JSON object, not a {type(data).__name__}")
     if data.get("format") != TRUTH_FORMAT or data.get("version") != TRUTH_VERSION:
         raise ValueError(f"{path}: format {data.get('format')!r} version {data.get('version')!r}, expected "
                          f"{TRUTH_FORMAT!r} version {TRUTH_VERSION}")
-    return Session.from_dict(data), data
+    try:
+        return Session.from_dict(data), data
+    except (KeyError, TypeError, AttributeError, ValueError) as err:  # a field missing or of another shape
+        raise ValueError(f"{path}: not a truth.json of this format ({type(err).__name__}: {err})") from None

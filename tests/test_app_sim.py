@@ -229,6 +229,13 @@ def test_write_recording_reads_back_with_decord(world, tmp_path: Path) -> None:
     assert truth["item_ids"] == [str(world.catalog.ids[i]) for i in seq.items]
     loaded, _ = app_sim.load_truth(rec.truth)
     assert loaded.states == session.states and loaded.events == session.events
+    broken = tmp_path / "broken"  # a truth.json of another shape is one error naming the file, not an AttributeError
+    broken.mkdir()
+    for text in ("[1, 2]", json.dumps({**truth, "states": [None]}), json.dumps({k: v for k, v in truth.items()
+                                                                               if k != "states"})):
+        (broken / "truth.json").write_text(text)
+        with pytest.raises(ValueError, match=r"broken/truth\.json: "):
+            app_sim.load_truth(broken / "truth.json")
 
     samples = list(wds.WebDataset([str(p) for p in rec.shards], shardshuffle=False).decode("rgb8"))
     assert len(rec.shards) == -(-session.n_frames // 40) and len(samples) == session.n_frames
