@@ -525,12 +525,18 @@ def check_windows(first: int, last: int, test_start: int, config: PipelineConfig
     span = f"the purchases span {day(first)}..{day(last)}"
     if test_start > last:
         raise ValueError(f"test_start {day(test_start)}: the test window starts after the data ends ({span})")
+    if test_start + h - 1 > last:  # a window half after the data: its report would read as a whole horizon's
+        raise ValueError(f"test_start {day(test_start)} with horizon_days {h}: the test window runs to "
+                         f"{day(test_start + h - 1)}, after the data ends ({span}); the latest test_start is "
+                         f"{day(last - h + 1)}")
     earliest = test_start - (config.label_windows + 1) * h  # the first training label window (valid is one later)
     if earliest <= first:
+        soonest = first + 1 + (config.label_windows + 1) * h
+        hint = (f"the earliest test_start is {day(soonest)}" if soonest + h - 1 <= last else
+                f"the data is too short for horizon_days {h} with label_windows {config.label_windows}")
         raise ValueError(f"test_start {day(test_start)} with horizon_days {h} and label_windows "
                          f"{config.label_windows}: the first training window would start on {day(earliest)}, "
-                         f"with no history before it ({span}; the earliest test_start is "
-                         f"{day(first + 1 + (config.label_windows + 1) * h)})")
+                         f"with no history before it ({span}; {hint})")
 
 
 def trending_order_scores(history: Purchases, day: int, trending: Trending) -> np.ndarray:

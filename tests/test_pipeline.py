@@ -2,6 +2,8 @@
 history, an empty generator, save → load → recommend, the horizon protocol and deploy-mode refits."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -407,6 +409,11 @@ def test_a_test_day_the_data_cannot_serve_is_refused_naming_the_span():
         train(inter, catalog, config, test_start=DAY0 + N_DAYS)
     with pytest.raises(ValueError, match=r"no history before it .*earliest test_start is"):
         train(inter, catalog, config, test_start=DAY0 + 4)  # 3 training windows + valid need 4 days before
+    two_days = dataclasses.replace(config, horizon_days=2)  # a test window half after the data: refused
+    with pytest.raises(ValueError, match=r"runs to .* after the data ends .*the latest test_start is"):
+        train(inter, catalog, two_days, test_start=DAY0 + N_DAYS - 1)
+    with pytest.raises(ValueError, match="the data is too short for horizon_days"):  # no test_start would do
+        train(inter, catalog, dataclasses.replace(config, horizon_days=N_DAYS // 4 + 1), test_start=DAY0 + 4)
     closed = inter.select(inter.timestamps // 86_400 != DAY0 + N_DAYS - 2)  # the shop shut on the valid day
     with pytest.raises(ValueError, match="valid window starting .* nothing to stop early on"):
         train(closed, catalog, config)
