@@ -680,6 +680,10 @@ def open_frames(source: str | os.PathLike, **options: Any) -> FrameStream:
     path = Path(text)
     if path.is_dir():
         shards = sorted(path.glob("*.tar"))
+        images = [p for p in path.iterdir() if p.suffix.lower() in sources.IMAGE_SUFFIXES]
+        if shards and images:  # one would be read and the other ignored without a word
+            raise ValueError(f"{path} holds both frame shards (*.tar, e.g. {shards[0].name}) and images (e.g. "
+                             f"{images[0].name}); keep one recording per folder")
         return sources.shard_frames([str(p) for p in shards], **options) if shards else \
             sources.image_folder_frames(path, **options)
     if text.endswith(".tar") or ("{" in text and ".." in text):

@@ -226,6 +226,11 @@ def test_image_folder_orders_by_timestamp_in_the_file_name(tmp_path, caplog):
     assert Path(got[1].source).name == "000001_1700000000.100.png"
     assert stream.stats.skips == {"bad_timestamp": 1, "bad_image": 1} and stream.stats.read == 5
     assert "screenshot.png" in caplog.text and "000009_1700000002.000.png" in caplog.text
+    from mmrec.stream import open_frames
+
+    (tmp_path / "backup.tar").write_bytes(b"")  # read as a shard folder, every image ignored without a word
+    with pytest.raises(ValueError, match=r"holds both frame shards .*backup\.tar.* and images"):
+        open_frames(tmp_path)
 
 
 def test_image_folder_reads_a_timestamp_sidecar(tmp_path):
