@@ -518,6 +518,8 @@ def events(screen_segments: Iterable[Segment | Confirmed], *, logs: Any = None, 
     stats = stats if stats is not None else StreamStats()
     window = config.log_window
     queue = deque(_log_rows(logs, item_ids))
+    log_times = np.array([row[0] for row in queue], dtype=np.float64)
+    span = [math.inf, -math.inf]  # the recording's time span, from its screen states
     recent: deque[Segment] = deque()  # item segments that may still meet a log row's window
     last_seen: dict[int, float] = {}  # item → end of its last segment
 
@@ -535,11 +537,13 @@ def events(screen_segments: Iterable[Segment | Confirmed], *, logs: Any = None, 
     for segment in screen_segments:
         while queue and queue[0][0] + window <= segment.start:
             yield log_event(*queue.popleft())
+        span[0] = min(span[0], segment.start)
         if isinstance(segment, Confirmed):  # the state before it has closed: nothing else changes here
             if live and segment.item != NO_ITEM:
                 yield Event("view", segment.start, segment.item, ident(segment.item), score=segment.score,
                             frames=segment.frames, final=False)
             continue
+        span[1] = max(span[1], segment.end)
         if segment.item != NO_ITEM:
             recent.append(segment)
             stats.events += 1
@@ -551,6 +555,10 @@ def events(screen_segments: Iterable[Segment | Confirmed], *, logs: Any = None, 
             last_seen[old.item] = max(last_seen.get(old.item, -math.inf), old.end)
     while queue:
         yield log_event(*queue.popleft())
+    outside = int(((log_times < span[0] - window) | (log_times > span[1] + window)).sum()) if span[0] <= span[1] else 0
+    if outside:  # e.g. logs in epoch seconds against a recording's own clock: every row off screen, silently
+        logger.warning("logs: %d of %d row(s) lie outside the recording's %.1f-%.1f s; are they on the stream's "
+                       "clock?", outside, len(log_times), span[0], span[1])
 
 
 def check_logs(logs: Any, item_ids: Any = None) -> int:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import warnings
 
 import numpy as np
@@ -307,6 +308,18 @@ def test_wrong_size_and_backwards_frames_are_counted_skips(setup, nearest):
     want = [(s.item, s.start, s.end) for s in segments(iterator_frames(clean), grounder)]
     assert got == want and stats.frames == 150
     assert stats.skipped == 2 and source.stats.skips == {"wrong_size": 1, "backwards_timestamp": 1}
+
+
+def test_log_rows_outside_the_recording_are_warned_of(setup, nearest, caplog):
+    """Logs on another clock (epoch seconds against the recording's own) made every row an off-screen event,
+    silently."""
+    world, _, _, session, video, _ = setup
+    item = str(world.catalog.ids[session.events[0].item])
+    logs = pd.DataFrame({"timestamp": [-100.0, session.events[0].timestamp, 5000.0], "kind": ["click"] * 3,
+                         "item_id": [item] * 3})
+    with caplog.at_level(logging.WARNING, logger="mmrec.stream"):
+        rows = list(process(video_frames(video), nearest, logs=logs, item_ids=world.catalog.ids))
+    assert sum(e.kind == "click" for e in rows) == 3 and "2 of 3 row(s) lie outside the recording" in caplog.text
 
 
 def test_events_join_the_logs_and_are_written_as_parquet(setup, nearest, tmp_path):
