@@ -114,10 +114,8 @@ class VAEFusionConfig:
 
     def __post_init__(self) -> None:
         check_at_least(self, dim=1, latent_dim=1, hidden_dim=1, n_layers=0, knn_k=1, reg_weight=0, beta=0,
-                       recon_weight=0, rank_weight=0)
-        if self.content_dim < 0 or self.similarity_dims < 0:
-            raise ValueError(f"VAEFusionConfig.content_dim and similarity_dims must be ≥ 0, got "
-                             f"{self.content_dim}, {self.similarity_dims}")
+                       recon_weight=0, rank_weight=0, content_dim=0, similarity_dims=0, affinity_k=0,
+                       affinity_sample=0, cobuyer_weight=0, profile_weight=0)
         if self.content_dim and self.similarity_dims > self.content_dim:
             raise ValueError(f"VAEFusionConfig.similarity_dims ({self.similarity_dims}) exceeds content_dim "
                              f"({self.content_dim})")
@@ -127,13 +125,6 @@ class VAEFusionConfig:
         if self.affinity_power <= 0 or self.affinity_init <= 0:
             raise ValueError(f"VAEFusionConfig.affinity_power and affinity_init must be > 0, got "
                              f"{self.affinity_power}, {self.affinity_init}")
-        if self.affinity_k < 0:
-            raise ValueError(f"VAEFusionConfig.affinity_k must be ≥ 0, got {self.affinity_k}")
-        if self.affinity_sample < 0:
-            raise ValueError(f"VAEFusionConfig.affinity_sample must be ≥ 0, got {self.affinity_sample}")
-        if self.cobuyer_weight < 0 or self.profile_weight < 0:
-            raise ValueError(f"VAEFusionConfig.cobuyer_weight and profile_weight must be ≥ 0, got "
-                             f"{self.cobuyer_weight}, {self.profile_weight}")
         if self.profile_power <= 0:
             raise ValueError(f"VAEFusionConfig.profile_power must be > 0, got {self.profile_power}")
         if self.posterior_rank and not self.vae:

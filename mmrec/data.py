@@ -232,3 +232,19 @@ class Interactions:
         present = np.unique(self.kinds)
         out["kinds"] = {KINDS[k]: int((self.kinds == k).sum()) for k in present}
         return out
+
+
+def as_codes(values: object, what: str, n: int) -> np.ndarray:
+    """``values`` (a list, array or tensor) as a 1-D int64 array of codes in ``0..n-1``. A scalar, floats that are
+    not whole numbers and booleans are errors naming ``what``: silently truncated, 0.7 and 1.9 were users 0 and 1."""
+    raw = np.asarray(values.cpu() if hasattr(values, "cpu") else values)  # a torch tensor too
+    if raw.ndim != 1:
+        raise ValueError(f"{what} must be a list of codes, got {'a single value' if raw.ndim == 0 else raw.shape}")
+    if raw.size and not np.issubdtype(raw.dtype, np.integer):
+        whole = np.issubdtype(raw.dtype, np.floating) and bool(np.all(np.isfinite(raw) & (np.mod(raw, 1) == 0)))
+        if not whole:
+            raise ValueError(f"{what} must be whole numbers, got {raw.dtype} values such as {raw[:3].tolist()}")
+    codes = raw.astype(np.int64)
+    if codes.size and (codes.min() < 0 or codes.max() >= n):
+        raise ValueError(f"{what} must be in 0..{n - 1}")
+    return codes

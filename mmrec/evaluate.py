@@ -13,7 +13,7 @@ from typing import Callable, Literal, Protocol, Sequence, Union
 import numpy as np
 import torch
 
-from mmrec.data import Interactions
+from mmrec.data import Interactions, as_codes
 from mmrec.metrics import METRICS, per_user_metrics
 from mmrec.splits import Split
 from mmrec.topk import mask_
@@ -68,8 +68,8 @@ def candidate_items(split: Split, candidates: Candidates, n_items: int) -> np.nd
         if candidates == "warm":
             return np.setdiff1d(np.arange(n_items, dtype=np.int64), cold)
         raise ValueError(f"candidates must be 'all', 'cold', 'warm' or a list of item codes, got {candidates!r}")
-    codes = np.unique(np.asarray(candidates, dtype=np.int64))
-    if len(codes) == 0 or codes.min() < 0 or codes.max() >= n_items:
+    codes = np.unique(as_codes(candidates, "candidate item codes", n_items))
+    if len(codes) == 0:
         raise ValueError(f"candidate item codes must be a non-empty subset of 0..{n_items - 1}")
     return codes
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mmrec.config import from_dict, to_dict
-from mmrec.data import Interactions
+from mmrec.data import Interactions, as_codes
 from mmrec.io import atomic_save_tensors, atomic_write_json, read_json
 from mmrec.pretrained import FolderError, Pretrained, check_state, load_tensors
 from mmrec.registry import Registry
@@ -277,22 +277,6 @@ class Recommender(Pretrained, nn.Module):
             if own[key].shape != value.shape:
                 setattr_path(self, key, torch.empty_like(value))
         self.load_state_dict(state)
-
-
-def as_codes(values: Any, what: str, n: int) -> np.ndarray:
-    """``values`` (a list, array or tensor) as a 1-D int64 array of codes in ``0..n-1``. A scalar, floats that are
-    not whole numbers and booleans are errors naming ``what``: silently truncated, 0.7 and 1.9 were users 0 and 1."""
-    raw = np.asarray(values.cpu() if isinstance(values, torch.Tensor) else values)
-    if raw.ndim != 1:
-        raise ValueError(f"{what} must be a list of codes, got {'a single value' if raw.ndim == 0 else raw.shape}")
-    if raw.size and not np.issubdtype(raw.dtype, np.integer):
-        whole = np.issubdtype(raw.dtype, np.floating) and bool(np.all(np.isfinite(raw) & (np.mod(raw, 1) == 0)))
-        if not whole:
-            raise ValueError(f"{what} must be whole numbers, got {raw.dtype} values such as {raw[:3].tolist()}")
-    codes = raw.astype(np.int64)
-    if codes.size and (codes.min() < 0 or codes.max() >= n):
-        raise ValueError(f"{what} must be in 0..{n - 1}")
-    return codes
 
 
 def _read_vocab(path: Path, n_users: int, n_items: int) -> tuple[np.ndarray | None, np.ndarray | None]:
