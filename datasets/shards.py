@@ -253,12 +253,17 @@ def _listed_shards(manifest: Path, prefix: str) -> set[str]:
         names = json.loads(manifest.read_text(encoding="utf-8")).get("shards", [])
     except (OSError, ValueError, AttributeError):
         return set()
-    pattern = re.compile(re.escape(prefix) + r"-\d{6}\.tar")
+    pattern = _shard_names(prefix)
     return {n for n in names if isinstance(n, str) and pattern.fullmatch(n)} if isinstance(names, list) else set()
 
 
+def _shard_names(prefix: str) -> re.Pattern:
+    """What `shard_name` gives for ``prefix``: ``<prefix>-NNNNNN.tar``."""
+    return re.compile(re.escape(prefix) + r"-\d{6}\.tar")
+
+
 def _report_stale_shards(out: Path, prefix: str, written: set[str]) -> None:
-    pattern = re.compile(re.escape(prefix) + r"-\d{6}\.tar")
+    pattern = _shard_names(prefix)
     stale = sorted(p.name for p in out.iterdir() if pattern.fullmatch(p.name) and p.name not in written)
     if stale:
         logger.warning("%s holds %d shard(s) of an earlier write not in this set (e.g. %s); they were left in "

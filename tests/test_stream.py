@@ -386,7 +386,7 @@ def test_cli_stream_writes_events(setup, tmp_path, capsys):
     assert main(["stream", str(broken), "--space", str(space_dir), "--catalog", "synthetic",
                  "--out", str(out), "--torch-threads", "1"]) == 2
     assert "no frame could be read" in capsys.readouterr().err and out.read_bytes() == kept
-    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".staged")]
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith((".staged", ".tmp"))]
 
 
 def test_trained_towers_move_learn_and_survive_a_save(setup, tmp_path):

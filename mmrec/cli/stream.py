@@ -21,9 +21,7 @@ A file named like a task (``run``, ``calibrate``) is given as ``mmrec stream run
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -208,23 +206,22 @@ def _stream(args: argparse.Namespace) -> int:
     frames = _open_source(args)
     stats = StreamStats(source=frames.stats)
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, staged = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".staged")
-    os.close(handle)
-    try:
-        with frames:
+    from mmrec.io import atomic_path
+
+    failure: BaseException | None = None
+    with frames, atomic_path(args.out) as staged:  # --out is replaced only when the block ends normally
+        try:
             events = process(_with_progress(frames, progress), grounder, config, logs=logs, item_ids=catalog.ids,
                              stats=stats, live=args.print_events)
             rows = write_events(_printed(events, user) if args.print_events else events, staged, user=user)
-    finally:  # the events (even those before an error) replace --out only if some frame was read
-        if stats.frames and os.path.getsize(staged):
-            os.replace(staged, out)
-        else:
-            os.unlink(staged)
-    if not stats.frames:
-        raise ValueError(f"{args.source}: no frame could be read ({stats.skipped} skipped: "
-                         f"{dict(stats.source.skips) if stats.source else {}}); {args.out} was left as it was")
+        except BaseException as err:  # noqa: BLE001 - raised again below, once the events before it are kept
+            failure = err
+        if not stats.frames:  # nothing read: --out is left as it was
+            raise failure or ValueError(f"{args.source}: no frame could be read ({stats.skipped} skipped: "
+                                        f"{dict(stats.source.skips) if stats.source else {}}); {args.out} was left "
+                                        f"as it was")
+    if failure is not None:
+        raise failure
     emit({**stats.to_dict(), "rows": rows, "user": user, "threshold": grounder.threshold,
           "photos_skipped": len(grounder.skipped_photos), "out": str(Path(args.out).resolve())}, args.json)
     return 0

@@ -205,11 +205,10 @@ def _add_align(parser: argparse.ArgumentParser) -> None:
 
 
 def _check_paths(args: argparse.Namespace, kind: str = "recommender") -> None:
-    """Paths the run will write, checked before any work: ``--out`` (saving a ``kind`` replaces it whole,
-    so it may hold nothing else) and ``--checkpoint-dir``."""
-    inputs = (getattr(args, "data", None),)
-    check_out_folder(args.out, kind=kind, inputs=inputs)
-    prepare_checkpoint_dir(args.checkpoint_dir, inputs, args.out)
+    """``--out``, checked before any work: saving a ``kind`` replaces it whole, so it may hold nothing else.
+    The checkpoint folder, from ``--checkpoint-dir`` or the run file, is checked where the two are joined
+    (`run_config`; `mmrec.cli.align.run_align` for align)."""
+    check_out_folder(args.out, kind=kind, inputs=(getattr(args, "data", None),))
 
 
 def run_recommender(args: argparse.Namespace) -> int:
